@@ -1,0 +1,246 @@
+/* internal.h: the types every tier shares and each file's exports, grouped by
+ * file.  Layer rule: a tier calls only the tiers below it
+ *   api → pcache → central → pageheap → pagemap/meta → os → diag/config
+ * (stats reads all of them).  Nothing here calls malloc. */
+#ifndef TA_INTERNAL_H
+#define TA_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <pthread.h>
+
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#define TA_EXPORT __attribute__((visibility("default")))
+#define TA_LIKELY(x) __builtin_expect(!!(x), 1)
+#define TA_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define TA_NOINLINE __attribute__((noinline))
+#define TA_COLD __attribute__((cold, noinline))
+
+/* ---- geometry -------------------------------------------------------------- */
+#define TA_PAGE_SHIFT 13 /* 8 KiB pages: the unit of spans and of the pagemap */
+#define TA_PAGE_SIZE ((size_t)1 << TA_PAGE_SHIFT)
+#define TA_ALIGN 16                   /* every block is 16-byte aligned */
+#define TA_MAX_SMALL ((size_t)256 << 10) /* larger requests are whole spans */
+#define TA_MAX_CLASSES 128            /* class 0 means "not a small block" */
+/* Largest request we ever try to serve: anything above this is ENOMEM, so
+ * page arithmetic can never overflow. */
+#define TA_MAX_REQUEST (((size_t)1 << 47) - ((size_t)1 << 30))
+
+/* ---- locks ----------------------------------------------------------------- */
+typedef pthread_mutex_t ta_lock_t;
+#define TA_LOCK_INIT PTHREAD_MUTEX_INITIALIZER
+static inline void ta_lock(ta_lock_t *l) { pthread_mutex_lock(l); }
+static inline void ta_unlock(ta_lock_t *l) { pthread_mutex_unlock(l); }
+
+#ifdef TA_DEBUG
+#define TA_ASSERT(c) ((c) ? (void)0 : ta_assert_fail(#c, __FILE__, __LINE__))
+#else
+#define TA_ASSERT(c) ((void)0)
+#endif
+
+/* ---- diag.c: output without malloc ---------------------------------------- */
+/* A small formatter into a caller's buffer: %s %d %u %zu %lu %llu %x %p %%
+ * (and the l/ll/z modifiers on d, u and x). Returns the length written. */
+size_t ta_format(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+size_t ta_vformat(char *buf, size_t cap, const char *fmt, __builtin_va_list ap);
+void ta_write_fd(int fd, const char *s, size_t n);
+void ta_printf_fd(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* "tieralloc: <message>\n" on stderr, then abort() */
+void ta_fatal(const char *fmt, ...) __attribute__((noreturn, cold, format(printf, 1, 2)));
+void ta_assert_fail(const char *what, const char *file, int line) __attribute__((noreturn, cold));
+
+/* ---- config.c: TIERALLOC_* options, read once from environ ------------------ */
+typedef struct ta_config {
+    uint64_t decay_ms;        /* TIERALLOC_DECAY_MS: free pages older than this go back to the OS */
+    uint64_t cache_bytes;     /* TIERALLOC_CACHE_BYTES: budget of all thread caches together */
+    uint64_t thread_cache_max;/* most one thread's cache may hold */
+    int ncpu;                 /* CPUs this process may run on */
+} ta_config_t;
+extern ta_config_t ta_cfg;
+void ta_config_init(void);
+/* value of environment variable `name` without allocating, or NULL */
+const char *ta_getenv(const char *name);
+
+/* ---- os.c: tier 4 ---------------------------------------------------------- */
+/* Map `size` bytes aligned to `align` (a power of two >= the OS page), zeroed and
+ * not yet resident; NULL on failure. */
+void *ta_os_map(size_t size, size_t align);
+void ta_os_unmap(void *p, size_t size);
+/* Give the pages back to the OS (they read as zero afterwards). */
+void ta_os_release(void *p, size_t size);
+uint64_t ta_os_now_ms(void);
+typedef struct ta_os_stats {
+    uint64_t mapped_bytes;    /* currently mapped */
+    uint64_t released_bytes;  /* cumulative bytes given back with madvise */
+    uint64_t n_mmap, n_munmap, n_madvise;
+} ta_os_stats_t;
+void ta_os_stats(ta_os_stats_t *out);
+
+/* ---- meta.c: metadata allocator (spans, caches) over the OS tier ---------- */
+/* Fixed-size object pools carved from OS chunks; never returned to the OS. */
+void *ta_meta_alloc(size_t size); /* zeroed, 16-aligned; aborts on OOM (metadata is tiny) */
+uint64_t ta_meta_bytes(void);
+/* span records come from their own free list */
+struct ta_span;
+struct ta_span *ta_span_new(void);
+void ta_span_delete(struct ta_span *s);
+
+/* ---- pagemap.c: page number → span and size class ---------------------- */
+/* Two-level radix tree over 48-bit addresses: a static root of leaf pointers;
+ * each leaf covers 2^18 pages (2 GiB) and holds the span and a 32-bit info word
+ * per page.  info = size class | (page index within its span << 8); 0 for
+ * pages of large spans and free spans, so free() of a small block needs only
+ * the info word. */
+#define TA_PM_LEAF_BITS 18
+#define TA_PM_ROOT_BITS (48 - TA_PAGE_SHIFT - TA_PM_LEAF_BITS)
+typedef struct ta_pm_leaf {
+    uint32_t info[1 << TA_PM_LEAF_BITS];
+    struct ta_span *span[1 << TA_PM_LEAF_BITS];
+} ta_pm_leaf_t;
+extern ta_pm_leaf_t *ta_pm_root[1 << TA_PM_ROOT_BITS];
+
+static inline uint32_t ta_pagemap_info(uintptr_t page) {
+    if (TA_UNLIKELY(page >> (TA_PM_ROOT_BITS + TA_PM_LEAF_BITS))) return 0;
+    ta_pm_leaf_t *leaf = ta_pm_root[page >> TA_PM_LEAF_BITS];
+    return leaf ? leaf->info[page & ((1u << TA_PM_LEAF_BITS) - 1)] : 0;
+}
+static inline struct ta_span *ta_pagemap_span(uintptr_t page) {
+    if (TA_UNLIKELY(page >> (TA_PM_ROOT_BITS + TA_PM_LEAF_BITS))) return NULL;
+    ta_pm_leaf_t *leaf = ta_pm_root[page >> TA_PM_LEAF_BITS];
+    return leaf ? leaf->span[page & ((1u << TA_PM_LEAF_BITS) - 1)] : NULL;
+}
+/* Make sure leaves exist for pages [first, first+n); false if out of memory. */
+bool ta_pagemap_ensure(uintptr_t first, uintptr_t n);
+/* Set span and info for one page (its leaf must exist). */
+void ta_pagemap_set(uintptr_t page, struct ta_span *s, uint32_t info);
+uint64_t ta_pagemap_bytes(void);
+
+/* ---- sizeclass.c --------------------------------------------------------- */
+/* Classes: 16..256 by 16, then 8 per doubling up to 256 KiB, so a block wastes
+ * under 12.5% of its size above 128 bytes and under 16 bytes below. */
+typedef struct ta_class_info {
+    uint32_t size;      /* object size in bytes */
+    uint32_t pages;     /* pages per span */
+    uint32_t batch;     /* objects moved between a thread cache and central at once */
+    uint32_t objects;   /* objects per span */
+    uint64_t div_magic; /* offset % size == 0  <=>  (uint32)offset * div_magic <= div_magic - 1 */
+} ta_class_info_t;
+extern ta_class_info_t ta_class[TA_MAX_CLASSES];
+extern uint32_t ta_nclasses; /* classes are 1..ta_nclasses-1 */
+extern uint8_t ta_class_small[(1024 >> 4) + 1];            /* (n+15)>>4, n <= 1024 */
+extern uint8_t ta_class_large[((TA_MAX_SMALL - 1024) >> 7) + 1]; /* (n-1024+127)>>7 */
+void ta_sizeclass_init(void);
+static inline uint32_t ta_size_to_class(size_t n) {
+    if (TA_LIKELY(n <= 1024)) return ta_class_small[(n + 15) >> 4];
+    if (n <= TA_MAX_SMALL) return ta_class_large[(n - 1024 + 127) >> 7];
+    return 0;
+}
+/* smallest class whose size is >= n and a multiple of align (align <= page), or 0 */
+uint32_t ta_class_for_aligned(size_t n, size_t align);
+
+/* ---- pageheap.c: tier 3 --------------------------------------------------- */
+enum { TA_SPAN_FREE = 0, TA_SPAN_RELEASED = 1, TA_SPAN_INUSE = 2 };
+typedef struct ta_span {
+    uintptr_t page;          /* first page number (address >> TA_PAGE_SHIFT) */
+    uintptr_t npages;
+    struct ta_span *next, *prev; /* in a page-heap free list or a central span list */
+    uint8_t state;           /* TA_SPAN_* */
+    uint8_t cls;             /* size class, 0 for a large block */
+    uint8_t zeroed;          /* large block known to be all zero (fresh or released pages) */
+    uint8_t in_list;         /* central: on the nonempty list */
+    uint32_t allocated;      /* small: objects handed out of this span */
+    uint64_t free_since_ms;  /* free spans: when they became free (decay) */
+    void *freelist;          /* small: freed objects of this span */
+    char *carve, *carve_end; /* small: bump region not carved yet */
+    size_t req_size;         /* large: bytes the caller asked for (stats) */
+} ta_span_t;
+static inline void *ta_span_addr(const ta_span_t *s) { return (void *)(s->page << TA_PAGE_SHIFT); }
+static inline size_t ta_span_bytes(const ta_span_t *s) { return s->npages << TA_PAGE_SHIFT; }
+
+void ta_pageheap_init(void);
+/* A span of n pages (n >= 1) aligned to align_pages (a power of two), marked in use
+ * with class cls (registered in the pagemap on every page when cls != 0, on the
+ * first and last page otherwise). NULL when the OS refuses. */
+ta_span_t *ta_pageheap_alloc(uintptr_t npages, uintptr_t align_pages, uint32_t cls);
+void ta_pageheap_free(ta_span_t *s);
+/* Try to grow an in-use large span in place to n pages; true on success. */
+bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages);
+/* Release free pages to the OS: those free for at least decay_ms, or all when
+ * all is true. Returns bytes released. */
+size_t ta_pageheap_release(bool all);
+typedef struct ta_pageheap_stats {
+    uint64_t free_bytes;      /* free, still resident */
+    uint64_t released_bytes;  /* free, returned to the OS */
+    uint64_t inuse_bytes;     /* spans in use (small and large) */
+    uint64_t large_bytes;     /* of which large blocks */
+    uint64_t large_count;
+    uint64_t n_alloc, n_free, n_grow_os, n_coalesce;
+} ta_pageheap_stats_t;
+void ta_pageheap_stats(ta_pageheap_stats_t *out);
+void ta_pageheap_lock_all(void);   /* fork */
+void ta_pageheap_unlock_all(bool child);
+
+/* ---- central.c: tier 2 ---------------------------------------------------- */
+/* Objects travel as singly-linked chains through their first word. */
+void ta_central_init(void);
+/* Up to `want` objects of class cls; returns how many (0 = out of memory) and
+ * the chain in *head. */
+uint32_t ta_central_alloc(uint32_t cls, uint32_t want, void **head, uint32_t shard);
+/* Give back n objects chained from head. */
+void ta_central_free(uint32_t cls, void *head, uint32_t n, uint32_t shard);
+/* Move everything in the transfer caches back to spans (malloc_trim). */
+void ta_central_drain(void);
+typedef struct ta_central_stats {
+    uint64_t transfer_bytes;  /* held in transfer caches */
+    uint64_t span_free_bytes; /* free objects inside partly used spans */
+    uint64_t hits, misses;    /* transfer-cache hits and span refills */
+} ta_central_stats_t;
+void ta_central_stats(uint32_t cls, ta_central_stats_t *out);
+void ta_central_lock_all(void);
+void ta_central_unlock_all(bool child);
+
+/* ---- pcache.c: tier 1 ----------------------------------------------------- */
+/* A freed object keeps a guard word (its address mixed with a per-process key)
+ * in its second word; free() sees it and reports a double free. */
+typedef struct ta_list {
+    void *head;
+    uint32_t count; /* objects on the list */
+    uint32_t max;   /* list length above which free() returns a batch */
+} ta_list_t;
+typedef struct ta_pcache {
+    ta_list_t list[TA_MAX_CLASSES];
+    int64_t budget_left;      /* bytes this cache may still take before scavenging */
+    uint64_t budget;          /* its current total budget */
+    uint32_t shard;           /* central shard this thread uses */
+    uint32_t state;           /* TA_PC_* */
+    struct ta_pcache *next_all, *prev_all; /* registry of live caches (stats) */
+    uint64_t n_alloc_miss, n_free_miss;    /* slow-path counts */
+} ta_pcache_t;
+enum { TA_PC_EMPTY = 0, TA_PC_LIVE = 1, TA_PC_DEAD = 2 };
+extern __thread ta_pcache_t *ta_tls_cache;
+extern uintptr_t ta_guard_key;
+static inline uintptr_t ta_guard(const void *p) { return (uintptr_t)p ^ ta_guard_key; }
+
+void ta_pcache_init(void);
+void *ta_pcache_alloc_slow(uint32_t cls);          /* refill, then allocate */
+void ta_pcache_free_slow(void *p, uint32_t cls);   /* overflow: flush a batch */
+void ta_pcache_flush_current(void);                /* empty the calling thread's cache */
+void ta_pcache_thread_exit(void *arg);
+uint64_t ta_pcache_bytes(uint32_t cls_or_all);     /* bytes held in all caches (approximate) */
+void ta_pcache_lock_all(void);
+void ta_pcache_unlock_all(bool child);
+
+/* ---- api.c --------------------------------------------------------------- */
+extern volatile int ta_inited;
+void ta_init_slow(void);
+static inline void ta_ensure_init(void) {
+    if (TA_UNLIKELY(!ta_inited)) ta_init_slow();
+}
+void *ta_alloc_large(size_t size, size_t align, bool zero);
+void ta_free_slow(void *p);
+
+#endif
