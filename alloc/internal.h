@@ -88,6 +88,8 @@ uint64_t ta_meta_bytes(void);
 struct ta_span;
 struct ta_span *ta_span_new(void);
 void ta_span_delete(struct ta_span *s);
+void ta_meta_lock_all(void);
+void ta_meta_unlock_all(bool child);
 
 /* ---- pagemap.c: page number → span and size class ---------------------- */
 /* Two-level radix tree over 48-bit addresses: a static root of leaf pointers;
@@ -167,6 +169,11 @@ void ta_pageheap_init(void);
  * first and last page otherwise). NULL when the OS refuses. */
 ta_span_t *ta_pageheap_alloc(uintptr_t npages, uintptr_t align_pages, uint32_t cls);
 void ta_pageheap_free(ta_span_t *s);
+/* free() of a pointer that is not a small block: validates it under the lock and
+ * frees the large block; returns NULL, or what is wrong ("double free of"...). */
+const char *ta_pageheap_free_large(void *p);
+/* run the decay clock (called from slow paths) */
+void ta_pageheap_tick(void);
 /* Try to grow an in-use large span in place to n pages; true on success. */
 bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages);
 /* Release free pages to the OS: those free for at least decay_ms, or all when
@@ -187,6 +194,7 @@ void ta_pageheap_unlock_all(bool child);
 /* ---- central.c: tier 2 ---------------------------------------------------- */
 /* Objects travel as singly-linked chains through their first word. */
 void ta_central_init(void);
+uint32_t ta_central_nshards(void);
 /* Up to `want` objects of class cls; returns how many (0 = out of memory) and
  * the chain in *head. */
 uint32_t ta_central_alloc(uint32_t cls, uint32_t want, void **head, uint32_t shard);
@@ -233,6 +241,27 @@ void ta_pcache_thread_exit(void *arg);
 uint64_t ta_pcache_bytes(uint32_t cls_or_all);     /* bytes held in all caches (approximate) */
 void ta_pcache_lock_all(void);
 void ta_pcache_unlock_all(bool child);
+
+/* ---- stats.c -------------------------------------------------------------- */
+typedef struct ta_snapshot {
+    ta_os_stats_t os;
+    ta_pageheap_stats_t ph;
+    uint64_t cache_bytes;       /* free objects in thread caches */
+    uint64_t transfer_bytes;    /* free objects in central transfer caches */
+    uint64_t span_free_bytes;   /* free objects inside spans of size classes */
+    uint64_t transfer_hits, transfer_misses;
+    uint64_t meta_bytes;        /* metadata and pagemap */
+    uint64_t small_inuse_bytes; /* small blocks the program holds */
+    uint64_t inuse_bytes;       /* all blocks the program holds (class sizes) */
+} ta_snapshot_t;
+void ta_snapshot(ta_snapshot_t *s);
+struct mallinfo2;
+void ta_stats_mallinfo(struct mallinfo2 *mi);
+size_t ta_stats_format_text(char *buf, size_t cap);
+void ta_stats_write_text(int fd);
+struct _IO_FILE;
+int ta_stats_write_xml(struct _IO_FILE *fp);
+void ta_stats_at_start(void);
 
 /* ---- api.c --------------------------------------------------------------- */
 extern volatile int ta_inited;

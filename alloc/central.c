@@ -1,0 +1,224 @@
+/* central.c: tier 2.  Per size class: sharded transfer caches holding whole
+ * batches (a thread cache's refill or flush is one pointer push/pop under a
+ * shard lock), over a central free list of spans with free objects (one lock
+ * per class) that carves objects out of spans from the page heap and gives
+ * spans back when all their objects are free.
+ * Lock order: transfer shard → class lock → page heap (never the reverse). */
+#include "internal.h"
+
+#include <string.h>
+
+#define TC_SLOTS 64              /* batches a shard may hold, at most */
+#define TC_BYTES ((size_t)256 << 10) /* and about this many bytes */
+#define MAX_SHARDS 4
+
+typedef struct central_class {
+    ta_lock_t lock;
+    ta_span_t nonempty;     /* sentinel: spans with a free or uncarved object */
+    uint64_t spans;         /* spans of this class */
+    uint64_t free_objects;  /* free objects inside those spans (incl. uncarved) */
+} __attribute__((aligned(64))) central_class_t;
+
+typedef struct transfer {
+    ta_lock_t lock;
+    uint32_t n, cap;
+    uint64_t hits, misses;
+    void *batch[TC_SLOTS];  /* heads of chains of exactly ta_class[cls].batch objects */
+} __attribute__((aligned(64))) transfer_t;
+
+static central_class_t central[TA_MAX_CLASSES];
+static transfer_t transfer[MAX_SHARDS][TA_MAX_CLASSES];
+static uint32_t nshards = 1;
+
+void ta_central_init(void) {
+    nshards = ta_cfg.ncpu < MAX_SHARDS ? (uint32_t)ta_cfg.ncpu : MAX_SHARDS;
+    if (nshards < 1) nshards = 1;
+    for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) {
+        pthread_mutex_init(&central[c].lock, NULL);
+        central[c].nonempty.next = central[c].nonempty.prev = &central[c].nonempty;
+        size_t bytes = c < ta_nclasses ? (size_t)ta_class[c].batch * ta_class[c].size : 0;
+        uint32_t cap = bytes ? (uint32_t)(TC_BYTES / bytes) : 0;
+        if (c && c < ta_nclasses && cap < 2) cap = 2;
+        if (cap > TC_SLOTS) cap = TC_SLOTS;
+        for (uint32_t s = 0; s < MAX_SHARDS; s++) {
+            pthread_mutex_init(&transfer[s][c].lock, NULL);
+            transfer[s][c].cap = cap;
+        }
+    }
+}
+
+uint32_t ta_central_nshards(void) { return nshards; }
+
+static void span_list_push(central_class_t *cc, ta_span_t *s) {
+    s->next = cc->nonempty.next;
+    s->prev = &cc->nonempty;
+    cc->nonempty.next->prev = s;
+    cc->nonempty.next = s;
+    s->in_list = 1;
+}
+
+static void span_list_remove(ta_span_t *s) {
+    s->prev->next = s->next;
+    s->next->prev = s->prev;
+    s->next = s->prev = NULL;
+    s->in_list = 0;
+}
+
+/* Take up to want objects from the class's spans, getting spans from the page
+ * heap as needed. */
+static uint32_t alloc_from_spans(uint32_t cls, uint32_t want, void **head) {
+    central_class_t *cc = &central[cls];
+    const uint32_t size = ta_class[cls].size;
+    void *chain = NULL;
+    uint32_t got = 0;
+    ta_lock(&cc->lock);
+    while (got < want) {
+        ta_span_t *s = cc->nonempty.next;
+        if (s == &cc->nonempty) {
+            ta_unlock(&cc->lock);
+            s = ta_pageheap_alloc(ta_class[cls].pages, 1, cls);
+            ta_lock(&cc->lock);
+            if (!s) break;
+            s->carve = ta_span_addr(s);
+            s->carve_end = s->carve + (size_t)ta_class[cls].objects * size;
+            s->freelist = NULL;
+            s->allocated = 0;
+            cc->spans++;
+            cc->free_objects += ta_class[cls].objects;
+            span_list_push(cc, s);
+        }
+        while (got < want) {
+            void *obj;
+            if (s->freelist) {
+                obj = s->freelist;
+                s->freelist = *(void **)obj;
+            } else if (s->carve < s->carve_end) {
+                obj = s->carve;
+                s->carve += size;
+            } else {
+                break;
+            }
+            *(void **)obj = chain;
+            chain = obj;
+            got++;
+            s->allocated++;
+        }
+        if (!s->freelist && s->carve >= s->carve_end) span_list_remove(s);
+    }
+    cc->free_objects -= got;
+    ta_unlock(&cc->lock);
+    *head = chain;
+    return got;
+}
+
+/* Return n chained objects to their spans; spans left with nothing handed out
+ * go back to the page heap. */
+static void free_to_spans(uint32_t cls, void *head, uint32_t n) {
+    central_class_t *cc = &central[cls];
+    ta_span_t *empty = NULL;
+    ta_lock(&cc->lock);
+    for (uint32_t i = 0; i < n && head; i++) {
+        void *obj = head;
+        head = *(void **)obj;
+        ta_span_t *s = ta_pagemap_span((uintptr_t)obj >> TA_PAGE_SHIFT);
+        TA_ASSERT(s && s->cls == cls && s->allocated > 0);
+        *(void **)obj = s->freelist;
+        s->freelist = obj;
+        s->allocated--;
+        cc->free_objects++;
+        if (s->allocated == 0) {
+            if (s->in_list) span_list_remove(s);
+            s->next = empty;
+            empty = s;
+            cc->spans--;
+            cc->free_objects -= ta_class[cls].objects;
+        } else if (!s->in_list) {
+            span_list_push(cc, s);
+        }
+    }
+    ta_unlock(&cc->lock);
+    while (empty) {
+        ta_span_t *s = empty;
+        empty = s->next;
+        s->next = NULL;
+        ta_pageheap_free(s);
+    }
+}
+
+uint32_t ta_central_alloc(uint32_t cls, uint32_t want, void **head, uint32_t shard) {
+    transfer_t *t = &transfer[shard % nshards][cls];
+    if (want == ta_class[cls].batch) {
+        ta_lock(&t->lock);
+        if (t->n) {
+            *head = t->batch[--t->n];
+            t->hits++;
+            ta_unlock(&t->lock);
+            return want;
+        }
+        t->misses++;
+        ta_unlock(&t->lock);
+    }
+    return alloc_from_spans(cls, want, head);
+}
+
+void ta_central_free(uint32_t cls, void *head, uint32_t n, uint32_t shard) {
+    transfer_t *t = &transfer[shard % nshards][cls];
+    if (n == ta_class[cls].batch) {
+        ta_lock(&t->lock);
+        if (t->n < t->cap) {
+            t->batch[t->n++] = head;
+            ta_unlock(&t->lock);
+            return;
+        }
+        ta_unlock(&t->lock);
+    }
+    free_to_spans(cls, head, n);
+}
+
+void ta_central_drain(void) {
+    for (uint32_t sh = 0; sh < nshards; sh++)
+        for (uint32_t c = 1; c < ta_nclasses; c++) {
+            transfer_t *t = &transfer[sh][c];
+            for (;;) {
+                ta_lock(&t->lock);
+                void *h = t->n ? t->batch[--t->n] : NULL;
+                ta_unlock(&t->lock);
+                if (!h) break;
+                free_to_spans(c, h, ta_class[c].batch);
+            }
+        }
+}
+
+void ta_central_stats(uint32_t cls, ta_central_stats_t *out) {
+    memset(out, 0, sizeof *out);
+    if (!cls || cls >= ta_nclasses) return;
+    size_t batch_bytes = (size_t)ta_class[cls].batch * ta_class[cls].size;
+    for (uint32_t sh = 0; sh < nshards; sh++) {
+        transfer_t *t = &transfer[sh][cls];
+        ta_lock(&t->lock);
+        out->transfer_bytes += t->n * batch_bytes;
+        out->hits += t->hits;
+        out->misses += t->misses;
+        ta_unlock(&t->lock);
+    }
+    central_class_t *cc = &central[cls];
+    ta_lock(&cc->lock);
+    out->span_free_bytes = cc->free_objects * ta_class[cls].size;
+    ta_unlock(&cc->lock);
+}
+
+void ta_central_lock_all(void) {
+    for (uint32_t sh = 0; sh < MAX_SHARDS; sh++)
+        for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) ta_lock(&transfer[sh][c].lock);
+    for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) ta_lock(&central[c].lock);
+}
+
+void ta_central_unlock_all(bool child) {
+    for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) {
+        if (child) pthread_mutex_init(&central[c].lock, NULL); else ta_unlock(&central[c].lock);
+    }
+    for (uint32_t sh = 0; sh < MAX_SHARDS; sh++)
+        for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) {
+            if (child) pthread_mutex_init(&transfer[sh][c].lock, NULL); else ta_unlock(&transfer[sh][c].lock);
+        }
+}

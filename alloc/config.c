@@ -1,0 +1,60 @@
+/* config.c: TIERALLOC_* options, read once at init straight from environ
+ * (getenv is safe, but we may run before libc has finished starting). */
+#define _GNU_SOURCE 1
+#include "internal.h"
+
+#include <sched.h>
+#include <string.h>
+
+extern char **environ;
+
+ta_config_t ta_cfg = {
+    .decay_ms = 1000,
+    .cache_bytes = 8 << 20,
+    .thread_cache_max = 4 << 20,
+    .ncpu = 1,
+};
+
+const char *ta_getenv(const char *name) {
+    char **env = environ;
+    if (!env) return NULL;
+    size_t n = strlen(name);
+    for (; *env; env++)
+        if (strncmp(*env, name, n) == 0 && (*env)[n] == '=') return *env + n + 1;
+    return NULL;
+}
+
+/* Parse "123", "64k", "8M", "1g"; returns def on a malformed value. */
+static uint64_t parse_size(const char *s, uint64_t def) {
+    if (!s || !*s) return def;
+    uint64_t v = 0;
+    const char *p = s;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        if (v > (UINT64_MAX - 9) / 10) return def;
+        v = v * 10 + (uint64_t)(*p - '0');
+    }
+    if (p == s) return def;
+    switch (*p) {
+    case 'k': case 'K': v <<= 10; p++; break;
+    case 'm': case 'M': v <<= 20; p++; break;
+    case 'g': case 'G': v <<= 30; p++; break;
+    default: break;
+    }
+    if (*p == 'b' || *p == 'B') p++;
+    return *p ? def : v;
+}
+
+void ta_config_init(void) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int n = CPU_COUNT(&set);
+        ta_cfg.ncpu = n > 0 ? n : 1;
+    }
+    /* thread caches together may hold 4 MiB per CPU (at least 8 MiB) */
+    uint64_t budget = (uint64_t)ta_cfg.ncpu << 22;
+    if (budget < (8 << 20)) budget = 8 << 20;
+    ta_cfg.cache_bytes = parse_size(ta_getenv("TIERALLOC_CACHE_BYTES"), budget);
+    ta_cfg.thread_cache_max = ta_cfg.cache_bytes < (4 << 20) ? ta_cfg.cache_bytes : (4 << 20);
+    ta_cfg.decay_ms = parse_size(ta_getenv("TIERALLOC_DECAY_MS"), 1000);
+}

@@ -1,0 +1,329 @@
+/* pageheap.c: tier 3.  Spans of whole pages: carved for size classes or handed
+ * out whole for large blocks; freed spans coalesce with free neighbours of the
+ * same kind; free pages go back to the OS after decay_ms (or at once on trim).
+ *
+ * Free spans are either FREE (pages still resident: reused without faults) or
+ * RELEASED (madvised away: zero and not resident).  The two kinds are kept in
+ * separate lists and only merge with their own kind, so every byte is counted
+ * exactly once; a FREE span that decays becomes RELEASED and then merges. */
+#include "internal.h"
+
+#include <string.h>
+
+#define PH_EXACT 128               /* lists 1..128 hold spans of exactly that many pages */
+#define PH_GROW_PAGES 256          /* grow the heap 2 MiB at a time at least */
+
+static ta_lock_t ph_lock = TA_LOCK_INIT;
+static ta_span_t ph_list[2][PH_EXACT + 1]; /* [kind][npages or 0 for larger]; sentinels */
+static ta_pageheap_stats_t ph_stats;
+static uint64_t ph_last_decay_ms;
+static bool ph_ready;
+
+static void list_init(ta_span_t *h) { h->next = h->prev = h; }
+static bool list_empty(const ta_span_t *h) { return h->next == h; }
+static void list_remove(ta_span_t *s) {
+    s->prev->next = s->next;
+    s->next->prev = s->prev;
+    s->next = s->prev = NULL;
+}
+static void list_push(ta_span_t *h, ta_span_t *s) {
+    s->next = h->next;
+    s->prev = h;
+    h->next->prev = s;
+    h->next = s;
+}
+
+static ta_span_t *free_list_for(const ta_span_t *s) {
+    int kind = s->state == TA_SPAN_RELEASED;
+    return &ph_list[kind][s->npages <= PH_EXACT ? s->npages : 0];
+}
+
+void ta_pageheap_init(void) {
+    if (ph_ready) return;
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i <= PH_EXACT; i++) list_init(&ph_list[k][i]);
+    ph_last_decay_ms = ta_os_now_ms();
+    ph_ready = true;
+}
+
+/* first and last page → s, both with info 0 (free spans and large blocks) */
+static void register_ends(ta_span_t *s) {
+    ta_pagemap_set(s->page, s, 0);
+    if (s->npages > 1) ta_pagemap_set(s->page + s->npages - 1, s, 0);
+}
+
+static void account_free(const ta_span_t *s, int sign) {
+    uint64_t b = ta_span_bytes(s);
+    if (s->state == TA_SPAN_RELEASED)
+        ph_stats.released_bytes += sign * b;
+    else
+        ph_stats.free_bytes += sign * b;
+}
+
+static void free_remove(ta_span_t *s) {
+    list_remove(s);
+    account_free(s, -1);
+}
+
+/* Put a free span on its list, merging it first with neighbours of its kind. */
+static void free_insert(ta_span_t *s) {
+    ta_span_t *prev = s->page ? ta_pagemap_span(s->page - 1) : NULL;
+    if (prev && prev->state == s->state && prev->npages && prev->page + prev->npages == s->page) {
+        free_remove(prev);
+        ta_pagemap_set(s->page, s, 0); /* the old block start now points at the merged span */
+        s->page = prev->page;
+        s->npages += prev->npages;
+        if (prev->free_since_ms < s->free_since_ms) s->free_since_ms = prev->free_since_ms;
+        ta_span_delete(prev);
+        ph_stats.n_coalesce++;
+    }
+    ta_span_t *next = ta_pagemap_span(s->page + s->npages);
+    if (next && next->state == s->state && next->npages && next->page == s->page + s->npages) {
+        free_remove(next);
+        ta_pagemap_set(next->page, s, 0);
+        s->npages += next->npages;
+        ta_span_delete(next);
+        ph_stats.n_coalesce++;
+    }
+    register_ends(s);
+    list_push(free_list_for(s), s);
+    account_free(s, +1);
+}
+
+/* Smallest span of `kind` with at least n pages (lowest address among the
+ * large ones of equal size, to keep the heap compact). */
+static ta_span_t *find_fit(int kind, uintptr_t n) {
+    for (uintptr_t i = n; i <= PH_EXACT; i++)
+        if (!list_empty(&ph_list[kind][i])) return ph_list[kind][i].next;
+    ta_span_t *best = NULL, *h = &ph_list[kind][0];
+    for (ta_span_t *s = h->next; s != h; s = s->next)
+        if (s->npages >= n && (!best || s->npages < best->npages ||
+                               (s->npages == best->npages && s->page < best->page)))
+            best = s;
+    return best;
+}
+
+/* Map more memory; it enters the heap as a RELEASED span (zero, not resident). */
+static bool grow(uintptr_t n) {
+    uintptr_t pages = n < PH_GROW_PAGES ? PH_GROW_PAGES : n;
+    void *p = ta_os_map(pages << TA_PAGE_SHIFT, TA_PAGE_SIZE);
+    if (!p) {
+        if (pages == n) return false;
+        pages = n; /* ask for just what is needed */
+        p = ta_os_map(pages << TA_PAGE_SHIFT, TA_PAGE_SIZE);
+        if (!p) return false;
+    }
+    uintptr_t page = (uintptr_t)p >> TA_PAGE_SHIFT;
+    if (!ta_pagemap_ensure(page, pages)) {
+        ta_os_unmap(p, pages << TA_PAGE_SHIFT);
+        return false;
+    }
+    ta_span_t *s = ta_span_new();
+    s->page = page;
+    s->npages = pages;
+    s->state = TA_SPAN_RELEASED;
+    s->free_since_ms = 0;
+    ph_stats.n_grow_os++;
+    free_insert(s);
+    return true;
+}
+
+/* Split the first n pages off free span s (already off its list); the rest
+ * goes back to the heap as a free span of the same kind. */
+static void split_tail(ta_span_t *s, uintptr_t n) {
+    if (s->npages == n) return;
+    ta_span_t *t = ta_span_new();
+    t->page = s->page + n;
+    t->npages = s->npages - n;
+    t->state = s->state;
+    t->free_since_ms = s->free_since_ms;
+    s->npages = n;
+    register_ends(t);
+    list_push(free_list_for(t), t);
+    account_free(t, +1);
+}
+
+/* Give the first `lead` pages of free span s (off its list) back to the heap;
+ * returns a new record for the rest, also off the lists. */
+static ta_span_t *split_head(ta_span_t *s, uintptr_t lead) {
+    ta_span_t *t = ta_span_new();
+    t->page = s->page + lead;
+    t->npages = s->npages - lead;
+    t->state = s->state;
+    t->free_since_ms = s->free_since_ms;
+    s->npages = lead;
+    register_ends(s);
+    list_push(free_list_for(s), s);
+    account_free(s, +1);
+    return t;
+}
+
+static void decay_maybe(uint64_t now);
+
+ta_span_t *ta_pageheap_alloc(uintptr_t npages, uintptr_t align_pages, uint32_t cls) {
+    if (align_pages < 1) align_pages = 1;
+    uintptr_t want = npages + align_pages - 1;
+    if (npages == 0 || want < npages || want > (TA_MAX_REQUEST >> TA_PAGE_SHIFT)) return NULL;
+    ta_lock(&ph_lock);
+    ta_span_t *s = find_fit(0, want);
+    if (!s) s = find_fit(1, want);
+    if (!s) {
+        if (!grow(want)) {
+            ta_unlock(&ph_lock);
+            return NULL;
+        }
+        s = find_fit(1, want);
+        if (!s) s = find_fit(0, want);
+    }
+    TA_ASSERT(s && s->npages >= want);
+    free_remove(s);
+    uintptr_t lead = ((s->page + align_pages - 1) & ~(align_pages - 1)) - s->page;
+    if (lead) s = split_head(s, lead);
+    split_tail(s, npages);
+    s->zeroed = s->state == TA_SPAN_RELEASED;
+    s->state = TA_SPAN_INUSE;
+    s->cls = (uint8_t)cls;
+    s->next = s->prev = NULL;
+    if (cls) {
+        for (uintptr_t i = 0; i < npages; i++)
+            ta_pagemap_set(s->page + i, s, cls | (uint32_t)(i << 8));
+    } else {
+        register_ends(s);
+        ph_stats.large_bytes += ta_span_bytes(s);
+        ph_stats.large_count++;
+    }
+    ph_stats.inuse_bytes += ta_span_bytes(s);
+    ph_stats.n_alloc++;
+    ta_unlock(&ph_lock);
+    return s;
+}
+
+static void free_locked(ta_span_t *s, uint64_t now) {
+    TA_ASSERT(s->state == TA_SPAN_INUSE);
+    ph_stats.inuse_bytes -= ta_span_bytes(s);
+    if (s->cls) {
+        /* info 0 on every page: a later free() of one of its objects takes the
+         * slow path and is seen as a double free */
+        for (uintptr_t i = 0; i < s->npages; i++) ta_pagemap_set(s->page + i, s, 0);
+    } else {
+        ph_stats.large_bytes -= ta_span_bytes(s);
+        ph_stats.large_count--;
+    }
+    s->state = TA_SPAN_FREE;
+    s->cls = 0;
+    s->freelist = NULL;
+    s->carve = s->carve_end = NULL;
+    s->allocated = 0;
+    s->free_since_ms = now;
+    ph_stats.n_free++;
+    free_insert(s);
+}
+
+void ta_pageheap_free(ta_span_t *s) {
+    uint64_t now = ta_os_now_ms();
+    ta_lock(&ph_lock);
+    free_locked(s, now);
+    decay_maybe(now);
+    ta_unlock(&ph_lock);
+}
+
+const char *ta_pageheap_free_large(void *p) {
+    uintptr_t page = (uintptr_t)p >> TA_PAGE_SHIFT;
+    uint64_t now = ta_os_now_ms();
+    ta_lock(&ph_lock);
+    ta_span_t *s = ta_pagemap_span(page);
+    const char *err = NULL;
+    if (!s || !s->npages || page < s->page || page >= s->page + s->npages)
+        err = "free of a pointer tieralloc never returned:";
+    else if (s->state != TA_SPAN_INUSE)
+        err = ((uintptr_t)p & (TA_PAGE_SIZE - 1)) == 0 ? "double free of" : "free of a pointer tieralloc never returned:";
+    else if (s->cls)
+        err = "free of a pointer into freed memory:";
+    else if (ta_span_addr(s) != p)
+        err = "free of an interior pointer:";
+    if (!err) {
+        free_locked(s, now);
+        decay_maybe(now);
+    }
+    ta_unlock(&ph_lock);
+    return err;
+}
+
+bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages) {
+    if (npages <= s->npages) return true;
+    uintptr_t extra = npages - s->npages;
+    bool ok = false;
+    ta_lock(&ph_lock);
+    ta_span_t *n = ta_pagemap_span(s->page + s->npages);
+    if (n && n->npages && n->state != TA_SPAN_INUSE && n->page == s->page + s->npages &&
+        n->npages >= extra) {
+        free_remove(n);
+        split_tail(n, extra);
+        /* n now covers exactly the pages we take */
+        ph_stats.inuse_bytes += ta_span_bytes(n);
+        ph_stats.large_bytes += ta_span_bytes(n);
+        ta_pagemap_set(n->page, s, 0);
+        ta_span_delete(n);
+        s->npages = npages;
+        register_ends(s);
+        ok = true;
+    }
+    ta_unlock(&ph_lock);
+    return ok;
+}
+
+/* Release FREE spans idle for decay_ms (all of them when all is set). */
+static size_t release_locked(bool all, uint64_t now) {
+    size_t released = 0;
+    for (int i = 0; i <= PH_EXACT; i++) {
+        ta_span_t *h = &ph_list[0][i];
+        for (ta_span_t *s = h->next, *nx; s != h; s = nx) {
+            nx = s->next;
+            if (!all && now - s->free_since_ms < ta_cfg.decay_ms) continue;
+            free_remove(s);
+            ta_os_release(ta_span_addr(s), ta_span_bytes(s));
+            released += ta_span_bytes(s);
+            s->state = TA_SPAN_RELEASED;
+            free_insert(s); /* merges only with RELEASED spans: nx stays valid */
+        }
+    }
+    return released;
+}
+
+static void decay_maybe(uint64_t now) {
+    uint64_t period = ta_cfg.decay_ms / 4;
+    if (now - ph_last_decay_ms < period) return;
+    ph_last_decay_ms = now;
+    release_locked(false, now);
+}
+
+size_t ta_pageheap_release(bool all) {
+    uint64_t now = ta_os_now_ms();
+    ta_lock(&ph_lock);
+    size_t n = release_locked(all, now);
+    ph_last_decay_ms = now;
+    ta_unlock(&ph_lock);
+    return n;
+}
+
+void ta_pageheap_tick(void) {
+    uint64_t now = ta_os_now_ms();
+    if (now - __atomic_load_n(&ph_last_decay_ms, __ATOMIC_RELAXED) < ta_cfg.decay_ms / 4) return;
+    ta_lock(&ph_lock);
+    decay_maybe(now);
+    ta_unlock(&ph_lock);
+}
+
+void ta_pageheap_stats(ta_pageheap_stats_t *out) {
+    ta_lock(&ph_lock);
+    *out = ph_stats;
+    ta_unlock(&ph_lock);
+}
+
+void ta_pageheap_lock_all(void) { ta_lock(&ph_lock); }
+void ta_pageheap_unlock_all(bool child) {
+    if (child)
+        pthread_mutex_init(&ph_lock, NULL);
+    else
+        ta_unlock(&ph_lock);
+}

@@ -1,0 +1,38 @@
+/* pagemap.c: page number → (span, info), a two-level radix tree.  The root is
+ * a static array (untouched entries cost no memory); leaves come from the OS on
+ * first use and are never freed, so a lookup never races with a free. */
+#include "internal.h"
+
+ta_pm_leaf_t *ta_pm_root[1 << TA_PM_ROOT_BITS];
+static ta_lock_t pm_lock = TA_LOCK_INIT;
+static uint64_t pm_bytes;
+
+bool ta_pagemap_ensure(uintptr_t first, uintptr_t n) {
+    uintptr_t last = first + n - 1;
+    if (n == 0 || last < first || (last >> (TA_PM_ROOT_BITS + TA_PM_LEAF_BITS))) return false;
+    for (uintptr_t i = first >> TA_PM_LEAF_BITS; i <= last >> TA_PM_LEAF_BITS; i++) {
+        if (__atomic_load_n(&ta_pm_root[i], __ATOMIC_ACQUIRE)) continue;
+        ta_lock(&pm_lock);
+        if (!ta_pm_root[i]) {
+            ta_pm_leaf_t *leaf = ta_os_map(sizeof(ta_pm_leaf_t), 4096);
+            if (!leaf) {
+                ta_unlock(&pm_lock);
+                return false;
+            }
+            pm_bytes += sizeof(ta_pm_leaf_t);
+            __atomic_store_n(&ta_pm_root[i], leaf, __ATOMIC_RELEASE);
+        }
+        ta_unlock(&pm_lock);
+    }
+    return true;
+}
+
+void ta_pagemap_set(uintptr_t page, ta_span_t *s, uint32_t info) {
+    ta_pm_leaf_t *leaf = ta_pm_root[page >> TA_PM_LEAF_BITS];
+    TA_ASSERT(leaf);
+    uintptr_t i = page & ((1u << TA_PM_LEAF_BITS) - 1);
+    leaf->span[i] = s;
+    __atomic_store_n(&leaf->info[i], info, __ATOMIC_RELEASE);
+}
+
+uint64_t ta_pagemap_bytes(void) { return pm_bytes; }
