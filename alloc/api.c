@@ -120,7 +120,8 @@ static inline uint32_t small_class_of(const void *p, uint32_t info) {
     uintptr_t page = (uintptr_t)p >> TA_PAGE_SHIFT;
     uint32_t off = (uint32_t)((uintptr_t)p - ((page - (info >> 8)) << TA_PAGE_SHIFT));
     /* offset must be a multiple of the class size: one multiply, no division */
-    if (TA_UNLIKELY((uint64_t)off * ta_class[cls].div_magic > ta_class[cls].div_magic - 1)) return 0;
+    uint64_t m = ta_class_magic[cls];
+    if (TA_UNLIKELY((uint64_t)off * m > m - 1)) return 0;
     return cls;
 }
 
@@ -136,12 +137,16 @@ TA_NOINLINE void ta_free_slow(void *p) {
 }
 
 static inline void do_free(void *p) {
-    uint32_t info = ta_pagemap_info((uintptr_t)p >> TA_PAGE_SHIFT);
+    uintptr_t page = (uintptr_t)p >> TA_PAGE_SHIFT;
+    uint32_t info = ta_pagemap_info(page);
     if (TA_LIKELY(info)) {
-        uint32_t cls = small_class_of(p, info);
+        uint32_t cls = info & 0xff;
+        uint32_t off = (uint32_t)((uintptr_t)p - ((page - (info >> 8)) << TA_PAGE_SHIFT));
+        uint64_t m = ta_class_magic[cls];
         void **o = p;
-        /* cls 0 (interior) and a set guard word (double free) both go slow */
-        if (TA_LIKELY(cls && (uintptr_t)o[1] != ta_guard(p))) {
+        /* an interior pointer (offset not a multiple of the size) and a set
+         * guard word (double free) both go to the slow path, which says which */
+        if (TA_LIKELY((uint64_t)off * m <= m - 1 && (uintptr_t)o[1] != ta_guard(p))) {
             ta_list_t *l = &ta_tls_cache->list[cls];
             if (TA_LIKELY(l->count < l->max)) {
                 o[0] = l->head;

@@ -106,8 +106,9 @@ typedef struct ta_pm_leaf {
 extern ta_pm_leaf_t *ta_pm_root[1 << TA_PM_ROOT_BITS];
 
 static inline uint32_t ta_pagemap_info(uintptr_t page) {
-    if (TA_UNLIKELY(page >> (TA_PM_ROOT_BITS + TA_PM_LEAF_BITS))) return 0;
-    ta_pm_leaf_t *leaf = ta_pm_root[page >> TA_PM_LEAF_BITS];
+    uintptr_t root = page >> TA_PM_LEAF_BITS; /* one compare rejects addresses above 48 bits */
+    if (TA_UNLIKELY(root >= (1u << TA_PM_ROOT_BITS))) return 0;
+    ta_pm_leaf_t *leaf = ta_pm_root[root];
     return leaf ? leaf->info[page & ((1u << TA_PM_LEAF_BITS) - 1)] : 0;
 }
 static inline struct ta_span *ta_pagemap_span(uintptr_t page) {
@@ -132,6 +133,7 @@ typedef struct ta_class_info {
     uint64_t div_magic; /* offset % size == 0  <=>  (uint32)offset * div_magic <= div_magic - 1 */
 } ta_class_info_t;
 extern ta_class_info_t ta_class[TA_MAX_CLASSES];
+extern uint64_t ta_class_magic[TA_MAX_CLASSES]; /* div_magic, packed for the free fast path */
 extern uint32_t ta_nclasses; /* classes are 1..ta_nclasses-1 */
 extern uint8_t ta_class_small[(1024 >> 4) + 1];            /* (n+15)>>4, n <= 1024 */
 extern uint8_t ta_class_large[((TA_MAX_SMALL - 1024) >> 7) + 1]; /* (n-1024+127)>>7 */

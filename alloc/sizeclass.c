@@ -5,6 +5,7 @@
 #include "internal.h"
 
 ta_class_info_t ta_class[TA_MAX_CLASSES];
+uint64_t ta_class_magic[TA_MAX_CLASSES];
 uint32_t ta_nclasses;
 uint8_t ta_class_small[(1024 >> 4) + 1];
 uint8_t ta_class_large[((TA_MAX_SMALL - 1024) >> 7) + 1];
@@ -29,6 +30,7 @@ static void add_class(uint32_t size) {
     uint32_t b = (64u << 10) / size;
     c->batch = b < 2 ? 2 : (b > 64 ? 64 : b);
     c->div_magic = UINT64_MAX / size + 1;
+    ta_class_magic[c - ta_class] = c->div_magic;
 }
 
 void ta_sizeclass_init(void) {
