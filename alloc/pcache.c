@@ -12,7 +12,7 @@
 
 static ta_pcache_t pcache_empty;            /* what a new thread sees */
 static ta_pcache_t pcache_dead = {.state = TA_PC_DEAD}; /* after its exit flush */
-__thread ta_pcache_t *ta_tls_cache __attribute__((tls_model("initial-exec"))) = &pcache_empty;
+__thread ta_tls_t ta_tls __attribute__((tls_model("initial-exec"))) = {.cache = &pcache_empty};
 
 static ta_lock_t reg_lock = TA_LOCK_INIT;
 static ta_pcache_t reg_head = {.next_all = &reg_head, .prev_all = &reg_head};
@@ -20,6 +20,7 @@ static ta_pcache_t *pcache_free;            /* caches of exited threads, for reu
 static pthread_key_t pcache_key;
 static uint32_t pcache_seq;
 static int64_t budget_pool;                 /* bytes of cache budget not given to any thread */
+static uint64_t dead_alloc_miss, dead_free_miss; /* slow-path counts of exited threads (reg_lock) */
 
 #define BUDGET_STEP ((uint64_t)64 << 10)
 
@@ -123,7 +124,10 @@ void *ta_pcache_alloc_slow(uint32_t cls) {
     }
     grow_list(c, cls);
     ta_pageheap_tick();
+    /* never take more than the list may hold: a list the budget refused to
+     * grow (max 0) gets single objects */
     uint32_t want = ta_class[cls].batch;
+    if (want > l->max) want = l->max ? l->max : 1;
     void *chain;
     uint32_t got = ta_central_alloc(cls, want, &chain, c->shard);
     if (!got) return NULL;
@@ -178,9 +182,12 @@ void ta_pcache_thread_exit(void *arg) {
     ta_pcache_t *c = arg;
     if (!c || c->state != TA_PC_LIVE) return;
     flush_all(c);
+    ta_sample_thread_exit();
     ta_tls_cache = &pcache_dead;
     __atomic_add_fetch(&budget_pool, (int64_t)c->budget, __ATOMIC_RELAXED);
     ta_lock(&reg_lock);
+    dead_alloc_miss += c->n_alloc_miss;
+    dead_free_miss += c->n_free_miss;
     c->prev_all->next_all = c->next_all;
     c->next_all->prev_all = c->prev_all;
     c->state = TA_PC_EMPTY;
@@ -199,6 +206,21 @@ uint64_t ta_pcache_bytes(uint32_t cls_or_all) {
     }
     ta_unlock(&reg_lock);
     return b;
+}
+
+/* Caller holds reg_lock. Other threads' counts change under our feet: each
+ * is read once, atomically (a value it really had). */
+void ta_pcache_stats_locked(ta_pcache_stats_t *out) {
+    memset(out, 0, sizeof *out);
+    out->alloc_misses = dead_alloc_miss;
+    out->free_misses = dead_free_miss;
+    for (ta_pcache_t *c = reg_head.next_all; c != &reg_head; c = c->next_all) {
+        out->caches++;
+        out->alloc_misses += __atomic_load_n(&c->n_alloc_miss, __ATOMIC_RELAXED);
+        out->free_misses += __atomic_load_n(&c->n_free_miss, __ATOMIC_RELAXED);
+        for (uint32_t cls = 1; cls < ta_nclasses; cls++)
+            out->objects[cls] += __atomic_load_n(&c->list[cls].count, __ATOMIC_RELAXED);
+    }
 }
 
 void ta_pcache_lock_all(void) { ta_lock(&reg_lock); }
