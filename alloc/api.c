@@ -30,6 +30,7 @@ void ta_init_slow(void) {
         ta_pageheap_init();
         ta_central_init();
         ta_pcache_init();
+        ta_sample_init();
         /* the guard key mixes the kernel's random bytes with an address */
         const uintptr_t *rnd = (const uintptr_t *)getauxval(AT_RANDOM);
         uintptr_t k = rnd ? rnd[0] ^ rnd[1] : (uintptr_t)&k * 0x9e3779b97f4a7c15ull;
@@ -41,6 +42,7 @@ void ta_init_slow(void) {
 
 static void fork_prepare(void) {
     ta_lock(&init_lock);
+    ta_sample_lock_all();
     ta_pcache_lock_all();
     ta_central_lock_all();
     ta_pageheap_lock_all();
@@ -51,6 +53,7 @@ static void fork_parent(void) {
     ta_pageheap_unlock_all(false);
     ta_central_unlock_all(false);
     ta_pcache_unlock_all(false);
+    ta_sample_unlock_all(false);
     ta_unlock(&init_lock);
 }
 static void fork_child(void) {
@@ -58,6 +61,7 @@ static void fork_child(void) {
     ta_pageheap_unlock_all(true);
     ta_central_unlock_all(true);
     ta_pcache_unlock_all(true);
+    ta_sample_unlock_all(true);
     pthread_mutex_init(&init_lock, NULL);
 }
 
@@ -76,7 +80,7 @@ static void *fail_nomem(void) {
 TA_COLD static void bad_pointer(const char *what, const void *p) { ta_fatal("%s %p", what, p); }
 
 /* ---- large blocks ---------------------------------------------------------- */
-void *ta_alloc_large(size_t size, size_t align, bool zero) {
+static void *alloc_span(size_t size, size_t align, bool zero) {
     ta_ensure_init();
     if (size > TA_MAX_REQUEST || align > TA_MAX_REQUEST) return fail_nomem();
     uintptr_t npages = (size + TA_PAGE_SIZE - 1) >> TA_PAGE_SHIFT;
@@ -90,6 +94,14 @@ void *ta_alloc_large(size_t size, size_t align, bool zero) {
     return p;
 }
 
+void *ta_alloc_large(size_t size, size_t align, bool zero) {
+    void *p = alloc_span(size, align, zero);
+    /* sampling: the same countdown as the small fast path */
+    if (p && TA_UNLIKELY((ta_tls.sample_left -= (int64_t)size) < 0) && ta_sample_tick(size))
+        ta_sample_record(p, size, __builtin_frame_address(0));
+    return p;
+}
+
 /* ---- small blocks: the fast paths ----------------------------------------- */
 TA_NOINLINE static void *alloc_small_slow(size_t n, uint32_t cls) {
     ta_ensure_init();
@@ -98,7 +110,7 @@ TA_NOINLINE static void *alloc_small_slow(size_t n, uint32_t cls) {
     return p ? p : fail_nomem();
 }
 
-static inline void *alloc_class(uint32_t cls, size_t n) {
+static inline void *alloc_pop(uint32_t cls, size_t n) {
     ta_pcache_t *c = ta_tls_cache;
     ta_list_t *l = &c->list[cls];
     void **p = l->head;
@@ -107,6 +119,28 @@ static inline void *alloc_class(uint32_t cls, size_t n) {
     l->count--;
     p[1] = NULL; /* clear the guard word: this block is live now */
     return p;
+}
+
+/* The sampling countdown ran out (or this thread has not started it yet).  A
+ * sampled block gets a span of its own: its pagemap info is 0, so free() finds
+ * it on the slow path it already takes for large blocks. */
+TA_NOINLINE static void *alloc_sample_slow(size_t n, uint32_t cls) {
+    ta_ensure_init();
+    if (!cls) cls = ta_size_to_class(n); /* tables were empty before init */
+    if (ta_sample_tick(n)) {
+        void *p = alloc_span(n, 0, false);
+        if (p) {
+            ta_sample_record(p, n, __builtin_frame_address(0));
+            return p;
+        }
+    }
+    return alloc_pop(cls, n);
+}
+
+/* The fast path: one sub-and-branch for sampling, then a list pop. */
+static inline void *alloc_class(uint32_t cls, size_t n) {
+    if (TA_UNLIKELY((ta_tls.sample_left -= (int64_t)n) < 0)) return alloc_sample_slow(n, cls);
+    return alloc_pop(cls, n);
 }
 
 static inline void *do_malloc(size_t n) {
@@ -132,6 +166,8 @@ TA_NOINLINE void ta_free_slow(void *p) {
         if (!small_class_of(p, info)) bad_pointer("free of an interior pointer:", p);
         bad_pointer("double free of", p);
     }
+    if (ta_arena_free(p)) return; /* a scoped block: a no-op while its scope is open */
+    if (__atomic_load_n(&ta_sample_live, __ATOMIC_RELAXED)) ta_sample_free(p); /* free hook */
     const char *err = ta_pageheap_free_large(p);
     if (err) bad_pointer(err, p);
 }
@@ -172,6 +208,7 @@ static size_t block_size(const void *p, const char *op) {
             bad_pointer(op[0] == 'r' ? "realloc of freed pointer" : "use of freed pointer", p);
         return ta_class[cls].size;
     }
+    if (ta_arena_span(p)) return ta_arena_usable_size(p);
     ta_span_t *s = ta_pagemap_span((uintptr_t)p >> TA_PAGE_SHIFT);
     if (!s || s->state != TA_SPAN_INUSE || s->cls || ta_span_addr(s) != p)
         bad_pointer(op[0] == 'r' ? "realloc of a pointer tieralloc never returned:"
@@ -206,6 +243,7 @@ TA_EXPORT void *ta_realloc(void *p, size_t n) {
         do_free(p);
         return NULL;
     }
+    if (TA_UNLIKELY(ta_arena_span(p))) return ta_arena_realloc(p, n); /* scoped: to the heap */
     size_t old = block_size(p, "realloc");
     if (n > TA_MAX_REQUEST) return fail_nomem();
     if (old <= TA_MAX_SMALL) {
@@ -317,6 +355,7 @@ TA_EXPORT int ta_owns(const void *p) {
     if (!p || !ta_inited) return 0;
     uint32_t info = ta_pagemap_info((uintptr_t)p >> TA_PAGE_SHIFT);
     if (info) return small_class_of(p, info) && (uintptr_t)((void *const *)p)[1] != ta_guard(p);
+    if (ta_arena_span(p)) return ta_arena_owns(p);
     ta_span_t *s = ta_pagemap_span((uintptr_t)p >> TA_PAGE_SHIFT);
     return s && s->state == TA_SPAN_INUSE && !s->cls && ta_span_addr(s) == p;
 }

@@ -17,6 +17,7 @@ typedef struct central_class {
     ta_span_t nonempty;     /* sentinel: spans with a free or uncarved object */
     uint64_t spans;         /* spans of this class */
     uint64_t free_objects;  /* free objects inside those spans (incl. uncarved) */
+    uint64_t to_caches, from_caches; /* objects out of / back into central (relaxed atomics, stats) */
 } __attribute__((aligned(64))) central_class_t;
 
 typedef struct transfer {
@@ -146,23 +147,32 @@ static void free_to_spans(uint32_t cls, void *head, uint32_t n) {
 }
 
 uint32_t ta_central_alloc(uint32_t cls, uint32_t want, void **head, uint32_t shard) {
-    transfer_t *t = &transfer[shard % nshards][cls];
     if (want == ta_class[cls].batch) {
-        ta_lock(&t->lock);
-        if (t->n) {
-            *head = t->batch[--t->n];
-            t->hits++;
+        /* own shard first, then the others: a thread that only frees must not
+         * park batches that a thread that only allocates never sees */
+        for (uint32_t i = 0; i < nshards; i++) {
+            transfer_t *t = &transfer[(shard + i) % nshards][cls];
+            if (i && !__atomic_load_n(&t->n, __ATOMIC_RELAXED)) continue;
+            ta_lock(&t->lock);
+            if (t->n) {
+                *head = t->batch[--t->n];
+                t->hits++;
+                ta_unlock(&t->lock);
+                __atomic_add_fetch(&central[cls].to_caches, want, __ATOMIC_RELAXED);
+                return want;
+            }
+            if (!i) t->misses++;
             ta_unlock(&t->lock);
-            return want;
         }
-        t->misses++;
-        ta_unlock(&t->lock);
     }
-    return alloc_from_spans(cls, want, head);
+    uint32_t got = alloc_from_spans(cls, want, head);
+    __atomic_add_fetch(&central[cls].to_caches, got, __ATOMIC_RELAXED);
+    return got;
 }
 
 void ta_central_free(uint32_t cls, void *head, uint32_t n, uint32_t shard) {
     transfer_t *t = &transfer[shard % nshards][cls];
+    __atomic_add_fetch(&central[cls].from_caches, n, __ATOMIC_RELAXED);
     if (n == ta_class[cls].batch) {
         ta_lock(&t->lock);
         if (t->n < t->cap) {
@@ -205,6 +215,24 @@ void ta_central_stats(uint32_t cls, ta_central_stats_t *out) {
     ta_lock(&cc->lock);
     out->span_free_bytes = cc->free_objects * ta_class[cls].size;
     ta_unlock(&cc->lock);
+    out->to_caches = __atomic_load_n(&cc->to_caches, __ATOMIC_RELAXED);
+    out->from_caches = __atomic_load_n(&cc->from_caches, __ATOMIC_RELAXED);
+}
+
+/* Caller holds every central lock (ta_central_lock_all). */
+void ta_central_stats_locked(uint32_t cls, ta_central_stats_t *out) {
+    memset(out, 0, sizeof *out);
+    if (!cls || cls >= ta_nclasses) return;
+    size_t batch_bytes = (size_t)ta_class[cls].batch * ta_class[cls].size;
+    for (uint32_t sh = 0; sh < nshards; sh++) {
+        transfer_t *t = &transfer[sh][cls];
+        out->transfer_bytes += t->n * batch_bytes;
+        out->hits += t->hits;
+        out->misses += t->misses;
+    }
+    out->span_free_bytes = central[cls].free_objects * ta_class[cls].size;
+    out->to_caches = __atomic_load_n(&central[cls].to_caches, __ATOMIC_RELAXED);
+    out->from_caches = __atomic_load_n(&central[cls].from_caches, __ATOMIC_RELAXED);
 }
 
 void ta_central_lock_all(void) {

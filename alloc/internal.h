@@ -161,6 +161,7 @@ typedef struct ta_span {
     void *freelist;          /* small: freed objects of this span */
     char *carve, *carve_end; /* small: bump region not carved yet */
     size_t req_size;         /* large: bytes the caller asked for (stats) */
+    struct ta_srec *sample;  /* large: record of a sampled allocation (sample.c), else NULL */
 } ta_span_t;
 static inline void *ta_span_addr(const ta_span_t *s) { return (void *)(s->page << TA_PAGE_SHIFT); }
 static inline size_t ta_span_bytes(const ta_span_t *s) { return s->npages << TA_PAGE_SHIFT; }
@@ -190,6 +191,10 @@ typedef struct ta_pageheap_stats {
     uint64_t n_alloc, n_free, n_grow_os, n_coalesce;
 } ta_pageheap_stats_t;
 void ta_pageheap_stats(ta_pageheap_stats_t *out);
+/* The same with the lock already held (ta_pageheap_lock_all, for a consistent
+ * snapshot of every tier); class_spans (TA_MAX_CLASSES entries, or NULL)
+ * receives the number of in-use spans carved for each size class. */
+void ta_pageheap_stats_locked(ta_pageheap_stats_t *out, uint64_t *class_spans);
 void ta_pageheap_lock_all(void);   /* fork */
 void ta_pageheap_unlock_all(bool child);
 
@@ -208,8 +213,12 @@ typedef struct ta_central_stats {
     uint64_t transfer_bytes;  /* held in transfer caches */
     uint64_t span_free_bytes; /* free objects inside partly used spans */
     uint64_t hits, misses;    /* transfer-cache hits and span refills */
+    uint64_t to_caches;       /* objects handed out by ta_central_alloc (cumulative) */
+    uint64_t from_caches;     /* objects taken back by ta_central_free (cumulative) */
 } ta_central_stats_t;
 void ta_central_stats(uint32_t cls, ta_central_stats_t *out);
+/* The same with every central lock already held (ta_central_lock_all). */
+void ta_central_stats_locked(uint32_t cls, ta_central_stats_t *out);
 void ta_central_lock_all(void);
 void ta_central_unlock_all(bool child);
 
@@ -231,7 +240,16 @@ typedef struct ta_pcache {
     uint64_t n_alloc_miss, n_free_miss;    /* slow-path counts */
 } ta_pcache_t;
 enum { TA_PC_EMPTY = 0, TA_PC_LIVE = 1, TA_PC_DEAD = 2 };
-extern __thread ta_pcache_t *ta_tls_cache;
+/* The calling thread's state that the malloc fast path reads: its cache, and
+ * the byte countdown to the next sampled allocation (sample.c).  One TLS
+ * block, so both are reached through a single %fs-relative address and the
+ * countdown costs the fast path one sub-and-branch. */
+typedef struct ta_tls {
+    ta_pcache_t *cache;
+    int64_t sample_left; /* bytes still to allocate before the next sample (< 0: take the slow path) */
+} ta_tls_t;
+extern __thread ta_tls_t ta_tls;
+#define ta_tls_cache (ta_tls.cache)
 extern uintptr_t ta_guard_key;
 static inline uintptr_t ta_guard(const void *p) { return (uintptr_t)p ^ ta_guard_key; }
 
@@ -241,29 +259,56 @@ void ta_pcache_free_slow(void *p, uint32_t cls);   /* overflow: flush a batch */
 void ta_pcache_flush_current(void);                /* empty the calling thread's cache */
 void ta_pcache_thread_exit(void *arg);
 uint64_t ta_pcache_bytes(uint32_t cls_or_all);     /* bytes held in all caches (approximate) */
+typedef struct ta_pcache_stats {
+    uint64_t objects[TA_MAX_CLASSES]; /* objects on the lists of all live caches (read racily) */
+    uint64_t alloc_misses, free_misses; /* slow-path counts, exited threads included */
+    uint64_t caches;                    /* live caches */
+} ta_pcache_stats_t;
+/* Sum over the live caches; the caller holds the registry lock (ta_pcache_lock_all). */
+void ta_pcache_stats_locked(ta_pcache_stats_t *out);
 void ta_pcache_lock_all(void);
 void ta_pcache_unlock_all(bool child);
 
 /* ---- stats.c -------------------------------------------------------------- */
-typedef struct ta_snapshot {
-    ta_os_stats_t os;
-    ta_pageheap_stats_t ph;
-    uint64_t cache_bytes;       /* free objects in thread caches */
-    uint64_t transfer_bytes;    /* free objects in central transfer caches */
-    uint64_t span_free_bytes;   /* free objects inside spans of size classes */
-    uint64_t transfer_hits, transfer_misses;
-    uint64_t meta_bytes;        /* metadata and pagemap */
-    uint64_t small_inuse_bytes; /* small blocks the program holds */
-    uint64_t inuse_bytes;       /* all blocks the program holds (class sizes) */
-} ta_snapshot_t;
-void ta_snapshot(ta_snapshot_t *s);
+/* A consistent snapshot of every tier, as the public struct ta_stats
+ * (include/tieralloc.h documents the fields and the identity they obey).
+ * Takes the pcache registry, central, page heap and metadata locks at once,
+ * in the fork order; allocates nothing. */
+struct ta_stats;
+void ta_snapshot(struct ta_stats *st);
 struct mallinfo2;
 void ta_stats_mallinfo(struct mallinfo2 *mi);
-size_t ta_stats_format_text(char *buf, size_t cap);
-void ta_stats_write_text(int fd);
+void ta_stats_write_text(int fd);          /* the TIERALLOC_STATS=1 report */
 struct _IO_FILE;
 int ta_stats_write_xml(struct _IO_FILE *fp);
-void ta_stats_at_start(void);
+void ta_stats_at_start(void);              /* reads TIERALLOC_STATS, TIERALLOC_PROFILE */
+
+/* ---- sample.c: sampled allocations, hooks, heap profiles ------------------- */
+/* A per-thread byte countdown (ta_tls.sample_left) picks allocations as a
+ * Poisson process of mean TIERALLOC_SAMPLE_BYTES.  A picked small allocation
+ * is served as its own page-heap span (pagemap info 0), so free() of it
+ * reaches ta_free_slow without any test on the fast path. */
+void ta_sample_init(void);
+/* The countdown went below zero after an allocation of n bytes: restart it.
+ * True if this allocation is to be sampled. */
+bool ta_sample_tick(size_t n);
+void ta_sample_thread_exit(void); /* count the bytes of the thread's last step */
+/* Record the sampled block p (the start of a large span) of n requested bytes;
+ * frame is the frame address of the allocator function that made it (the stack
+ * is walked from there). Calls the alloc hook. */
+void ta_sample_record(void *p, size_t n, void *frame);
+/* Live sampled blocks (free() checks it before looking for a record). */
+extern uint64_t ta_sample_live;
+/* free() of a block that may be sampled: calls the free hook and drops its record. */
+void ta_sample_free(void *p);
+void ta_sample_counts(uint64_t *rate, uint64_t *total, uint64_t *live, uint64_t *live_bytes,
+                      uint64_t *allocated_bytes);
+/* Write the heap profile to fd (legacy gperftools text format); 0 or -1. */
+int ta_profile_write_fd(int fd);
+/* open(2) path with %p replaced by the pid (O_CREAT|O_TRUNC); -1 with errno */
+int ta_open_report(const char *path);
+void ta_sample_lock_all(void);   /* fork */
+void ta_sample_unlock_all(bool child);
 
 /* ---- api.c --------------------------------------------------------------- */
 extern volatile int ta_inited;
@@ -271,7 +316,43 @@ void ta_init_slow(void);
 static inline void ta_ensure_init(void) {
     if (TA_UNLIKELY(!ta_inited)) ta_init_slow();
 }
+/* A large block: a span of its own; counts against the sampling countdown. */
 void *ta_alloc_large(size_t size, size_t align, bool zero);
 void ta_free_slow(void *p);
+
+/* ---- arena.c: tier 0, the scoped stack arena ------------------------------ */
+/* Arena chunks are page-heap spans taken with class 0 (so the page heap counts
+ * them among its large blocks: ph.large_bytes / large_count include
+ * ta_arena_stats().held_bytes / held_chunks) and then marked with this
+ * reserved class while a thread holds them; every page of a chunk maps to its
+ * span with info 0, so free() of a scoped pointer reaches ta_free_slow. */
+#define TA_SPAN_ARENA 0xff
+/* The chunk span p points into, or NULL when p is not in an arena chunk. */
+static inline ta_span_t *ta_arena_span(const void *p) {
+    uintptr_t page = (uintptr_t)p >> TA_PAGE_SHIFT;
+    if (ta_pagemap_info(page)) return NULL;
+    ta_span_t *s = ta_pagemap_span(page);
+    if (!s || s->cls != TA_SPAN_ARENA || s->state != TA_SPAN_INUSE || page < s->page ||
+        page - s->page >= s->npages)
+        return NULL;
+    return s;
+}
+/* free() of a pointer that may be scoped: false if it is not in an arena
+ * chunk; true if it is a live scoped block (nothing to do); aborts with a
+ * diagnostic naming p when its scope has ended or p is not a block start. */
+bool ta_arena_free(void *p);
+/* For p with ta_arena_span(p) != NULL; both abort like ta_arena_free. */
+size_t ta_arena_usable_size(const void *p);
+void *ta_arena_realloc(void *p, size_t n); /* a heap copy; p stays in its scope */
+int ta_arena_owns(const void *p);          /* a live scoped block (never aborts) */
+typedef struct ta_arena_stats {
+    uint64_t held_bytes;      /* chunks held by all threads (in use and spare) */
+    uint64_t held_chunks;
+    uint64_t spare_bytes;     /* of which kept for reuse, not in any scope */
+    uint64_t n_chunks_from_heap, n_chunks_to_heap, n_chunks_reused;
+    uint64_t n_big;           /* blocks too big for a chunk, given their own */
+} ta_arena_stats_t;
+void ta_arena_stats(ta_arena_stats_t *out);
+uint64_t ta_arena_bytes(void); /* = held_bytes */
 
 #endif

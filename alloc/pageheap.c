@@ -16,6 +16,7 @@
 static ta_lock_t ph_lock = TA_LOCK_INIT;
 static ta_span_t ph_list[2][PH_EXACT + 1]; /* [kind][npages or 0 for larger]; sentinels */
 static ta_pageheap_stats_t ph_stats;
+static uint64_t ph_class_spans[TA_MAX_CLASSES]; /* in-use spans of each size class (stats) */
 static uint64_t ph_last_decay_ms;
 static bool ph_ready;
 
@@ -187,6 +188,7 @@ ta_span_t *ta_pageheap_alloc(uintptr_t npages, uintptr_t align_pages, uint32_t c
     if (cls) {
         for (uintptr_t i = 0; i < npages; i++)
             ta_pagemap_set(s->page + i, s, cls | (uint32_t)(i << 8));
+        if (cls < TA_MAX_CLASSES) ph_class_spans[cls]++;
     } else {
         register_ends(s);
         ph_stats.large_bytes += ta_span_bytes(s);
@@ -205,6 +207,7 @@ static void free_locked(ta_span_t *s, uint64_t now) {
         /* info 0 on every page: a later free() of one of its objects takes the
          * slow path and is seen as a double free */
         for (uintptr_t i = 0; i < s->npages; i++) ta_pagemap_set(s->page + i, s, 0);
+        if (s->cls < TA_MAX_CLASSES) ph_class_spans[s->cls]--;
     } else {
         ph_stats.large_bytes -= ta_span_bytes(s);
         ph_stats.large_count--;
@@ -214,6 +217,7 @@ static void free_locked(ta_span_t *s, uint64_t now) {
     s->freelist = NULL;
     s->carve = s->carve_end = NULL;
     s->allocated = 0;
+    s->sample = NULL; /* sample.c has dropped its record (ta_free_slow) */
     s->free_since_ms = now;
     ph_stats.n_free++;
     free_insert(s);
@@ -236,7 +240,7 @@ const char *ta_pageheap_free_large(void *p) {
     if (!s || !s->npages || page < s->page || page >= s->page + s->npages)
         err = "free of a pointer tieralloc never returned:";
     else if (s->state != TA_SPAN_INUSE)
-        err = ((uintptr_t)p & (TA_PAGE_SIZE - 1)) == 0 ? "double free of" : "free of a pointer tieralloc never returned:";
+        err = "double free of"; /* its block, large or small, is free already */
     else if (s->cls)
         err = "free of a pointer into freed memory:";
     else if (ta_span_addr(s) != p)
@@ -318,6 +322,12 @@ void ta_pageheap_stats(ta_pageheap_stats_t *out) {
     ta_lock(&ph_lock);
     *out = ph_stats;
     ta_unlock(&ph_lock);
+}
+
+void ta_pageheap_stats_locked(ta_pageheap_stats_t *out, uint64_t *class_spans) {
+    *out = ph_stats;
+    if (class_spans)
+        for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) class_spans[c] = ph_class_spans[c];
 }
 
 void ta_pageheap_lock_all(void) { ta_lock(&ph_lock); }

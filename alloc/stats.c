@@ -1,107 +1,478 @@
-/* stats.c: one snapshot of every tier's counters, and the reports built from
- * it (malloc_stats, mallinfo2, malloc_info, TIERALLOC_STATS at exit).  Reports
- * are formatted into stack buffers and written with write(2). */
+/* stats.c: one consistent snapshot of every tier (struct ta_stats), and the
+ * reports built from it: ta_stats_print (text or JSON), malloc_stats,
+ * mallinfo2/mallinfo, malloc_info, and TIERALLOC_STATS / TIERALLOC_PROFILE at
+ * exit.  Reports are formatted into stack buffers (ta_format) and written with
+ * write(2), or fwrite for a caller's FILE, never through malloc.
+ *
+ * How the snapshot adds up.  The counters live in their tiers: the page heap
+ * counts spans (in use per size class, large, free, released), central counts
+ * free objects in spans and batches in transfer caches, each thread cache
+ * counts its lists, the OS layer counts mapped bytes, metadata counts its
+ * chunks.  The snapshot holds the registry, central, page-heap and metadata
+ * locks together (the fork order), so the page heap, central and metadata
+ * figures are one instant; only thread-cache list lengths are read while
+ * their owners run.  Blocks in use are then what is left of each class's
+ * spans after the free blocks: spans * objects - span free - transfer - cached.
+ * That makes the identity of tieralloc.h exact in every snapshot, and the
+ * in-use figure exact whenever the other threads are quiet. */
 #include "internal.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <malloc.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "tieralloc.h"
 
-void ta_snapshot(ta_snapshot_t *s) {
-    memset(s, 0, sizeof *s);
+/* ---- the snapshot --------------------------------------------------------- */
+static uint64_t take(int64_t *have, int64_t want) {
+    int64_t t = *have < want ? *have : want;
+    if (t < 0) t = 0;
+    *have -= t;
+    return (uint64_t)t;
+}
+
+void ta_snapshot(struct ta_stats *st) {
     ta_ensure_init();
-    ta_os_stats(&s->os);
-    ta_pageheap_stats(&s->ph);
-    for (uint32_t c = 1; c < ta_nclasses; c++) {
-        ta_central_stats_t cs;
-        ta_central_stats(c, &cs);
-        s->transfer_bytes += cs.transfer_bytes;
-        s->span_free_bytes += cs.span_free_bytes;
-        s->transfer_hits += cs.hits;
-        s->transfer_misses += cs.misses;
+    memset(st, 0, sizeof *st);
+    ta_os_stats_t os;
+    ta_pageheap_stats_t ph;
+    uint64_t class_spans[TA_MAX_CLASSES];
+    ta_central_stats_t cs[TA_MAX_CLASSES];
+    ta_pcache_stats_t pc;
+    ta_arena_stats_t ar;
+
+    ta_pcache_lock_all();
+    ta_central_lock_all();
+    ta_pageheap_lock_all();
+    ta_meta_lock_all();
+    ta_os_stats(&os);
+    ta_pageheap_stats_locked(&ph, class_spans);
+    for (uint32_t c = 1; c < ta_nclasses; c++) ta_central_stats_locked(c, &cs[c]);
+    ta_pcache_stats_locked(&pc);
+    uint64_t meta = ta_meta_bytes() + ta_pagemap_bytes();
+    ta_arena_stats(&ar);
+    ta_meta_unlock_all(false);
+    ta_pageheap_unlock_all(false);
+    ta_central_unlock_all(false);
+    ta_pcache_unlock_all(false);
+
+    st->version = TA_STATS_VERSION;
+    st->size = sizeof *st;
+    st->nclasses = ta_nclasses < TA_STATS_CLASSES ? ta_nclasses : TA_STATS_CLASSES;
+    for (uint32_t c = 1; c < st->nclasses; c++) {
+        const ta_class_info_t *ci = &ta_class[c];
+        struct ta_class_stats *k = &st->cls[c];
+        k->size = ci->size;
+        k->span_bytes = (uint64_t)ci->pages << TA_PAGE_SHIFT;
+        k->objects_per_span = ci->objects;
+        k->spans = class_spans[c];
+        k->tail_bytes = k->spans * (k->span_bytes - k->objects_per_span * k->size);
+        /* every object of the class's spans is in exactly one place; the
+         * thread-cache counts are racy, so a shortfall comes out of them */
+        int64_t left = (int64_t)(k->spans * k->objects_per_span);
+        k->span_free_objects = take(&left, (int64_t)(cs[c].span_free_bytes / ci->size));
+        k->central_objects = take(&left, (int64_t)(cs[c].transfer_bytes / ci->size));
+        k->cache_objects = take(&left, (int64_t)pc.objects[c]);
+        k->inuse_objects = (uint64_t)left;
+        k->inuse_bytes = k->inuse_objects * k->size;
+        k->to_caches_total = cs[c].to_caches;
+        k->from_caches_total = cs[c].from_caches;
+        k->transfer_hits_total = cs[c].hits;
+        k->transfer_misses_total = cs[c].misses;
+
+        st->small_inuse_bytes += k->inuse_bytes;
+        st->thread_cache_bytes += k->cache_objects * k->size;
+        st->central_bytes += k->central_objects * k->size;
+        st->span_free_bytes += k->span_free_objects * k->size;
+        st->span_tail_bytes += k->tail_bytes;
+        st->transfer_hits_total += cs[c].hits;
+        st->transfer_misses_total += cs[c].misses;
     }
-    s->cache_bytes = ta_pcache_bytes(0);
-    s->meta_bytes = ta_meta_bytes() + ta_pagemap_bytes();
-    uint64_t small_spans = s->ph.inuse_bytes - s->ph.large_bytes;
-    uint64_t held = s->cache_bytes + s->transfer_bytes + s->span_free_bytes;
-    s->small_inuse_bytes = small_spans > held ? small_spans - held : 0;
-    s->inuse_bytes = s->small_inuse_bytes + s->ph.large_bytes;
+    /* arena chunks are large spans to the page heap; its counter moves just
+     * after the page heap's, so it may briefly lag (never lead) */
+    uint64_t arena = ar.held_bytes < ph.large_bytes ? ar.held_bytes : ph.large_bytes;
+    uint64_t arena_chunks = ar.held_chunks < ph.large_count ? ar.held_chunks : ph.large_count;
+    st->arena_bytes = arena;
+    st->large_inuse_bytes = ph.large_bytes - arena;
+    st->large_inuse_blocks = ph.large_count - arena_chunks;
+    st->inuse_bytes = st->small_inuse_bytes + st->large_inuse_bytes;
+    st->mapped_bytes = os.mapped_bytes;
+    st->released_bytes = ph.released_bytes;
+    st->pageheap_free_bytes = ph.free_bytes;
+    st->metadata_bytes = meta;
+
+    st->cache_alloc_misses_total = pc.alloc_misses;
+    st->cache_free_misses_total = pc.free_misses;
+    st->threads = pc.caches;
+    st->pageheap_allocs_total = ph.n_alloc;
+    st->pageheap_frees_total = ph.n_free;
+    st->pageheap_grows_total = ph.n_grow_os;
+    st->pageheap_coalesces_total = ph.n_coalesce;
+    st->os_mmap_total = os.n_mmap;
+    st->os_munmap_total = os.n_munmap;
+    st->os_madvise_total = os.n_madvise;
+    st->os_released_bytes_total = os.released_bytes;
+    ta_sample_counts(&st->sample_rate, &st->samples_total, &st->sampled_live_blocks,
+                     &st->sampled_live_bytes, &st->allocated_bytes_total);
 }
 
-void ta_stats_mallinfo(struct mallinfo2 *mi) {
-    ta_snapshot_t s;
+TA_EXPORT int ta_stats_get(struct ta_stats *st) {
+    if (!st || st->size < 8) {
+        errno = EINVAL;
+        return -1;
+    }
+    struct ta_stats s;
     ta_snapshot(&s);
-    memset(mi, 0, sizeof *mi);
-    mi->arena = s.os.mapped_bytes;
-    mi->hblks = s.ph.large_count;
-    mi->hblkhd = s.ph.large_bytes;
-    mi->uordblks = s.inuse_bytes;
-    mi->fordblks = s.cache_bytes + s.transfer_bytes + s.span_free_bytes + s.ph.free_bytes;
-    mi->fsmblks = s.cache_bytes + s.transfer_bytes;
-    mi->keepcost = s.ph.released_bytes;
+    uint32_t n = st->size < sizeof s ? st->size : (uint32_t)sizeof s;
+    s.size = n;
+    memcpy(st, &s, n);
+    return 0;
 }
 
-#define MIB(x) (unsigned long long)((x) >> 20), (unsigned)((((x) & ((1 << 20) - 1)) * 10) >> 20)
+/* ---- output: a buffer that goes to an fd or a FILE ------------------------- */
+typedef struct out {
+    int fd;      /* >= 0: write(2) there */
+    FILE *fp;    /* else fwrite here */
+    int failed;
+    size_t len;
+    char buf[4096];
+} out_t;
 
-size_t ta_stats_format_text(char *buf, size_t cap) {
-    ta_snapshot_t s;
+static void out_flush(out_t *o) {
+    if (!o->len) return;
+    if (o->fd >= 0) {
+        size_t off = 0;
+        while (off < o->len) {
+            ssize_t w = write(o->fd, o->buf + off, o->len - off);
+            if (w < 0 && errno == EINTR) continue;
+            if (w <= 0) {
+                o->failed = 1;
+                break;
+            }
+            off += (size_t)w;
+        }
+    } else if (fwrite(o->buf, 1, o->len, o->fp) != o->len) {
+        o->failed = 1;
+    }
+    o->len = 0;
+}
+
+static void out_put(out_t *o, const char *s, size_t n) {
+    while (n) {
+        if (o->len == sizeof o->buf) out_flush(o);
+        size_t k = sizeof o->buf - o->len;
+        if (k > n) k = n;
+        memcpy(o->buf + o->len, s, k);
+        o->len += k;
+        s += k;
+        n -= k;
+    }
+}
+
+__attribute__((format(printf, 2, 3))) static void out_printf(out_t *o, const char *fmt, ...) {
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    size_t n = ta_vformat(line, sizeof line, fmt, ap);
+    va_end(ap);
+    out_put(o, line, n);
+}
+
+/* s right-aligned in a field of w characters */
+static void out_col(out_t *o, const char *s, int w) {
+    int n = (int)strlen(s);
+    for (int i = n; i < w; i++) out_put(o, " ", 1);
+    out_put(o, s, (size_t)n);
+}
+static void out_num(out_t *o, uint64_t v, int w) {
+    char b[24];
+    ta_format(b, sizeof b, "%llu", (unsigned long long)v);
+    out_col(o, b, w);
+}
+/* bytes as MiB with one decimal */
+static void out_mib(out_t *o, uint64_t v, int w) {
+    char b[32];
+    uint64_t tenths = (v * 10 + (1 << 19)) >> 20;
+    if (v > (UINT64_MAX / 10)) tenths = (v >> 20) * 10;
+    ta_format(b, sizeof b, "%llu.%u", (unsigned long long)(tenths / 10), (unsigned)(tenths % 10));
+    out_col(o, b, w);
+}
+
+/* ---- the text report -------------------------------------------------------- */
+static void mem_row(out_t *o, const char *name, uint64_t bytes) {
+    out_printf(o, "  %s", name);
+    for (int i = (int)strlen(name); i < 34; i++) out_put(o, " ", 1);
+    out_num(o, bytes, 16);
+    out_mib(o, bytes, 11);
+    out_put(o, "\n", 1);
+}
+
+static void write_text(out_t *o, const struct ta_stats *s) {
+    static const char rule[] =
+        "------------------------------------------------------------------------------------------"
+        "--------------\n";
+    char name[80];
+    out_put(o, rule, sizeof rule - 1);
+    out_printf(o, "tieralloc %s statistics, pid %d\n", TIERALLOC_VERSION, (int)getpid());
+    out_put(o, rule, sizeof rule - 1);
+    out_printf(o, "Memory by tier                                 bytes        MiB\n");
+    mem_row(o, "in use by the program", s->inuse_bytes);
+    mem_row(o, "  small blocks (class sizes)", s->small_inuse_bytes);
+    ta_format(name, sizeof name, "  large blocks (%llu, pages)", (unsigned long long)s->large_inuse_blocks);
+    mem_row(o, name, s->large_inuse_bytes);
+    ta_format(name, sizeof name, "thread caches (%llu threads)", (unsigned long long)s->threads);
+    mem_row(o, name, s->thread_cache_bytes);
+    mem_row(o, "central transfer caches", s->central_bytes);
+    mem_row(o, "free in spans of size classes", s->span_free_bytes);
+    mem_row(o, "span tails", s->span_tail_bytes);
+    mem_row(o, "page heap free (resident)", s->pageheap_free_bytes);
+    mem_row(o, "scoped arenas", s->arena_bytes);
+    mem_row(o, "metadata", s->metadata_bytes);
+    mem_row(o, "= mapped - released", s->mapped_bytes - s->released_bytes);
+    mem_row(o, "released to the OS (free)", s->released_bytes);
+    mem_row(o, "mapped from the OS", s->mapped_bytes);
+    out_put(o, "\n", 1);
+    out_printf(o, "Activity by tier\n");
+    out_printf(o, "  thread caches      alloc misses (refills) %llu, free misses (flushes) %llu\n",
+               (unsigned long long)s->cache_alloc_misses_total, (unsigned long long)s->cache_free_misses_total);
+    out_printf(o, "  transfer caches    hits %llu, misses %llu\n", (unsigned long long)s->transfer_hits_total,
+               (unsigned long long)s->transfer_misses_total);
+    out_printf(o, "  page heap          spans allocated %llu, freed %llu, grown from the OS %llu times, "
+                  "coalesced %llu\n",
+               (unsigned long long)s->pageheap_allocs_total, (unsigned long long)s->pageheap_frees_total,
+               (unsigned long long)s->pageheap_grows_total, (unsigned long long)s->pageheap_coalesces_total);
+    out_printf(o, "  OS                 mmap %llu, munmap %llu, madvise %llu (", (unsigned long long)s->os_mmap_total,
+               (unsigned long long)s->os_munmap_total, (unsigned long long)s->os_madvise_total);
+    out_mib(o, s->os_released_bytes_total, 0);
+    out_printf(o, " MiB released in all)\n");
+    out_printf(o, "  allocated in all   %llu bytes requested\n", (unsigned long long)s->allocated_bytes_total);
+    if (s->sample_rate)
+        out_printf(o, "  sampling           1 in %llu bytes: %llu samples, %llu live (%llu bytes)\n",
+                   (unsigned long long)s->sample_rate, (unsigned long long)s->samples_total,
+                   (unsigned long long)s->sampled_live_blocks, (unsigned long long)s->sampled_live_bytes);
+    else
+        out_printf(o, "  sampling           off\n");
+    out_put(o, "\n", 1);
+    out_printf(o, "Size classes with spans\n");
+    static const struct {
+        const char *h;
+        int w;
+    } cols[] = {{"class", 6},  {"size", 8},    {"spans", 8},      {"in use", 10},    {"in use MiB", 11},
+                {"cached", 9}, {"central", 9}, {"span free", 10}, {"to caches", 11}, {"from caches", 12}};
+    for (size_t i = 0; i < sizeof cols / sizeof cols[0]; i++) out_col(o, cols[i].h, cols[i].w);
+    out_put(o, "\n", 1);
+    for (uint32_t c = 1; c < s->nclasses; c++) {
+        const struct ta_class_stats *k = &s->cls[c];
+        if (!k->spans && !k->to_caches_total) continue;
+        out_num(o, c, 6);
+        out_num(o, k->size, 8);
+        out_num(o, k->spans, 8);
+        out_num(o, k->inuse_objects, 10);
+        out_mib(o, k->inuse_bytes, 11);
+        out_num(o, k->cache_objects, 9);
+        out_num(o, k->central_objects, 9);
+        out_num(o, k->span_free_objects, 10);
+        out_num(o, k->to_caches_total, 11);
+        out_num(o, k->from_caches_total, 12);
+        out_put(o, "\n", 1);
+    }
+    out_put(o, rule, sizeof rule - 1);
+}
+
+/* ---- JSON ------------------------------------------------------------------------ */
+#define J(name) {#name, offsetof(struct ta_stats, name)}
+static const struct {
+    const char *name;
+    size_t off;
+} json_fields[] = {
+    J(mapped_bytes), J(released_bytes), J(inuse_bytes), J(small_inuse_bytes), J(large_inuse_bytes),
+    J(large_inuse_blocks), J(thread_cache_bytes), J(central_bytes), J(span_free_bytes),
+    J(span_tail_bytes), J(pageheap_free_bytes), J(arena_bytes), J(metadata_bytes),
+    J(allocated_bytes_total), J(cache_alloc_misses_total), J(cache_free_misses_total),
+    J(transfer_hits_total), J(transfer_misses_total), J(pageheap_allocs_total), J(pageheap_frees_total),
+    J(pageheap_grows_total), J(pageheap_coalesces_total), J(os_mmap_total), J(os_munmap_total),
+    J(os_madvise_total), J(os_released_bytes_total), J(threads), J(sample_rate), J(samples_total),
+    J(sampled_live_blocks), J(sampled_live_bytes),
+};
+#undef J
+#define K(name) {#name, offsetof(struct ta_class_stats, name)}
+static const struct {
+    const char *name;
+    size_t off;
+} json_class_fields[] = {
+    K(size), K(span_bytes), K(objects_per_span), K(spans), K(inuse_objects), K(inuse_bytes),
+    K(cache_objects), K(central_objects), K(span_free_objects), K(tail_bytes), K(to_caches_total),
+    K(from_caches_total), K(transfer_hits_total), K(transfer_misses_total),
+};
+#undef K
+
+static uint64_t field(const void *base, size_t off) {
+    uint64_t v;
+    memcpy(&v, (const char *)base + off, sizeof v);
+    return v;
+}
+
+static void write_json(out_t *o, const struct ta_stats *s) {
+    out_printf(o, "{\"tieralloc\": \"%s\", \"version\": %u, \"pid\": %d", TIERALLOC_VERSION,
+               (unsigned)s->version, (int)getpid());
+    for (size_t i = 0; i < sizeof json_fields / sizeof json_fields[0]; i++)
+        out_printf(o, ",\n \"%s\": %llu", json_fields[i].name,
+                   (unsigned long long)field(s, json_fields[i].off));
+    out_printf(o, ",\n \"classes\": [");
+    for (uint32_t c = 1; c < s->nclasses; c++) {
+        out_printf(o, "%s\n  {\"class\": %u", c > 1 ? "," : "", c);
+        for (size_t i = 0; i < sizeof json_class_fields / sizeof json_class_fields[0]; i++)
+            out_printf(o, ", \"%s\": %llu", json_class_fields[i].name,
+                       (unsigned long long)field(&s->cls[c], json_class_fields[i].off));
+        out_put(o, "}", 1);
+    }
+    out_printf(o, "\n ]\n}\n");
+}
+
+TA_EXPORT int ta_stats_print(FILE *fp, int flags) {
+    if (!fp) {
+        errno = EINVAL;
+        return -1;
+    }
+    struct ta_stats s;
     ta_snapshot(&s);
-    return ta_format(buf, cap,
-        "tieralloc %s: statistics (pid %d)\n"
-        "  in use by the program   %llu.%u MiB (small %llu.%u, large %llu.%u in %llu blocks)\n"
-        "  thread caches           %llu.%u MiB\n"
-        "  central transfer caches %llu.%u MiB, free in spans %llu.%u MiB\n"
-        "  page heap free          %llu.%u MiB resident, %llu.%u MiB released to the OS\n"
-        "  metadata                %llu.%u MiB\n"
-        "  mapped from the OS      %llu.%u MiB (%llu mmap, %llu madvise, %llu.%u MiB released in all)\n",
-        TIERALLOC_VERSION, (int)getpid(), MIB(s.inuse_bytes), MIB(s.small_inuse_bytes),
-        MIB(s.ph.large_bytes), (unsigned long long)s.ph.large_count, MIB(s.cache_bytes),
-        MIB(s.transfer_bytes), MIB(s.span_free_bytes), MIB(s.ph.free_bytes), MIB(s.ph.released_bytes),
-        MIB(s.meta_bytes), MIB(s.os.mapped_bytes), (unsigned long long)s.os.n_mmap,
-        (unsigned long long)s.os.n_madvise, MIB(s.os.released_bytes));
+    out_t o = {.fd = -1, .fp = fp};
+    if (flags & TA_STATS_JSON)
+        write_json(&o, &s);
+    else
+        write_text(&o, &s);
+    out_flush(&o);
+    return o.failed ? -1 : 0;
 }
 
 void ta_stats_write_text(int fd) {
-    char buf[2048];
-    size_t n = ta_stats_format_text(buf, sizeof buf);
-    ta_write_fd(fd, buf, n);
+    struct ta_stats s;
+    ta_snapshot(&s);
+    out_t o = {.fd = fd};
+    write_text(&o, &s);
+    out_flush(&o);
+}
+
+static int write_json_fd(int fd) {
+    struct ta_stats s;
+    ta_snapshot(&s);
+    out_t o = {.fd = fd};
+    write_json(&o, &s);
+    out_flush(&o);
+    return o.failed ? -1 : 0;
+}
+
+/* ---- glibc's introspection ---------------------------------------------------------- */
+void ta_stats_mallinfo(struct mallinfo2 *mi) {
+    struct ta_stats s;
+    ta_snapshot(&s);
+    memset(mi, 0, sizeof *mi);
+    mi->arena = s.mapped_bytes;          /* all memory from the OS */
+    mi->hblks = s.large_inuse_blocks;     /* blocks with a span of their own */
+    mi->hblkhd = s.large_inuse_bytes;
+    mi->uordblks = s.inuse_bytes;
+    mi->fsmblks = s.thread_cache_bytes + s.central_bytes; /* free blocks ready to hand out */
+    mi->fordblks = s.thread_cache_bytes + s.central_bytes + s.span_free_bytes + s.span_tail_bytes +
+                   s.pageheap_free_bytes + s.arena_bytes;
+    mi->keepcost = s.released_bytes;
 }
 
 int ta_stats_write_xml(FILE *fp) {
-    ta_snapshot_t s;
+    struct ta_stats s;
     ta_snapshot(&s);
-    char buf[1024];
+    char buf[1536];
     size_t n = ta_format(buf, sizeof buf,
         "<malloc version=\"tieralloc-%s\">\n"
         "<heap nr=\"0\">\n"
         "<total type=\"inuse\" size=\"%llu\"/>\n"
         "<total type=\"thread_cache\" size=\"%llu\"/>\n"
         "<total type=\"central\" size=\"%llu\"/>\n"
+        "<total type=\"span_free\" size=\"%llu\"/>\n"
+        "<total type=\"span_tail\" size=\"%llu\"/>\n"
         "<total type=\"free\" size=\"%llu\"/>\n"
+        "<total type=\"arena\" size=\"%llu\"/>\n"
         "<total type=\"released\" size=\"%llu\"/>\n"
         "<total type=\"large\" count=\"%llu\" size=\"%llu\"/>\n"
         "</heap>\n"
         "<system type=\"current\" size=\"%llu\"/>\n"
         "<system type=\"metadata\" size=\"%llu\"/>\n"
         "</malloc>\n",
-        TIERALLOC_VERSION, (unsigned long long)s.inuse_bytes, (unsigned long long)s.cache_bytes,
-        (unsigned long long)(s.transfer_bytes + s.span_free_bytes), (unsigned long long)s.ph.free_bytes,
-        (unsigned long long)s.ph.released_bytes, (unsigned long long)s.ph.large_count,
-        (unsigned long long)s.ph.large_bytes, (unsigned long long)s.os.mapped_bytes,
-        (unsigned long long)s.meta_bytes);
+        TIERALLOC_VERSION, (unsigned long long)s.inuse_bytes, (unsigned long long)s.thread_cache_bytes,
+        (unsigned long long)s.central_bytes, (unsigned long long)s.span_free_bytes,
+        (unsigned long long)s.span_tail_bytes, (unsigned long long)s.pageheap_free_bytes,
+        (unsigned long long)s.arena_bytes, (unsigned long long)s.released_bytes,
+        (unsigned long long)s.large_inuse_blocks, (unsigned long long)s.large_inuse_bytes,
+        (unsigned long long)s.mapped_bytes, (unsigned long long)s.metadata_bytes);
     return fwrite(buf, 1, n, fp) == n ? 0 : -1;
 }
 
+/* ---- reports at exit ------------------------------------------------------------------ */
+/* Many programs close stderr before they exit (coreutils' close_stdout), so the
+ * text report goes to a copy of stderr taken at start, as long as that copy
+ * still refers to the same file (the program may have reused its number). */
+static bool stats_text;
 static int stats_fd = -1;
+static struct stat stats_fd_st;
+static char stats_json_path[1024];
+static char profile_path[1024];
+
+static void copy_path(char *dst, size_t cap, const char *src, const char *var) {
+    size_t n = strlen(src);
+    if (!n || n >= cap) {
+        ta_printf_fd(2, "tieralloc: %s: %s path (ignored)\n", var, n ? "too long a" : "empty");
+        return;
+    }
+    memcpy(dst, src, n + 1);
+}
 
 void ta_stats_at_start(void) {
     const char *v = ta_getenv("TIERALLOC_STATS");
-    if (v && v[0] == '1' && !v[1]) stats_fd = 2;
+    if (v && *v) {
+        if (strcmp(v, "1") == 0) {
+            stats_text = true;
+            int fd = fcntl(2, F_DUPFD_CLOEXEC, 100);
+            if (fd < 0) fd = fcntl(2, F_DUPFD_CLOEXEC, 3);
+            if (fd >= 0 && fstat(fd, &stats_fd_st) == 0)
+                stats_fd = fd;
+            else if (fd >= 0)
+                close(fd);
+        }
+        else if (strncmp(v, "json:", 5) == 0)
+            copy_path(stats_json_path, sizeof stats_json_path, v + 5, "TIERALLOC_STATS=json:PATH");
+        else if (strcmp(v, "0") != 0)
+            ta_printf_fd(2, "tieralloc: TIERALLOC_STATS=%s not understood (1, or json:PATH)\n", v);
+    }
+    const char *p = ta_getenv("TIERALLOC_PROFILE");
+    if (p && *p) copy_path(profile_path, sizeof profile_path, p, "TIERALLOC_PROFILE");
+}
+
+static void report_to(const char *path, const char *what, int (*writer)(int)) {
+    int fd = ta_open_report(path);
+    int err = errno;
+    if (fd < 0) {
+        ta_printf_fd(2, "tieralloc: cannot write the %s to %s (errno %d)\n", what, path, err);
+        return;
+    }
+    if (writer(fd) != 0) ta_printf_fd(2, "tieralloc: writing the %s to %s failed\n", what, path);
+    close(fd);
 }
 
 __attribute__((destructor)) static void ta_stats_at_exit(void) {
-    if (stats_fd >= 0) ta_stats_write_text(stats_fd);
+    int saved = errno;
+    if (stats_text) {
+        struct stat now;
+        int fd = 2;
+        if (stats_fd >= 0 && fstat(stats_fd, &now) == 0 && now.st_dev == stats_fd_st.st_dev &&
+            now.st_ino == stats_fd_st.st_ino && now.st_rdev == stats_fd_st.st_rdev)
+            fd = stats_fd;
+        ta_stats_write_text(fd);
+    }
+    if (stats_json_path[0]) report_to(stats_json_path, "statistics", write_json_fd);
+    if (profile_path[0]) report_to(profile_path, "heap profile", ta_profile_write_fd);
+    errno = saved;
 }

@@ -1,0 +1,517 @@
+/* sample.c: sampled allocations, their call stacks, the hooks a program sets
+ * to observe them, and the heap profile built from them.
+ *
+ * Choosing.  Each thread counts down the bytes it allocates (ta_tls.sample_left,
+ * decremented inline by malloc).  When the count goes below zero the allocation
+ * that crossed it is sampled and a new count is drawn from an exponential
+ * distribution of mean `rate` bytes: allocations are picked by a Poisson
+ * process over the allocated bytes, so one of n bytes is picked with
+ * probability 1 - exp(-n/rate) and stands for 1/(1 - exp(-n/rate)) such
+ * allocations.  With sampling off the count still runs (in 16 MiB steps) and
+ * feeds the allocated-bytes total.
+ *
+ * Serving.  api.c gives a sampled small allocation a page-heap span of its own
+ * and calls ta_sample_record(); the span points to the sample's record, and
+ * free() of it reaches ta_free_slow (pagemap info 0), which calls
+ * ta_sample_free() while any sampled block lives.
+ *
+ * Stacks are read by following frame pointers from the allocator's frame,
+ * checking before each read that the memory is readable (one cheap system call
+ * per new page of stack), and leading frames inside libtieralloc itself are
+ * dropped.  Nothing here calls malloc: records and stack buckets come from the
+ * metadata allocator and are reused; output is formatted into stack buffers
+ * and written with write(2).
+ *
+ * Lock order: sample_lock is taken before the metadata lock and never with any
+ * other allocator lock; hooks are called with no lock held. */
+#define _GNU_SOURCE 1
+#include "internal.h"
+
+#include <elf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <link.h>
+#include <string.h>
+#include <sys/auxv.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "tieralloc.h"
+
+#define MAX_DEPTH 32
+#define NBUCKETS 4096                         /* hash heads of the stack table */
+#define OFF_STEP ((int64_t)16 << 20)          /* countdown step with sampling off */
+#define MAX_STEP ((int64_t)1 << 40)
+#define DEFAULT_RATE ((uint64_t)512 << 10)
+
+/* One distinct allocation stack, with the weighted sums of its samples. */
+typedef struct bucket {
+    struct bucket *next; /* hash chain */
+    uint64_t hash;
+    uint32_t depth;
+    uint64_t live_samples;
+    double live_objs, live_bytes;   /* estimated: sums of weight and weight * size */
+    double alloc_objs, alloc_bytes; /* the same over every sample ever taken */
+    void *stack[MAX_DEPTH];
+} bucket_t;
+
+/* One live sampled block. */
+struct ta_srec {
+    struct ta_srec *next_free;
+    bucket_t *b;
+    void *ptr;
+    size_t size;
+    double weight;
+};
+
+static ta_lock_t sample_lock = TA_LOCK_INIT;
+static bucket_t *table[NBUCKETS];
+static struct ta_srec *rec_free;
+static struct ta_hooks hooks;
+static uint64_t sample_rate = DEFAULT_RATE;
+static uintptr_t self_lo, self_hi; /* libtieralloc's code, when it is a shared object */
+
+uint64_t ta_sample_live;                  /* live sampled blocks (relaxed atomics) */
+static uint64_t live_bytes, n_samples;    /* relaxed atomics */
+static uint64_t allocated_done;           /* bytes counted by finished countdown steps */
+
+static __thread struct {
+    int64_t step;   /* the length the countdown was set to */
+    uint64_t rng;
+    uint8_t started, in_hook;
+} tls __attribute__((tls_model("initial-exec")));
+
+/* ---- numbers ----------------------------------------------------------------- */
+/* natural log of x in (0, 1]: x = m * 2^e, ln m = 2 atanh((m-1)/(m+1)) */
+static double ln01(double x) {
+    union { double d; uint64_t u; } v = {.d = x};
+    int e = (int)((v.u >> 52) & 0x7ff) - 1023;
+    v.u = (v.u & ~((uint64_t)0x7ff << 52)) | ((uint64_t)1023 << 52); /* m in [1, 2) */
+    double t = (v.d - 1) / (v.d + 1), t2 = t * t, term = t, sum = 0;
+    for (int k = 1; k < 40; k += 2) {
+        sum += term / k;
+        term *= t2;
+    }
+    return e * 0.69314718055994530942 + 2 * sum;
+}
+
+/* 1 - exp(-x) for x >= 0, accurate for small x too */
+static double one_minus_exp_neg(double x) {
+    if (x > 40) return 1;
+    if (x < 0.5) { /* x - x^2/2! + x^3/3! - ... */
+        double term = x, sum = 0;
+        for (int k = 1; k < 30; k++) {
+            sum += term;
+            term *= -x / (k + 1);
+        }
+        return sum;
+    }
+    /* exp(-x) = exp(-x / 2^k)^(2^k), with x / 2^k < 0.5 */
+    int k = 0;
+    double y = x;
+    while (y >= 0.5) {
+        y /= 2;
+        k++;
+    }
+    double e = 1 - one_minus_exp_neg(y);
+    while (k--) e *= e;
+    return 1 - e;
+}
+
+static double weight_of(size_t n) {
+    if (!sample_rate) return 1;
+    double p = one_minus_exp_neg((double)(n ? n : 1) / (double)sample_rate);
+    return p > 0 ? 1 / p : 1;
+}
+
+static uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t rng_next(void) {
+    tls.rng += 0x9e3779b97f4a7c15ull;
+    return mix64(tls.rng);
+}
+
+static int64_t next_step(void) {
+    if (!sample_rate) return OFF_STEP;
+    double u = (double)((rng_next() >> 11) + 1) * 0x1.0p-53; /* (0, 1] */
+    double x = -ln01(u) * (double)sample_rate;
+    if (x < 1) return 1;
+    if (x > (double)MAX_STEP) return MAX_STEP;
+    return (int64_t)x;
+}
+
+/* ---- set-up --------------------------------------------------------------------- */
+static uint64_t parse_bytes(const char *s, uint64_t def) {
+    if (!s || !*s) return def;
+    uint64_t v = 0;
+    const char *p = s;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        if (v > (UINT64_MAX - 9) / 10) return def;
+        v = v * 10 + (uint64_t)(*p - '0');
+    }
+    if (p == s) return def;
+    unsigned shift = 0;
+    switch (*p) {
+    case 'k': case 'K': shift = 10; p++; break;
+    case 'm': case 'M': shift = 20; p++; break;
+    case 'g': case 'G': shift = 30; p++; break;
+    default: break;
+    }
+    if (*p == 'b' || *p == 'B') p++;
+    if (*p || (shift && v > (UINT64_MAX >> shift))) return def;
+    return v << shift;
+}
+
+extern const ElfW(Ehdr) __ehdr_start __attribute__((weak, visibility("hidden")));
+
+/* The address range of our own code, when we are a shared object (LD_PRELOAD
+ * or -ltieralloc); linked into the program itself, we cannot tell our frames
+ * from the program's by address and keep them all. */
+static void find_own_code(void) {
+    const ElfW(Ehdr) *eh = &__ehdr_start;
+    if (!eh || memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0) return;
+    const ElfW(Phdr) *ph = (const ElfW(Phdr) *)(const void *)((const char *)eh + eh->e_phoff);
+    if ((uintptr_t)ph == getauxval(AT_PHDR)) return; /* we are the main program */
+    uintptr_t bias = 0;
+    bool found = false;
+    for (unsigned i = 0; i < eh->e_phnum; i++)
+        if (ph[i].p_type == PT_LOAD && ph[i].p_offset == 0) {
+            bias = (uintptr_t)eh - ph[i].p_vaddr;
+            found = true;
+            break;
+        }
+    if (!found) return;
+    uintptr_t lo = UINTPTR_MAX, hi = 0;
+    for (unsigned i = 0; i < eh->e_phnum; i++)
+        if (ph[i].p_type == PT_LOAD && (ph[i].p_flags & PF_X)) {
+            uintptr_t a = bias + ph[i].p_vaddr;
+            if (a < lo) lo = a;
+            if (a + ph[i].p_memsz > hi) hi = a + ph[i].p_memsz;
+        }
+    if (lo < hi) {
+        self_lo = lo;
+        self_hi = hi;
+    }
+}
+
+void ta_sample_init(void) {
+    sample_rate = parse_bytes(ta_getenv("TIERALLOC_SAMPLE_BYTES"), DEFAULT_RATE);
+    if (sample_rate > (uint64_t)MAX_STEP) sample_rate = (uint64_t)MAX_STEP;
+    find_own_code();
+}
+
+/* ---- the countdown -------------------------------------------------------------- */
+bool ta_sample_tick(size_t n) {
+    if (TA_UNLIKELY(!tls.started)) {
+        /* first allocation of this thread: start the countdown as if it had
+         * been running, and see whether this allocation crosses it */
+        tls.started = 1;
+        const uint64_t *rnd = (const uint64_t *)getauxval(AT_RANDOM);
+        tls.rng = mix64((uintptr_t)&tls ^ (rnd ? rnd[0] : 0) ^ ta_os_now_ms());
+        tls.step = next_step();
+        ta_tls.sample_left = tls.step - (int64_t)n;
+        if (ta_tls.sample_left >= 0) return false;
+    }
+    __atomic_add_fetch(&allocated_done, (uint64_t)(tls.step - ta_tls.sample_left), __ATOMIC_RELAXED);
+    tls.step = next_step();
+    ta_tls.sample_left = tls.step;
+    return sample_rate && !tls.in_hook;
+}
+
+/* Count the bytes of the current step (thread exit). */
+void ta_sample_thread_exit(void) {
+    if (!tls.started) return;
+    __atomic_add_fetch(&allocated_done, (uint64_t)(tls.step - ta_tls.sample_left), __ATOMIC_RELAXED);
+    tls.step = ta_tls.sample_left;
+}
+
+/* ---- stacks ------------------------------------------------------------------------ */
+/* Can 8 bytes at a (8-aligned) be read?  rt_sigprocmask reads its set argument
+ * before it looks at `how`: EFAULT if unreadable, else EINVAL for the bad how,
+ * and the signal mask is never changed. */
+static bool readable(uintptr_t a) {
+    int saved = errno;
+    long r = syscall(SYS_rt_sigprocmask, ~0L, (void *)a, (void *)0, (size_t)8);
+    bool ok = !(r == -1 && errno == EFAULT);
+    errno = saved;
+    return ok;
+}
+
+static uint32_t walk_stack(void *frame, void **out) {
+    uintptr_t fp = (uintptr_t)frame, ok_page = fp >> 12; /* our own frame is readable */
+    bool skipping = self_lo != 0;
+    uint32_t d = 0;
+    for (int steps = 0; steps < 4 * MAX_DEPTH && d < MAX_DEPTH; steps++) {
+        if (!fp || (fp & 7)) break;
+        /* the frame record is two words: the caller's frame, the return address */
+        if ((fp >> 12) != ok_page) {
+            if (!readable(fp)) break;
+            ok_page = fp >> 12;
+        }
+        if (((fp + 8) >> 12) != ok_page) {
+            if (!readable(fp + 8)) break;
+            ok_page = (fp + 8) >> 12;
+        }
+        uintptr_t next = ((const uintptr_t *)fp)[0], ret = ((const uintptr_t *)fp)[1];
+        if (ret < 4096) break;
+        if (skipping && ret >= self_lo && ret < self_hi) {
+            /* still inside malloc and friends */
+        } else {
+            skipping = false;
+            out[d++] = (void *)ret;
+        }
+        /* the stack grows down: a caller's frame is above, and not far */
+        if (next <= fp || next - fp > ((uintptr_t)1 << 24)) break;
+        fp = next;
+    }
+    return d;
+}
+
+static uint64_t hash_stack(void *const *st, uint32_t depth) {
+    uint64_t h = depth;
+    for (uint32_t i = 0; i < depth; i++) h = mix64(h ^ (uintptr_t)st[i]) + i;
+    return h;
+}
+
+/* The bucket of a stack, created if new (sample_lock held). */
+static bucket_t *bucket_for(void *const *st, uint32_t depth) {
+    uint64_t h = hash_stack(st, depth);
+    bucket_t **head = &table[h % NBUCKETS];
+    for (bucket_t *b = *head; b; b = b->next)
+        if (b->hash == h && b->depth == depth && memcmp(b->stack, st, depth * sizeof(void *)) == 0)
+            return b;
+    bucket_t *b = ta_meta_alloc(sizeof *b);
+    b->hash = h;
+    b->depth = depth;
+    memcpy(b->stack, st, depth * sizeof(void *));
+    b->next = *head;
+    *head = b;
+    return b;
+}
+
+/* ---- recording ---------------------------------------------------------------------- */
+static void call_hook(void (*fn)(const struct ta_sample_event *, void *), void *arg,
+                      const struct ta_sample_event *ev) {
+    tls.in_hook = 1; /* allocations the hook makes are not sampled */
+    fn(ev, arg);
+    tls.in_hook = 0;
+}
+
+void ta_sample_record(void *p, size_t n, void *frame) {
+    void *stack[MAX_DEPTH];
+    uint32_t depth = walk_stack(frame, stack);
+    double w = weight_of(n);
+    ta_span_t *s = ta_pagemap_span((uintptr_t)p >> TA_PAGE_SHIFT);
+    ta_lock(&sample_lock);
+    struct ta_srec *r = rec_free;
+    if (r)
+        rec_free = r->next_free;
+    else
+        r = ta_meta_alloc(sizeof *r);
+    bucket_t *b = bucket_for(stack, depth);
+    r->next_free = NULL;
+    r->b = b;
+    r->ptr = p;
+    r->size = n;
+    r->weight = w;
+    b->live_samples++;
+    b->live_objs += w;
+    b->live_bytes += w * (double)n;
+    b->alloc_objs += w;
+    b->alloc_bytes += w * (double)n;
+    struct ta_hooks h = hooks;
+    ta_unlock(&sample_lock);
+    __atomic_store_n(&s->sample, r, __ATOMIC_RELEASE);
+    __atomic_add_fetch(&n_samples, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&live_bytes, n, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&ta_sample_live, 1, __ATOMIC_RELAXED);
+    if (h.on_alloc) {
+        struct ta_sample_event ev = {p, n, w, b->depth, b->stack};
+        call_hook(h.on_alloc, h.arg, &ev);
+    }
+}
+
+void ta_sample_free(void *p) {
+    uintptr_t page = (uintptr_t)p >> TA_PAGE_SHIFT;
+    ta_span_t *s = ta_pagemap_span(page);
+    if (!s || s->state != TA_SPAN_INUSE || s->cls || ta_span_addr(s) != p) return;
+    struct ta_srec *r = __atomic_exchange_n(&s->sample, NULL, __ATOMIC_ACQ_REL);
+    if (!r) return;
+    ta_lock(&sample_lock);
+    bucket_t *b = r->b;
+    struct ta_sample_event ev = {r->ptr, r->size, r->weight, b->depth, b->stack};
+    if (--b->live_samples == 0) {
+        b->live_objs = b->live_bytes = 0; /* no rounding residue */
+    } else {
+        b->live_objs -= r->weight;
+        b->live_bytes -= r->weight * (double)r->size;
+    }
+    r->next_free = rec_free;
+    rec_free = r;
+    struct ta_hooks h = hooks;
+    ta_unlock(&sample_lock);
+    __atomic_sub_fetch(&live_bytes, ev.size, __ATOMIC_RELAXED);
+    __atomic_sub_fetch(&ta_sample_live, 1, __ATOMIC_RELAXED);
+    if (h.on_free) call_hook(h.on_free, h.arg, &ev);
+}
+
+void ta_sample_counts(uint64_t *rate, uint64_t *total, uint64_t *live, uint64_t *lbytes,
+                      uint64_t *allocated) {
+    *rate = sample_rate;
+    *total = __atomic_load_n(&n_samples, __ATOMIC_RELAXED);
+    *live = __atomic_load_n(&ta_sample_live, __ATOMIC_RELAXED);
+    *lbytes = __atomic_load_n(&live_bytes, __ATOMIC_RELAXED);
+    uint64_t a = __atomic_load_n(&allocated_done, __ATOMIC_RELAXED);
+    if (tls.started) a += (uint64_t)(tls.step - ta_tls.sample_left); /* the caller's current step */
+    *allocated = a;
+}
+
+TA_EXPORT int ta_hooks_set(const struct ta_hooks *h, struct ta_hooks *old) {
+    ta_ensure_init();
+    ta_lock(&sample_lock);
+    if (old) *old = hooks;
+    if (h)
+        hooks = *h;
+    else
+        memset(&hooks, 0, sizeof hooks);
+    ta_unlock(&sample_lock);
+    return 0;
+}
+
+/* ---- output ------------------------------------------------------------------------- */
+int ta_open_report(const char *path) {
+    char name[4096];
+    size_t n = 0;
+    if (!path || !*path) {
+        errno = EINVAL;
+        return -1;
+    }
+    for (const char *s = path; *s; s++) {
+        if (s[0] == '%' && s[1] == 'p') {
+            char pid[24];
+            size_t k = ta_format(pid, sizeof pid, "%d", (int)getpid());
+            if (n + k >= sizeof name) goto too_long;
+            memcpy(name + n, pid, k);
+            n += k;
+            s++;
+        } else {
+            if (n + 1 >= sizeof name) goto too_long;
+            name[n++] = *s;
+        }
+    }
+    name[n] = '\0';
+    return open(name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+too_long:
+    errno = ENAMETOOLONG;
+    return -1;
+}
+
+typedef struct sink {
+    int fd;
+    int failed;
+    size_t len;
+    char buf[8192];
+} sink_t;
+
+static void sink_flush(sink_t *k) {
+    size_t off = 0;
+    while (off < k->len) {
+        ssize_t w = write(k->fd, k->buf + off, k->len - off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            k->failed = 1;
+            break;
+        }
+        off += (size_t)w;
+    }
+    k->len = 0;
+}
+
+static void sink_put(sink_t *k, const char *s, size_t n) {
+    if (k->len + n > sizeof k->buf) sink_flush(k);
+    if (n > sizeof k->buf) {
+        memcpy(k->buf, s, sizeof k->buf); /* never happens: lines are short */
+        n = sizeof k->buf;
+    }
+    memcpy(k->buf + k->len, s, n);
+    k->len += n;
+}
+
+static uint64_t round_u64(double x) { return x <= 0 ? 0 : (uint64_t)(x + 0.5); }
+
+int ta_profile_write_fd(int fd) {
+    ta_ensure_init();
+    int saved = errno;
+    sink_t k = {.fd = fd};
+    char line[64 + MAX_DEPTH * 20];
+    ta_lock(&sample_lock);
+    uint64_t tn = 0, tb = 0, an = 0, ab = 0;
+    for (uint32_t i = 0; i < NBUCKETS; i++)
+        for (bucket_t *b = table[i]; b; b = b->next) {
+            if (!b->depth) continue;
+            tn += round_u64(b->live_objs);
+            tb += round_u64(b->live_bytes);
+            an += round_u64(b->alloc_objs);
+            ab += round_u64(b->alloc_bytes);
+        }
+    size_t n = ta_format(line, sizeof line, "heap profile: %llu: %llu [%llu: %llu] @ heapprofile\n",
+                         (unsigned long long)tn, (unsigned long long)tb, (unsigned long long)an,
+                         (unsigned long long)ab);
+    sink_put(&k, line, n);
+    for (uint32_t i = 0; i < NBUCKETS; i++)
+        for (bucket_t *b = table[i]; b; b = b->next) {
+            if (!b->depth) continue; /* pprof cannot place a sample without a stack */
+            n = ta_format(line, sizeof line, "%llu: %llu [%llu: %llu] @",
+                          (unsigned long long)round_u64(b->live_objs),
+                          (unsigned long long)round_u64(b->live_bytes),
+                          (unsigned long long)round_u64(b->alloc_objs),
+                          (unsigned long long)round_u64(b->alloc_bytes));
+            for (uint32_t d = 0; d < b->depth; d++)
+                n += ta_format(line + n, sizeof line - n, " %p", b->stack[d]);
+            n += ta_format(line + n, sizeof line - n, "\n");
+            sink_put(&k, line, n);
+        }
+    ta_unlock(&sample_lock);
+    /* pprof maps the addresses to the program and its libraries with this */
+    static const char maps_hdr[] = "\nMAPPED_LIBRARIES:\n";
+    sink_put(&k, maps_hdr, sizeof maps_hdr - 1);
+    sink_flush(&k);
+    int mfd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (mfd >= 0) {
+        for (;;) {
+            ssize_t r = read(mfd, k.buf, sizeof k.buf);
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) break;
+            k.len = (size_t)r;
+            sink_flush(&k);
+        }
+        close(mfd);
+    } else {
+        k.failed = 1;
+    }
+    errno = saved;
+    return k.failed ? -1 : 0;
+}
+
+TA_EXPORT int ta_profile_dump(const char *path) {
+    int saved = errno;
+    int fd = ta_open_report(path);
+    if (fd < 0) return -1;
+    int r = ta_profile_write_fd(fd);
+    if (close(fd) != 0) r = -1;
+    else if (r != 0) errno = EIO;
+    if (r == 0) errno = saved;
+    return r;
+}
+
+void ta_sample_lock_all(void) { ta_lock(&sample_lock); }
+void ta_sample_unlock_all(bool child) {
+    if (child)
+        pthread_mutex_init(&sample_lock, NULL);
+    else
+        ta_unlock(&sample_lock);
+}
