@@ -232,9 +232,9 @@ typedef struct ta_list {
 } ta_list_t;
 typedef struct ta_pcache {
     ta_list_t list[TA_MAX_CLASSES];
-    int64_t budget_left;      /* bytes this cache may still take before scavenging */
     uint64_t budget;          /* its current total budget */
     uint32_t shard;           /* central shard this thread uses */
+    uint32_t steal_next;      /* next list to take capacity from when the budget is spent */
     uint32_t state;           /* TA_PC_* */
     struct ta_pcache *next_all, *prev_all; /* registry of live caches (stats) */
     uint64_t n_alloc_miss, n_free_miss;    /* slow-path counts */
@@ -354,5 +354,8 @@ typedef struct ta_arena_stats {
 } ta_arena_stats_t;
 void ta_arena_stats(ta_arena_stats_t *out);
 uint64_t ta_arena_bytes(void); /* = held_bytes */
+/* malloc_trim: the calling thread's spare chunks go back to the page heap
+ * (other threads' arenas are theirs alone; they go back when those exit) */
+void ta_arena_trim_current(void);
 
 #endif

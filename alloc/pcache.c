@@ -43,25 +43,60 @@ static uint64_t committed_bytes(const ta_pcache_t *c) {
     return b;
 }
 
+static void release_objects(ta_pcache_t *c, uint32_t cls, uint32_t n);
+
+/* Every thread may hold this much even when the global pool is spent, so a new
+ * busy thread is never reduced to one object at a time while idle threads sit
+ * on their budget (the pool then runs an overdraft). */
+#define THREAD_BUDGET_FLOOR ((uint64_t)256 << 10)
+
+/* Take budget for `need` more bytes of list capacity from the global pool. */
+static bool take_budget(ta_pcache_t *c, uint64_t need) {
+    uint64_t want = need < BUDGET_STEP ? BUDGET_STEP : need;
+    if (c->budget + want > ta_cfg.thread_cache_max) return false;
+    if (__atomic_sub_fetch(&budget_pool, (int64_t)want, __ATOMIC_RELAXED) < 0 &&
+        c->budget + want > THREAD_BUDGET_FLOOR) {
+        __atomic_add_fetch(&budget_pool, (int64_t)want, __ATOMIC_RELAXED);
+        return false;
+    }
+    c->budget += want;
+    return true;
+}
+
+/* Move capacity to cls from the thread's other lists, round-robin: halve their
+ * maximum and give back the objects above it.  Lists in use grow back on their
+ * next miss; idle ones stay small. */
+static int64_t steal_capacity(ta_pcache_t *c, uint32_t cls, int64_t spare, uint64_t need) {
+    for (uint32_t n = 1; n < ta_nclasses && spare < (int64_t)need; n++) {
+        uint32_t j = c->steal_next = c->steal_next + 1 >= ta_nclasses ? 1 : c->steal_next + 1;
+        ta_list_t *l = &c->list[j];
+        if (j == cls || !l->max) continue;
+        uint32_t keep = l->max / 2;
+        if (keep < ta_class[j].batch) keep = 0;
+        spare += (int64_t)(l->max - keep) * ta_class[j].size;
+        l->max = keep;
+        if (l->count > keep) release_objects(c, j, l->count - keep);
+    }
+    return spare;
+}
+
 /* Raise cls's list max by a batch if the thread's budget (topped up from the
- * global pool) allows; the sum of max*size over lists never exceeds the budget. */
+ * global pool, or taken from its other lists) allows; the sum of max*size over
+ * lists never exceeds the budget. */
 static void grow_list(ta_pcache_t *c, uint32_t cls) {
     ta_list_t *l = &c->list[cls];
     uint32_t cap = list_cap(cls);
     if (l->max >= cap) return;
-    uint32_t add = ta_class[cls].batch;
+    /* slow start: 2, 6, 14, ... up to a batch, then a batch at a time, so a
+     * class used a few times does not pull in a whole batch */
+    uint32_t batch = ta_class[cls].batch;
+    uint32_t add = l->max >= batch ? batch : (l->max + 2 < batch - l->max ? l->max + 2 : batch - l->max);
     if (l->max + add > cap) add = cap - l->max;
     uint64_t need = (uint64_t)add * ta_class[cls].size;
     int64_t spare = (int64_t)c->budget - (int64_t)committed_bytes(c);
-    if (spare < (int64_t)need) {
-        uint64_t want = need - (uint64_t)(spare > 0 ? spare : 0);
-        if (want < BUDGET_STEP) want = BUDGET_STEP;
-        if (c->budget + want > ta_cfg.thread_cache_max) return;
-        if (__atomic_sub_fetch(&budget_pool, (int64_t)want, __ATOMIC_RELAXED) < 0) {
-            __atomic_add_fetch(&budget_pool, (int64_t)want, __ATOMIC_RELAXED);
-            return;
-        }
-        c->budget += want;
+    if (spare < (int64_t)need && !take_budget(c, need - (uint64_t)(spare > 0 ? spare : 0))) {
+        spare = steal_capacity(c, cls, spare, need);
+        if (spare < (int64_t)need) return;
     }
     l->max += add;
 }

@@ -1,0 +1,432 @@
+/* test_central.c: tier 2 (central.c).  Chains hold exactly the count reported,
+ * of distinct, properly placed objects of the class; objects given back in
+ * whole and partial batches return their spans to the page heap once drained;
+ * batches come back intact through the transfer caches; four threads working
+ * one class never receive the same object twice.
+ *
+ * The test's own malloc is tieralloc: sections whose counters are compared
+ * exactly call nothing that allocates (no Criterion assertion, static arrays). */
+#include <criterion/criterion.h>
+
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "internal.h"
+
+static void setup(void) {
+    ta_ensure_init();
+    ta_cfg.decay_ms = (uint64_t)1 << 40; /* no release behind the tests' back */
+}
+TestSuite(central, .init = setup, .timeout = 60);
+
+/* ---- a set of pointers without malloc (linear probing, backward-shift delete) */
+#define SET_BITS 17
+#define SET_SIZE ((size_t)1 << SET_BITS)
+typedef struct {
+    pthread_mutex_t lock;
+    size_t n;
+    uintptr_t slot[SET_SIZE];
+} ptrset_t;
+
+static size_t set_hash(uintptr_t p) { return (size_t)((p * 0x9e3779b97f4a7c15ull) >> (64 - SET_BITS)); }
+static void set_clear(ptrset_t *s) {
+    memset(s->slot, 0, sizeof s->slot);
+    s->n = 0;
+    pthread_mutex_init(&s->lock, NULL);
+}
+/* false if p was already there */
+static bool set_add(ptrset_t *s, const void *p) {
+    uintptr_t k = (uintptr_t)p;
+    for (size_t i = set_hash(k);; i = (i + 1) & (SET_SIZE - 1)) {
+        if (s->slot[i] == k) return false;
+        if (!s->slot[i]) {
+            s->slot[i] = k;
+            s->n++;
+            return true;
+        }
+    }
+}
+/* false if p was not there */
+static bool set_del(ptrset_t *s, const void *p) {
+    uintptr_t k = (uintptr_t)p;
+    size_t i = set_hash(k);
+    while (s->slot[i] != k) {
+        if (!s->slot[i]) return false;
+        i = (i + 1) & (SET_SIZE - 1);
+    }
+    s->slot[i] = 0;
+    s->n--;
+    for (size_t j = (i + 1) & (SET_SIZE - 1); s->slot[j]; j = (j + 1) & (SET_SIZE - 1)) {
+        size_t h = set_hash(s->slot[j]);
+        /* move slot j to the hole i unless its home lies cyclically in (i, j] */
+        bool stays = i <= j ? (h > i && h <= j) : (h > i || h <= j);
+        if (!stays) {
+            s->slot[i] = s->slot[j];
+            s->slot[j] = 0;
+            i = j;
+        }
+    }
+    return true;
+}
+static bool set_add_locked(ptrset_t *s, const void *p) {
+    pthread_mutex_lock(&s->lock);
+    bool r = set_add(s, p);
+    pthread_mutex_unlock(&s->lock);
+    return r;
+}
+static bool set_del_locked(ptrset_t *s, const void *p) {
+    pthread_mutex_lock(&s->lock);
+    bool r = set_del(s, p);
+    pthread_mutex_unlock(&s->lock);
+    return r;
+}
+
+static ptrset_t seen;
+
+/* NULL if p is a proper object of class cls, else what is wrong with it */
+static const char *bad_object(const void *p, uint32_t cls) {
+    uintptr_t a = (uintptr_t)p, page = a >> TA_PAGE_SHIFT;
+    if (!p) return "NULL in chain";
+    if (a % TA_ALIGN) return "misaligned";
+    uint32_t info = ta_pagemap_info(page);
+    if ((info & 0xff) != cls) return "page info names another class";
+    ta_span_t *s = ta_pagemap_span(page);
+    if (!s) return "page has no span";
+    if (s->cls != cls) return "span of another class";
+    if (s->state != TA_SPAN_INUSE) return "span not in use";
+    if (page - s->page != info >> 8) return "info page index disagrees with span";
+    size_t off = a - (uintptr_t)ta_span_addr(s);
+    if (off % ta_class[cls].size) return "not at an object boundary";
+    if (off + ta_class[cls].size > (size_t)ta_class[cls].objects * ta_class[cls].size) return "past the span's objects";
+    return NULL;
+}
+
+/* Walk n objects of a chain into out[]; NULL or an error message. */
+static const char *walk(void *head, uint32_t n, uint32_t cls, void **out) {
+    void *p = head;
+    for (uint32_t i = 0; i < n; i++) {
+        const char *e = bad_object(p, cls);
+        if (e) return e;
+        out[i] = p;
+        p = *(void **)p;
+    }
+    return NULL;
+}
+
+/* Link objs[0..n) into a chain and give it back. */
+static void give_back(uint32_t cls, void **objs, uint32_t n, uint32_t shard) {
+    for (uint32_t i = 0; i < n; i++) *(void **)objs[i] = i + 1 < n ? objs[i + 1] : NULL;
+    ta_central_free(cls, objs[0], n, shard);
+}
+
+/* A clean starting point: the calling thread's cache and the transfer caches
+ * emptied, so central holds only spans. */
+static void quiesce(void) {
+    ta_pcache_flush_current();
+    ta_central_drain();
+}
+
+#define MAXOBJ 8192
+static void *objs[MAXOBJ];
+
+Test(central, chains_hold_the_reported_count_of_valid_objects) {
+    for (uint32_t c = 1; c < ta_nclasses; c++) {
+        const uint32_t batch = ta_class[c].batch, per_span = ta_class[c].objects;
+        const uint32_t wants[] = {1, 2, batch, batch + 1, per_span + 3};
+        for (size_t w = 0; w < sizeof wants / sizeof wants[0]; w++) {
+            uint32_t want = wants[w];
+            if (want > MAXOBJ) continue;
+            void *head = NULL;
+            uint32_t n = ta_central_alloc(c, want, &head, 0);
+            cr_assert(n >= 1 && n <= want, "class %u: asked %u, got %u", c, want, n);
+            const char *e = walk(head, n, c, objs);
+            cr_assert_null(e, "class %u (size %u), want %u: object %s", c, ta_class[c].size, want, e);
+            set_clear(&seen);
+            for (uint32_t i = 0; i < n; i++)
+                cr_assert(set_add(&seen, objs[i]), "class %u: object %p twice in one chain", c, objs[i]);
+            /* the objects are usable memory of the full class size */
+            for (uint32_t i = 0; i < n; i++) memset(objs[i], 0x6b, ta_class[c].size);
+            /* give them back: a whole batch when there is one, then odd pieces */
+            uint32_t done = 0;
+            if (n >= batch) {
+                give_back(c, objs, batch, 0);
+                done = batch;
+            }
+            while (done < n) {
+                uint32_t k = n - done > 3 ? 3 : n - done;
+                give_back(c, objs + done, k, 1);
+                done += k;
+            }
+        }
+    }
+}
+
+/* Whatever is handed out and given back (whole and partial batches, in any
+ * order) leaves no span behind once drained. */
+static void round_trip_returns_spans(uint32_t c, uint32_t spans_worth) {
+    const uint32_t batch = ta_class[c].batch;
+    uint32_t total = ta_class[c].objects * spans_worth;
+    if (total > MAXOBJ) total = MAXOBJ;
+    ta_pageheap_stats_t h0, h1, h2;
+    ta_central_stats_t c0, c2;
+    uint32_t n = 0, calls = 0;
+    bool short_chain = false;
+
+    quiesce();
+    ta_pageheap_stats(&h0);
+    ta_central_stats(c, &c0);
+    /* take: batches and odd counts */
+    while (n < total) {
+        uint32_t want = (calls % 3 == 0) ? batch : 1 + (calls * 7) % (batch + 5);
+        if (want > total - n) want = total - n;
+        void *head;
+        uint32_t got = ta_central_alloc(c, want, &head, calls % 4);
+        if (!got) break;
+        if (walk(head, got, c, objs + n)) short_chain = true;
+        n += got;
+        calls++;
+    }
+    ta_pageheap_stats(&h1);
+    /* give back: reverse order, alternating whole batches and partial ones */
+    uint32_t left = n, k = 0;
+    while (left) {
+        uint32_t m = (k % 2 == 0) ? batch : 1 + k % (batch > 1 ? batch - 1 : 1);
+        if (m > left) m = left;
+        give_back(c, objs + left - m, m, k % 4);
+        left -= m;
+        k++;
+    }
+    ta_central_drain();
+    ta_pageheap_stats(&h2);
+    ta_central_stats(c, &c2);
+
+    cr_assert_not(short_chain, "class %u: a chain was shorter than reported", c);
+    cr_assert_eq(n, total, "class %u: got %u of %u objects", c, n, total);
+    /* conservation: every object came from free space already in the class's
+     * spans or from spans newly taken from the page heap */
+    uint64_t new_spans = (h1.inuse_bytes - h0.inuse_bytes) / ((uint64_t)ta_class[c].pages * TA_PAGE_SIZE);
+    cr_assert_geq(new_spans * ta_class[c].objects + c0.span_free_bytes / ta_class[c].size, (uint64_t)n,
+                  "class %u: %u objects out of %lu new spans and %lu free bytes", c, n, (unsigned long)new_spans,
+                  (unsigned long)c0.span_free_bytes);
+    cr_assert_eq(h2.inuse_bytes, h0.inuse_bytes, "class %u: %ld bytes of spans not returned after drain", c,
+                 (long)(h2.inuse_bytes - h0.inuse_bytes));
+    cr_assert_eq(c2.transfer_bytes, 0u, "class %u: transfer caches hold %lu bytes after drain", c,
+                 (unsigned long)c2.transfer_bytes);
+    cr_assert_eq(c2.span_free_bytes, c0.span_free_bytes, "class %u: free bytes in spans %lu, were %lu", c,
+                 (unsigned long)c2.span_free_bytes, (unsigned long)c0.span_free_bytes);
+}
+
+Test(central, spans_return_to_page_heap_small) {
+    round_trip_returns_spans(ta_size_to_class(16), 5);
+    round_trip_returns_spans(ta_size_to_class(112), 4);
+}
+Test(central, spans_return_to_page_heap_medium) {
+    round_trip_returns_spans(ta_size_to_class(1000), 6);
+    round_trip_returns_spans(ta_size_to_class(5000), 5);
+}
+Test(central, spans_return_to_page_heap_large) {
+    round_trip_returns_spans(ta_size_to_class(40000), 4);
+    round_trip_returns_spans(ta_size_to_class(TA_MAX_SMALL), 6);
+}
+
+Test(central, every_class_round_trips) {
+    for (uint32_t c = 1; c < ta_nclasses; c++) round_trip_returns_spans(c, 2);
+}
+
+/* Batches given back whole are handed out again unchanged, and the transfer
+ * cache accounts for them. */
+Test(central, batches_survive_the_transfer_cache) {
+    const uint32_t c = ta_size_to_class(96), batch = ta_class[c].batch, size = ta_class[c].size;
+    enum { K = 2 };
+    static void *chain_objs[K][MAXOBJ / K];
+    void *heads[K];
+    cr_assert_leq(batch, MAXOBJ / K);
+    quiesce();
+    for (int i = 0; i < K; i++) {
+        uint32_t got = ta_central_alloc(c, batch, &heads[i], 0);
+        cr_assert_eq(got, batch, "asked a batch of %u, got %u", batch, got);
+        cr_assert_null(walk(heads[i], batch, c, chain_objs[i]));
+        /* stamp everything past the first two words */
+        for (uint32_t j = 0; j < batch; j++)
+            memset((char *)chain_objs[i][j] + 16, (int)(i * 31 + j) & 0xff, size - 16);
+    }
+    ta_central_stats_t s0, s1, s2;
+    ta_central_stats(c, &s0);
+    for (int i = 0; i < K; i++) {
+        /* relink in the order received: a plain chain of exactly one batch */
+        give_back(c, chain_objs[i], batch, 0);
+    }
+    ta_central_stats(c, &s1);
+    void *again[K];
+    uint32_t got[K];
+    for (int i = 0; i < K; i++) got[i] = ta_central_alloc(c, batch, &again[i], 0);
+    ta_central_stats(c, &s2);
+
+    cr_assert_eq(s1.transfer_bytes - s0.transfer_bytes, (uint64_t)K * batch * size,
+                 "transfer caches grew by %lu bytes for %d batches", (unsigned long)(s1.transfer_bytes - s0.transfer_bytes),
+                 K);
+    cr_assert_eq(s2.transfer_bytes, s0.transfer_bytes);
+    cr_assert_eq(s2.hits - s1.hits, (uint64_t)K, "%lu transfer hits for %d batches", (unsigned long)(s2.hits - s1.hits),
+                 K);
+    /* LIFO: the last batch given back comes out first, object for object */
+    for (int i = 0; i < K; i++) {
+        int from = K - 1 - i;
+        cr_assert_eq(got[i], batch);
+        static void *back[MAXOBJ];
+        const char *e = walk(again[i], batch, c, back);
+        cr_assert_null(e, "%s", e);
+        for (uint32_t j = 0; j < batch; j++) {
+            cr_assert_eq(back[j], chain_objs[from][j], "batch %d object %u differs", i, j);
+            const unsigned char *b = back[j];
+            for (uint32_t x = 16; x < size; x++)
+                cr_assert_eq(b[x], (unsigned char)((from * 31 + j) & 0xff), "object %p byte %u changed in transit",
+                             back[j], x);
+        }
+    }
+    for (int i = 0; i < K; i++) give_back(c, chain_objs[K - 1 - i], batch, 0);
+    ta_central_drain();
+    ta_central_stats(c, &s2);
+    cr_assert_eq(s2.transfer_bytes, 0u);
+}
+
+/* The transfer cache holds a bounded amount; beyond it batches go to spans,
+ * and nothing is lost either way. */
+Test(central, transfer_cache_overflow_goes_to_spans) {
+    const uint32_t c = ta_size_to_class(2048), batch = ta_class[c].batch;
+    uint32_t nb = MAXOBJ / batch;
+    if (nb > 48) nb = 48;
+    ta_pageheap_stats_t h0, h2;
+    ta_central_stats_t s1;
+    uint32_t n = 0;
+    bool bad = false;
+    quiesce();
+    ta_pageheap_stats(&h0);
+    for (uint32_t i = 0; i < nb; i++) {
+        void *head;
+        uint32_t got = ta_central_alloc(c, batch, &head, 0);
+        if (got != batch || walk(head, got, c, objs + n)) bad = true;
+        n += got;
+    }
+    for (uint32_t i = 0; i < nb; i++) give_back(c, objs + i * batch, batch, 0);
+    ta_central_stats(c, &s1);
+    ta_central_drain();
+    ta_pageheap_stats(&h2);
+    cr_assert_not(bad);
+    /* a transfer cache is a cache, not a second heap: 1 MiB of a class in one shard is plenty */
+    cr_assert_leq(s1.transfer_bytes, (uint64_t)1 << 20, "transfer caches hold %lu bytes",
+                  (unsigned long)s1.transfer_bytes);
+    cr_assert_eq(h2.inuse_bytes, h0.inuse_bytes);
+}
+
+/* ---- four threads on one class ------------------------------------------------ */
+#define NT 4
+#define STASH 1024
+static uint32_t conc_cls;
+static pthread_barrier_t conc_barrier;
+static const char *conc_err[NT];
+
+static void *conc_worker(void *arg) {
+    uintptr_t id = (uintptr_t)arg;
+    const uint32_t c = conc_cls, batch = ta_class[c].batch;
+    void **stash = (void **)calloc(STASH, sizeof(void *));
+    void **tmp = (void **)calloc(STASH, sizeof(void *));
+    uint32_t n = 0;
+    uint32_t x = (uint32_t)id * 2654435761u + 7;
+    const char *err = stash && tmp ? NULL : "calloc failed";
+    pthread_barrier_wait(&conc_barrier);
+    for (int step = 0; step < 20000 && !err; step++) {
+        x = x * 1664525u + 1013904223u;
+        if (n + 2 * batch + 8 <= STASH && ((x >> 7) & 1 || n == 0)) {
+            uint32_t want = (x >> 9) % 3 == 0 ? batch : 1 + (x >> 12) % (2 * batch + 5);
+            void *head;
+            uint32_t got = ta_central_alloc(c, want, &head, (uint32_t)id + (x >> 20) % 2);
+            if (!got || got > want) {
+                err = "bad count";
+                break;
+            }
+            if ((err = walk(head, got, c, tmp))) break;
+            for (uint32_t i = 0; i < got; i++) {
+                if (!set_add_locked(&seen, tmp[i])) {
+                    err = "object handed out twice";
+                    break;
+                }
+                ((uintptr_t *)tmp[i])[1] = (id << 48) | i; /* ours now */
+                stash[n++] = tmp[i];
+            }
+        } else {
+            uint32_t k = (x >> 9) % 2 ? batch : 1 + (x >> 12) % (batch + 3);
+            if (k > n) k = n;
+            void **give = stash + n - k;
+            for (uint32_t i = 0; i < k && !err; i++) {
+                if (((uintptr_t *)give[i])[1] >> 48 != id) err = "object changed owner";
+                if (!set_del_locked(&seen, give[i])) err = "object lost from the set";
+            }
+            if (err) break;
+            give_back(c, give, k, (uint32_t)id);
+            n -= k;
+        }
+    }
+    for (uint32_t i = 0; i < n && !err; i++) set_del_locked(&seen, stash[i]);
+    if (n && !err) give_back(c, stash, n, (uint32_t)id);
+    free(stash);
+    free(tmp);
+    conc_err[id] = err;
+    return NULL;
+}
+
+static void run_concurrent(uint32_t c) {
+    conc_cls = c;
+    set_clear(&seen);
+    pthread_barrier_init(&conc_barrier, NULL, NT);
+    pthread_t t[NT];
+    for (uintptr_t i = 0; i < NT; i++) {
+        conc_err[i] = NULL;
+        cr_assert_eq(pthread_create(&t[i], NULL, conc_worker, (void *)i), 0);
+    }
+    for (int i = 0; i < NT; i++) pthread_join(t[i], NULL);
+    pthread_barrier_destroy(&conc_barrier);
+    for (int i = 0; i < NT; i++)
+        cr_assert_null(conc_err[i], "class %u (size %u), thread %d: %s", c, ta_class[c].size, i, conc_err[i]);
+    cr_assert_eq(seen.n, 0u);
+}
+
+Test(central, concurrent_threads_never_share_an_object_small) { run_concurrent(ta_size_to_class(16)); }
+
+Test(central, concurrent_threads_never_share_an_object_medium) {
+    /* a class nothing else in the process uses: its spans must all come back */
+    const uint32_t c = ta_size_to_class(1700);
+    ta_pageheap_stats_t h0, h1;
+    ta_central_stats_t c0, c1;
+    quiesce();
+    ta_central_stats(c, &c0);
+    ta_pageheap_stats(&h0);
+    run_concurrent(c);
+    ta_central_drain();
+    ta_central_stats(c, &c1);
+    ta_pageheap_stats(&h1);
+    cr_assert_eq(c1.transfer_bytes, 0u);
+    cr_assert_eq(c1.span_free_bytes, c0.span_free_bytes, "class %u: %ld bytes of free objects left in spans", c,
+                 (long)(c1.span_free_bytes - c0.span_free_bytes));
+}
+
+Test(central, stats_count_hits_and_misses) {
+    const uint32_t c = ta_size_to_class(300), batch = ta_class[c].batch;
+    quiesce();
+    ta_central_stats_t a, b, d;
+    ta_central_stats(c, &a);
+    void *h1, *h2;
+    uint32_t n1 = ta_central_alloc(c, batch, &h1, 0); /* nothing in transfer: a miss */
+    ta_central_stats(c, &b);
+    ta_central_free(c, h1, n1, 0);                    /* a whole batch: parked */
+    n1 = ta_central_alloc(c, batch, &h2, 0);          /* the same batch: a hit */
+    ta_central_stats(c, &d);
+    cr_assert_eq(n1, batch);
+    cr_assert_eq(h2, h1, "the parked batch was not reused");
+    cr_assert_eq(b.misses - a.misses, 1u);
+    cr_assert_eq(b.hits, a.hits);
+    cr_assert_eq(d.hits - b.hits, 1u);
+    cr_assert_eq(d.misses, b.misses);
+    ta_central_free(c, h2, n1, 0);
+    ta_central_drain();
+}

@@ -1,0 +1,527 @@
+/* test_pageheap.c: tier 3 (pageheap.c).  Spans are page aligned, honour
+ * align_pages and are registered in the pagemap; freed pages are reused and
+ * coalesce with free neighbours; release gives the pages back to the OS (stats
+ * and RSS); grow extends a span in place into a free neighbour; the counters
+ * move by exactly the bytes involved and add up with the OS tier's.
+ *
+ * Counter snapshots are taken around code that calls nothing but the page heap
+ * (no Criterion assertion in between: the test's malloc is tieralloc too). */
+#include <criterion/criterion.h>
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define PG TA_PAGE_SIZE
+
+/* Free spans decay only when a test says so: no release depends on timing. */
+static void setup(void) {
+    ta_ensure_init();
+    ta_cfg.decay_ms = (uint64_t)1 << 40;
+}
+TestSuite(pageheap, .init = setup, .timeout = 60);
+
+static long rss_pages(void) {
+    char buf[256];
+    int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = 0;
+    const char *p = buf;
+    while (*p && *p != ' ') p++;
+    long v = 0;
+    for (p++; *p >= '0' && *p <= '9'; p++) v = v * 10 + (*p - '0');
+    return v;
+}
+
+static bool span_is_zero(const ta_span_t *s) {
+    const uint64_t *w = ta_span_addr(s);
+    for (size_t i = 0; i < ta_span_bytes(s) / 8; i++)
+        if (w[i]) return false;
+    return true;
+}
+
+/* `count` large spans of k pages each, back to back in memory.  Spans taken
+ * on the way that do not fit the run are given back. */
+static bool get_run(uintptr_t k, int count, ta_span_t **out) {
+    enum { MAXP = 512 };
+    ta_span_t *pool[MAXP];
+    int np = 0;
+    bool found = false;
+    while (np < MAXP) {
+        ta_span_t *s = ta_pageheap_alloc(k, 1, 0);
+        if (!s) break;
+        pool[np++] = s;
+        if (np < count) continue;
+        found = true;
+        for (int i = np - count + 1; i < np; i++)
+            if (pool[i]->page != pool[i - 1]->page + k) found = false;
+        if (found) break;
+    }
+    int keep_from = found ? np - count : np;
+    for (int i = 0; i < keep_from; i++) ta_pageheap_free(pool[i]);
+    for (int i = 0; found && i < count; i++) out[i] = pool[keep_from + i];
+    return found;
+}
+
+/* bytes the page heap holds: it must equal what the OS tier mapped, less the
+ * metadata and pagemap leaves (the only other users of ta_os_map) */
+static void check_totals(const char *where) {
+    ta_pageheap_stats_t h;
+    ta_os_stats_t o;
+    ta_pageheap_stats(&h);
+    ta_os_stats(&o);
+    uint64_t meta = ta_meta_bytes(), pm = ta_pagemap_bytes();
+    cr_assert_eq(h.free_bytes + h.released_bytes + h.inuse_bytes, o.mapped_bytes - meta - pm,
+                 "%s: heap free %lu + released %lu + inuse %lu != os mapped %lu - meta %lu - pagemap %lu", where,
+                 (unsigned long)h.free_bytes, (unsigned long)h.released_bytes, (unsigned long)h.inuse_bytes,
+                 (unsigned long)o.mapped_bytes, (unsigned long)meta, (unsigned long)pm);
+    cr_assert_leq(h.large_bytes, h.inuse_bytes, "%s", where);
+    cr_assert_eq(h.free_bytes % PG, 0u);
+    cr_assert_eq(h.released_bytes % PG, 0u);
+    cr_assert_eq(h.inuse_bytes % PG, 0u);
+}
+
+Test(pageheap, large_spans_are_registered_at_both_ends) {
+    const uintptr_t sizes[] = {1, 2, 3, 7, 64, 128, 129, 300, 1000};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        uintptr_t n = sizes[i];
+        ta_pageheap_stats_t a, b;
+        ta_pageheap_stats(&a);
+        ta_span_t *s = ta_pageheap_alloc(n, 1, 0);
+        ta_pageheap_stats(&b);
+        cr_assert_not_null(s, "alloc of %lu pages failed", (unsigned long)n);
+        cr_assert_eq(s->npages, n);
+        cr_assert_eq(s->state, TA_SPAN_INUSE);
+        cr_assert_eq(s->cls, 0);
+        cr_assert_eq((uintptr_t)ta_span_addr(s) % PG, 0u);
+        cr_assert_eq((uintptr_t)ta_span_addr(s) >> TA_PAGE_SHIFT, s->page);
+        cr_assert_eq(ta_pagemap_span(s->page), s);
+        cr_assert_eq(ta_pagemap_span(s->page + n - 1), s);
+        cr_assert_eq(ta_pagemap_info(s->page), 0u);
+        cr_assert_eq(ta_pagemap_info(s->page + n - 1), 0u);
+        /* the neighbours are not this span */
+        cr_assert_neq(ta_pagemap_span(s->page - 1), s);
+        cr_assert_neq(ta_pagemap_span(s->page + n), s);
+        cr_assert_eq(b.inuse_bytes - a.inuse_bytes, n * PG);
+        cr_assert_eq(b.large_bytes - a.large_bytes, n * PG);
+        cr_assert_eq(b.large_count - a.large_count, 1u);
+        cr_assert_eq(b.n_alloc - a.n_alloc, 1u);
+        memset(ta_span_addr(s), 0xab, ta_span_bytes(s)); /* all of it is ours */
+
+        ta_pageheap_free(s);
+        ta_pageheap_stats(&b);
+        cr_assert_eq(b.inuse_bytes, a.inuse_bytes);
+        cr_assert_eq(b.large_bytes, a.large_bytes);
+        cr_assert_eq(b.large_count, a.large_count);
+        cr_assert_eq(b.n_free - a.n_free, 1u);
+    }
+    check_totals("after large spans");
+}
+
+Test(pageheap, small_class_spans_register_every_page) {
+    for (uint32_t c = 1; c < ta_nclasses; c++) {
+        uintptr_t n = ta_class[c].pages;
+        ta_pageheap_stats_t a, b;
+        ta_pageheap_stats(&a);
+        ta_span_t *s = ta_pageheap_alloc(n, 1, c);
+        ta_pageheap_stats(&b);
+        cr_assert_not_null(s);
+        cr_assert_eq(s->npages, n);
+        cr_assert_eq(s->cls, c);
+        cr_assert_eq(s->state, TA_SPAN_INUSE);
+        for (uintptr_t i = 0; i < n; i++) {
+            cr_assert_eq(ta_pagemap_span(s->page + i), s, "class %u page %lu", c, (unsigned long)i);
+            cr_assert_eq(ta_pagemap_info(s->page + i), c | (uint32_t)(i << 8), "class %u page %lu: info %#x", c,
+                         (unsigned long)i, ta_pagemap_info(s->page + i));
+        }
+        cr_assert_eq(b.inuse_bytes - a.inuse_bytes, n * PG);
+        cr_assert_eq(b.large_bytes, a.large_bytes, "a small span counted as large");
+        cr_assert_eq(b.large_count, a.large_count);
+        uintptr_t first = s->page;
+        ta_pageheap_free(s);
+        /* no page of a freed span still claims a class: a late free() of one
+         * of its objects must not look like a live small block */
+        for (uintptr_t i = 0; i < n; i++)
+            cr_assert_eq(ta_pagemap_info(first + i), 0u, "class %u: freed page %lu keeps info %#x", c,
+                         (unsigned long)i, ta_pagemap_info(first + i));
+    }
+}
+
+Test(pageheap, align_pages_is_honoured) {
+    ta_span_t *live[64];
+    int nl = 0;
+    for (uintptr_t align = 1; align <= 512; align *= 2) {
+        const uintptr_t ns[] = {1, 3, align, align + 1};
+        for (int j = 0; j < 4; j++) {
+            ta_span_t *s = ta_pageheap_alloc(ns[j], align, j & 1 ? 0 : 2);
+            cr_assert_not_null(s);
+            cr_assert_eq(s->page % align, 0u, "alloc(%lu, align %lu) at page %#lx", (unsigned long)ns[j],
+                         (unsigned long)align, (unsigned long)s->page);
+            cr_assert_eq(s->npages, ns[j]);
+            cr_assert_eq(ta_pagemap_span(s->page), s);
+            cr_assert_eq(ta_pagemap_span(s->page + s->npages - 1), s);
+            memset(ta_span_addr(s), j, ta_span_bytes(s));
+            live[nl++] = s;
+        }
+    }
+    /* none overlaps another */
+    for (int i = 0; i < nl; i++)
+        for (int j = i + 1; j < nl; j++)
+            cr_assert(live[i]->page + live[i]->npages <= live[j]->page ||
+                          live[j]->page + live[j]->npages <= live[i]->page,
+                      "spans %d and %d overlap", i, j);
+    for (int i = 0; i < nl; i++) ta_pageheap_free(live[i]);
+    check_totals("after aligned spans");
+}
+
+Test(pageheap, free_then_alloc_reuses_the_pages) {
+    ta_span_t *run[3];
+    cr_assert(get_run(13, 3, run));
+    uintptr_t page = run[1]->page;
+    memset(ta_span_addr(run[1]), 0x5c, 13 * PG);
+    ta_pageheap_free(run[1]);
+    ta_span_t *s = ta_pageheap_alloc(13, 1, 0);
+    cr_assert_not_null(s);
+    cr_assert_eq(s->page, page, "re-alloc got page %#lx, freed %#lx", (unsigned long)s->page, (unsigned long)page);
+    /* the pages stayed resident and were not wiped: the span must not claim to be zero */
+    cr_assert_not(s->zeroed, "a span of dirty reused pages is marked zeroed");
+    ta_pageheap_free(s);
+    ta_pageheap_free(run[0]);
+    ta_pageheap_free(run[2]);
+}
+
+Test(pageheap, freed_neighbours_coalesce) {
+    const uintptr_t k = 9;
+    ta_span_t *run[5]; /* guard, A, B, C, guard */
+    cr_assert(get_run(k, 5, run));
+    uintptr_t a = run[1]->page, b = run[2]->page, c = run[3]->page;
+    cr_assert_eq(b, a + k);
+    cr_assert_eq(c, b + k);
+
+    ta_pageheap_stats_t s0, s1, s2;
+    ta_pageheap_stats(&s0);
+    ta_pageheap_free(run[1]);
+    ta_pageheap_free(run[3]);
+    ta_pageheap_stats(&s1);
+    ta_pageheap_free(run[2]);
+    ta_pageheap_stats(&s2);
+    ta_span_t *merged = ta_pagemap_span(a), *merged_end = ta_pagemap_span(a + 3 * k - 1);
+    uintptr_t m_page = merged ? merged->page : 0, m_n = merged ? merged->npages : 0;
+    int m_state = merged ? merged->state : -1;
+
+    /* A and C had in-use neighbours only: nothing to merge with */
+    cr_assert_eq(s1.free_bytes - s0.free_bytes, 2 * k * PG);
+    cr_assert_geq(s2.n_coalesce - s1.n_coalesce, 2u, "freeing B merged %lu times",
+                  (unsigned long)(s2.n_coalesce - s1.n_coalesce));
+    cr_assert_eq(s2.free_bytes - s0.free_bytes, 3 * k * PG);
+    cr_assert_eq(s0.inuse_bytes - s2.inuse_bytes, 3 * k * PG);
+    cr_assert_not_null(merged);
+    cr_assert_eq(merged, merged_end, "first and last page of A+B+C point at different spans");
+    cr_assert_eq(m_page, a, "merged span starts at %#lx, A at %#lx", (unsigned long)m_page, (unsigned long)a);
+    cr_assert_eq(m_n, 3 * k);
+    cr_assert_eq(m_state, TA_SPAN_FREE);
+
+    ta_span_t *s = ta_pageheap_alloc(3 * k, 1, 0);
+    cr_assert_not_null(s);
+    cr_assert_eq(s->page, a, "alloc of A+B+C pages at %#lx, A was %#lx", (unsigned long)s->page, (unsigned long)a);
+    memset(ta_span_addr(s), 1, ta_span_bytes(s));
+    ta_pageheap_free(s);
+    ta_pageheap_free(run[0]);
+    ta_pageheap_free(run[4]);
+    check_totals("after coalescing");
+}
+
+/* Freed spans merge with the free space on both sides into one span that a
+ * single alloc of the combined size gets back. */
+Test(pageheap, many_frees_in_any_order_merge_into_one) {
+    enum { N = 24 };
+    const uintptr_t k = 4;
+    ta_span_t *run[N + 2];
+    cr_assert(get_run(k, N + 2, run));
+    uintptr_t first = run[1]->page;
+    /* free the inner spans in a scrambled order */
+    for (int i = 0; i < N; i++) ta_pageheap_free(run[1 + (i * 7) % N]);
+    ta_span_t *m = ta_pagemap_span(first);
+    cr_assert_not_null(m);
+    cr_assert_eq(m->page, first);
+    cr_assert_eq(m->npages, N * k);
+    cr_assert_eq(ta_pagemap_span(first + N * k - 1), m);
+    ta_span_t *s = ta_pageheap_alloc(N * k, 1, 0);
+    cr_assert_eq(s->page, first);
+    ta_pageheap_free(s);
+    ta_pageheap_free(run[0]);
+    ta_pageheap_free(run[N + 1]);
+}
+
+Test(pageheap, release_all_moves_free_to_released_and_drops_rss) {
+    const uintptr_t n = 1024; /* 8 MiB */
+    ta_span_t *s = ta_pageheap_alloc(n, 1, 0);
+    cr_assert_not_null(s);
+    memset(ta_span_addr(s), 0xee, ta_span_bytes(s));
+    ta_pageheap_free(s);
+
+    ta_pageheap_stats_t a, b;
+    ta_os_stats_t oa, ob;
+    long rss0 = rss_pages();
+    ta_pageheap_stats(&a);
+    ta_os_stats(&oa);
+    size_t got = ta_pageheap_release(true);
+    ta_os_stats(&ob);
+    ta_pageheap_stats(&b);
+    long rss1 = rss_pages();
+
+    cr_assert_geq(a.free_bytes, n * PG);
+    cr_assert_eq(got, a.free_bytes, "released %zu of %lu free bytes", got, (unsigned long)a.free_bytes);
+    cr_assert_eq(b.free_bytes, 0u);
+    cr_assert_eq(b.released_bytes, a.released_bytes + a.free_bytes);
+    cr_assert_eq(b.inuse_bytes, a.inuse_bytes);
+    cr_assert_eq(ob.released_bytes - oa.released_bytes, got, "the OS tier saw %lu bytes released",
+                 (unsigned long)(ob.released_bytes - oa.released_bytes));
+    cr_assert_eq(ob.mapped_bytes, oa.mapped_bytes);
+    cr_assert_geq((rss0 - rss1) * 4096, (long)(n * PG - n * PG / 16), "RSS fell by %ld bytes of %lu",
+                  (rss0 - rss1) * 4096, (unsigned long)(n * PG));
+
+    /* nothing left to release */
+    cr_assert_eq(ta_pageheap_release(true), 0u);
+    check_totals("after release");
+}
+
+Test(pageheap, released_pages_come_back_zeroed) {
+    const uintptr_t n = 300;
+    ta_span_t *s = ta_pageheap_alloc(n, 1, 0);
+    cr_assert_not_null(s);
+    if (s->zeroed) cr_assert(span_is_zero(s), "span marked zeroed holds data");
+    memset(ta_span_addr(s), 0x42, ta_span_bytes(s));
+    ta_pageheap_free(s);
+    ta_pageheap_release(true);
+    /* only released spans are free now: whatever we get is zero and says so */
+    for (int i = 0; i < 4; i++) {
+        ta_span_t *t = ta_pageheap_alloc(n, 1, 0);
+        cr_assert_not_null(t);
+        cr_assert(t->zeroed, "span from released pages not marked zeroed");
+        cr_assert(span_is_zero(t), "span from released pages holds data");
+        memset(ta_span_addr(t), 0x43, ta_span_bytes(t));
+        ta_pageheap_free(t);
+        ta_pageheap_release(true);
+    }
+}
+
+/* decay_ms decides which free spans release(false) returns to the OS. */
+Test(pageheap, release_honours_decay) {
+    uint64_t saved = ta_cfg.decay_ms;
+    ta_span_t *run[3];
+    cr_assert(get_run(20, 3, run));
+    ta_pageheap_release(true);
+    ta_cfg.decay_ms = (uint64_t)1 << 40; /* nothing is that old */
+    ta_pageheap_free(run[1]);
+    ta_pageheap_stats_t a;
+    ta_pageheap_stats(&a);
+    size_t r1 = ta_pageheap_release(false);
+    ta_cfg.decay_ms = 0; /* everything is old enough */
+    size_t r2 = ta_pageheap_release(false);
+    ta_pageheap_stats_t b;
+    ta_pageheap_stats(&b);
+    ta_cfg.decay_ms = saved;
+    cr_assert_eq(a.free_bytes, 20 * PG);
+    cr_assert_eq(r1, 0u, "release(false) released %zu bytes of young spans", r1);
+    cr_assert_eq(r2, 20 * PG, "release(false) with decay 0 released %zu bytes", r2);
+    cr_assert_eq(b.free_bytes, 0u);
+    ta_pageheap_free(run[0]);
+    ta_pageheap_free(run[2]);
+}
+
+Test(pageheap, grow_in_place_into_free_neighbour) {
+    ta_span_t *run[3]; /* S, N, guard */
+    cr_assert(get_run(6, 3, run));
+    ta_span_t *s = run[0];
+    uintptr_t page = s->page;
+    memset(ta_span_addr(s), 7, ta_span_bytes(s));
+    ta_pageheap_free(run[1]);
+
+    cr_assert(ta_pageheap_grow(s, 4), "shrinking request must succeed trivially");
+    cr_assert_eq(s->npages, 6u);
+    cr_assert(ta_pageheap_grow(s, 6));
+    cr_assert_eq(s->npages, 6u);
+
+    ta_pageheap_stats_t a, b;
+    ta_pageheap_stats(&a);
+    bool too_far = ta_pageheap_grow(s, 13); /* N has only 6 pages before the guard */
+    ta_pageheap_stats(&b);
+    cr_assert_not(too_far, "grow past an in-use neighbour succeeded");
+    cr_assert_eq(s->npages, 6u);
+    cr_assert_eq(memcmp(&a, &b, sizeof a), 0, "failed grow changed the stats");
+
+    ta_pageheap_stats(&a);
+    bool ok = ta_pageheap_grow(s, 9); /* half of N */
+    ta_pageheap_stats(&b);
+    cr_assert(ok);
+    cr_assert_eq(s->page, page, "grow moved the span");
+    cr_assert_eq(s->npages, 9u);
+    cr_assert_eq(ta_pagemap_span(page), s);
+    cr_assert_eq(ta_pagemap_span(page + 8), s, "last page of the grown span not registered");
+    cr_assert_eq(b.inuse_bytes - a.inuse_bytes, 3 * PG);
+    cr_assert_eq(b.large_bytes - a.large_bytes, 3 * PG);
+    cr_assert_eq(a.free_bytes - b.free_bytes, 3 * PG);
+    cr_assert_eq(b.large_count, a.large_count);
+    /* the rest of N is still a free span of its own */
+    ta_span_t *rest = ta_pagemap_span(page + 9);
+    cr_assert_not_null(rest);
+    cr_assert_eq(rest->page, page + 9);
+    cr_assert_eq(rest->npages, 3u);
+    cr_assert_neq(rest->state, TA_SPAN_INUSE);
+    for (char *p = (char *)ta_span_addr(s) + 6 * PG; p < (char *)ta_span_addr(s) + 9 * PG; p++) *p = 9;
+
+    ok = ta_pageheap_grow(s, 12); /* the rest of N, exactly */
+    cr_assert(ok);
+    cr_assert_eq(s->npages, 12u);
+    cr_assert_eq(ta_pagemap_span(page + 11), s);
+    cr_assert_eq(run[2]->page, page + 12);
+    cr_assert_not(ta_pageheap_grow(s, 13), "grew into the in-use guard");
+    cr_assert_eq(s->npages, 12u);
+    cr_assert_eq(ta_pagemap_span(page + 12), run[2], "guard's first page no longer points at the guard");
+
+    ta_pageheap_stats(&a);
+    ta_pageheap_free(s);
+    ta_pageheap_stats(&b);
+    cr_assert_eq(a.inuse_bytes - b.inuse_bytes, 12 * PG);
+    cr_assert_eq(a.large_bytes - b.large_bytes, 12 * PG);
+    ta_pageheap_free(run[2]);
+    check_totals("after grow");
+}
+
+Test(pageheap, grow_into_released_neighbour) {
+    ta_span_t *run[3];
+    cr_assert(get_run(5, 3, run));
+    ta_pageheap_free(run[1]);
+    ta_pageheap_release(true); /* N is now released */
+    ta_span_t *s = run[0];
+    cr_assert(ta_pageheap_grow(s, 10));
+    cr_assert_eq(s->npages, 10u);
+    char *p = ta_span_addr(s);
+    for (size_t i = 5 * PG; i < 10 * PG; i++) cr_assert_eq(p[i], 0);
+    memset(p, 3, 10 * PG);
+    ta_pageheap_free(s);
+    ta_pageheap_free(run[2]);
+    check_totals("after grow into released");
+}
+
+Test(pageheap, impossible_requests_fail) {
+    ta_pageheap_stats_t a, b;
+    ta_pageheap_stats(&a);
+    ta_span_t *s1 = ta_pageheap_alloc(0, 1, 0);
+    ta_span_t *s2 = ta_pageheap_alloc((TA_MAX_REQUEST >> TA_PAGE_SHIFT) + 1, 1, 0);
+    ta_span_t *s3 = ta_pageheap_alloc(UINTPTR_MAX, 1, 0);
+    ta_span_t *s4 = ta_pageheap_alloc(2, (uintptr_t)1 << 62, 0);
+    ta_pageheap_stats(&b);
+    cr_assert_null(s1);
+    cr_assert_null(s2);
+    cr_assert_null(s3);
+    cr_assert_null(s4);
+    cr_assert_eq(b.inuse_bytes, a.inuse_bytes);
+    check_totals("after impossible requests");
+}
+
+/* A deterministic random walk of allocs and frees: the in-use counter always
+ * equals the bytes of live spans, and the heap's totals match the OS tier's. */
+Test(pageheap, stats_track_a_random_workload) {
+    enum { SLOTS = 64, STEPS = 3000 };
+    ta_span_t *slot[SLOTS] = {0};
+    ta_pageheap_stats_t base, now;
+    ta_pageheap_stats(&base);
+    uint64_t live = 0, live_large = 0, nlarge = 0;
+    uint32_t x = 12345;
+    for (int step = 0; step < STEPS; step++) {
+        x = x * 1103515245u + 12345u;
+        int i = (x >> 8) % SLOTS;
+        if (slot[i]) {
+            live -= ta_span_bytes(slot[i]);
+            if (!slot[i]->cls) live_large -= ta_span_bytes(slot[i]), nlarge--;
+            ta_pageheap_free(slot[i]);
+            slot[i] = NULL;
+        } else {
+            uintptr_t n = 1 + ((x >> 16) % 40);
+            if ((x >> 24) % 16 == 0) n += 200;
+            uint32_t cls = (x >> 28) % 2 ? 0 : 1 + (x >> 3) % (ta_nclasses - 1);
+            slot[i] = ta_pageheap_alloc(n, 1, cls);
+            if (!slot[i]) cr_assert_fail("alloc of %lu pages failed", (unsigned long)n);
+            /* a span that says it is zero must be; then dirty every page so
+             * that reuse of these pages is not zero */
+            for (uintptr_t pg = 0; pg < n; pg++) {
+                uint64_t *w = (uint64_t *)((char *)ta_span_addr(slot[i]) + pg * PG);
+                for (int j = 0; j < 8; j++) {
+                    if (slot[i]->zeroed && w[j])
+                        cr_assert_fail("step %d: span marked zeroed has data on page %lu", step, (unsigned long)pg);
+                    w[j] = (uint64_t)step + 1;
+                }
+            }
+            live += ta_span_bytes(slot[i]);
+            if (!cls) live_large += ta_span_bytes(slot[i]), nlarge++;
+        }
+        if (step % 500 == 499) ta_pageheap_release(step % 1000 == 999);
+        ta_pageheap_stats(&now);
+        if (now.inuse_bytes - base.inuse_bytes != live)
+            cr_assert_fail("step %d: inuse grew by %lu, live spans hold %lu", step,
+                     (unsigned long)(now.inuse_bytes - base.inuse_bytes), (unsigned long)live);
+        if (now.large_bytes - base.large_bytes != live_large || now.large_count - base.large_count != nlarge)
+            cr_assert_fail("step %d: large stats off", step);
+    }
+    check_totals("during the random walk");
+    for (int i = 0; i < SLOTS; i++)
+        if (slot[i]) ta_pageheap_free(slot[i]);
+    ta_pageheap_stats(&now);
+    cr_assert_eq(now.inuse_bytes, base.inuse_bytes);
+    check_totals("after the random walk");
+}
+
+/* Four threads allocating and freeing spans at once never get overlapping
+ * spans: each stamps its spans and checks the stamp survives. */
+#define NT 4
+static void *span_worker(void *arg) {
+    uintptr_t id = (uintptr_t)arg;
+    enum { SLOTS = 16 };
+    ta_span_t *slot[SLOTS] = {0};
+    uint32_t x = (uint32_t)id * 7919u + 1;
+    for (int step = 0; step < 4000; step++) {
+        x = x * 1664525u + 1013904223u;
+        int i = (x >> 10) % SLOTS;
+        if (slot[i]) {
+            uint64_t *w = ta_span_addr(slot[i]);
+            uint64_t want = (id << 56) | (uintptr_t)slot[i];
+            if (w[0] != want || w[ta_span_bytes(slot[i]) / 8 - 1] != want) return (void *)1;
+            ta_pageheap_free(slot[i]);
+            slot[i] = NULL;
+        } else {
+            slot[i] = ta_pageheap_alloc(1 + (x >> 20) % 12, 1, (x >> 5) % 3 ? 0 : 3);
+            if (!slot[i]) return (void *)2;
+            uint64_t *w = ta_span_addr(slot[i]);
+            w[0] = w[ta_span_bytes(slot[i]) / 8 - 1] = (id << 56) | (uintptr_t)slot[i];
+        }
+    }
+    for (int i = 0; i < SLOTS; i++)
+        if (slot[i]) ta_pageheap_free(slot[i]);
+    return NULL;
+}
+
+Test(pageheap, concurrent_spans_never_overlap) {
+    pthread_t t[NT];
+    ta_pageheap_stats_t a, b;
+    ta_pageheap_stats(&a);
+    for (uintptr_t i = 0; i < NT; i++) cr_assert_eq(pthread_create(&t[i], NULL, span_worker, (void *)(i + 1)), 0);
+    for (int i = 0; i < NT; i++) {
+        void *r;
+        pthread_join(t[i], &r);
+        cr_assert_null(r, "thread %d: %s", i, r == (void *)1 ? "span overwritten by another" : "alloc failed");
+    }
+    ta_pageheap_stats(&b);
+    /* the threads themselves may have cached small objects through malloc:
+     * compare only the large spans, which only this test makes */
+    cr_assert_eq(b.large_count, a.large_count);
+    cr_assert_eq(b.large_bytes, a.large_bytes);
+}
