@@ -78,10 +78,10 @@ int ta_owns(const void *p);
  * size class, spans * span_bytes == (inuse + cache + central + span_free) *
  * size + tail_bytes.
  *
- * Versioning.  Set size to sizeof(struct ta_stats) (TA_STATS_INIT does) before
- * the call; the library fills at most that many bytes and sets version and size
- * to what it filled.  New fields are only ever added at the end, so a program
- * built against an older header keeps working. */
+ * Versioning.  Set size to sizeof(struct ta_stats) before the call (TA_STATS_INIT
+ * or ta_stats_read does); the library fills at most that many bytes and sets
+ * version and size to what it filled.  New fields are only ever added at the
+ * end, so a program built against an older header keeps working. */
 #define TA_STATS_VERSION 1
 #define TA_STATS_CLASSES 128
 
@@ -141,10 +141,17 @@ struct ta_stats {
     uint32_t reserved_;
     struct ta_class_stats cls[TA_STATS_CLASSES];
 };
+#ifndef __cplusplus
 #define TA_STATS_INIT {.version = TA_STATS_VERSION, .size = (uint32_t)sizeof(struct ta_stats)}
+#endif
 
 /* 0 on success; -1 with EINVAL if st is NULL or st->size < 8. */
 int ta_stats_get(struct ta_stats *st);
+/* The usual call: the whole struct as this header declares it. */
+static __inline__ int ta_stats_read(struct ta_stats *st) {
+    st->size = (uint32_t)sizeof *st;
+    return ta_stats_get(st);
+}
 
 /* Write a snapshot to fp: TA_STATS_TEXT is a readable report (a table per tier
  * and one row per size class in use), TA_STATS_JSON one JSON object (the fields
