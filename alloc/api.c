@@ -346,6 +346,7 @@ TA_EXPORT void ta_free_aligned_sized(void *p, size_t align, size_t size) {
 TA_EXPORT int ta_malloc_trim(size_t pad) {
     (void)pad;
     ta_ensure_init();
+    ta_arena_trim_current();
     ta_pcache_flush_current();
     ta_central_drain();
     return ta_pageheap_release(true) > 0;

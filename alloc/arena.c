@@ -497,6 +497,17 @@ TA_EXPORT void *ta_escape(void *p) {
     return q;
 }
 
+void ta_arena_trim_current(void) {
+    arena_t *a = &tls_arena;
+    while (a->spare) {
+        chunk_t *c = a->spare;
+        a->spare = c->link;
+        a->spare_bytes -= chunk_size(c);
+        ST_SUB(spare_bytes, chunk_size(c));
+        chunk_to_heap(c);
+    }
+}
+
 /* ---- thread exit ------------------------------------------------------------ */
 static void arena_thread_exit(void *arg) {
     arena_t *a = arg;
@@ -511,13 +522,7 @@ static void arena_thread_exit(void *arg) {
         a->top = c->link;
         chunk_to_heap(c);
     }
-    while (a->spare) {
-        chunk_t *c = a->spare;
-        a->spare = c->link;
-        ST_SUB(spare_bytes, chunk_size(c));
-        chunk_to_heap(c);
-    }
-    a->spare_bytes = 0;
+    ta_arena_trim_current();
     a->depth = 0;
     a->idle_pos = NULL;
     ta_scope_cur.ptr = ta_scope_cur.end = NULL;
