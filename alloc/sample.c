@@ -33,6 +33,7 @@
 #include <link.h>
 #include <string.h>
 #include <sys/auxv.h>
+#include <math.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -83,40 +84,11 @@ static __thread struct {
 
 /* ---- numbers ----------------------------------------------------------------- */
 /* natural log of x in (0, 1]: x = m * 2^e, ln m = 2 atanh((m-1)/(m+1)) */
-static double ln01(double x) {
-    union { double d; uint64_t u; } v = {.d = x};
-    int e = (int)((v.u >> 52) & 0x7ff) - 1023;
-    v.u = (v.u & ~((uint64_t)0x7ff << 52)) | ((uint64_t)1023 << 52); /* m in [1, 2) */
-    double t = (v.d - 1) / (v.d + 1), t2 = t * t, term = t, sum = 0;
-    for (int k = 1; k < 40; k += 2) {
-        sum += term / k;
-        term *= t2;
-    }
-    return e * 0.69314718055994530942 + 2 * sum;
-}
+/* libm's log and expm1 neither allocate nor lock: safe inside the allocator. */
+static double ln01(double x) { return log(x); }
 
-/* 1 - exp(-x) for x >= 0, accurate for small x too */
-static double one_minus_exp_neg(double x) {
-    if (x > 40) return 1;
-    if (x < 0.5) { /* x - x^2/2! + x^3/3! - ... */
-        double term = x, sum = 0;
-        for (int k = 1; k < 30; k++) {
-            sum += term;
-            term *= -x / (k + 1);
-        }
-        return sum;
-    }
-    /* exp(-x) = exp(-x / 2^k)^(2^k), with x / 2^k < 0.5 */
-    int k = 0;
-    double y = x;
-    while (y >= 0.5) {
-        y /= 2;
-        k++;
-    }
-    double e = 1 - one_minus_exp_neg(y);
-    while (k--) e *= e;
-    return 1 - e;
-}
+/* 1 - exp(-x), accurate for small x too */
+static double one_minus_exp_neg(double x) { return -expm1(-x); }
 
 static double weight_of(size_t n) {
     if (!sample_rate) return 1;
@@ -241,21 +213,36 @@ static bool readable(uintptr_t a) {
     return ok;
 }
 
+/* Pages of this thread's stack already seen readable: [stack_ok_lo, stack_ok_hi].
+ * A thread's stack stays mapped while it runs, so later walks through the
+ * same pages need no system call. */
+static __thread uintptr_t stack_ok_lo __attribute__((tls_model("initial-exec")));
+static __thread uintptr_t stack_ok_hi __attribute__((tls_model("initial-exec")));
+
+static bool page_readable(uintptr_t a) {
+    uintptr_t page = a >> 12;
+    if (page >= stack_ok_lo && page <= stack_ok_hi) return true;
+    if (!readable(a & ~(uintptr_t)7)) return false;
+    /* grow the known range only when the new page touches it */
+    if (!stack_ok_lo || page + 1 < stack_ok_lo || page > stack_ok_hi + 1) {
+        stack_ok_lo = stack_ok_hi = page;
+    } else if (page < stack_ok_lo) {
+        stack_ok_lo = page;
+    } else {
+        stack_ok_hi = page;
+    }
+    return true;
+}
+
 static uint32_t walk_stack(void *frame, void **out) {
-    uintptr_t fp = (uintptr_t)frame, ok_page = fp >> 12; /* our own frame is readable */
+    uintptr_t fp = (uintptr_t)frame;
     bool skipping = self_lo != 0;
     uint32_t d = 0;
+    if (!stack_ok_lo) stack_ok_lo = stack_ok_hi = fp >> 12; /* our own frame is readable */
     for (int steps = 0; steps < 4 * MAX_DEPTH && d < MAX_DEPTH; steps++) {
         if (!fp || (fp & 7)) break;
         /* the frame record is two words: the caller's frame, the return address */
-        if ((fp >> 12) != ok_page) {
-            if (!readable(fp)) break;
-            ok_page = fp >> 12;
-        }
-        if (((fp + 8) >> 12) != ok_page) {
-            if (!readable(fp + 8)) break;
-            ok_page = (fp + 8) >> 12;
-        }
+        if (!page_readable(fp) || !page_readable(fp + 8)) break;
         uintptr_t next = ((const uintptr_t *)fp)[0], ret = ((const uintptr_t *)fp)[1];
         if (ret < 4096) break;
         if (skipping && ret >= self_lo && ret < self_hi) {
