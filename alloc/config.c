@@ -51,10 +51,13 @@ void ta_config_init(void) {
         int n = CPU_COUNT(&set);
         ta_cfg.ncpu = n > 0 ? n : 1;
     }
-    /* thread caches together may hold 4 MiB per CPU (at least 8 MiB) */
-    uint64_t budget = (uint64_t)ta_cfg.ncpu << 22;
-    if (budget < (8 << 20)) budget = 8 << 20;
+    /* thread caches together may hold 8 MiB per CPU (at least 32 MiB, as
+     * much as gperftools' default): enough for a few busy threads per CPU */
+    uint64_t budget = (uint64_t)ta_cfg.ncpu << 23;
+    if (budget < (32 << 20)) budget = 32 << 20;
     ta_cfg.cache_bytes = parse_size(ta_getenv("TIERALLOC_CACHE_BYTES"), budget);
-    ta_cfg.thread_cache_max = ta_cfg.cache_bytes < (4 << 20) ? ta_cfg.cache_bytes : (4 << 20);
+    /* one thread's list capacity (sum of max length x size); what it really
+     * holds is usually well under it */
+    ta_cfg.thread_cache_max = ta_cfg.cache_bytes < (8 << 20) ? ta_cfg.cache_bytes : (8 << 20);
     ta_cfg.decay_ms = parse_size(ta_getenv("TIERALLOC_DECAY_MS"), 1000);
 }

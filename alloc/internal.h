@@ -233,6 +233,7 @@ typedef struct ta_list {
 typedef struct ta_pcache {
     ta_list_t list[TA_MAX_CLASSES];
     uint64_t budget;          /* its current total budget */
+    uint64_t committed;       /* sum over lists of max * size: never above budget */
     uint32_t shard;           /* central shard this thread uses */
     uint32_t steal_next;      /* next list to take capacity from when the budget is spent */
     uint32_t state;           /* TA_PC_* */

@@ -37,11 +37,6 @@ static uint32_t list_cap(uint32_t cls) {
     return cap;
 }
 
-static uint64_t committed_bytes(const ta_pcache_t *c) {
-    uint64_t b = 0;
-    for (uint32_t cls = 1; cls < ta_nclasses; cls++) b += (uint64_t)c->list[cls].max * ta_class[cls].size;
-    return b;
-}
 
 static void release_objects(ta_pcache_t *c, uint32_t cls, uint32_t n);
 
@@ -73,7 +68,9 @@ static int64_t steal_capacity(ta_pcache_t *c, uint32_t cls, int64_t spare, uint6
         if (j == cls || !l->max) continue;
         uint32_t keep = l->max / 2;
         if (keep < ta_class[j].batch) keep = 0;
-        spare += (int64_t)(l->max - keep) * ta_class[j].size;
+        uint64_t freed = (uint64_t)(l->max - keep) * ta_class[j].size;
+        spare += (int64_t)freed;
+        c->committed -= freed;
         l->max = keep;
         if (l->count > keep) release_objects(c, j, l->count - keep);
     }
@@ -93,12 +90,13 @@ static void grow_list(ta_pcache_t *c, uint32_t cls) {
     uint32_t add = l->max >= batch ? batch : (l->max + 2 < batch - l->max ? l->max + 2 : batch - l->max);
     if (l->max + add > cap) add = cap - l->max;
     uint64_t need = (uint64_t)add * ta_class[cls].size;
-    int64_t spare = (int64_t)c->budget - (int64_t)committed_bytes(c);
+    int64_t spare = (int64_t)c->budget - (int64_t)c->committed;
     if (spare < (int64_t)need && !take_budget(c, need - (uint64_t)(spare > 0 ? spare : 0))) {
         spare = steal_capacity(c, cls, spare, need);
         if (spare < (int64_t)need) return;
     }
     l->max += add;
+    c->committed += need;
 }
 
 static ta_pcache_t *cache_create(void) {
