@@ -152,7 +152,10 @@ uint32_t ta_central_alloc(uint32_t cls, uint32_t want, void **head, uint32_t sha
          * park batches that a thread that only allocates never sees */
         for (uint32_t i = 0; i < nshards; i++) {
             transfer_t *t = &transfer[(shard + i) % nshards][cls];
-            if (i && !__atomic_load_n(&t->n, __ATOMIC_RELAXED)) continue;
+            if (!__atomic_load_n(&t->n, __ATOMIC_RELAXED)) { /* empty: no lock needed to see it */
+                if (!i) __atomic_add_fetch(&t->misses, 1, __ATOMIC_RELAXED);
+                continue;
+            }
             ta_lock(&t->lock);
             if (t->n) {
                 *head = t->batch[--t->n];

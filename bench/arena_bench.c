@@ -1,5 +1,5 @@
-/* bench/arena_bench.c: the scoped stack arena against malloc/free on a
- * request-like workload.
+/* bench/arena_bench.c: the scoped stack arena against malloc/free, on a
+ * request-like workload and two allocation-bound ones.
  *
  *   arena/request/malloc_free/items:N   each request is parsed with malloc'd
  *                                       objects, which are all freed after it
@@ -28,13 +28,14 @@
  *                                       allocation only: N records with a tag
  *                                       each on a list (see below)
  *
- * One request operation is one request (items_per_second = requests per
- * second); the counter allocs_per_request says how many allocations each made.
- * For the tree, items_per_second counts allocations.
+ * For the request workloads one operation is one request (items_per_second =
+ * requests per second; the counter allocs_per_request says how many
+ * allocations each made); for the tree and the list, items_per_second counts
+ * allocations.
  *
  * The malloc/free variant measures whichever allocator is loaded.  The scope
  * variant needs libtieralloc in the process (LD_PRELOAD=libtieralloc.so) and
- * is skipped otherwise: the scope API is referenced weakly, and the inline
+ * is not registered otherwise: the scope API is referenced weakly, and the inline
  * fast path's thread-local cursor needs the link flag
  * -Wl,-z,dynamic-undefined-weak so that its reference is bound at load time
  * (checked before the run).  The ratio of interest is the scope variant's
@@ -677,18 +678,23 @@ void bench_register_arena(void)
     static const int modes[] = { M_MALLOC, M_SCOPE, M_FLOOR };
     static const char *const tree_names[] = { "arena/tree/malloc_free", "arena/tree/scope", "arena/tree/floor" };
     static const char *const list_names[] = { "arena/list/malloc_free", "arena/list/scope", "arena/list/floor" };
+    /* the scope variants exist only where they can run (see the top) */
+    int scope_ok = scope_unavailable() == NULL;
     for (int i = 0; i < 3; i++) {
+        if (modes[i] == M_SCOPE && !scope_ok)
+            continue;
         tb_bench_arg(tb_bench_arg_name(tb_register(tree_names[i], bm_tree, (void *)&modes[i]), "nodes"), 1000);
         tb_bench_arg(tb_bench_arg_name(tb_register(list_names[i], bm_list, (void *)&modes[i]), "nodes"), 1000);
     }
 
     static const int64_t items[] = { 8, 64 };
     tb_bench *m = tb_bench_arg_name(tb_register("arena/request/malloc_free", bm_malloc_free, NULL), "items");
-    tb_bench *s = tb_bench_arg_name(tb_register("arena/request/scope", bm_scope, NULL), "items");
+    tb_bench *s = scope_ok ? tb_bench_arg_name(tb_register("arena/request/scope", bm_scope, NULL), "items") : NULL;
     tb_bench *f = tb_bench_arg_name(tb_register("arena/request/floor", bm_floor, NULL), "items");
     for (size_t i = 0; i < sizeof items / sizeof items[0]; i++) {
         tb_bench_arg(m, items[i]);
-        tb_bench_arg(s, items[i]);
+        if (s)
+            tb_bench_arg(s, items[i]);
         tb_bench_arg(f, items[i]);
     }
 }

@@ -242,10 +242,13 @@ int ta_profile_dump(const char *path);
  *    whenever that can be seen: the memory is no longer in a scope, or lies past
  *    the current end of an open one, or its header names an ended scope.  (Once
  *    a later scope has put a block at that very address, it cannot be told.)
- * Memory comes in chunks from the page heap (64 KiB doubling up to 4 MiB;
- * bigger requests get a chunk of their own); chunks are reused across scopes,
- * a few MiB are kept per thread, and a thread's chunks go back when it exits.
- * A scope may be left by longjmp: ending an outer scope ends the inner ones. */
+ * Memory comes in chunks from the page heap (64 KiB, doubling up to 4 MiB;
+ * requests over 1 MiB get a chunk of their own); chunks are reused across
+ * scopes, up to 4 MiB of spare chunks are kept per thread (malloc_trim gives
+ * back the calling thread's), and a thread's chunks go back when it exits.
+ * A scope may be left by longjmp: ending an outer scope ends the inner ones.
+ * Each block costs 8 bytes of header (its size and its scope) on top of the
+ * 16-byte rounding. */
 typedef struct ta_scope {
     void *pos_;   /* private: where the scope began */
     uint64_t id_; /* private: serial and depth */
