@@ -170,8 +170,15 @@ static void find_own_code(void) {
     }
 }
 
+/* Whether samples are recorded.  Until somebody looks (a profile asked for in
+ * the environment, an explicit sampling rate, or a hook), the countdown only
+ * counts bytes: sampling then costs a decrement and nothing more. */
+static bool sample_active;
+
 void ta_sample_init(void) {
-    sample_rate = parse_bytes(ta_getenv("TIERALLOC_SAMPLE_BYTES"), DEFAULT_RATE);
+    const char *rate = ta_getenv("TIERALLOC_SAMPLE_BYTES");
+    sample_active = rate || ta_getenv("TIERALLOC_PROFILE");
+    sample_rate = parse_bytes(rate, DEFAULT_RATE);
     if (sample_rate > (uint64_t)MAX_STEP) sample_rate = (uint64_t)MAX_STEP;
     find_own_code();
 }
@@ -191,7 +198,7 @@ bool ta_sample_tick(size_t n) {
     __atomic_add_fetch(&allocated_done, (uint64_t)(tls.step - ta_tls.sample_left), __ATOMIC_RELAXED);
     tls.step = next_step();
     ta_tls.sample_left = tls.step;
-    return sample_rate && !tls.in_hook;
+    return sample_rate && __atomic_load_n(&sample_active, __ATOMIC_RELAXED) && !tls.in_hook;
 }
 
 /* Count the bytes of the current step (thread exit). */
@@ -361,10 +368,12 @@ TA_EXPORT int ta_hooks_set(const struct ta_hooks *h, struct ta_hooks *old) {
     ta_ensure_init();
     ta_lock(&sample_lock);
     if (old) *old = hooks;
-    if (h)
+    if (h) {
         hooks = *h;
-    else
+        if (h->on_alloc || h->on_free) __atomic_store_n(&sample_active, true, __ATOMIC_RELAXED);
+    } else {
         memset(&hooks, 0, sizeof hooks);
+    }
     ta_unlock(&sample_lock);
     return 0;
 }

@@ -174,6 +174,12 @@ int ta_stats_print(FILE *fp, int flags);
  * weight = 1 / (1 - exp(-n / rate)) allocations like it.  The cost when nothing
  * is sampled is one subtraction and branch per malloc.
  *
+ * Samples are recorded only once somebody looks: when TIERALLOC_PROFILE or
+ * TIERALLOC_SAMPLE_BYTES is set in the environment, or from the first
+ * ta_hooks_set() with a hook.  Until then the countdown only counts bytes, so a
+ * program that asks for nothing pays the subtraction and nothing else
+ * (ta_profile_dump then writes an empty profile).
+ *
  * A sampled block is recorded with its size and call stack (return addresses,
  * read by following frame pointers: frames of code built without them are
  * skipped or end the stack).  The hooks set with ta_hooks_set() are called on

@@ -159,7 +159,8 @@ Test(profile, ta_profile_dump_on_demand_live_then_freed) {
     snprintf(live, sizeof live, "%s/live.prof", tmpdir);
     snprintf(freed, sizeof freed, "%s/freed.%%p.prof", tmpdir);
     tu_child_t c;
-    const char *args[] = {prog_path, "dump", live, freed, NULL};
+    /* an explicit rate turns recording on (without it nothing is recorded) */
+    const char *args[] = {"--sample-bytes", "512k", prog_path, "dump", live, freed, NULL};
     run_tool(&c, args);
     cr_assert(c.exited && c.exit_code == 0, "%s", tu_describe(&c));
     static char text[1 << 16];
