@@ -88,7 +88,6 @@ static void *alloc_span(size_t size, size_t align, bool zero) {
     uintptr_t align_pages = align > TA_PAGE_SIZE ? align >> TA_PAGE_SHIFT : 1;
     ta_span_t *s = ta_pageheap_alloc(npages, align_pages, 0);
     if (!s) return fail_nomem();
-    s->req_size = size;
     void *p = ta_span_addr(s);
     if (zero && !s->zeroed) memset(p, 0, size);
     return p;

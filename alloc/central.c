@@ -70,6 +70,7 @@ static void span_list_remove(ta_span_t *s) {
 static uint32_t alloc_from_spans(uint32_t cls, uint32_t want, void **head) {
     central_class_t *cc = &central[cls];
     const uint32_t size = ta_class[cls].size;
+    const size_t span_objs_bytes = (size_t)ta_class[cls].objects * size;
     void *chain = NULL;
     uint32_t got = 0;
     ta_lock(&cc->lock);
@@ -81,19 +82,19 @@ static uint32_t alloc_from_spans(uint32_t cls, uint32_t want, void **head) {
             ta_lock(&cc->lock);
             if (!s) break;
             s->carve = ta_span_addr(s);
-            s->carve_end = s->carve + (size_t)ta_class[cls].objects * size;
             s->freelist = NULL;
             s->allocated = 0;
             cc->spans++;
             cc->free_objects += ta_class[cls].objects;
             span_list_push(cc, s);
         }
+        char *carve_end = (char *)ta_span_addr(s) + span_objs_bytes;
         while (got < want) {
             void *obj;
             if (s->freelist) {
                 obj = s->freelist;
                 s->freelist = *(void **)obj;
-            } else if (s->carve < s->carve_end) {
+            } else if (s->carve < carve_end) {
                 obj = s->carve;
                 s->carve += size;
             } else {
@@ -104,7 +105,7 @@ static uint32_t alloc_from_spans(uint32_t cls, uint32_t want, void **head) {
             got++;
             s->allocated++;
         }
-        if (!s->freelist && s->carve >= s->carve_end) span_list_remove(s);
+        if (!s->freelist && s->carve >= carve_end) span_list_remove(s);
     }
     cc->free_objects -= got;
     ta_unlock(&cc->lock);

@@ -157,11 +157,16 @@ typedef struct ta_span {
     uint8_t zeroed;          /* large block known to be all zero (fresh or released pages) */
     uint8_t in_list;         /* central: on the nonempty list */
     uint32_t allocated;      /* small: objects handed out of this span */
-    uint64_t free_since_ms;  /* free spans: when they became free (decay) */
-    void *freelist;          /* small: freed objects of this span */
-    char *carve, *carve_end; /* small: bump region not carved yet */
-    size_t req_size;         /* large: bytes the caller asked for (stats) */
-    struct ta_srec *sample;  /* large: record of a sampled allocation (sample.c), else NULL */
+    char *carve;             /* small: first object never handed out (objects end at
+                              * page start + objects * size) */
+    /* One record per span lives as long as the process (recycled, never
+     * unmapped), so it is kept to 56 bytes: each field below is used by one
+     * kind of span only. */
+    union {
+        uint64_t free_since_ms;  /* free spans: when they became free (decay) */
+        void *freelist;          /* small spans in use: their freed objects */
+        struct ta_srec *sample;  /* large blocks in use: sampled-allocation record (sample.c) or NULL */
+    };
 } ta_span_t;
 static inline void *ta_span_addr(const ta_span_t *s) { return (void *)(s->page << TA_PAGE_SHIFT); }
 static inline size_t ta_span_bytes(const ta_span_t *s) { return s->npages << TA_PAGE_SHIFT; }

@@ -41,6 +41,7 @@ ta_span_t *ta_span_new(void) {
     ta_unlock(&meta_lock);
     if (!s) {
         /* carve a page of span records at a time */
+        _Static_assert(sizeof(ta_span_t) <= 56, "span records stay small: one per span, for ever");
         enum { N = 4096 / sizeof(ta_span_t) };
         ta_span_t *block = ta_meta_alloc(N * sizeof(ta_span_t));
         ta_lock(&meta_lock);

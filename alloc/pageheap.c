@@ -183,6 +183,9 @@ ta_span_t *ta_pageheap_alloc(uintptr_t npages, uintptr_t align_pages, uint32_t c
     split_tail(s, npages);
     s->zeroed = s->state == TA_SPAN_RELEASED;
     s->state = TA_SPAN_INUSE;
+    s->freelist = NULL; /* clears the union: no free list, no sample record */
+    s->carve = NULL;
+    s->allocated = 0;
     s->cls = (uint8_t)cls;
     s->next = s->prev = NULL;
     if (cls) {
@@ -214,11 +217,9 @@ static void free_locked(ta_span_t *s, uint64_t now) {
     }
     s->state = TA_SPAN_FREE;
     s->cls = 0;
-    s->freelist = NULL;
-    s->carve = s->carve_end = NULL;
+    s->carve = NULL;
     s->allocated = 0;
-    s->sample = NULL; /* sample.c has dropped its record (ta_free_slow) */
-    s->free_since_ms = now;
+    s->free_since_ms = now; /* (the union: freelist and sample record are gone) */
     ph_stats.n_free++;
     free_insert(s);
 }
