@@ -9,7 +9,7 @@
 #include <string.h>
 
 #define TC_SLOTS 64              /* batches a shard may hold, at most */
-#define TC_BYTES ((size_t)256 << 10) /* and about this many bytes */
+#define TC_BYTES ((size_t)128 << 10) /* and about this many bytes */
 #define MAX_SHARDS 4
 
 typedef struct central_class {
@@ -187,6 +187,33 @@ void ta_central_free(uint32_t cls, void *head, uint32_t n, uint32_t shard) {
         ta_unlock(&t->lock);
     }
     free_to_spans(cls, head, n);
+}
+
+void ta_central_free_spans(uint32_t cls, void *head, uint32_t n) {
+    __atomic_add_fetch(&central[cls].from_caches, n, __ATOMIC_RELAXED);
+    free_to_spans(cls, head, n);
+}
+
+/* Every decay period, move half of what each transfer cache holds back to the
+ * spans: a cache that is in use refills, one that is not drains away and its
+ * spans can go back to the page heap (and from there to the OS). */
+void ta_central_decay(void) {
+    static uint64_t last_ms;
+    uint64_t now = ta_os_now_ms(), last = __atomic_load_n(&last_ms, __ATOMIC_RELAXED);
+    if (now - last < ta_cfg.decay_ms || !__atomic_compare_exchange_n(&last_ms, &last, now, false,
+                                                                     __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        return;
+    for (uint32_t sh = 0; sh < nshards; sh++)
+        for (uint32_t c = 1; c < ta_nclasses; c++) {
+            transfer_t *t = &transfer[sh][c];
+            if (!__atomic_load_n(&t->n, __ATOMIC_RELAXED)) continue;
+            ta_lock(&t->lock);
+            uint32_t k = (t->n + 1) / 2;
+            void *take[TC_SLOTS];
+            for (uint32_t i = 0; i < k; i++) take[i] = t->batch[--t->n];
+            ta_unlock(&t->lock);
+            for (uint32_t i = 0; i < k; i++) free_to_spans(c, take[i], ta_class[c].batch);
+        }
 }
 
 void ta_central_drain(void) {

@@ -212,6 +212,12 @@ uint32_t ta_central_nshards(void);
 uint32_t ta_central_alloc(uint32_t cls, uint32_t want, void **head, uint32_t shard);
 /* Give back n objects chained from head. */
 void ta_central_free(uint32_t cls, void *head, uint32_t n, uint32_t shard);
+/* The same, straight into their spans, bypassing the transfer caches: for
+ * caches that are going away (thread exit, trim), so whole spans can be freed. */
+void ta_central_free_spans(uint32_t cls, void *head, uint32_t n);
+/* Called from slow paths: once per decay period, half of every transfer cache
+ * goes back to its spans. */
+void ta_central_decay(void);
 /* Move everything in the transfer caches back to spans (malloc_trim). */
 void ta_central_drain(void);
 typedef struct ta_central_stats {

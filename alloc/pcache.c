@@ -156,6 +156,7 @@ void *ta_pcache_alloc_slow(uint32_t cls) {
         return p;
     }
     grow_list(c, cls);
+    ta_central_decay();
     ta_pageheap_tick();
     /* never take more than the list may hold: a list the budget refused to
      * grow (max 0) gets single objects */
@@ -186,10 +187,14 @@ void ta_pcache_free_slow(void *p, uint32_t cls) {
     }
     c->n_free_miss++;
     ta_list_t *l = &c->list[cls];
-    if (l->count >= l->max) grow_list(c, cls);
+    /* frees alone grow a list to one batch at most (enough to flush in
+     * batches); beyond that only allocation misses grow it, so a thread that
+     * frees what others allocated does not hoard memory it will never reuse */
+    if (l->count >= l->max && l->max < ta_class[cls].batch) grow_list(c, cls);
     if (l->count >= l->max) {
         uint32_t batch = ta_class[cls].batch;
         release_objects(c, cls, l->count < batch ? l->count : batch);
+        ta_central_decay();
         ta_pageheap_tick();
     }
     o[0] = l->head;
@@ -198,11 +203,16 @@ void ta_pcache_free_slow(void *p, uint32_t cls) {
     l->count++;
 }
 
+/* Empty every list into the spans: the cache is going away (thread exit) or
+ * memory is being given back (trim), so nothing should linger in the transfer
+ * caches where it would keep whole spans from the page heap. */
 static void flush_all(ta_pcache_t *c) {
     for (uint32_t cls = 1; cls < ta_nclasses; cls++) {
         ta_list_t *l = &c->list[cls];
-        uint32_t batch = ta_class[cls].batch;
-        while (l->count) release_objects(c, cls, batch);
+        if (!l->count) continue;
+        ta_central_free_spans(cls, l->head, l->count);
+        l->head = NULL;
+        l->count = 0;
     }
 }
 
