@@ -166,8 +166,11 @@ ta_span_t *ta_pageheap_alloc(uintptr_t npages, uintptr_t align_pages, uint32_t c
     uintptr_t want = npages + align_pages - 1;
     if (npages == 0 || want < npages || want > (TA_MAX_REQUEST >> TA_PAGE_SHIFT)) return NULL;
     ta_lock(&ph_lock);
-    ta_span_t *s = find_fit(0, want);
-    if (!s) s = find_fit(1, want);
+    /* Resident free pages are reused first (no page faults), unless a released
+     * span fits much more tightly: carving one page out of a big resident span
+     * would leave the next big request without room and map more. */
+    ta_span_t *s = find_fit(0, want), *r = find_fit(1, want);
+    if (!s || (r && s->npages > 2 * r->npages)) s = r;
     if (!s) {
         if (!grow(want)) {
             ta_unlock(&ph_lock);
