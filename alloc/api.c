@@ -149,9 +149,8 @@ static inline void *do_malloc(size_t n) {
 
 /* Block of a small class: the class from the pagemap info word, or 0. */
 static inline uint32_t small_class_of(const void *p, uint32_t info) {
-    uint32_t cls = info & 0xff;
-    uintptr_t page = (uintptr_t)p >> TA_PAGE_SHIFT;
-    uint32_t off = (uint32_t)((uintptr_t)p - ((page - (info >> 8)) << TA_PAGE_SHIFT));
+    uint32_t cls = TA_INFO_CLASS(info);
+    uint32_t off = ta_info_offset(p, info);
     /* offset must be a multiple of the class size: one multiply, no division */
     uint64_t m = ta_class_magic[cls];
     if (TA_UNLIKELY((uint64_t)off * m > m - 1)) return 0;
@@ -175,8 +174,8 @@ static inline void do_free(void *p) {
     uintptr_t page = (uintptr_t)p >> TA_PAGE_SHIFT;
     uint32_t info = ta_pagemap_info(page);
     if (TA_LIKELY(info)) {
-        uint32_t cls = info & 0xff;
-        uint32_t off = (uint32_t)((uintptr_t)p - ((page - (info >> 8)) << TA_PAGE_SHIFT));
+        uint32_t cls = TA_INFO_CLASS(info);
+        uint32_t off = ta_info_offset(p, info);
         uint64_t m = ta_class_magic[cls];
         void **o = p;
         /* an interior pointer (offset not a multiple of the size) and a set

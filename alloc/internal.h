@@ -94,7 +94,9 @@ void ta_meta_unlock_all(bool child);
 /* ---- pagemap.c: page number → span and size class ---------------------- */
 /* Two-level radix tree over 48-bit addresses: a static root of leaf pointers;
  * each leaf covers 2^18 pages (2 GiB) and holds the span and a 32-bit info word
- * per page.  info = size class | (page index within its span << 8); 0 for
+ * per page.  info = size class | (page index within its span << TA_PAGE_SHIFT),
+ * i.e. the class in the low byte and the page's byte offset in its span above
+ * it (ta_info_offset() adds the offset within the page in one OR); 0 for
  * pages of large spans and free spans, so free() of a small block needs only
  * the info word. */
 #define TA_PM_LEAF_BITS 18
@@ -115,6 +117,13 @@ static inline struct ta_span *ta_pagemap_span(uintptr_t page) {
     if (TA_UNLIKELY(page >> (TA_PM_ROOT_BITS + TA_PM_LEAF_BITS))) return NULL;
     ta_pm_leaf_t *leaf = ta_pm_root[page >> TA_PM_LEAF_BITS];
     return leaf ? leaf->span[page & ((1u << TA_PM_LEAF_BITS) - 1)] : NULL;
+}
+#define TA_INFO(cls, page_index) ((uint32_t)(cls) | (uint32_t)((page_index) << TA_PAGE_SHIFT))
+#define TA_INFO_CLASS(info) ((info) & 0xffu)
+#define TA_INFO_PAGE_INDEX(info) ((info) >> TA_PAGE_SHIFT)
+/* byte offset of p from the start of its span, for a small-class page */
+static inline uint32_t ta_info_offset(const void *p, uint32_t info) {
+    return ((uint32_t)(uintptr_t)p & (uint32_t)(TA_PAGE_SIZE - 1)) | (info & ~(uint32_t)(TA_PAGE_SIZE - 1));
 }
 /* Make sure leaves exist for pages [first, first+n); false if out of memory. */
 bool ta_pagemap_ensure(uintptr_t first, uintptr_t n);

@@ -193,7 +193,7 @@ ta_span_t *ta_pageheap_alloc(uintptr_t npages, uintptr_t align_pages, uint32_t c
     s->next = s->prev = NULL;
     if (cls) {
         for (uintptr_t i = 0; i < npages; i++)
-            ta_pagemap_set(s->page + i, s, cls | (uint32_t)(i << 8));
+            ta_pagemap_set(s->page + i, s, TA_INFO(cls, i));
         if (cls < TA_MAX_CLASSES) ph_class_spans[cls]++;
     } else {
         register_ends(s);

@@ -95,7 +95,7 @@ static const char *bad_object(const void *p, uint32_t cls) {
     if (!s) return "page has no span";
     if (s->cls != cls) return "span of another class";
     if (s->state != TA_SPAN_INUSE) return "span not in use";
-    if (page - s->page != info >> 8) return "info page index disagrees with span";
+    if (page - s->page != TA_INFO_PAGE_INDEX(info)) return "info page index disagrees with span";
     size_t off = a - (uintptr_t)ta_span_addr(s);
     if (off % ta_class[cls].size) return "not at an object boundary";
     if (off + ta_class[cls].size > (size_t)ta_class[cls].objects * ta_class[cls].size) return "past the span's objects";

@@ -138,7 +138,7 @@ Test(pageheap, small_class_spans_register_every_page) {
         cr_assert_eq(s->state, TA_SPAN_INUSE);
         for (uintptr_t i = 0; i < n; i++) {
             cr_assert_eq(ta_pagemap_span(s->page + i), s, "class %u page %lu", c, (unsigned long)i);
-            cr_assert_eq(ta_pagemap_info(s->page + i), c | (uint32_t)(i << 8), "class %u page %lu: info %#x", c,
+            cr_assert_eq(ta_pagemap_info(s->page + i), TA_INFO(c, i), "class %u page %lu: info %#x", c,
                          (unsigned long)i, ta_pagemap_info(s->page + i));
         }
         cr_assert_eq(b.inuse_bytes - a.inuse_bytes, n * PG);

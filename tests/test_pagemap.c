@@ -225,7 +225,7 @@ Test(pagemap, heap_blocks_are_registered) {
         /* a sampled small request gets a page-heap span of its own (info 0) */
         if (cls && info) {
             cr_assert_eq(info & 0xff, cls, "malloc(%zu): info class %u, want %u", n, info & 0xff, cls);
-            cr_assert_eq(info >> 8, pg - s->page);
+            cr_assert_eq(TA_INFO_PAGE_INDEX(info), pg - s->page);
             cr_assert_eq(s->cls, cls);
         } else {
             cr_assert_eq(info, 0u, "malloc(%zu): large block page has info %#x", n, info);
