@@ -24,8 +24,8 @@ const char *ta_getenv(const char *name) {
     return NULL;
 }
 
-/* Parse "123", "64k", "8M", "1g"; returns def on a malformed value. */
-static uint64_t parse_size(const char *s, uint64_t def) {
+/* Parse "123", "64k", "8M", "1g" (an optional b/B after); def when malformed or too big. */
+uint64_t ta_parse_size(const char *s, uint64_t def) {
     if (!s || !*s) return def;
     uint64_t v = 0;
     const char *p = s;
@@ -34,14 +34,16 @@ static uint64_t parse_size(const char *s, uint64_t def) {
         v = v * 10 + (uint64_t)(*p - '0');
     }
     if (p == s) return def;
+    unsigned shift = 0;
     switch (*p) {
-    case 'k': case 'K': v <<= 10; p++; break;
-    case 'm': case 'M': v <<= 20; p++; break;
-    case 'g': case 'G': v <<= 30; p++; break;
+    case 'k': case 'K': shift = 10; p++; break;
+    case 'm': case 'M': shift = 20; p++; break;
+    case 'g': case 'G': shift = 30; p++; break;
     default: break;
     }
     if (*p == 'b' || *p == 'B') p++;
-    return *p ? def : v;
+    if (*p || (shift && v > (UINT64_MAX >> shift))) return def;
+    return v << shift;
 }
 
 void ta_config_init(void) {
@@ -55,9 +57,9 @@ void ta_config_init(void) {
      * much as gperftools' default): enough for a few busy threads per CPU */
     uint64_t budget = (uint64_t)ta_cfg.ncpu << 23;
     if (budget < (32 << 20)) budget = 32 << 20;
-    ta_cfg.cache_bytes = parse_size(ta_getenv("TIERALLOC_CACHE_BYTES"), budget);
+    ta_cfg.cache_bytes = ta_parse_size(ta_getenv("TIERALLOC_CACHE_BYTES"), budget);
     /* one thread's list capacity (sum of max length x size); what it really
      * holds is usually well under it */
     ta_cfg.thread_cache_max = ta_cfg.cache_bytes < (8 << 20) ? ta_cfg.cache_bytes : (8 << 20);
-    ta_cfg.decay_ms = parse_size(ta_getenv("TIERALLOC_DECAY_MS"), 1000);
+    ta_cfg.decay_ms = ta_parse_size(ta_getenv("TIERALLOC_DECAY_MS"), 1000);
 }

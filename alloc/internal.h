@@ -64,6 +64,8 @@ extern ta_config_t ta_cfg;
 void ta_config_init(void);
 /* value of environment variable `name` without allocating, or NULL */
 const char *ta_getenv(const char *name);
+/* "123", "64k", "8M", "1g" → bytes; def when the text is malformed or too big */
+uint64_t ta_parse_size(const char *s, uint64_t def);
 
 /* ---- os.c: tier 4 ---------------------------------------------------------- */
 /* Map `size` bytes aligned to `align` (a power of two >= the OS page), zeroed and

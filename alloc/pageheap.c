@@ -129,33 +129,34 @@ static bool grow(uintptr_t n) {
     return true;
 }
 
-/* Split the first n pages off free span s (already off its list); the rest
- * goes back to the heap as a free span of the same kind. */
-static void split_tail(ta_span_t *s, uintptr_t n) {
-    if (s->npages == n) return;
+/* Cut free span s (off its list) at page n: s keeps the first n pages, a new
+ * record (returned, off the lists) the rest; both keep s's kind and age. */
+static ta_span_t *split(ta_span_t *s, uintptr_t n) {
     ta_span_t *t = ta_span_new();
     t->page = s->page + n;
     t->npages = s->npages - n;
     t->state = s->state;
     t->free_since_ms = s->free_since_ms;
     s->npages = n;
-    register_ends(t);
-    list_push(free_list_for(t), t);
-    account_free(t, +1);
+    return t;
 }
 
-/* Give the first `lead` pages of free span s (off its list) back to the heap;
- * returns a new record for the rest, also off the lists. */
-static ta_span_t *split_head(ta_span_t *s, uintptr_t lead) {
-    ta_span_t *t = ta_span_new();
-    t->page = s->page + lead;
-    t->npages = s->npages - lead;
-    t->state = s->state;
-    t->free_since_ms = s->free_since_ms;
-    s->npages = lead;
+/* A free piece goes back on its list (no merging: its neighbours were merged already). */
+static void put_back(ta_span_t *s) {
     register_ends(s);
     list_push(free_list_for(s), s);
     account_free(s, +1);
+}
+
+/* Keep the first n pages of s; the rest goes back to the heap. */
+static void split_tail(ta_span_t *s, uintptr_t n) {
+    if (s->npages != n) put_back(split(s, n));
+}
+
+/* Give the first `lead` pages of s back to the heap; returns the rest. */
+static ta_span_t *split_head(ta_span_t *s, uintptr_t lead) {
+    ta_span_t *t = split(s, lead);
+    put_back(s);
     return t;
 }
 

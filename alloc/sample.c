@@ -117,27 +117,6 @@ static int64_t next_step(void) {
 }
 
 /* ---- set-up --------------------------------------------------------------------- */
-static uint64_t parse_bytes(const char *s, uint64_t def) {
-    if (!s || !*s) return def;
-    uint64_t v = 0;
-    const char *p = s;
-    for (; *p >= '0' && *p <= '9'; p++) {
-        if (v > (UINT64_MAX - 9) / 10) return def;
-        v = v * 10 + (uint64_t)(*p - '0');
-    }
-    if (p == s) return def;
-    unsigned shift = 0;
-    switch (*p) {
-    case 'k': case 'K': shift = 10; p++; break;
-    case 'm': case 'M': shift = 20; p++; break;
-    case 'g': case 'G': shift = 30; p++; break;
-    default: break;
-    }
-    if (*p == 'b' || *p == 'B') p++;
-    if (*p || (shift && v > (UINT64_MAX >> shift))) return def;
-    return v << shift;
-}
-
 extern const ElfW(Ehdr) __ehdr_start __attribute__((weak, visibility("hidden")));
 
 /* The address range of our own code, when we are a shared object (LD_PRELOAD
@@ -178,7 +157,7 @@ static bool sample_active;
 void ta_sample_init(void) {
     const char *rate = ta_getenv("TIERALLOC_SAMPLE_BYTES");
     sample_active = rate || ta_getenv("TIERALLOC_PROFILE");
-    sample_rate = parse_bytes(rate, DEFAULT_RATE);
+    sample_rate = ta_parse_size(rate, DEFAULT_RATE);
     if (sample_rate > (uint64_t)MAX_STEP) sample_rate = (uint64_t)MAX_STEP;
     find_own_code();
 }
