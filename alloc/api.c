@@ -80,18 +80,21 @@ static void *fail_nomem(void) {
 TA_COLD static void bad_pointer(const char *what, const void *p) { ta_fatal("%s %p", what, p); }
 
 /* ---- large blocks ---------------------------------------------------------- */
-static void *alloc_span(size_t size, size_t align, bool zero) {
+/* A large block; growable: it is being grown by realloc (see ta_pageheap_alloc_growable). */
+static void *alloc_span_for(size_t size, size_t align, bool zero, bool growable) {
     ta_ensure_init();
     if (size > TA_MAX_REQUEST || align > TA_MAX_REQUEST) return fail_nomem();
     uintptr_t npages = (size + TA_PAGE_SIZE - 1) >> TA_PAGE_SHIFT;
     if (!npages) npages = 1;
     uintptr_t align_pages = align > TA_PAGE_SIZE ? align >> TA_PAGE_SHIFT : 1;
-    ta_span_t *s = ta_pageheap_alloc(npages, align_pages, 0);
+    ta_span_t *s = growable ? ta_pageheap_alloc_growable(npages) : ta_pageheap_alloc(npages, align_pages, 0);
     if (!s) return fail_nomem();
     void *p = ta_span_addr(s);
     if (zero && !s->zeroed) memset(p, 0, size);
     return p;
 }
+
+static void *alloc_span(size_t size, size_t align, bool zero) { return alloc_span_for(size, align, zero, false); }
 
 void *ta_alloc_large(size_t size, size_t align, bool zero) {
     void *p = alloc_span(size, align, zero);
@@ -244,24 +247,35 @@ TA_EXPORT void *ta_realloc(void *p, size_t n) {
     if (TA_UNLIKELY(ta_arena_span(p))) return ta_arena_realloc(p, n); /* scoped: to the heap */
     size_t old = block_size(p, "realloc");
     if (n > TA_MAX_REQUEST) return fail_nomem();
-    if (old <= TA_MAX_SMALL) {
+    const size_t span_min = (size_t)64 << 10; /* below this a block belongs in a size class */
+    if (ta_pagemap_info((uintptr_t)p >> TA_PAGE_SHIFT)) { /* a small-class block */
         /* keep the block when the new size still fits and wastes < half */
         if (n <= old && n > old / 2) return p;
-        return realloc_move(p, old, n);
-    }
-    if (n <= old) {
-        if (n > old / 2) return p;
-        return realloc_move(p, old, n);
+        /* Growing past 64 KiB, a block leaves the size classes for a span of
+         * its own (page granular: under 12.5% waste there), placed where it can
+         * keep growing in place: no more copies at every class boundary. */
+        if (n <= old || n <= span_min) return realloc_move(p, old, n);
+        void *q = alloc_span_for(n, 0, false, true);
+        if (!q) return NULL;
+        memcpy(q, p, old);
+        do_free(p);
+        return q;
     }
     ta_span_t *s = ta_pagemap_span((uintptr_t)p >> TA_PAGE_SHIFT);
-    /* grow in place into a free neighbour; otherwise by 1/8 extra to amortise */
-    if (ta_pageheap_grow(s, (n + TA_PAGE_SIZE - 1) >> TA_PAGE_SHIFT)) return p;
-    size_t want = n + (n >> 3) > n ? n + (n >> 3) : n;
-    void *q = ta_alloc_large(want, 0, false);
-    if (!q) {
-        q = ta_alloc_large(n, 0, false);
-        if (!q) return NULL;
+    uintptr_t npages = (n + TA_PAGE_SIZE - 1) >> TA_PAGE_SHIFT;
+    /* a block with a span of its own */
+    if (n <= old) {
+        if (n > old / 2) return p;
+        if (n <= span_min) return realloc_move(p, old, n);
+        ta_pageheap_shrink(s, npages, false); /* the tail goes back to the heap */
+        return p;
     }
+    /* grow in place into a free neighbour */
+    if (ta_pageheap_grow(s, npages)) return p;
+    /* otherwise move to the start of the longest free span, so that the
+     * next growth happens in place */
+    void *q = alloc_span_for(n, 0, false, true);
+    if (!q) return NULL;
     memcpy(q, p, old);
     do_free(p);
     return q;

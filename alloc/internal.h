@@ -187,6 +187,9 @@ void ta_pageheap_init(void);
  * with class cls (registered in the pagemap on every page when cls != 0, on the
  * first and last page otherwise). NULL when the OS refuses. */
 ta_span_t *ta_pageheap_alloc(uintptr_t npages, uintptr_t align_pages, uint32_t cls);
+/* A large span for a block that is growing (realloc): placed at the start of
+ * the longest free span, so that ta_pageheap_grow can extend it in place. */
+ta_span_t *ta_pageheap_alloc_growable(uintptr_t npages);
 void ta_pageheap_free(ta_span_t *s);
 /* free() of a pointer that is not a small block: validates it under the lock and
  * frees the large block; returns NULL, or what is wrong ("double free of"...). */
@@ -195,6 +198,9 @@ const char *ta_pageheap_free_large(void *p);
 void ta_pageheap_tick(void);
 /* Try to grow an in-use large span in place to n pages; true on success. */
 bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages);
+/* Give the pages of in-use large span s beyond its first npages back to the
+ * heap (untouched: nobody wrote them since the span was allocated). */
+void ta_pageheap_shrink(ta_span_t *s, uintptr_t npages, bool untouched);
 /* Release free pages to the OS: those free for at least decay_ms, or all when
  * all is true. Returns bytes released. */
 size_t ta_pageheap_release(bool all);

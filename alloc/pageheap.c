@@ -162,18 +162,53 @@ static ta_span_t *split_head(ta_span_t *s, uintptr_t lead) {
 
 static void decay_maybe(uint64_t now);
 
+/* The longest span of `kind` (lowest address among equals). */
+static ta_span_t *find_largest(int kind) {
+    ta_span_t *best = NULL, *h = &ph_list[kind][0];
+    for (ta_span_t *s = h->next; s != h; s = s->next)
+        if (!best || s->npages > best->npages || (s->npages == best->npages && s->page < best->page))
+            best = s;
+    for (uintptr_t i = PH_EXACT; !best && i >= 1; i--)
+        if (!list_empty(&ph_list[kind][i])) best = ph_list[kind][i].next;
+    return best;
+}
+
+static ta_span_t *alloc_span_locked(uintptr_t npages, uintptr_t align_pages, uint32_t cls, bool growable);
+
 ta_span_t *ta_pageheap_alloc(uintptr_t npages, uintptr_t align_pages, uint32_t cls) {
+    return alloc_span_locked(npages, align_pages, cls, false);
+}
+
+ta_span_t *ta_pageheap_alloc_growable(uintptr_t npages) {
+    return alloc_span_locked(npages, 1, 0, true);
+}
+
+static ta_span_t *alloc_span_locked(uintptr_t npages, uintptr_t align_pages, uint32_t cls, bool growable) {
     if (align_pages < 1) align_pages = 1;
     uintptr_t want = npages + align_pages - 1;
     if (npages == 0 || want < npages || want > (TA_MAX_REQUEST >> TA_PAGE_SHIFT)) return NULL;
     ta_lock(&ph_lock);
-    /* Resident free pages are reused first (no page faults), unless a released
-     * span fits much more tightly: carving one page out of a big resident span
-     * would leave the next big request without room and map more. */
-    ta_span_t *s = find_fit(0, want), *r = find_fit(1, want);
-    if (!s || (r && s->npages > 2 * r->npages)) s = r;
+    ta_span_t *s, *r;
+    if (growable) {
+        /* a block that is being grown goes at the start of the longest free
+         * span, resident first: its next growth then happens in place */
+        s = find_largest(0);
+        if (!s || s->npages < want) s = find_largest(1);
+        if (s && s->npages < want) s = NULL;
+    } else {
+        /* Resident free pages are reused first (no page faults), unless the
+         * request is a sliver of a big resident span and a released span fits
+         * it more than twice as tightly: cutting one page out of a big
+         * resident span would leave the next big request without room. */
+        s = find_fit(0, want);
+        r = find_fit(1, want);
+        if (!s || (r && want * 8 <= s->npages && s->npages > 2 * r->npages)) s = r;
+    }
     if (!s) {
-        if (!grow(want)) {
+        /* a growing block gets as much address space again behind it (not
+         * memory: new mappings are not resident until touched) */
+        uintptr_t room = growable && want <= (TA_MAX_REQUEST >> TA_PAGE_SHIFT) / 2 ? want : 0;
+        if (!grow(want + room) && (!room || !grow(want))) {
             ta_unlock(&ph_lock);
             return NULL;
         }
@@ -258,27 +293,54 @@ const char *ta_pageheap_free_large(void *p) {
     return err;
 }
 
+/* The free span starting exactly at page, of either kind, or NULL. */
+static ta_span_t *free_span_at(uintptr_t page) {
+    ta_span_t *n = ta_pagemap_span(page);
+    return n && n->npages && n->state != TA_SPAN_INUSE && n->page == page ? n : NULL;
+}
+
 bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages) {
     if (npages <= s->npages) return true;
-    uintptr_t extra = npages - s->npages;
-    bool ok = false;
     ta_lock(&ph_lock);
-    ta_span_t *n = ta_pagemap_span(s->page + s->npages);
-    if (n && n->npages && n->state != TA_SPAN_INUSE && n->page == s->page + s->npages &&
-        n->npages >= extra) {
+    /* the free spans that follow s, resident and released alike, must cover
+     * the extra pages together */
+    uintptr_t end = s->page + s->npages, have = 0;
+    for (ta_span_t *n; end + have < s->page + npages && (n = free_span_at(end + have));) have += n->npages;
+    bool ok = end + have >= s->page + npages;
+    while (ok && s->page + s->npages < s->page + npages) {
+        ta_span_t *n = free_span_at(s->page + s->npages);
         free_remove(n);
-        split_tail(n, extra);
-        /* n now covers exactly the pages we take */
+        split_tail(n, s->page + npages - n->page < n->npages ? s->page + npages - n->page : n->npages);
+        /* n now covers exactly the pages s takes from it */
         ph_stats.inuse_bytes += ta_span_bytes(n);
         ph_stats.large_bytes += ta_span_bytes(n);
         ta_pagemap_set(n->page, s, 0);
+        if (n->npages > 1) ta_pagemap_set(n->page + n->npages - 1, s, 0);
+        s->npages += n->npages;
         ta_span_delete(n);
-        s->npages = npages;
-        register_ends(s);
-        ok = true;
     }
+    if (ok) register_ends(s);
     ta_unlock(&ph_lock);
     return ok;
+}
+
+void ta_pageheap_shrink(ta_span_t *s, uintptr_t npages, bool untouched) {
+    if (npages >= s->npages) return;
+    uint64_t now = ta_os_now_ms();
+    ta_lock(&ph_lock);
+    ta_span_t *t = ta_span_new();
+    t->page = s->page + npages;
+    t->npages = s->npages - npages;
+    /* pages nobody wrote since they came from released memory are still zero
+     * and not resident */
+    t->state = untouched && s->zeroed ? TA_SPAN_RELEASED : TA_SPAN_FREE;
+    t->free_since_ms = now;
+    s->npages = npages;
+    register_ends(s);
+    ph_stats.inuse_bytes -= ta_span_bytes(t);
+    ph_stats.large_bytes -= ta_span_bytes(t);
+    free_insert(t);
+    ta_unlock(&ph_lock);
 }
 
 /* Release FREE spans idle for decay_ms (all of them when all is set). */

@@ -417,6 +417,42 @@ Test(api, realloc_keeps_contents) {
     }
 }
 
+/* A block grown step by step past 64 KiB leaves the size classes for a span
+ * placed where it can keep growing: from then on realloc extends it in place
+ * (no copy) nearly every time; shrinking it gives the tail back in place. */
+Test(api, realloc_growth_happens_in_place) {
+    const uint64_t base = 0x5eed5eed5eed5eedull;
+    unsigned char *p = NULL;
+    size_t n = 0;
+    int moves = 0, steps = 0;
+    for (size_t m = 16; m <= ((size_t)8 << 20); m += m / 8 + 16) {
+        unsigned char *q = realloc(p, m);
+        cr_assert_not_null(q);
+        if (n) {
+            size_t bad = tu_check_base(q, n, base);
+            cr_assert_eq(bad, (size_t)-1, "grow %zu -> %zu lost byte %zu", n, m, bad);
+        }
+        if (p && q != p && n > ((size_t)128 << 10)) moves++;
+        if (n > ((size_t)128 << 10)) steps++;
+        tu_fill_base(q, m, base);
+        p = q;
+        n = m;
+    }
+    cr_assert_leq(moves, 3, "%d of %d growth steps above 128 KiB moved the block", moves, steps);
+    /* shrink by halves: the block stays where it is while it is large */
+    while (n > ((size_t)256 << 10)) {
+        size_t m = n / 2 - 1;
+        unsigned char *q = realloc(p, m);
+        cr_assert_eq(q, p, "shrinking %zu -> %zu moved the block", n, m);
+        cr_assert_geq(malloc_usable_size(q), m);
+        cr_assert_lt(malloc_usable_size(q), n, "shrinking did not give the tail back");
+        size_t bad = tu_check_base(q, m, base);
+        cr_assert_eq(bad, (size_t)-1, "shrink %zu -> %zu lost byte %zu", n, m, bad);
+        n = m;
+    }
+    free(p);
+}
+
 Test(api, reallocarray_overflow_keeps_block) {
     FOR_EACH_API(a) {
         unsigned char *p = a->reallocarray_(NULL, 10, 10);

@@ -412,6 +412,82 @@ Test(pageheap, grow_into_released_neighbour) {
     check_totals("after grow into released");
 }
 
+/* S, then a resident free span, then a released one, then a guard: growth
+ * may use both free spans together. */
+Test(pageheap, grow_across_resident_and_released_neighbours) {
+    ta_span_t *run[4];
+    cr_assert(get_run(4, 4, run));
+    ta_span_t *s = run[0];
+    ta_pageheap_free(run[2]);
+    ta_pageheap_release(true); /* run[2] is released */
+    ta_pageheap_free(run[1]);  /* run[1] stays resident: the kinds do not merge */
+    cr_assert_eq(ta_pagemap_span(run[0]->page + 4)->state, TA_SPAN_FREE);
+    cr_assert_eq(ta_pagemap_span(run[0]->page + 8)->state, TA_SPAN_RELEASED);
+    ta_pageheap_stats_t a, b;
+    ta_pageheap_stats(&a);
+    bool ok = ta_pageheap_grow(s, 10); /* 4 + 4 resident + 2 of the released */
+    ta_pageheap_stats(&b);
+    cr_assert(ok, "growth over a resident and a released neighbour failed");
+    cr_assert_eq(s->npages, 10u);
+    cr_assert_eq(ta_pagemap_span(s->page + 9), s);
+    cr_assert_eq(b.inuse_bytes - a.inuse_bytes, 6 * PG);
+    cr_assert_eq(a.free_bytes - b.free_bytes, 4 * PG);
+    cr_assert_eq(a.released_bytes - b.released_bytes, 2 * PG);
+    memset(ta_span_addr(s), 5, 10 * PG);
+    cr_assert_not(ta_pageheap_grow(s, 13), "grew into the in-use guard");
+    ta_pageheap_free(s);
+    ta_pageheap_free(run[3]);
+    check_totals("after grow across kinds");
+}
+
+Test(pageheap, shrink_gives_the_tail_back) {
+    ta_span_t *run[2]; /* S, guard */
+    cr_assert(get_run(8, 2, run));
+    ta_span_t *s = run[0];
+    uintptr_t page = s->page;
+    memset(ta_span_addr(s), 1, 8 * PG);
+    ta_pageheap_stats_t a, b;
+    ta_pageheap_stats(&a);
+    ta_pageheap_shrink(s, 3, false);
+    ta_pageheap_stats(&b);
+    cr_assert_eq(s->page, page);
+    cr_assert_eq(s->npages, 3u);
+    cr_assert_eq(ta_pagemap_span(page + 2), s, "new last page not registered");
+    cr_assert_eq(a.inuse_bytes - b.inuse_bytes, 5 * PG);
+    cr_assert_eq(a.large_bytes - b.large_bytes, 5 * PG);
+    cr_assert_eq(b.free_bytes - a.free_bytes, 5 * PG, "a written tail is resident free memory");
+    ta_span_t *tail = ta_pagemap_span(page + 3);
+    cr_assert_eq(tail->page, page + 3);
+    cr_assert_eq(tail->state, TA_SPAN_FREE);
+    /* and the span can grow back into it */
+    cr_assert(ta_pageheap_grow(s, 8));
+    ta_pageheap_free(s);
+    ta_pageheap_free(run[1]);
+    check_totals("after shrink");
+}
+
+Test(pageheap, growable_spans_start_the_longest_free_span) {
+    ta_span_t *x = ta_pageheap_alloc(64, 1, 0);
+    cr_assert_not_null(x);
+    uintptr_t page = x->page;
+    ta_pageheap_shrink(x, 20, false);          /* pages 20..63 free */
+    ta_span_t *longest = ta_pagemap_span(page + 20);
+    cr_assert_geq(longest->npages, 44u);
+    ta_span_t *g = ta_pageheap_alloc_growable(3);
+    cr_assert_not_null(g);
+    /* it went to the start of the longest free span of the heap, which is at
+     * least as long as the 44 pages after x */
+    ta_span_t *after = ta_pagemap_span(g->page + 3);
+    cr_assert_not_null(after);
+    cr_assert_eq(after->page, g->page + 3);
+    cr_assert_neq(after->state, TA_SPAN_INUSE, "a growable span has free pages behind it");
+    cr_assert_geq(after->npages, 41u);
+    cr_assert(ta_pageheap_grow(g, 40), "growable span could not grow in place");
+    ta_pageheap_free(g);
+    ta_pageheap_free(x);
+    check_totals("after growable");
+}
+
 Test(pageheap, impossible_requests_fail) {
     ta_pageheap_stats_t a, b;
     ta_pageheap_stats(&a);
