@@ -148,7 +148,8 @@ static void free_to_spans(uint32_t cls, void *head, uint32_t n) {
 }
 
 uint32_t ta_central_alloc(uint32_t cls, uint32_t want, void **head, uint32_t shard) {
-    if (want == ta_class[cls].batch) {
+    const uint32_t batch = ta_class[cls].batch;
+    if (want > 1 && want <= batch) {
         /* own shard first, then the others: a thread that only frees must not
          * park batches that a thread that only allocates never sees */
         for (uint32_t i = 0; i < nshards; i++) {
@@ -159,9 +160,19 @@ uint32_t ta_central_alloc(uint32_t cls, uint32_t want, void **head, uint32_t sha
             }
             ta_lock(&t->lock);
             if (t->n) {
-                *head = t->batch[--t->n];
+                void *chain = t->batch[--t->n];
                 t->hits++;
                 ta_unlock(&t->lock);
+                if (want < batch) {
+                    /* a cache still ramping up wants part of a batch: the rest
+                     * goes back to its spans rather than sit here unused */
+                    void *last = chain;
+                    for (uint32_t k = 1; k < want; k++) last = *(void **)last;
+                    void *rest = *(void **)last;
+                    *(void **)last = NULL;
+                    free_to_spans(cls, rest, batch - want);
+                }
+                *head = chain;
                 __atomic_add_fetch(&central[cls].to_caches, want, __ATOMIC_RELAXED);
                 return want;
             }
