@@ -176,7 +176,7 @@ uint32_t ta_central_alloc(uint32_t cls, uint32_t want, void **head, uint32_t sha
                 __atomic_add_fetch(&central[cls].to_caches, want, __ATOMIC_RELAXED);
                 return want;
             }
-            if (!i) t->misses++;
+            if (!i) __atomic_add_fetch(&t->misses, 1, __ATOMIC_RELAXED);
             ta_unlock(&t->lock);
         }
     }
@@ -242,23 +242,15 @@ void ta_central_drain(void) {
 }
 
 void ta_central_stats(uint32_t cls, ta_central_stats_t *out) {
-    memset(out, 0, sizeof *out);
-    if (!cls || cls >= ta_nclasses) return;
-    size_t batch_bytes = (size_t)ta_class[cls].batch * ta_class[cls].size;
-    for (uint32_t sh = 0; sh < nshards; sh++) {
-        transfer_t *t = &transfer[sh][cls];
-        ta_lock(&t->lock);
-        out->transfer_bytes += t->n * batch_bytes;
-        out->hits += t->hits;
-        out->misses += t->misses;
-        ta_unlock(&t->lock);
+    if (!cls || cls >= ta_nclasses) {
+        memset(out, 0, sizeof *out);
+        return;
     }
-    central_class_t *cc = &central[cls];
-    ta_lock(&cc->lock);
-    out->span_free_bytes = cc->free_objects * ta_class[cls].size;
-    ta_unlock(&cc->lock);
-    out->to_caches = __atomic_load_n(&cc->to_caches, __ATOMIC_RELAXED);
-    out->from_caches = __atomic_load_n(&cc->from_caches, __ATOMIC_RELAXED);
+    for (uint32_t sh = 0; sh < nshards; sh++) ta_lock(&transfer[sh][cls].lock);
+    ta_lock(&central[cls].lock);
+    ta_central_stats_locked(cls, out);
+    ta_unlock(&central[cls].lock);
+    for (uint32_t sh = 0; sh < nshards; sh++) ta_unlock(&transfer[sh][cls].lock);
 }
 
 /* Caller holds every central lock (ta_central_lock_all). */
@@ -285,10 +277,10 @@ void ta_central_lock_all(void) {
 
 void ta_central_unlock_all(bool child) {
     for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) {
-        if (child) pthread_mutex_init(&central[c].lock, NULL); else ta_unlock(&central[c].lock);
+        ta_lock_after_fork(&central[c].lock, child);
     }
     for (uint32_t sh = 0; sh < MAX_SHARDS; sh++)
         for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) {
-            if (child) pthread_mutex_init(&transfer[sh][c].lock, NULL); else ta_unlock(&transfer[sh][c].lock);
+            ta_lock_after_fork(&transfer[sh][c].lock, child);
         }
 }

@@ -35,6 +35,14 @@ typedef pthread_mutex_t ta_lock_t;
 #define TA_LOCK_INIT PTHREAD_MUTEX_INITIALIZER
 static inline void ta_lock(ta_lock_t *l) { pthread_mutex_lock(l); }
 static inline void ta_unlock(ta_lock_t *l) { pthread_mutex_unlock(l); }
+/* after fork: the parent unlocks what fork_prepare locked; the child, whose
+ * other threads are gone, starts the lock afresh */
+static inline void ta_lock_after_fork(ta_lock_t *l, bool child) {
+    if (child)
+        pthread_mutex_init(l, NULL);
+    else
+        pthread_mutex_unlock(l);
+}
 
 #ifdef TA_DEBUG
 #define TA_ASSERT(c) ((c) ? (void)0 : ta_assert_fail(#c, __FILE__, __LINE__))

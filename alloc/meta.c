@@ -67,8 +67,5 @@ void ta_span_delete(ta_span_t *s) {
 
 void ta_meta_lock_all(void) { ta_lock(&meta_lock); }
 void ta_meta_unlock_all(bool child) {
-    if (child)
-        pthread_mutex_init(&meta_lock, NULL);
-    else
-        ta_unlock(&meta_lock);
+    ta_lock_after_fork(&meta_lock, child);
 }

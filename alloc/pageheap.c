@@ -399,8 +399,5 @@ void ta_pageheap_stats_locked(ta_pageheap_stats_t *out, uint64_t *class_spans) {
 
 void ta_pageheap_lock_all(void) { ta_lock(&ph_lock); }
 void ta_pageheap_unlock_all(bool child) {
-    if (child)
-        pthread_mutex_init(&ph_lock, NULL);
-    else
-        ta_unlock(&ph_lock);
+    ta_lock_after_fork(&ph_lock, child);
 }

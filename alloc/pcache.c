@@ -268,8 +268,5 @@ void ta_pcache_stats_locked(ta_pcache_stats_t *out) {
 
 void ta_pcache_lock_all(void) { ta_lock(&reg_lock); }
 void ta_pcache_unlock_all(bool child) {
-    if (child)
-        pthread_mutex_init(&reg_lock, NULL);
-    else
-        ta_unlock(&reg_lock);
+    ta_lock_after_fork(&reg_lock, child);
 }

@@ -485,8 +485,5 @@ TA_EXPORT int ta_profile_dump(const char *path) {
 
 void ta_sample_lock_all(void) { ta_lock(&sample_lock); }
 void ta_sample_unlock_all(bool child) {
-    if (child)
-        pthread_mutex_init(&sample_lock, NULL);
-    else
-        ta_unlock(&sample_lock);
+    ta_lock_after_fork(&sample_lock, child);
 }
