@@ -290,6 +290,68 @@ Test(central, batches_survive_the_transfer_cache) {
     cr_assert_eq(s2.transfer_bytes, 0u);
 }
 
+/* A refill that wants part of a batch (a cache ramping up) takes a parked
+ * batch too: it gets what it asked for, the rest goes back to the spans and
+ * nothing stays parked in the transfer cache. */
+Test(central, partial_refill_takes_a_parked_batch) {
+    const uint32_t c = ta_size_to_class(96), batch = ta_class[c].batch, size = ta_class[c].size;
+    static void *got_objs[MAXOBJ];
+    void *head;
+    quiesce();
+    cr_assert_geq(batch, 8u);
+    uint32_t got = ta_central_alloc(c, batch, &head, 1);
+    cr_assert_eq(got, batch);
+    cr_assert_null(walk(head, batch, c, got_objs));
+    give_back(c, got_objs, batch, 1); /* parked in shard 1 */
+    ta_central_stats_t s0, s1;
+    ta_central_stats(c, &s0);
+    uint32_t want = 3;
+    void *part;
+    uint32_t n = ta_central_alloc(c, want, &part, 0); /* from shard 0: looks at the others too */
+    ta_central_stats(c, &s1);
+    cr_assert_eq(n, want, "asked %u, got %u", want, n);
+    static void *part_objs[MAXOBJ];
+    const char *e = walk(part, n, c, part_objs);
+    cr_assert_null(e, "%s", e);
+    cr_assert_eq(s0.transfer_bytes - s1.transfer_bytes, (uint64_t)batch * size, "the batch is still parked");
+    cr_assert_eq(s1.span_free_bytes - s0.span_free_bytes, (uint64_t)(batch - want) * size,
+                 "the rest of the batch did not go back to its spans");
+    cr_assert_eq(s1.hits - s0.hits, 1u);
+    give_back(c, part_objs, n, 0);
+    ta_central_drain();
+}
+
+/* Once per decay period half of what a transfer cache holds goes back to
+ * the spans, so a cache nobody uses drains away. */
+Test(central, transfer_caches_decay_by_half) {
+    const uint32_t c = ta_size_to_class(160), batch = ta_class[c].batch, size = ta_class[c].size;
+    enum { K = 4 };
+    static void *objs4[K][MAXOBJ / K];
+    cr_assert_leq(batch, MAXOBJ / K);
+    quiesce();
+    for (int i = 0; i < K; i++) {
+        void *head;
+        cr_assert_eq(ta_central_alloc(c, batch, &head, 0), batch);
+        cr_assert_null(walk(head, batch, c, objs4[i]));
+    }
+    for (int i = 0; i < K; i++) give_back(c, objs4[i], batch, 0);
+    ta_central_stats_t s0, s1, s2;
+    ta_central_stats(c, &s0);
+    cr_assert_eq(s0.transfer_bytes, (uint64_t)K * batch * size);
+    uint64_t saved = ta_cfg.decay_ms;
+    ta_cfg.decay_ms = 0; /* every call is a new period */
+    ta_central_decay();
+    ta_central_stats(c, &s1);
+    ta_central_decay();
+    ta_central_stats(c, &s2);
+    ta_cfg.decay_ms = saved;
+    cr_assert_eq(s1.transfer_bytes, (uint64_t)(K / 2) * batch * size, "one period: %lu bytes left",
+                 (unsigned long)s1.transfer_bytes);
+    cr_assert_eq(s2.transfer_bytes, (uint64_t)(K / 4) * batch * size, "two periods: %lu bytes left",
+                 (unsigned long)s2.transfer_bytes);
+    ta_central_drain();
+}
+
 /* The transfer cache holds a bounded amount; beyond it batches go to spans,
  * and nothing is lost either way. */
 Test(central, transfer_cache_overflow_goes_to_spans) {

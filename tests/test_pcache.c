@@ -205,6 +205,28 @@ Test(pcache, free_only_thread_flushes_at_exit) {
     cr_assert_eq(c1.span_free_bytes, c0.span_free_bytes);
 }
 
+/* Frees alone grow a list to one batch at most: a consumer thread flushes in
+ * batches but does not hoard blocks it will never allocate again. */
+static uint32_t consumer_max, consumer_count;
+static void *free_only_report(void *arg) {
+    void **p = arg;
+    uint32_t c = ta_size_to_class(200);
+    for (int i = 0; p[i]; i++) free(p[i]);
+    consumer_max = ta_tls_cache->list[c].max;
+    consumer_count = ta_tls_cache->list[c].count;
+    return NULL;
+}
+
+Test(pcache, frees_alone_grow_a_list_to_one_batch) {
+    const uint32_t c = ta_size_to_class(200), batch = ta_class[c].batch;
+    static void *p[2001];
+    for (int i = 0; i < 2000; i++) p[i] = malloc(200);
+    p[2000] = NULL;
+    run_thread(free_only_report, p);
+    cr_assert_leq(consumer_max, batch, "a free-only list grew to %u (batch %u)", consumer_max, batch);
+    cr_assert_leq(consumer_count, batch, "a free-only list held %u blocks (batch %u)", consumer_count, batch);
+}
+
 static void *touch_and_report(void *arg) {
     ta_pcache_t **out = arg;
     void *a = malloc(64), *b = malloc(1000);
