@@ -20,31 +20,37 @@ typedef struct central_class {
     uint64_t to_caches, from_caches; /* objects out of / back into central (relaxed atomics, stats) */
 } __attribute__((aligned(64))) central_class_t;
 
+/* A transfer cache's lock and counts, one cache line; its slots live apart
+ * (transfer_slots), so that taking every lock at fork touches 64 bytes a
+ * cache, not the slot arrays. */
 typedef struct transfer {
     ta_lock_t lock;
-    uint32_t n, cap;
+    uint32_t n;
     uint64_t hits, misses;
-    void *batch[TC_SLOTS];  /* heads of chains of exactly ta_class[cls].batch objects */
 } __attribute__((aligned(64))) transfer_t;
 
 static central_class_t central[TA_MAX_CLASSES];
+/* Zero-initialised (a zero pthread mutex is an unlocked one) and written only
+ * when used: a shard-class pair nobody touches costs no resident memory. */
 static transfer_t transfer[MAX_SHARDS][TA_MAX_CLASSES];
+/* heads of chains of exactly ta_class[cls].batch objects */
+static void *transfer_slots[MAX_SHARDS][TA_MAX_CLASSES][TC_SLOTS];
+static uint32_t tc_cap[TA_MAX_CLASSES]; /* batches a transfer cache of the class may hold */
+
+static inline void **slots_of(const transfer_t *t) {
+    return transfer_slots[0][0] + (t - &transfer[0][0]) * TC_SLOTS;
+}
 static uint32_t nshards = 1;
 
 void ta_central_init(void) {
     nshards = ta_cfg.ncpu < MAX_SHARDS ? (uint32_t)ta_cfg.ncpu : MAX_SHARDS;
     if (nshards < 1) nshards = 1;
     for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) {
-        pthread_mutex_init(&central[c].lock, NULL);
         central[c].nonempty.next = central[c].nonempty.prev = &central[c].nonempty;
         size_t bytes = c < ta_nclasses ? (size_t)ta_class[c].batch * ta_class[c].size : 0;
         uint32_t cap = bytes ? (uint32_t)(TC_BYTES / bytes) : 0;
         if (c && c < ta_nclasses && cap < 2) cap = 2;
-        if (cap > TC_SLOTS) cap = TC_SLOTS;
-        for (uint32_t s = 0; s < MAX_SHARDS; s++) {
-            pthread_mutex_init(&transfer[s][c].lock, NULL);
-            transfer[s][c].cap = cap;
-        }
+        tc_cap[c] = cap > TC_SLOTS ? TC_SLOTS : cap;
     }
 }
 
@@ -160,7 +166,7 @@ uint32_t ta_central_alloc(uint32_t cls, uint32_t want, void **head, uint32_t sha
             }
             ta_lock(&t->lock);
             if (t->n) {
-                void *chain = t->batch[--t->n];
+                void *chain = slots_of(t)[--t->n];
                 t->hits++;
                 ta_unlock(&t->lock);
                 if (want < batch) {
@@ -190,8 +196,8 @@ void ta_central_free(uint32_t cls, void *head, uint32_t n, uint32_t shard) {
     __atomic_add_fetch(&central[cls].from_caches, n, __ATOMIC_RELAXED);
     if (n == ta_class[cls].batch) {
         ta_lock(&t->lock);
-        if (t->n < t->cap) {
-            t->batch[t->n++] = head;
+        if (t->n < tc_cap[cls]) {
+            slots_of(t)[t->n++] = head;
             ta_unlock(&t->lock);
             return;
         }
@@ -221,7 +227,7 @@ void ta_central_decay(void) {
             ta_lock(&t->lock);
             uint32_t k = (t->n + 1) / 2;
             void *take[TC_SLOTS];
-            for (uint32_t i = 0; i < k; i++) take[i] = t->batch[--t->n];
+            for (uint32_t i = 0; i < k; i++) take[i] = slots_of(t)[--t->n];
             ta_unlock(&t->lock);
             for (uint32_t i = 0; i < k; i++) free_to_spans(c, take[i], ta_class[c].batch);
         }
@@ -233,7 +239,7 @@ void ta_central_drain(void) {
             transfer_t *t = &transfer[sh][c];
             for (;;) {
                 ta_lock(&t->lock);
-                void *h = t->n ? t->batch[--t->n] : NULL;
+                void *h = t->n ? slots_of(t)[--t->n] : NULL;
                 ta_unlock(&t->lock);
                 if (!h) break;
                 free_to_spans(c, h, ta_class[c].batch);
@@ -270,7 +276,7 @@ void ta_central_stats_locked(uint32_t cls, ta_central_stats_t *out) {
 }
 
 void ta_central_lock_all(void) {
-    for (uint32_t sh = 0; sh < MAX_SHARDS; sh++)
+    for (uint32_t sh = 0; sh < nshards; sh++)
         for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) ta_lock(&transfer[sh][c].lock);
     for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) ta_lock(&central[c].lock);
 }
@@ -279,7 +285,7 @@ void ta_central_unlock_all(bool child) {
     for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) {
         ta_lock_after_fork(&central[c].lock, child);
     }
-    for (uint32_t sh = 0; sh < MAX_SHARDS; sh++)
+    for (uint32_t sh = 0; sh < nshards; sh++)
         for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) {
             ta_lock_after_fork(&transfer[sh][c].lock, child);
         }

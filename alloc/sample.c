@@ -33,7 +33,6 @@
 #include <link.h>
 #include <string.h>
 #include <sys/auxv.h>
-#include <math.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -84,11 +83,32 @@ static __thread struct {
 
 /* ---- numbers ----------------------------------------------------------------- */
 /* natural log of x in (0, 1]: x = m * 2^e, ln m = 2 atanh((m-1)/(m+1)) */
-/* libm's log and expm1 neither allocate nor lock: safe inside the allocator. */
-static double ln01(double x) { return log(x); }
+/* Short series instead of libm (linking libm would map half a megabyte into
+ * every process): sampling needs a few correct digits, not all of them. */
 
-/* 1 - exp(-x), accurate for small x too */
-static double one_minus_exp_neg(double x) { return -expm1(-x); }
+/* ln x for x > 0: x = m 2^e with m in [1, 2), ln m = 2 atanh((m-1)/(m+1)),
+ * the series in t = (m-1)/(m+1) <= 1/3 to t^11 (relative error < 1e-6). */
+static double ln01(double x) {
+    union { double d; uint64_t u; } v = {.d = x};
+    int e = (int)((v.u >> 52) & 0x7ff) - 1023;
+    v.u = (v.u & ~((uint64_t)0x7ff << 52)) | ((uint64_t)1023 << 52);
+    double t = (v.d - 1) / (v.d + 1), t2 = t * t;
+    double s = t * (1 + t2 * (1.0 / 3 + t2 * (1.0 / 5 + t2 * (1.0 / 7 + t2 * (1.0 / 9 + t2 / 11)))));
+    return e * 0.69314718055994530942 + 2 * s;
+}
+
+/* 1 - exp(-x) for x >= 0: a series near 0 (where 1 - exp(-x) would cancel),
+ * else exp(-x) = 2^-k 2^-f with k whole, f in [0, 1), 2^-f by its series. */
+static double one_minus_exp_neg(double x) {
+    if (x < 1e-3) return x * (1 - x * (0.5 - x / 6));
+    if (x > 40) return 1;
+    double y = x * 1.44269504088896340736; /* x / ln 2 */
+    int k = (int)y;
+    double f = (y - k) * 0.69314718055994530942; /* exp(-f), f < ln 2 */
+    double e = 1 - f * (1 - f * (0.5 - f * (1.0 / 6 - f * (1.0 / 24 - f * (1.0 / 120 - f * (1.0 / 720 - f / 5040))))));
+    union { double d; uint64_t u; } two = {.u = (uint64_t)(1023 - k) << 52}; /* 2^-k */
+    return 1 - e * two.d;
+}
 
 static double weight_of(size_t n) {
     if (!sample_rate) return 1;
