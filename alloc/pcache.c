@@ -84,10 +84,11 @@ static void grow_list(ta_pcache_t *c, uint32_t cls) {
     ta_list_t *l = &c->list[cls];
     uint32_t cap = list_cap(cls);
     if (l->max >= cap) return;
-    /* slow start: 1, 3, 7, ... up to a batch, then a batch at a time, so a
-     * class used a few times does not pull in a whole batch */
-    uint32_t batch = ta_class[cls].batch;
-    uint32_t add = l->max >= batch ? batch : (l->max + 1 < batch - l->max ? l->max + 1 : batch - l->max);
+    /* slow start: 2, 6, 14, ... up to a batch (1, 2 for the big classes,
+     * whose batch is 2), then a batch at a time, so a class used a few times
+     * does not pull in a whole batch */
+    uint32_t batch = ta_class[cls].batch, step = batch > 4 ? 2 : 1;
+    uint32_t add = l->max >= batch ? batch : (l->max + step < batch - l->max ? l->max + step : batch - l->max);
     if (l->max + add > cap) add = cap - l->max;
     uint64_t need = (uint64_t)add * ta_class[cls].size;
     int64_t spare = (int64_t)c->budget - (int64_t)c->committed;
