@@ -361,7 +361,9 @@ TA_EXPORT int ta_malloc_trim(size_t pad) {
     ta_arena_trim_current();
     ta_pcache_flush_current();
     ta_central_drain();
-    return ta_pageheap_release(true) > 0;
+    size_t released = ta_pageheap_release(true);
+    released += ta_meta_trim();
+    return released > 0;
 }
 
 TA_EXPORT int ta_owns(const void *p) {

@@ -98,6 +98,9 @@ uint64_t ta_meta_bytes(void);
 struct ta_span;
 struct ta_span *ta_span_new(void);
 void ta_span_delete(struct ta_span *s);
+/* Give back to the OS the slabs of span records that are all free (malloc_trim);
+ * returns bytes released. */
+size_t ta_meta_trim(void);
 void ta_meta_lock_all(void);
 void ta_meta_unlock_all(bool child);
 

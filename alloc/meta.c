@@ -1,6 +1,9 @@
 /* meta.c: memory for the allocator's own records (spans, thread caches),
- * bump-allocated from OS chunks and never given back: metadata is small and
- * span records are recycled through their own free list. */
+ * bump-allocated from OS chunks and never unmapped (a stale pagemap entry may
+ * still point at a span record, so its memory must stay readable).  Span
+ * records come in page-sized slabs and are recycled through a free list; on
+ * malloc_trim, slabs whose records are all free are given back to the OS
+ * (they read as zero: a stale lookup still sees "no span there"). */
 #include "internal.h"
 
 #include <string.h>
@@ -12,46 +15,61 @@ static char *meta_cur, *meta_end;
 static uint64_t meta_total;
 static ta_span_t *span_free; /* recycled span records, linked through next */
 
-void *ta_meta_alloc(size_t size) {
-    size = (size + 63) & ~(size_t)63; /* cache-line aligned: no false sharing */
-    ta_lock(&meta_lock);
+#define SLAB 4096
+#define SLAB_RECORDS (SLAB / sizeof(ta_span_t))
+static uint64_t slabs_total;      /* slabs of span records ever made */
+static uintptr_t *slabs_released; /* slabs given back to the OS, to be reused first */
+static size_t slabs_released_n, slabs_released_cap;
+
+static void *meta_alloc_locked(size_t size, size_t align) {
+    meta_cur = (char *)(((uintptr_t)meta_cur + align - 1) & ~(uintptr_t)(align - 1));
+    if (meta_cur > meta_end) meta_cur = meta_end;
     if ((size_t)(meta_end - meta_cur) < size) {
         size_t chunk = size > META_CHUNK ? (size + META_CHUNK - 1) & ~(META_CHUNK - 1) : META_CHUNK;
-        char *p = ta_os_map(chunk, 4096);
-        if (!p) {
-            ta_unlock(&meta_lock);
-            ta_fatal("out of memory for metadata (%zu bytes)", chunk);
-        }
+        char *p = ta_os_map(chunk, SLAB);
+        if (!p) ta_fatal("out of memory for metadata (%zu bytes)", chunk);
         meta_cur = p;
         meta_end = p + chunk;
         meta_total += chunk;
     }
     void *r = meta_cur;
     meta_cur += size;
-    ta_unlock(&meta_lock);
     return r; /* fresh from mmap: already zero */
+}
+
+void *ta_meta_alloc(size_t size) {
+    size = (size + 63) & ~(size_t)63; /* cache-line aligned: no false sharing */
+    ta_lock(&meta_lock);
+    void *r = meta_alloc_locked(size, 64);
+    ta_unlock(&meta_lock);
+    return r;
 }
 
 uint64_t ta_meta_bytes(void) { return __atomic_load_n(&meta_total, __ATOMIC_RELAXED); }
 
 ta_span_t *ta_span_new(void) {
+    _Static_assert(sizeof(ta_span_t) <= 56, "span records stay small: one per span, for ever");
     ta_lock(&meta_lock);
     ta_span_t *s = span_free;
-    if (s) span_free = s->next;
-    ta_unlock(&meta_lock);
-    if (!s) {
-        /* carve a page of span records at a time */
-        _Static_assert(sizeof(ta_span_t) <= 56, "span records stay small: one per span, for ever");
-        enum { N = 4096 / sizeof(ta_span_t) };
-        ta_span_t *block = ta_meta_alloc(N * sizeof(ta_span_t));
-        ta_lock(&meta_lock);
-        for (int i = 1; i < N; i++) {
-            block[i].next = span_free;
-            span_free = &block[i];
+    if (s) {
+        span_free = s->next;
+    } else {
+        /* a slab of records: a released one first (its page faults back in
+         * as zeros), else a new one */
+        ta_span_t *slab;
+        if (slabs_released_n) {
+            slab = (ta_span_t *)slabs_released[--slabs_released_n];
+        } else {
+            slab = meta_alloc_locked(SLAB, SLAB);
+            slabs_total++;
         }
-        ta_unlock(&meta_lock);
-        s = &block[0];
+        for (size_t i = 1; i < SLAB_RECORDS; i++) {
+            slab[i].next = span_free;
+            span_free = &slab[i];
+        }
+        s = &slab[0];
     }
+    ta_unlock(&meta_lock);
     memset(s, 0, sizeof *s);
     return s;
 }
@@ -63,6 +81,67 @@ void ta_span_delete(ta_span_t *s) {
     s->next = span_free;
     span_free = s;
     ta_unlock(&meta_lock);
+}
+
+/* malloc_trim: give back the slabs whose records are all free.  Counts free
+ * records per slab in a scratch table mapped for the occasion (no malloc). */
+size_t ta_meta_trim(void) {
+    size_t released = 0;
+    ta_lock(&meta_lock);
+    size_t cap = 64;
+    while (cap < 2 * slabs_total) cap *= 2;
+    struct slot { uintptr_t slab; size_t free; } *tab = NULL;
+    if (slabs_total) tab = ta_os_map(cap * sizeof *tab, SLAB);
+    if (!tab) goto out;
+    for (ta_span_t *r = span_free; r; r = r->next) {
+        uintptr_t slab = (uintptr_t)r & ~(uintptr_t)(SLAB - 1);
+        size_t h = (size_t)((slab >> 12) * 0x9e3779b97f4a7c15ull) & (cap - 1);
+        while (tab[h].slab && tab[h].slab != slab) h = (h + 1) & (cap - 1);
+        tab[h].slab = slab;
+        tab[h].free++;
+    }
+    size_t nfull = 0;
+    for (size_t i = 0; i < cap; i++) nfull += tab[i].free == SLAB_RECORDS;
+    if (nfull && slabs_released_n + nfull > slabs_released_cap) {
+        /* a bigger stack for the released slabs */
+        size_t ncap = slabs_released_cap ? 2 * slabs_released_cap : 512;
+        while (ncap < slabs_released_n + nfull) ncap *= 2;
+        uintptr_t *n = ta_os_map(ncap * sizeof *n, SLAB);
+        if (!n) nfull = 0;
+        else {
+            if (slabs_released_n) memcpy(n, slabs_released, slabs_released_n * sizeof *n);
+            if (slabs_released) {
+                ta_os_unmap(slabs_released, slabs_released_cap * sizeof *n);
+                meta_total -= slabs_released_cap * sizeof *n;
+            }
+            slabs_released = n;
+            slabs_released_cap = ncap;
+            meta_total += ncap * sizeof *n; /* metadata too: the stats add up */
+        }
+    }
+    if (nfull) {
+        /* unlink the records of full slabs, then give the slabs back */
+        ta_span_t **link = &span_free;
+        while (*link) {
+            uintptr_t slab = (uintptr_t)*link & ~(uintptr_t)(SLAB - 1);
+            size_t h = (size_t)((slab >> 12) * 0x9e3779b97f4a7c15ull) & (cap - 1);
+            while (tab[h].slab != slab) h = (h + 1) & (cap - 1);
+            if (tab[h].free == SLAB_RECORDS)
+                *link = (*link)->next;
+            else
+                link = &(*link)->next;
+        }
+        for (size_t i = 0; i < cap; i++)
+            if (tab[i].free == SLAB_RECORDS) {
+                ta_os_release((void *)tab[i].slab, SLAB);
+                slabs_released[slabs_released_n++] = tab[i].slab;
+                released += SLAB;
+            }
+    }
+    ta_os_unmap(tab, cap * sizeof *tab);
+out:
+    ta_unlock(&meta_lock);
+    return released;
 }
 
 void ta_meta_lock_all(void) { ta_lock(&meta_lock); }

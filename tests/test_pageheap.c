@@ -488,6 +488,32 @@ Test(pageheap, growable_spans_start_the_longest_free_span) {
     check_totals("after growable");
 }
 
+/* Span records of spans that are gone come back to the OS on trim, whole
+ * slabs at a time, and are reused afterwards. */
+Test(pageheap, trim_gives_back_free_span_record_slabs) {
+    enum { N = 3000 };
+    static ta_span_t *sp[N];
+    for (int i = 0; i < N; i++) {
+        sp[i] = ta_pageheap_alloc(1, 1, 0);
+        cr_assert_not_null(sp[i]);
+    }
+    /* every other one first: no coalescing can hide a record */
+    for (int i = 0; i < N; i += 2) ta_pageheap_free(sp[i]);
+    for (int i = 1; i < N; i += 2) ta_pageheap_free(sp[i]);
+    size_t released = ta_meta_trim();
+    cr_assert_geq(released, (size_t)4096 * 10, "only %zu bytes of span records given back", released);
+    cr_assert_eq(released % 4096, 0u);
+    /* records come from the released slabs again, zeroed and usable */
+    for (int i = 0; i < N; i++) {
+        sp[i] = ta_pageheap_alloc(1, 1, 0);
+        cr_assert_not_null(sp[i]);
+        cr_assert_eq(sp[i]->npages, 1u);
+        cr_assert_eq(ta_pagemap_span(sp[i]->page), sp[i]);
+    }
+    for (int i = 0; i < N; i++) ta_pageheap_free(sp[i]);
+    check_totals("after span records were trimmed and reused");
+}
+
 Test(pageheap, impossible_requests_fail) {
     ta_pageheap_stats_t a, b;
     ta_pageheap_stats(&a);
