@@ -247,13 +247,14 @@ TA_EXPORT void *ta_realloc(void *p, size_t n) {
     if (TA_UNLIKELY(ta_arena_span(p))) return ta_arena_realloc(p, n); /* scoped: to the heap */
     size_t old = block_size(p, "realloc");
     if (n > TA_MAX_REQUEST) return fail_nomem();
-    const size_t span_min = (size_t)64 << 10; /* below this a block belongs in a size class */
+    const size_t span_min = (size_t)32 << 10; /* below this a block belongs in a size class */
     if (ta_pagemap_info((uintptr_t)p >> TA_PAGE_SHIFT)) { /* a small-class block */
         /* keep the block when the new size still fits and wastes < half */
         if (n <= old && n > old / 2) return p;
-        /* Growing past 64 KiB, a block leaves the size classes for a span of
-         * its own (page granular: under 12.5% waste there), placed where it can
-         * keep growing in place: no more copies at every class boundary. */
+        /* Growing past 32 KiB, a block leaves the size classes for a span of
+         * its own (page granular: under 25% waste there, and a growing buffer
+         * has headroom anyway), placed where it can keep growing in place: no
+         * more copies at every class boundary. */
         if (n <= old || n <= span_min) return realloc_move(p, old, n);
         void *q = alloc_span_for(n, 0, false, true);
         if (!q) return NULL;
@@ -270,8 +271,10 @@ TA_EXPORT void *ta_realloc(void *p, size_t n) {
         ta_pageheap_shrink(s, npages, false); /* the tail goes back to the heap */
         return p;
     }
-    /* grow in place into a free neighbour */
-    if (ta_pageheap_grow(s, npages)) return p;
+    /* grow in place into the free pages that follow, by a quarter more when
+     * they allow it, so that a block grown step by step takes the page-heap
+     * lock once every few steps rather than at each one */
+    if (ta_pageheap_grow(s, npages + npages / 4) || ta_pageheap_grow(s, npages)) return p;
     /* otherwise move to the start of the longest free span, so that the
      * next growth happens in place */
     void *q = alloc_span_for(n, 0, false, true);
