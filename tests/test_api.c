@@ -5,6 +5,7 @@
 #include "testutil.h"
 
 #include <criterion/criterion.h>
+#include <stdio.h>
 #include <dlfcn.h>
 #include <malloc.h>
 #include <stddef.h>
@@ -451,6 +452,37 @@ Test(api, realloc_growth_happens_in_place) {
         n = m;
     }
     free(p);
+}
+
+/* The fast paths stay short: the instructions from the entry of malloc and of
+ * free to their first ret (the cache hit) in the built library, counted with
+ * objdump, stay under a ceiling (gcc today: 22 and 42; clang a few more).  A
+ * lock, an atomic or a loop slipped onto the fast path fails this. */
+static int fast_path_length(const char *lib, const char *sym) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd,
+             "a=$(nm -D '%s' | awk '$3==\"%s\"{print $1}'); [ -n \"$a\" ] || exit 3; "
+             "objdump -d --no-show-raw-insn --start-address=0x$a --stop-address=$(printf 0x%%x $((0x$a + 512))) '%s' "
+             "| awk '/^ *[0-9a-f]+:/{n++; if ($0 ~ /\\tret/) {print n - 1; exit}}'",
+             lib, sym, lib);
+    FILE *f = popen(cmd, "r");
+    if (!f) return -1;
+    int n = -1;
+    if (fscanf(f, "%d", &n) != 1) n = -1;
+    pclose(f);
+    return n;
+}
+
+Test(api, fast_paths_stay_short) {
+    if (system("command -v objdump >/dev/null 2>&1 && command -v nm >/dev/null 2>&1") != 0)
+        cr_skip_test("objdump or nm missing (binutils)");
+    const char *lib = tu_lib_path();
+    int m = fast_path_length(lib, "malloc"), f = fast_path_length(lib, "free");
+    cr_assert_gt(m, 5, "could not read malloc's code from %s", lib);
+    cr_assert_gt(f, 5, "could not read free's code from %s", lib);
+    cr_assert_leq(m, 28, "malloc's fast path is %d instructions", m);
+    cr_assert_leq(f, 52, "free's fast path is %d instructions", f);
+    cr_log_info("fast paths: malloc %d, free %d instructions", m, f);
 }
 
 Test(api, reallocarray_overflow_keeps_block) {
