@@ -54,7 +54,6 @@ void ta_central_init(void) {
     }
 }
 
-uint32_t ta_central_nshards(void) { return nshards; }
 
 static void span_list_push(central_class_t *cc, ta_span_t *s) {
     s->next = cc->nonempty.next;

@@ -234,7 +234,6 @@ void ta_pageheap_unlock_all(bool child);
 /* ---- central.c: tier 2 ---------------------------------------------------- */
 /* Objects travel as singly-linked chains through their first word. */
 void ta_central_init(void);
-uint32_t ta_central_nshards(void);
 /* Up to `want` objects of class cls; returns how many (0 = out of memory) and
  * the chain in *head. */
 uint32_t ta_central_alloc(uint32_t cls, uint32_t want, void **head, uint32_t shard);
