@@ -274,6 +274,8 @@ typedef struct ta_pcache {
     uint64_t committed;       /* sum over lists of max * size: never above budget */
     uint32_t shard;           /* central shard this thread uses */
     uint32_t steal_next;      /* next list to take capacity from when the budget is spent */
+    uint64_t scavenged_ms;    /* when idle lists were last trimmed */
+    uint8_t active[TA_MAX_CLASSES]; /* list missed or overflowed since then */
     uint32_t state;           /* TA_PC_* */
     struct ta_pcache *next_all, *prev_all; /* registry of live caches (stats) */
     uint64_t n_alloc_miss, n_free_miss;    /* slow-path counts */

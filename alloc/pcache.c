@@ -135,6 +135,29 @@ static void release_objects(ta_pcache_t *c, uint32_t cls, uint32_t n) {
     ta_central_free(cls, head, n, c->shard);
 }
 
+/* Once per decay period, on its own slow path, a cache gives back half of
+ * every list that neither missed nor overflowed since the last time, and the
+ * capacity with it: what a thread stopped using drains away instead of
+ * holding spans (and so pages) for ever. */
+static void scavenge_maybe(ta_pcache_t *c) {
+    uint64_t now = ta_os_now_ms();
+    if (now - c->scavenged_ms < ta_cfg.decay_ms) return;
+    c->scavenged_ms = now;
+    for (uint32_t cls = 1; cls < ta_nclasses; cls++) {
+        ta_list_t *l = &c->list[cls];
+        if (c->active[cls]) {
+            c->active[cls] = 0;
+            continue;
+        }
+        if (!l->count) continue;
+        uint32_t k = (l->count + 1) / 2;
+        release_objects(c, cls, k);
+        uint32_t shrink = k < l->max ? k : l->max;
+        l->max -= shrink;
+        c->committed -= (uint64_t)shrink * ta_class[cls].size;
+    }
+}
+
 void *ta_pcache_alloc_slow(uint32_t cls) {
     ta_pcache_t *c = ta_tls_cache;
     if (TA_UNLIKELY(c->state != TA_PC_LIVE)) {
@@ -148,6 +171,7 @@ void *ta_pcache_alloc_slow(uint32_t cls) {
         c = cache_create();
     }
     c->n_alloc_miss++;
+    c->active[cls] = 1;
     ta_list_t *l = &c->list[cls];
     if (l->head) { /* a re-entrant call (or a racing handler) refilled it */
         void **p = l->head;
@@ -157,6 +181,7 @@ void *ta_pcache_alloc_slow(uint32_t cls) {
         return p;
     }
     grow_list(c, cls);
+    scavenge_maybe(c);
     ta_central_decay();
     ta_pageheap_tick();
     /* never take more than the list may hold: a list the budget refused to
@@ -195,6 +220,8 @@ void ta_pcache_free_slow(void *p, uint32_t cls) {
     if (l->count >= l->max) {
         uint32_t batch = ta_class[cls].batch;
         release_objects(c, cls, l->count < batch ? l->count : batch);
+        c->active[cls] = 1;
+        scavenge_maybe(c);
         ta_central_decay();
         ta_pageheap_tick();
     }

@@ -7,6 +7,7 @@
  * Work that needs a cache nobody else touched runs in a fresh thread that
  * reports back; the assertions run on the main thread. */
 #include <criterion/criterion.h>
+#include <unistd.h>
 #include <criterion/redirect.h>
 
 #include <pthread.h>
@@ -225,6 +226,37 @@ Test(pcache, frees_alone_grow_a_list_to_one_batch) {
     run_thread(free_only_report, p);
     cr_assert_leq(consumer_max, batch, "a free-only list grew to %u (batch %u)", consumer_max, batch);
     cr_assert_leq(consumer_count, batch, "a free-only list held %u blocks (batch %u)", consumer_count, batch);
+}
+
+/* A list the thread stopped using halves once per decay period (on the
+ * thread's own slow paths), and its capacity with it. */
+Test(pcache, idle_lists_drain_over_decay_periods) {
+    const uint32_t idle = ta_size_to_class(720), busy = ta_size_to_class(3000);
+    static void *p[800];
+    for (int i = 0; i < 400; i++) p[i] = malloc(720);
+    for (int i = 0; i < 400; i++) free(p[i]);
+    ta_list_t *l = &ta_tls_cache->list[idle];
+    uint32_t held = l->count;
+    cr_assert_gt(held, 16u, "the 720-byte list holds only %u blocks", held);
+    uint64_t saved = ta_cfg.decay_ms;
+    ta_cfg.decay_ms = 5;
+    uint32_t seen[4];
+    for (int period = 0; period < 4; period++) {
+        usleep(20000); /* well past the 5 ms period, whatever the clock granularity */
+        /* slow paths of another class: more 3000-byte blocks than its list
+         * may hold, so there are refills and flushes */
+        for (int i = 0; i < 800; i++) p[i] = malloc(3000);
+        for (int i = 0; i < 800; i++) free(p[i]);
+        seen[period] = l->count;
+    }
+    ta_cfg.decay_ms = saved;
+    (void)busy;
+    /* the first period only forgets that the list was in use (it missed while
+     * it was being filled); each later one halves it */
+    cr_assert_lt(seen[1], held, "no scavenge after two decay periods (%u -> %u)", held, seen[1]);
+    cr_assert_lt(seen[3], seen[1], "the idle list stopped draining (%u -> %u)", seen[1], seen[3]);
+    cr_assert_leq(seen[3], held / 4 + 1, "after four periods %u of %u blocks are left", seen[3], held);
+    cr_assert_geq(l->max, l->count);
 }
 
 static void *touch_and_report(void *arg) {
