@@ -6,6 +6,8 @@
  *
  * Counter snapshots are taken around code that calls nothing but the page heap
  * (no Criterion assertion in between: the test's malloc is tieralloc too). */
+#include "testutil.h"
+
 #include <criterion/criterion.h>
 
 #include <fcntl.h>
@@ -25,20 +27,7 @@ static void setup(void) {
 }
 TestSuite(pageheap, .init = setup, .timeout = 60);
 
-static long rss_pages(void) {
-    char buf[256];
-    int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0) return -1;
-    buf[n] = 0;
-    const char *p = buf;
-    while (*p && *p != ' ') p++;
-    long v = 0;
-    for (p++; *p >= '0' && *p <= '9'; p++) v = v * 10 + (*p - '0');
-    return v;
-}
+static long rss_pages(void) { return (long)(tu_rss_bytes() / 4096); }
 
 static bool span_is_zero(const ta_span_t *s) {
     const uint64_t *w = ta_span_addr(s);
