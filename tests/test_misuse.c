@@ -16,41 +16,8 @@
 #pragma GCC diagnostic ignored "-Wuse-after-free"
 #pragma GCC diagnostic ignored "-Wmismatched-dealloc"
 
-/* Written by the child, read by the parent. */
-typedef struct shared {
-    volatile uintptr_t addr;    /* the pointer passed to the bad call */
-    volatile size_t result;     /* malloc_usable_size's answer, when it returns */
-    volatile int reached_end;   /* the child survived the bad call */
-} shared_t;
-static shared_t *shared;
-
-static void map_shared(void) {
-    if (!shared) {
-        shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-        cr_assert_neq(shared, MAP_FAILED);
-    }
-    memset((void *)shared, 0, sizeof *shared);
-}
-
-static void report(const void *p) { shared->addr = (uintptr_t)p; }
-
-/* Run fn in a child and check: SIGABRT, one "tieralloc: " line on stderr that
- * names the reported address, and contains `what` when that is not NULL. */
-static void expect_abort(void (*fn)(void *), const char *what) {
-    map_shared();
-    static tu_child_t c;
-    tu_run_child(fn, NULL, 30000, &c);
-    cr_assert(!c.timed_out, "%s", tu_describe(&c));
-    cr_assert(c.signaled && c.signal == SIGABRT, "expected SIGABRT: %s", tu_describe(&c));
-    cr_assert_not(shared->reached_end, "the child went on after the bad call");
-    char line[1024];
-    int n = tu_count_lines(c.err, "tieralloc: ", line, sizeof line);
-    cr_assert_eq(n, 1, "want exactly one 'tieralloc: ' line on stderr, got %d: %s", n, c.err);
-    void *addr = (void *)shared->addr;
-    cr_assert_neq(addr, NULL, "the child did not report the address");
-    cr_assert(tu_has_addr(line, addr), "diagnostic does not name %p: %s", addr, line);
-    if (what) cr_assert(strstr(line, what) != NULL, "diagnostic lacks \"%s\": %s", what, line);
-}
+/* every case must report the address it misuses */
+static void expect_abort(void (*fn)(void *), const char *what) { tu_expect_abort(fn, what, 1); }
 
 /* ---- double frees ------------------------------------------------------------ */
 static void double_free_small_now(void *arg) {
@@ -307,7 +274,7 @@ static void usable_ta(void *arg) {
 }
 
 static void expect_abort_or_zero(void (*fn)(void *)) {
-    map_shared();
+    tu_shared_reset();
     static tu_child_t c;
     tu_run_child(fn, NULL, 30000, &c);
     cr_assert(!c.timed_out, "%s", tu_describe(&c));
@@ -343,7 +310,7 @@ static void correct_program(void *arg) {
     shared->reached_end = 1;
 }
 Test(misuse, correct_program_is_not_reported) {
-    map_shared();
+    tu_shared_reset();
     static tu_child_t c;
     tu_run_child(correct_program, NULL, 30000, &c);
     cr_assert(c.exited && c.exit_code == 0, "%s", tu_describe(&c));

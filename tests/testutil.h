@@ -26,11 +26,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <criterion/criterion.h>
 
 #define TU_FN static __attribute__((unused))
 
@@ -351,6 +354,46 @@ TU_FN int tu_has_addr(const char *text, const void *addr) {
         if (!hex && prev_ok) return 1;
     }
     return 0;
+}
+
+/* ---- misuse in a child ------------------------------------------------------
+ * The child reports the pointer it passes to the bad call in a page shared
+ * with the parent, then sets reached_end if it survives the call. */
+typedef struct tu_shared {
+    volatile uintptr_t addr;  /* the pointer passed to the bad call */
+    volatile size_t result;   /* a value the child computed, when it returns */
+    volatile int reached_end; /* the child survived the bad call */
+} tu_shared_t;
+static tu_shared_t *shared __attribute__((unused));
+
+/* map the shared page once, and clear it */
+TU_FN void tu_shared_reset(void) {
+    if (!shared) {
+        shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        cr_assert_neq(shared, MAP_FAILED);
+    }
+    memset((void *)shared, 0, sizeof *shared);
+}
+
+TU_FN void report(const void *p) { shared->addr = (uintptr_t)p; }
+
+/* Run fn in a child and check: SIGABRT before reached_end, exactly one
+ * "tieralloc: " line on stderr, naming the reported address (which must have
+ * been reported when need_addr) and containing `what` when that is not NULL. */
+TU_FN void tu_expect_abort(void (*fn)(void *), const char *what, int need_addr) {
+    tu_shared_reset();
+    static tu_child_t c;
+    tu_run_child(fn, NULL, 30000, &c);
+    cr_assert(!c.timed_out, "%s", tu_describe(&c));
+    cr_assert(c.signaled && c.signal == SIGABRT, "expected SIGABRT: %s", tu_describe(&c));
+    cr_assert_not(shared->reached_end, "the child went on after the bad call");
+    char line[1024];
+    int n = tu_count_lines(c.err, "tieralloc: ", line, sizeof line);
+    cr_assert_eq(n, 1, "want exactly one 'tieralloc: ' line on stderr, got %d: %s", n, c.err);
+    void *addr = (void *)shared->addr;
+    if (need_addr) cr_assert_neq(addr, NULL, "the child did not report the address");
+    if (addr) cr_assert(tu_has_addr(line, addr), "diagnostic does not name %p: %s", addr, line);
+    if (what) cr_assert(strstr(line, what) != NULL, "diagnostic lacks \"%s\": %s", what, line);
 }
 
 #endif
