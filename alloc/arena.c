@@ -130,12 +130,8 @@ static chunk_t *chunk_of(const void *p) {
 static chunk_t *chunk_from_heap(arena_t *a, size_t bytes, uintptr_t align_pages) {
     ta_ensure_init();
     uintptr_t npages = bytes >> TA_PAGE_SHIFT;
-    ta_span_t *s = ta_pageheap_alloc(npages, align_pages, 0);
+    ta_span_t *s = ta_pageheap_alloc_arena(npages, align_pages);
     if (!s) return NULL;
-    /* every page → s with info 0: free() of any block in it reaches the slow
-     * path, which finds the chunk from the page */
-    s->cls = TA_SPAN_ARENA;
-    for (uintptr_t i = 0; i < s->npages; i++) ta_pagemap_set(s->page + i, s, 0);
     chunk_t *c = ta_span_addr(s);
     c->magic = CHUNK_MAGIC ^ (uintptr_t)c;
     c->owner = a;
@@ -157,11 +153,10 @@ static void chunk_to_heap(chunk_t *c) {
     size_t bytes = chunk_size(c);
     c->magic = 0;
     c->state = 0;
-    s->cls = 0; /* a plain large span again, as the page heap counts it */
     ST_SUB(held_bytes, bytes);
     ST_SUB(held_chunks, 1);
     ST_ADD(n_to_heap, 1);
-    ta_pageheap_free(s);
+    ta_pageheap_free_arena(s);
 }
 
 /* Keep a chunk no longer in use, or give it back beyond the retained limit
@@ -348,8 +343,7 @@ static void *alloc_big(arena_t *a, size_t n, size_t align) {
 static void *scope_alloc(size_t n, size_t align) {
     arena_t *a = &tls_arena;
     if (!a->depth) { /* no scope: an ordinary heap block (free() releases it) */
-        if (align <= TA_ALIGN) return ta_malloc(n);
-        return ta_memalign(align, n);
+        return ta_heap_alloc(n, align, false);
     }
     if (n > TA_MAX_REQUEST || align > TA_MAX_REQUEST) return fail_nomem();
     ta_scope_cursor_t *cur = &ta_scope_cur;
@@ -410,7 +404,7 @@ TA_EXPORT void *ta_scope_alloc_aligned(size_t align, size_t n) {
 TA_EXPORT void *ta_scope_calloc(size_t n, size_t size) {
     size_t total;
     if (__builtin_mul_overflow(n, size, &total)) return fail_nomem();
-    if (!tls_arena.depth) return ta_calloc(n, size);
+    if (!tls_arena.depth) return ta_heap_alloc(total, 0, true);
     void *p = ta_scope_alloc(total);
     if (p) memset(p, 0, total);
     return p;
@@ -476,7 +470,7 @@ size_t ta_arena_usable_size(const void *p) {
 void *ta_arena_realloc(void *p, size_t n) {
     chunk_t *c = chunk_or_die(p, "realloc");
     size_t old = checked_size(p, c, "realloc");
-    void *q = ta_malloc(n);
+    void *q = ta_heap_alloc(n, 0, false);
     if (q) memcpy(q, p, old < n ? old : n);
     return q; /* p stays in its scope, released with it */
 }
@@ -492,7 +486,7 @@ TA_EXPORT void *ta_escape(void *p) {
     chunk_t *c = chunk_of(p);
     if (!c) return p; /* already a heap block */
     size_t n = checked_size(p, c, "ta_escape");
-    void *q = ta_malloc(n);
+    void *q = ta_heap_alloc(n, 0, false);
     if (q) memcpy(q, p, n);
     return q;
 }

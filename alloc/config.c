@@ -13,6 +13,8 @@ ta_config_t ta_cfg = {
     .cache_bytes = 8 << 20,
     .thread_cache_max = 4 << 20,
     .ncpu = 1,
+    .percpu = true,
+    .cpu_cache_bytes = (uint64_t)3 << 19,
 };
 
 const char *ta_getenv(const char *name) {
@@ -62,4 +64,9 @@ void ta_config_init(void) {
      * holds is usually well under it */
     ta_cfg.thread_cache_max = ta_cfg.cache_bytes < (8 << 20) ? ta_cfg.cache_bytes : (8 << 20);
     ta_cfg.decay_ms = ta_parse_size(ta_getenv("TIERALLOC_DECAY_MS"), 1000);
+    /* per-CPU caches over rseq where the system has them (TIERALLOC_PERCPU=0:
+     * per-thread caches), each with this much capacity */
+    const char *pc = ta_getenv("TIERALLOC_PERCPU");
+    ta_cfg.percpu = !(pc && pc[0] == '0' && !pc[1]);
+    ta_cfg.cpu_cache_bytes = ta_parse_size(ta_getenv("TIERALLOC_CPU_CACHE_BYTES"), (uint64_t)3 << 19);
 }

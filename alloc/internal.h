@@ -19,6 +19,7 @@
 #define TA_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define TA_NOINLINE __attribute__((noinline))
 #define TA_COLD __attribute__((cold, noinline))
+#define TA_ALWAYS_INLINE static inline __attribute__((always_inline))
 
 /* ---- geometry -------------------------------------------------------------- */
 #define TA_PAGE_SHIFT 13 /* 8 KiB pages: the unit of spans and of the pagemap */
@@ -31,17 +32,33 @@
 #define TA_MAX_REQUEST (((size_t)1 << 47) - ((size_t)1 << 30))
 
 /* ---- locks ----------------------------------------------------------------- */
-typedef pthread_mutex_t ta_lock_t;
-#define TA_LOCK_INIT PTHREAD_MUTEX_INITIALIZER
-static inline void ta_lock(ta_lock_t *l) { pthread_mutex_lock(l); }
-static inline void ta_unlock(ta_lock_t *l) { pthread_mutex_unlock(l); }
+/* A lock that spins briefly before it sleeps: the central and transfer locks
+ * are held for a few hundred cycles, so a waiter that sleeps at once (futex)
+ * pays a system call and a wake-up for nothing.  0 free, 1 held, 2 held with
+ * sleepers.  A zero-filled lock is a free one. */
+typedef struct ta_lock { int state; } ta_lock_t;
+#define TA_LOCK_INIT {0}
+void ta_lock_wait(ta_lock_t *l);
+void ta_lock_wake(ta_lock_t *l);
+static inline void ta_lock(ta_lock_t *l) {
+    int z = 0;
+    if (TA_UNLIKELY(!__atomic_compare_exchange_n(&l->state, &z, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)))
+        ta_lock_wait(l);
+}
+static inline bool ta_trylock(ta_lock_t *l) {
+    int z = 0;
+    return __atomic_compare_exchange_n(&l->state, &z, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+}
+static inline void ta_unlock(ta_lock_t *l) {
+    if (TA_UNLIKELY(__atomic_exchange_n(&l->state, 0, __ATOMIC_RELEASE) == 2)) ta_lock_wake(l);
+}
 /* after fork: the parent unlocks what fork_prepare locked; the child, whose
  * other threads are gone, starts the lock afresh */
 static inline void ta_lock_after_fork(ta_lock_t *l, bool child) {
     if (child)
-        pthread_mutex_init(l, NULL);
+        l->state = 0;
     else
-        pthread_mutex_unlock(l);
+        ta_unlock(l);
 }
 
 #ifdef TA_DEBUG
@@ -67,6 +84,8 @@ typedef struct ta_config {
     uint64_t cache_bytes;     /* TIERALLOC_CACHE_BYTES: budget of all thread caches together */
     uint64_t thread_cache_max;/* most one thread's cache may hold */
     int ncpu;                 /* CPUs this process may run on */
+    bool percpu;              /* TIERALLOC_PERCPU (default 1): per-CPU caches where rseq allows */
+    uint64_t cpu_cache_bytes; /* TIERALLOC_CPU_CACHE_BYTES: capacity of one CPU's cache */
 } ta_config_t;
 extern ta_config_t ta_cfg;
 void ta_config_init(void);
@@ -93,6 +112,9 @@ void ta_os_stats(ta_os_stats_t *out);
 /* ---- meta.c: metadata allocator (spans, caches) over the OS tier ---------- */
 /* Fixed-size object pools carved from OS chunks; never returned to the OS. */
 void *ta_meta_alloc(size_t size); /* zeroed, 16-aligned; aborts on OOM (metadata is tiny) */
+/* A large metadata region of its own (cache slabs), mapped and counted as
+ * metadata; its pages become resident only as they are written. */
+void *ta_meta_map(size_t size, size_t align);
 uint64_t ta_meta_bytes(void);
 /* span records come from their own free list */
 struct ta_span;
@@ -101,47 +123,59 @@ void ta_span_delete(struct ta_span *s);
 /* Give back to the OS the slabs of span records that are all free (malloc_trim);
  * returns bytes released. */
 size_t ta_meta_trim(void);
+/* Per-object state bytes of a small span (n objects, n <= TA_STATES_MAX),
+ * zeroed; NULL when out of memory.  See pageheap.c. */
+#define TA_STATES_MAX 512
+uint8_t *ta_meta_states_new(size_t n);
+void ta_meta_states_delete(uint8_t *p, size_t n);
 void ta_meta_lock_all(void);
 void ta_meta_unlock_all(bool child);
 
 /* ---- pagemap.c: page number → span and size class ---------------------- */
 /* Two-level radix tree over 48-bit addresses: a static root of leaf pointers;
- * each leaf covers 2^18 pages (2 GiB) and holds the span and a 32-bit info word
- * per page.  info = size class | (page index within its span << TA_PAGE_SHIFT),
- * i.e. the class in the low byte and the page's byte offset in its span above
- * it (ta_info_offset() adds the offset within the page in one OR); 0 for
- * pages of large spans and free spans, so free() of a small block needs only
- * the info word. */
+ * each leaf covers 2^18 pages (2 GiB) and holds the span and a 64-bit info word
+ * per page.  For a page of a small-class span the word packs what free() needs:
+ *   bits 0..7 the class, bits 8..15 the page's index in its span, bits 16..63
+ *   the address of the span's object states (one byte per object, pageheap.c);
+ * 0 for pages of large spans and free spans.  So free() of a small block reads
+ * the info word and the object's state byte, never the block itself. */
 #define TA_PM_LEAF_BITS 18
 #define TA_PM_ROOT_BITS (48 - TA_PAGE_SHIFT - TA_PM_LEAF_BITS)
 typedef struct ta_pm_leaf {
-    uint32_t info[1 << TA_PM_LEAF_BITS];
+    uint64_t info[1 << TA_PM_LEAF_BITS];
     struct ta_span *span[1 << TA_PM_LEAF_BITS];
 } ta_pm_leaf_t;
 extern ta_pm_leaf_t *ta_pm_root[1 << TA_PM_ROOT_BITS];
 
-static inline uint32_t ta_pagemap_info(uintptr_t page) {
+static inline uint64_t ta_pagemap_info(uintptr_t page) {
     uintptr_t root = page >> TA_PM_LEAF_BITS; /* one compare rejects addresses above 48 bits */
     if (TA_UNLIKELY(root >= (1u << TA_PM_ROOT_BITS))) return 0;
     ta_pm_leaf_t *leaf = ta_pm_root[root];
     return leaf ? leaf->info[page & ((1u << TA_PM_LEAF_BITS) - 1)] : 0;
+}
+/* The same for a page known to hold one of tieralloc's small blocks (one that
+ * tier 1 just handed out): no range or leaf check. */
+static inline uint64_t ta_pagemap_info_known(uintptr_t page) {
+    return ta_pm_root[page >> TA_PM_LEAF_BITS]->info[page & ((1u << TA_PM_LEAF_BITS) - 1)];
 }
 static inline struct ta_span *ta_pagemap_span(uintptr_t page) {
     if (TA_UNLIKELY(page >> (TA_PM_ROOT_BITS + TA_PM_LEAF_BITS))) return NULL;
     ta_pm_leaf_t *leaf = ta_pm_root[page >> TA_PM_LEAF_BITS];
     return leaf ? leaf->span[page & ((1u << TA_PM_LEAF_BITS) - 1)] : NULL;
 }
-#define TA_INFO(cls, page_index) ((uint32_t)(cls) | (uint32_t)((page_index) << TA_PAGE_SHIFT))
-#define TA_INFO_CLASS(info) ((info) & 0xffu)
-#define TA_INFO_PAGE_INDEX(info) ((info) >> TA_PAGE_SHIFT)
+#define TA_INFO(cls, page_index) ((uint64_t)(cls) | (uint64_t)(page_index) << 8)
+#define TA_INFO_STATES_MAKE(states) ((uint64_t)(uintptr_t)(states) << 16)
+#define TA_INFO_CLASS(info) ((uint32_t)(info) & 0xffu)
+#define TA_INFO_PAGE_INDEX(info) (((uint32_t)(info) >> 8) & 0xffu)
+static inline uint8_t *ta_info_states(uint64_t info) { return (uint8_t *)(uintptr_t)(info >> 16); }
 /* byte offset of p from the start of its span, for a small-class page */
-static inline uint32_t ta_info_offset(const void *p, uint32_t info) {
-    return ((uint32_t)(uintptr_t)p & (uint32_t)(TA_PAGE_SIZE - 1)) | (info & ~(uint32_t)(TA_PAGE_SIZE - 1));
+static inline uint32_t ta_info_offset(const void *p, uint64_t info) {
+    return ((uint32_t)(uintptr_t)p & (uint32_t)(TA_PAGE_SIZE - 1)) | (((uint32_t)info & 0xff00u) << (TA_PAGE_SHIFT - 8));
 }
 /* Make sure leaves exist for pages [first, first+n); false if out of memory. */
 bool ta_pagemap_ensure(uintptr_t first, uintptr_t n);
 /* Set span and info for one page (its leaf must exist). */
-void ta_pagemap_set(uintptr_t page, struct ta_span *s, uint32_t info);
+void ta_pagemap_set(uintptr_t page, struct ta_span *s, uint64_t info);
 uint64_t ta_pagemap_bytes(void);
 
 /* ---- sizeclass.c --------------------------------------------------------- */
@@ -164,6 +198,21 @@ static inline uint32_t ta_size_to_class(size_t n) {
     if (TA_LIKELY(n <= 1024)) return ta_class_small[(n + 15) >> 4];
     if (n <= TA_MAX_SMALL) return ta_class_large[(n - 1024 + 127) >> 7];
     return 0;
+}
+/* The object index of span offset off in class cls and whether off is an
+ * object start, with one multiply (m = ceil(2^64 / size): the high half of
+ * off * m is off / size, the low half is <= m - 1 exactly when size divides off). */
+TA_ALWAYS_INLINE uint32_t ta_object_index(uint32_t off, uint32_t cls, bool *start) {
+    uint64_t m = ta_class_magic[cls];
+    unsigned __int128 prod = (unsigned __int128)off * m;
+    *start = (uint64_t)prod <= m - 1;
+    return (uint32_t)(prod >> 64);
+}
+/* The state byte of object p of class cls (p known to be one). */
+static inline uint8_t *ta_state_of(const void *p, uint32_t cls) {
+    uint64_t info = ta_pagemap_info_known((uintptr_t)p >> TA_PAGE_SHIFT);
+    bool start;
+    return ta_info_states(info) + ta_object_index(ta_info_offset(p, info), cls, &start);
 }
 /* smallest class whose size is >= n and a multiple of align (align <= page), or 0 */
 uint32_t ta_class_for_aligned(size_t n, size_t align);
@@ -192,6 +241,24 @@ typedef struct ta_span {
 } ta_span_t;
 static inline void *ta_span_addr(const ta_span_t *s) { return (void *)(s->page << TA_PAGE_SHIFT); }
 static inline size_t ta_span_bytes(const ta_span_t *s) { return s->npages << TA_PAGE_SHIFT; }
+/* Intrusive circular lists of spans through next/prev, with a sentinel head
+ * (the page heap's free lists, central's lists of spans with free objects). */
+static inline void ta_spanlist_init(ta_span_t *h) { h->next = h->prev = h; }
+static inline bool ta_spanlist_empty(const ta_span_t *h) { return h->next == h; }
+static inline void ta_spanlist_push(ta_span_t *h, ta_span_t *s) {
+    s->next = h->next;
+    s->prev = h;
+    h->next->prev = s;
+    h->next = s;
+}
+static inline void ta_spanlist_remove(ta_span_t *s) {
+    s->prev->next = s->next;
+    s->next->prev = s->prev;
+    s->next = s->prev = NULL;
+}
+/* Object states of small spans (pagemap info word): a block handed to the
+ * program is LIVE; one in a cache, a transfer cache or its span is FREE. */
+enum { TA_OBJ_FREE = 0, TA_OBJ_LIVE = 1 };
 
 void ta_pageheap_init(void);
 /* A span of n pages (n >= 1) aligned to align_pages (a power of two), marked in use
@@ -202,9 +269,13 @@ ta_span_t *ta_pageheap_alloc(uintptr_t npages, uintptr_t align_pages, uint32_t c
  * the longest free span, so that ta_pageheap_grow can extend it in place. */
 ta_span_t *ta_pageheap_alloc_growable(uintptr_t npages);
 void ta_pageheap_free(ta_span_t *s);
-/* free() of a pointer that is not a small block: validates it under the lock and
- * frees the large block; returns NULL, or what is wrong ("double free of"...). */
-const char *ta_pageheap_free_large(void *p);
+/* free() of p, the start of large span s as the classifier saw it: checked
+ * again under the lock, then freed; returns NULL, or what is wrong. */
+const char *ta_pageheap_free_large(ta_span_t *s, void *p);
+/* Scoped-arena chunks (arena.c): spans of class TA_SPAN_ARENA, every page
+ * registered with info 0 (counted among the large blocks). */
+ta_span_t *ta_pageheap_alloc_arena(uintptr_t npages, uintptr_t align_pages);
+void ta_pageheap_free_arena(ta_span_t *s);
 /* run the decay clock (called from slow paths) */
 void ta_pageheap_tick(void);
 /* Try to grow an in-use large span in place to n pages; true on success. */
@@ -232,19 +303,18 @@ void ta_pageheap_lock_all(void);   /* fork */
 void ta_pageheap_unlock_all(bool child);
 
 /* ---- central.c: tier 2 ---------------------------------------------------- */
-/* Objects travel as singly-linked chains through their first word. */
+/* Objects travel as arrays of pointers: a batch is copied, never walked. */
 void ta_central_init(void);
-/* Up to `want` objects of class cls; returns how many (0 = out of memory) and
- * the chain in *head. */
-uint32_t ta_central_alloc(uint32_t cls, uint32_t want, void **head, uint32_t shard);
-/* Give back n objects chained from head. */
-void ta_central_free(uint32_t cls, void *head, uint32_t n, uint32_t shard);
+/* Up to `want` objects of class cls into out[]; returns how many (0 = out of memory). */
+uint32_t ta_central_alloc(uint32_t cls, void **out, uint32_t want, uint32_t shard);
+/* Give back n objects. */
+void ta_central_free(uint32_t cls, void *const *objs, uint32_t n, uint32_t shard);
 /* The same, straight into their spans, bypassing the transfer caches: for
  * caches that are going away (thread exit, trim), so whole spans can be freed. */
-void ta_central_free_spans(uint32_t cls, void *head, uint32_t n);
-/* Called from slow paths: once per decay period, half of every transfer cache
- * goes back to its spans. */
-void ta_central_decay(void);
+void ta_central_free_spans(uint32_t cls, void *const *objs, uint32_t n);
+/* Called from tier 1's slow paths: once per decay period, half of every
+ * transfer cache goes back to its spans; then the page heap's decay. */
+void ta_central_tick(void);
 /* Move everything in the transfer caches back to spans (malloc_trim). */
 void ta_central_drain(void);
 typedef struct ta_central_stats {
@@ -260,55 +330,7 @@ void ta_central_stats_locked(uint32_t cls, ta_central_stats_t *out);
 void ta_central_lock_all(void);
 void ta_central_unlock_all(bool child);
 
-/* ---- pcache.c: tier 1 ----------------------------------------------------- */
-/* A freed object keeps a guard word (its address mixed with a per-process key)
- * in its second word; free() sees it and reports a double free. */
-typedef struct ta_list {
-    void *head;
-    uint32_t count; /* objects on the list */
-    uint32_t max;   /* list length above which free() returns a batch */
-} ta_list_t;
-typedef struct ta_pcache {
-    ta_list_t list[TA_MAX_CLASSES];
-    uint64_t budget;          /* its current total budget */
-    uint64_t committed;       /* sum over lists of max * size: never above budget */
-    uint32_t shard;           /* central shard this thread uses */
-    uint32_t steal_next;      /* next list to take capacity from when the budget is spent */
-    uint64_t scavenged_ms;    /* when idle lists were last trimmed */
-    uint8_t active[TA_MAX_CLASSES]; /* list missed or overflowed since then */
-    uint32_t state;           /* TA_PC_* */
-    struct ta_pcache *next_all, *prev_all; /* registry of live caches (stats) */
-    uint64_t n_alloc_miss, n_free_miss;    /* slow-path counts */
-} ta_pcache_t;
-enum { TA_PC_EMPTY = 0, TA_PC_LIVE = 1, TA_PC_DEAD = 2 };
-/* The calling thread's state that the malloc fast path reads: its cache, and
- * the byte countdown to the next sampled allocation (sample.c).  One TLS
- * block, so both are reached through a single %fs-relative address and the
- * countdown costs the fast path one sub-and-branch. */
-typedef struct ta_tls {
-    ta_pcache_t *cache;
-    int64_t sample_left; /* bytes still to allocate before the next sample (< 0: take the slow path) */
-} ta_tls_t;
-extern __thread ta_tls_t ta_tls;
-#define ta_tls_cache (ta_tls.cache)
-extern uintptr_t ta_guard_key;
-static inline uintptr_t ta_guard(const void *p) { return (uintptr_t)p ^ ta_guard_key; }
-
-void ta_pcache_init(void);
-void *ta_pcache_alloc_slow(uint32_t cls);          /* refill, then allocate */
-void ta_pcache_free_slow(void *p, uint32_t cls);   /* overflow: flush a batch */
-void ta_pcache_flush_current(void);                /* empty the calling thread's cache */
-void ta_pcache_thread_exit(void *arg);
-uint64_t ta_pcache_bytes(uint32_t cls_or_all);     /* bytes held in all caches (approximate) */
-typedef struct ta_pcache_stats {
-    uint64_t objects[TA_MAX_CLASSES]; /* objects on the lists of all live caches (read racily) */
-    uint64_t alloc_misses, free_misses; /* slow-path counts, exited threads included */
-    uint64_t caches;                    /* live caches */
-} ta_pcache_stats_t;
-/* Sum over the live caches; the caller holds the registry lock (ta_pcache_lock_all). */
-void ta_pcache_stats_locked(ta_pcache_stats_t *out);
-void ta_pcache_lock_all(void);
-void ta_pcache_unlock_all(bool child);
+/* ---- pcache.c: tier 1 (its interface is pcache.h) ------------------------- */
 
 /* ---- stats.c -------------------------------------------------------------- */
 /* A consistent snapshot of every tier, as the public struct ta_stats
@@ -341,7 +363,7 @@ void ta_sample_record(void *p, size_t n, void *frame);
 /* Live sampled blocks (free() checks it before looking for a record). */
 extern uint64_t ta_sample_live;
 /* free() of a block that may be sampled: calls the free hook and drops its record. */
-void ta_sample_free(void *p);
+void ta_sample_free(void *p, ta_span_t *s);
 void ta_sample_counts(uint64_t *rate, uint64_t *total, uint64_t *live, uint64_t *live_bytes,
                       uint64_t *allocated_bytes);
 /* Write the heap profile to fd (legacy gperftools text format); 0 or -1. */
@@ -351,15 +373,17 @@ int ta_open_report(const char *path);
 void ta_sample_lock_all(void);   /* fork */
 void ta_sample_unlock_all(bool child);
 
-/* ---- api.c --------------------------------------------------------------- */
+/* ---- init.c: process start and fork (called from the API only) --------- */
 extern volatile int ta_inited;
 void ta_init_slow(void);
 static inline void ta_ensure_init(void) {
     if (TA_UNLIKELY(!ta_inited)) ta_init_slow();
 }
-/* A large block: a span of its own; counts against the sampling countdown. */
-void *ta_alloc_large(size_t size, size_t align, bool zero);
-void ta_free_slow(void *p);
+
+/* ---- api.c: for tier 0 --------------------------------------------------- */
+/* A heap block of n bytes (align: 0 or a power of two; zero: cleared), as the
+ * arena's fallback when no scope is open and for escaping blocks. */
+void *ta_heap_alloc(size_t n, size_t align, bool zero);
 
 /* ---- arena.c: tier 0, the scoped stack arena ------------------------------ */
 /* Arena chunks are page-heap spans taken with class 0 (so the page heap counts

@@ -45,6 +45,16 @@ void *ta_meta_alloc(size_t size) {
     return r;
 }
 
+void *ta_meta_map(size_t size, size_t align) {
+    void *p = ta_os_map(size, align);
+    if (p) {
+        ta_lock(&meta_lock);
+        meta_total += size;
+        ta_unlock(&meta_lock);
+    }
+    return p;
+}
+
 uint64_t ta_meta_bytes(void) { return __atomic_load_n(&meta_total, __ATOMIC_RELAXED); }
 
 ta_span_t *ta_span_new(void) {
@@ -142,6 +152,32 @@ size_t ta_meta_trim(void) {
 out:
     ta_unlock(&meta_lock);
     return released;
+}
+
+/* Object-state arrays of small spans (pageheap.c): one byte per object, at
+ * most TA_STATES_MAX bytes, recycled through a free list per 16-byte size.
+ * Never unmapped: a stale pagemap word may still point at one. */
+#define STATE_BUCKETS (TA_STATES_MAX / 16)
+static void *states_free[STATE_BUCKETS + 1];
+
+uint8_t *ta_meta_states_new(size_t n) {
+    size_t b = (n + 15) / 16;
+    if (!b || b > STATE_BUCKETS) return NULL;
+    ta_lock(&meta_lock);
+    void *p = states_free[b];
+    if (p) states_free[b] = *(void **)p;
+    else p = meta_alloc_locked(b * 16, 16);
+    ta_unlock(&meta_lock);
+    if (p) memset(p, 0, b * 16);
+    return p;
+}
+
+void ta_meta_states_delete(uint8_t *p, size_t n) {
+    size_t b = (n + 15) / 16;
+    ta_lock(&meta_lock);
+    *(void **)p = states_free[b];
+    states_free[b] = p;
+    ta_unlock(&meta_lock);
 }
 
 void ta_meta_lock_all(void) { ta_lock(&meta_lock); }

@@ -20,19 +20,6 @@ static uint64_t ph_class_spans[TA_MAX_CLASSES]; /* in-use spans of each size cla
 static uint64_t ph_last_decay_ms;
 static bool ph_ready;
 
-static void list_init(ta_span_t *h) { h->next = h->prev = h; }
-static bool list_empty(const ta_span_t *h) { return h->next == h; }
-static void list_remove(ta_span_t *s) {
-    s->prev->next = s->next;
-    s->next->prev = s->prev;
-    s->next = s->prev = NULL;
-}
-static void list_push(ta_span_t *h, ta_span_t *s) {
-    s->next = h->next;
-    s->prev = h;
-    h->next->prev = s;
-    h->next = s;
-}
 
 static ta_span_t *free_list_for(const ta_span_t *s) {
     int kind = s->state == TA_SPAN_RELEASED;
@@ -42,7 +29,7 @@ static ta_span_t *free_list_for(const ta_span_t *s) {
 void ta_pageheap_init(void) {
     if (ph_ready) return;
     for (int k = 0; k < 2; k++)
-        for (int i = 0; i <= PH_EXACT; i++) list_init(&ph_list[k][i]);
+        for (int i = 0; i <= PH_EXACT; i++) ta_spanlist_init(&ph_list[k][i]);
     ph_last_decay_ms = ta_os_now_ms();
     ph_ready = true;
 }
@@ -62,7 +49,7 @@ static void account_free(const ta_span_t *s, int sign) {
 }
 
 static void free_remove(ta_span_t *s) {
-    list_remove(s);
+    ta_spanlist_remove(s);
     account_free(s, -1);
 }
 
@@ -87,7 +74,7 @@ static void free_insert(ta_span_t *s) {
         ph_stats.n_coalesce++;
     }
     register_ends(s);
-    list_push(free_list_for(s), s);
+    ta_spanlist_push(free_list_for(s), s);
     account_free(s, +1);
 }
 
@@ -95,7 +82,7 @@ static void free_insert(ta_span_t *s) {
  * large ones of equal size, to keep the heap compact). */
 static ta_span_t *find_fit(int kind, uintptr_t n) {
     for (uintptr_t i = n; i <= PH_EXACT; i++)
-        if (!list_empty(&ph_list[kind][i])) return ph_list[kind][i].next;
+        if (!ta_spanlist_empty(&ph_list[kind][i])) return ph_list[kind][i].next;
     ta_span_t *best = NULL, *h = &ph_list[kind][0];
     for (ta_span_t *s = h->next; s != h; s = s->next)
         if (s->npages >= n && (!best || s->npages < best->npages ||
@@ -144,7 +131,7 @@ static ta_span_t *split(ta_span_t *s, uintptr_t n) {
 /* A free piece goes back on its list (no merging: its neighbours were merged already). */
 static void put_back(ta_span_t *s) {
     register_ends(s);
-    list_push(free_list_for(s), s);
+    ta_spanlist_push(free_list_for(s), s);
     account_free(s, +1);
 }
 
@@ -169,7 +156,7 @@ static ta_span_t *find_largest(int kind) {
         if (!best || s->npages > best->npages || (s->npages == best->npages && s->page < best->page))
             best = s;
     for (uintptr_t i = PH_EXACT; !best && i >= 1; i--)
-        if (!list_empty(&ph_list[kind][i])) best = ph_list[kind][i].next;
+        if (!ta_spanlist_empty(&ph_list[kind][i])) best = ph_list[kind][i].next;
     return best;
 }
 
@@ -220,6 +207,12 @@ static ta_span_t *alloc_span_locked(uintptr_t npages, uintptr_t align_pages, uin
     uintptr_t lead = ((s->page + align_pages - 1) & ~(align_pages - 1)) - s->page;
     if (lead) s = split_head(s, lead);
     split_tail(s, npages);
+    uint8_t *states = NULL;
+    if (cls && cls < TA_MAX_CLASSES && !(states = ta_meta_states_new(ta_class[cls].objects))) {
+        free_insert(s); /* no metadata for it: the request fails, the heap stays whole */
+        ta_unlock(&ph_lock);
+        return NULL;
+    }
     s->zeroed = s->state == TA_SPAN_RELEASED;
     s->state = TA_SPAN_INUSE;
     s->freelist = NULL; /* clears the union: no free list, no sample record */
@@ -229,7 +222,7 @@ static ta_span_t *alloc_span_locked(uintptr_t npages, uintptr_t align_pages, uin
     s->next = s->prev = NULL;
     if (cls) {
         for (uintptr_t i = 0; i < npages; i++)
-            ta_pagemap_set(s->page + i, s, TA_INFO(cls, i));
+            ta_pagemap_set(s->page + i, s, TA_INFO(cls, i) | TA_INFO_STATES_MAKE(states));
         if (cls < TA_MAX_CLASSES) ph_class_spans[cls]++;
     } else {
         register_ends(s);
@@ -248,7 +241,9 @@ static void free_locked(ta_span_t *s, uint64_t now) {
     if (s->cls) {
         /* info 0 on every page: a later free() of one of its objects takes the
          * slow path and is seen as a double free */
+        uint8_t *states = ta_info_states(ta_pagemap_info(s->page));
         for (uintptr_t i = 0; i < s->npages; i++) ta_pagemap_set(s->page + i, s, 0);
+        if (states && s->cls < TA_MAX_CLASSES) ta_meta_states_delete(states, ta_class[s->cls].objects);
         if (s->cls < TA_MAX_CLASSES) ph_class_spans[s->cls]--;
     } else {
         ph_stats.large_bytes -= ta_span_bytes(s);
@@ -271,26 +266,35 @@ void ta_pageheap_free(ta_span_t *s) {
     ta_unlock(&ph_lock);
 }
 
-const char *ta_pageheap_free_large(void *p) {
-    uintptr_t page = (uintptr_t)p >> TA_PAGE_SHIFT;
+const char *ta_pageheap_free_large(ta_span_t *s, void *p) {
     uint64_t now = ta_os_now_ms();
     ta_lock(&ph_lock);
-    ta_span_t *s = ta_pagemap_span(page);
     const char *err = NULL;
-    if (!s || !s->npages || page < s->page || page >= s->page + s->npages)
+    if (s->state != TA_SPAN_INUSE)
+        err = "double free of"; /* freed meanwhile */
+    else if (s->cls || ta_span_addr(s) != p)
         err = "free of a pointer tieralloc never returned:";
-    else if (s->state != TA_SPAN_INUSE)
-        err = "double free of"; /* its block, large or small, is free already */
-    else if (s->cls)
-        err = "free of a pointer into freed memory:";
-    else if (ta_span_addr(s) != p)
-        err = "free of an interior pointer:";
     if (!err) {
         free_locked(s, now);
         decay_maybe(now);
     }
     ta_unlock(&ph_lock);
     return err;
+}
+
+ta_span_t *ta_pageheap_alloc_arena(uintptr_t npages, uintptr_t align_pages) {
+    ta_span_t *s = ta_pageheap_alloc(npages, align_pages, 0);
+    if (!s) return NULL;
+    /* every page → s with info 0: free() of any block in it reaches the slow
+     * path, which finds the chunk from the page */
+    s->cls = TA_SPAN_ARENA;
+    for (uintptr_t i = 0; i < s->npages; i++) ta_pagemap_set(s->page + i, s, 0);
+    return s;
+}
+
+void ta_pageheap_free_arena(ta_span_t *s) {
+    s->cls = 0; /* a plain large span again, as the page heap counts it */
+    ta_pageheap_free(s);
 }
 
 /* The free span starting exactly at page, of either kind, or NULL. */

@@ -1,52 +1,342 @@
-/* pcache.c: tier 1, one cache per thread (per-CPU with rseq is the next step;
- * the interface stays).  The fast paths live inline in api.c; this file holds
- * what is rare: creating a cache, refilling from central, flushing to it,
- * sizing lists under the global budget, and the thread-exit flush.
+/* pcache.c: tier 1's slow paths, for both kinds of cache (pcache.h): refills
+ * and flushes in batches through central, capacity under a budget, decay of
+ * what is not used, the thread-exit flush, malloc_trim's drain, statistics.
  *
- * Every thread starts pointing at a static empty cache whose lists are all
- * empty with max 0, so the fast paths never test for initialisation: the first
- * malloc or free simply misses into this file. */
-#include "internal.h"
+ * Capacity.  A class's capacity (end - begin slots) starts at 0 and grows on
+ * allocation misses: slowly at first (2, 6, 14, ... up to a batch), then a batch
+ * at a time up to the class's slot range.  Frees alone grow it to one batch at
+ * most, so a thread or CPU that frees what others allocated flushes in batches
+ * but does not hoard.  The sum over classes of capacity x size never exceeds
+ * the cache's budget: a CPU has a fixed one (TIERALLOC_CPU_CACHE_BYTES), a
+ * thread draws its own from a global pool (TIERALLOC_CACHE_BYTES); past it, a
+ * class takes capacity from the others (round-robin, halving them).
+ *
+ * Per-CPU caches.  A slow path works on the CPU it runs on, holding that
+ * CPU's lock, and changes the slab only through restartable sequences that
+ * check the CPU number first (rseq_take, rseq_put, rseq_set_end): if the
+ * thread was migrated meanwhile, the sequence fails and the slow path lets go.
+ * Another thread that must empty a CPU's cache (decay, malloc_trim) takes its
+ * lock, closes every class (begin = 0xffff, end = 0: every pop and push
+ * misses), and fences the CPU with membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ),
+ * which restarts any sequence running there; after that the slab is its own
+ * until it writes the headers back. */
+#define _GNU_SOURCE 1
+#include "pcache.h"
 
+#include <errno.h>
+#include <linux/membarrier.h>
+#include <sched.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
-static ta_pcache_t pcache_empty;            /* what a new thread sees */
-static ta_pcache_t pcache_dead = {.state = TA_PC_DEAD}; /* after its exit flush */
-__thread ta_tls_t ta_tls __attribute__((tls_model("initial-exec"))) = {.cache = &pcache_empty};
+typedef struct ta_pcache {
+    ta_slot_t *slab;          /* its slab (pcache.h) */
+    int cpu;                  /* the CPU it belongs to, -1 for a thread's cache */
+    ta_lock_t lock;           /* per-CPU: held by whoever changes capacity or drains */
+    bool ready;               /* headers laid out */
+    uint64_t budget;          /* bytes of capacity it may have */
+    uint64_t committed;       /* sum over classes of capacity x size: never above budget */
+    uint32_t shard;           /* central shard it uses */
+    uint32_t steal_next;      /* next class to take capacity from */
+    uint8_t active[TA_MAX_CLASSES]; /* class missed or overflowed since the last decay */
+    uint64_t scavenged_ms;    /* thread caches: when idle classes were last trimmed */
+    uint32_t state;           /* TA_PC_* (thread caches) */
+    struct ta_pcache *next_all, *prev_all; /* registry of live thread caches */
+    uint64_t n_alloc_miss, n_free_miss;
+} ta_pcache_t;
+enum { TA_PC_EMPTY = 0, TA_PC_LIVE = 1, TA_PC_DEAD = 2 };
+
+/* headers only, all zero: every operation misses (a new thread, an exited one) */
+static uint64_t slab_none[TA_MAX_CLASSES] __attribute__((aligned(64)));
+__thread ta_tls_t ta_tls __attribute__((tls_model("initial-exec"))) = {.slab = (ta_slot_t *)slab_none};
+
+ta_fe_t ta_fe;
+
+static uint16_t slot_begin[TA_MAX_CLASSES], slot_max[TA_MAX_CLASSES]; /* each class's slot range */
+static size_t slab_bytes;  /* a thread slab: headers and every class's range */
 
 static ta_lock_t reg_lock = TA_LOCK_INIT;
 static ta_pcache_t reg_head = {.next_all = &reg_head, .prev_all = &reg_head};
-static ta_pcache_t *pcache_free;            /* caches of exited threads, for reuse */
+static ta_pcache_t *pcache_free;             /* caches of exited threads, for reuse */
+static ta_pcache_t pcache_dead = {.state = TA_PC_DEAD};
 static pthread_key_t pcache_key;
 static uint32_t pcache_seq;
-static int64_t budget_pool;                 /* bytes of cache budget not given to any thread */
-static uint64_t dead_alloc_miss, dead_free_miss; /* slow-path counts of exited threads (reg_lock) */
+static int64_t budget_pool;                  /* thread budget not given to any thread */
+static uint64_t dead_alloc_miss, dead_free_miss;
+
+static ta_pcache_t *cpus;                    /* per-CPU caches, ncpus of them */
+static uint32_t ncpus;
+static __thread bool thread_registered;      /* per-CPU mode: exit destructor set */
 
 #define BUDGET_STEP ((uint64_t)64 << 10)
+/* Every thread may hold this much even when the global pool is spent. */
+#define THREAD_BUDGET_FLOOR ((uint64_t)256 << 10)
+#define MAX_BATCH 64
 
-void ta_pcache_init(void) {
-    budget_pool = (int64_t)ta_cfg.cache_bytes;
-    pthread_key_create(&pcache_key, ta_pcache_thread_exit);
+/* ---- restartable sequences on a CPU's slab --------------------------------- */
+#if TA_HAVE_RSEQ
+/* Take up to n objects off the top of cls's slots on CPU cpu into out: the
+ * count, or -1 when the caller is not on that CPU. */
+static int rseq_take(int cpu, uint32_t cls, ta_slot_t *out, uint32_t n) {
+    long k;
+    uintptr_t t;
+    __asm__ __volatile__(TA_RSEQ_PROLOGUE
+                         "movq $-1, %[k]\n\t"
+                         "cmpl %k[cpu], %%eax\n\t"
+                         "jne 4f\n\t"
+                         "shlq $20, %%rax\n\t"
+                         "addq %[base], %%rax\n\t"
+                         "movzwl (%%rax,%[cls],8), %%ecx\n\t" /* cur */
+                         "movzwl 2(%%rax,%[cls],8), %%edx\n\t" /* begin */
+                         "movl %%ecx, %%r8d\n\t"
+                         "subl %%edx, %%r8d\n\t"
+                         "cmpl %k[n], %%r8d\n\t"
+                         "cmoval %k[n], %%r8d\n\t" /* k = min(cur - begin, n) */
+                         "subl %%r8d, %%ecx\n\t"   /* the new cur */
+                         "movl %%ecx, %%r9d\n\t"
+                         "shll $4, %%r9d\n\t"      /* its byte offset */
+                         "movl %%r8d, %%r11d\n\t"
+                         "shll $4, %%r11d\n\t"     /* bytes to copy */
+                         "xorl %%edx, %%edx\n\t"
+                         "6:\n\t"
+                         "cmpl %%r11d, %%edx\n\t"
+                         "jae 7f\n\t"
+                         "movq (%%rax,%%r9), %%r10\n\t"
+                         "movq %%r10, (%[out],%%rdx)\n\t"
+                         "addl $8, %%r9d\n\t"
+                         "addl $8, %%edx\n\t"
+                         "jmp 6b\n\t"
+                         "7:\n\t"
+                         "movq %%r8, %[k]\n\t"
+                         "movw %%cx, (%%rax,%[cls],8)\n\t" /* commit */
+                         "4:\n\t"
+: [k] "=&r"(k), [t] "=&a"(t)
+                         : [rs] "r"(ta_rseq_off), [cpu] "r"(cpu), [base] "m"(ta_cpu_slabs),
+                           [cls] "r"((uintptr_t)cls), [out] "r"(out), [n] "r"(n)
+                         : "rcx", "rdx", "r8", "r9", "r10", "r11", "memory", "cc");
+    return (int)k;
 }
 
-/* Longest a class's list may get: about 1 MiB of objects, at least two batches. */
-static uint32_t list_cap(uint32_t cls) {
+/* Put up to n objects from in on top of cls's slots on CPU cpu: the count
+ * stored (in[0..count)), or -1 when the caller is not on that CPU. */
+static int rseq_put(int cpu, uint32_t cls, const ta_slot_t *in, uint32_t n) {
+    long k;
+    uintptr_t t;
+    __asm__ __volatile__(TA_RSEQ_PROLOGUE
+                         "movq $-1, %[k]\n\t"
+                         "cmpl %k[cpu], %%eax\n\t"
+                         "jne 4f\n\t"
+                         "shlq $20, %%rax\n\t"
+                         "addq %[base], %%rax\n\t"
+                         "movzwl (%%rax,%[cls],8), %%ecx\n\t" /* cur */
+                         "movzwl 4(%%rax,%[cls],8), %%r8d\n\t" /* end */
+                         "xorl %%edx, %%edx\n\t"
+                         "subl %%ecx, %%r8d\n\t"
+                         "cmovbl %%edx, %%r8d\n\t" /* room = end > cur ? end - cur : 0 */
+                         "cmpl %k[n], %%r8d\n\t"
+                         "cmoval %k[n], %%r8d\n\t"
+                         "movl %%ecx, %%r9d\n\t"
+                         "shll $4, %%r9d\n\t"
+                         "movl %%r8d, %%r11d\n\t"
+                         "shll $4, %%r11d\n\t"
+                         "6:\n\t"
+                         "cmpl %%r11d, %%edx\n\t"
+                         "jae 7f\n\t"
+                         "movq (%[in],%%rdx), %%r10\n\t"
+                         "movq %%r10, (%%rax,%%r9)\n\t"
+                         "addl $8, %%r9d\n\t"
+                         "addl $8, %%edx\n\t"
+                         "jmp 6b\n\t"
+                         "7:\n\t"
+                         "movq %%r8, %[k]\n\t"
+                         "addl %%r8d, %%ecx\n\t"
+                         "movw %%cx, (%%rax,%[cls],8)\n\t" /* commit */
+                         "4:\n\t"
+: [k] "=&r"(k), [t] "=&a"(t)
+                         : [rs] "r"(ta_rseq_off), [cpu] "r"(cpu), [base] "m"(ta_cpu_slabs),
+                           [cls] "r"((uintptr_t)cls), [in] "r"(in), [n] "r"(n)
+                         : "rcx", "rdx", "r8", "r9", "r10", "r11", "memory", "cc");
+    return (int)k;
+}
+
+/* Set cls's end on CPU cpu: 1, or 0 when more objects than that are cached
+ * (take some first), or -1 when the caller is not on that CPU. */
+static int rseq_set_end(int cpu, uint32_t cls, uint32_t end) {
+    long r;
+    uintptr_t t;
+    __asm__ __volatile__(TA_RSEQ_PROLOGUE
+                         "movq $-1, %[r]\n\t"
+                         "cmpl %k[cpu], %%eax\n\t"
+                         "jne 4f\n\t"
+                         "shlq $20, %%rax\n\t"
+                         "addq %[base], %%rax\n\t"
+                         "movq $0, %[r]\n\t"
+                         "movzwl (%%rax,%[cls],8), %%ecx\n\t"
+                         "cmpl %k[end], %%ecx\n\t"
+                         "ja 4f\n\t"
+                         "movq $1, %[r]\n\t"
+                         "movw %w[end], 4(%%rax,%[cls],8)\n\t" /* commit */
+                         "4:\n\t"
+: [r] "=&r"(r), [t] "=&a"(t)
+                         : [rs] "r"(ta_rseq_off), [cpu] "r"(cpu), [base] "m"(ta_cpu_slabs),
+                           [cls] "r"((uintptr_t)cls), [end] "r"(end)
+                         : "rcx", "memory", "cc");
+    return (int)r;
+}
+
+static int current_cpu(void) {
+    return (int)__atomic_load_n((volatile uint32_t *)((char *)__builtin_thread_pointer() + ta_rseq_off + 4),
+                                __ATOMIC_RELAXED);
+}
+#else
+static int rseq_take(int cpu, uint32_t cls, ta_slot_t *out, uint32_t n) { (void)cpu; (void)cls; (void)out; (void)n; return -1; }
+static int rseq_put(int cpu, uint32_t cls, const ta_slot_t *in, uint32_t n) { (void)cpu; (void)cls; (void)in; (void)n; return -1; }
+static int rseq_set_end(int cpu, uint32_t cls, uint32_t end) { (void)cpu; (void)cls; (void)end; return -1; }
+static int current_cpu(void) { return 0; }
+#endif
+
+static void fence_cpu(int cpu) {
+    if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, MEMBARRIER_CMD_FLAG_CPU, cpu) != 0)
+        syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0);
+}
+
+/* ---- slab operations, for either kind of cache ----------------------------- */
+static inline ta_slab_hdr_t *hdr_of(const ta_pcache_t *c, uint32_t cls) { return (ta_slab_hdr_t *)c->slab + cls; }
+
+static int slab_take(ta_pcache_t *c, uint32_t cls, ta_slot_t *out, uint32_t n) {
+    if (c->cpu >= 0) return rseq_take(c->cpu, cls, out, n);
+    ta_slab_hdr_t *h = hdr_of(c, cls);
+    uint32_t k = h->cur - h->begin;
+    if (k > n) k = n;
+    h->cur = (uint16_t)(h->cur - k);
+    memcpy(out, c->slab + h->cur, k * sizeof(ta_slot_t));
+    return (int)k;
+}
+
+static int slab_put(ta_pcache_t *c, uint32_t cls, const ta_slot_t *in, uint32_t n) {
+    if (c->cpu >= 0) return rseq_put(c->cpu, cls, in, n);
+    ta_slab_hdr_t *h = hdr_of(c, cls);
+    uint32_t k = h->end > h->cur ? h->end - h->cur : 0;
+    if (k > n) k = n;
+    memcpy(c->slab + h->cur, in, k * sizeof(ta_slot_t));
+    h->cur = (uint16_t)(h->cur + k);
+    return (int)k;
+}
+
+/* Give k cached objects back to central (to_spans: straight to their spans). */
+static void give_back(ta_pcache_t *c, uint32_t cls, const ta_slot_t *slots, uint32_t k, bool to_spans) {
+    void *objs[MAX_BATCH];
+    while (k) {
+        uint32_t n = k < MAX_BATCH ? k : MAX_BATCH;
+        for (uint32_t i = 0; i < n; i++) objs[i] = slots[i].obj;
+        if (to_spans) ta_central_free_spans(cls, objs, n);
+        else ta_central_free(cls, objs, n, c->shard);
+        slots += n;
+        k -= n;
+    }
+}
+
+/* Change cls's capacity to cap slots, giving back (to central) what is cached
+ * above it; false when a per-CPU caller was migrated meanwhile. */
+static bool slab_set_capacity(ta_pcache_t *c, uint32_t cls, uint32_t cap) {
+    uint32_t end = slot_begin[cls] + cap;
+    for (;;) {
+        int r;
+        if (c->cpu >= 0) {
+            r = rseq_set_end(c->cpu, cls, end);
+        } else {
+            r = hdr_of(c, cls)->cur <= end;
+            if (r) hdr_of(c, cls)->end = (uint16_t)end;
+        }
+        if (r) return r > 0;
+        ta_slot_t buf[MAX_BATCH];
+        uint32_t cur = __atomic_load_n(&hdr_of(c, cls)->cur, __ATOMIC_RELAXED);
+        uint32_t n = cur > end ? cur - end : 1;
+        int k = slab_take(c, cls, buf, n < MAX_BATCH ? n : MAX_BATCH);
+        if (k < 0) return false;
+        give_back(c, cls, buf, (uint32_t)k, false);
+    }
+}
+
+static inline uint32_t capacity(const ta_pcache_t *c, uint32_t cls) {
+    return hdr_of(c, cls)->end - slot_begin[cls];
+}
+
+/* ---- layout ------------------------------------------------------------------ */
+/* Most slots a class may have: about 1 MiB of objects, at least two batches. */
+static uint32_t class_max(uint32_t cls) {
     uint32_t cap = (uint32_t)((1u << 20) / ta_class[cls].size);
-    if (cap > 8192) cap = 8192;
+    uint32_t top = ta_class[cls].size <= 128 ? 2048 : 1024;
+    if (cap > top) cap = top;
     if (cap < 2 * ta_class[cls].batch) cap = 2 * ta_class[cls].batch;
     return cap;
 }
 
+static void layout_headers(ta_pcache_t *c) {
+    for (uint32_t cls = 0; cls < TA_MAX_CLASSES; cls++) {
+        ta_slab_hdr_t h = {.cur = slot_begin[cls], .begin = slot_begin[cls], .end = slot_begin[cls],
+                           .max_end = (uint16_t)(slot_begin[cls] + slot_max[cls])};
+        __atomic_store_n(&hdr_of(c, cls)->word, h.word, __ATOMIC_RELEASE);
+    }
+    c->committed = 0;
+    c->ready = true;
+}
 
-static void release_objects(ta_pcache_t *c, uint32_t cls, uint32_t n);
+/* Is rseq usable: glibc registered its area for this thread, and the kernel
+ * can fence a CPU's sequences (membarrier)? */
+extern const ptrdiff_t __rseq_offset __attribute__((weak));
+extern const unsigned int __rseq_size __attribute__((weak));
+static bool percpu_possible(void) {
+#if TA_HAVE_RSEQ
+    if (!&__rseq_offset || !&__rseq_size || __rseq_size < 8) return false;
+    ta_rseq_off = (long)__rseq_offset;
+    if (current_cpu() < 0) return false; /* registration failed or was turned off */
+    if (syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) != 0) return false;
+    return true;
+#else
+    return false;
+#endif
+}
 
-/* Every thread may hold this much even when the global pool is spent, so a new
- * busy thread is never reduced to one object at a time while idle threads sit
- * on their budget (the pool then runs an overdraft). */
-#define THREAD_BUDGET_FLOOR ((uint64_t)256 << 10)
+void ta_pcache_init(void) {
+    uint32_t slot = TA_SLAB_HDR_SLOTS; /* the headers take the first slots */
+    for (uint32_t cls = 1; cls < ta_nclasses; cls++) {
+        slot_begin[cls] = (uint16_t)slot;
+        slot_max[cls] = (uint16_t)class_max(cls);
+        slot += slot_max[cls];
+    }
+    TA_ASSERT(slot < 65536);
+    for (uint32_t cls = ta_nclasses; cls < TA_MAX_CLASSES; cls++) slot_begin[cls] = (uint16_t)slot;
+    slab_bytes = ((size_t)slot * sizeof(ta_slot_t) + 4095) & ~(size_t)4095;
+    budget_pool = (int64_t)ta_cfg.cache_bytes;
+    pthread_key_create(&pcache_key, ta_pcache_thread_exit);
 
-/* Take budget for `need` more bytes of list capacity from the global pool. */
+    if (!ta_cfg.percpu || !percpu_possible()) return;
+    long n = sysconf(_SC_NPROCESSORS_CONF);
+    if (n < 1) n = 1;
+    if (n > 4096) return;
+    /* address space only: a CPU's slab becomes resident as its classes fill */
+    char *slabs = ta_meta_map((size_t)n << TA_SLAB_SHIFT, (size_t)1 << TA_SLAB_SHIFT);
+    ta_pcache_t *cs = ta_meta_alloc((size_t)n * sizeof *cs);
+    if (!slabs || !cs) return;
+    for (long i = 0; i < n; i++) {
+        cs[i].slab = (ta_slot_t *)(slabs + ((size_t)i << TA_SLAB_SHIFT));
+        cs[i].cpu = (int)i;
+        cs[i].budget = ta_cfg.cpu_cache_bytes;
+        cs[i].shard = (uint32_t)i;
+        cs[i].state = TA_PC_LIVE;
+    }
+    ta_cpu_slabs = slabs;
+    cpus = cs;
+    ncpus = (uint32_t)n;
+    __atomic_store_n(&ta_fe.percpu, true, __ATOMIC_RELEASE);
+}
+
+/* ---- capacity ---------------------------------------------------------------- */
+/* Take budget for `need` more bytes of capacity from the global pool (threads). */
 static bool take_budget(ta_pcache_t *c, uint64_t need) {
+    if (c->cpu >= 0) return false; /* a CPU's budget is fixed */
     uint64_t want = need < BUDGET_STEP ? BUDGET_STEP : need;
     if (c->budget + want > ta_cfg.thread_cache_max) return false;
     if (__atomic_sub_fetch(&budget_pool, (int64_t)want, __ATOMIC_RELAXED) < 0 &&
@@ -58,57 +348,126 @@ static bool take_budget(ta_pcache_t *c, uint64_t need) {
     return true;
 }
 
-/* Move capacity to cls from the thread's other lists, round-robin: halve their
- * maximum and give back the objects above it.  Lists in use grow back on their
- * next miss; idle ones stay small. */
+/* Shrink cls's capacity by `slots` (what is cached above it goes to central). */
+static bool shrink(ta_pcache_t *c, uint32_t cls, uint32_t slots) {
+    uint32_t cap = capacity(c, cls);
+    if (slots > cap) slots = cap;
+    if (!slab_set_capacity(c, cls, cap - slots)) return false;
+    c->committed -= (uint64_t)slots * ta_class[cls].size;
+    return true;
+}
+
+/* Move capacity to cls from the other classes, round-robin, halving them. */
 static int64_t steal_capacity(ta_pcache_t *c, uint32_t cls, int64_t spare, uint64_t need) {
     for (uint32_t n = 1; n < ta_nclasses && spare < (int64_t)need; n++) {
         uint32_t j = c->steal_next = c->steal_next + 1 >= ta_nclasses ? 1 : c->steal_next + 1;
-        ta_list_t *l = &c->list[j];
-        if (j == cls || !l->max) continue;
-        uint32_t keep = l->max / 2;
+        uint32_t cap = capacity(c, j);
+        if (j == cls || !cap) continue;
+        uint32_t keep = cap / 2;
         if (keep < ta_class[j].batch) keep = 0;
-        uint64_t freed = (uint64_t)(l->max - keep) * ta_class[j].size;
-        spare += (int64_t)freed;
-        c->committed -= freed;
-        l->max = keep;
-        if (l->count > keep) release_objects(c, j, l->count - keep);
+        uint64_t before = c->committed;
+        if (!shrink(c, j, cap - keep)) break;
+        spare += (int64_t)(before - c->committed);
     }
     return spare;
 }
 
-/* Raise cls's list max by a batch if the thread's budget (topped up from the
- * global pool, or taken from its other lists) allows; the sum of max*size over
- * lists never exceeds the budget. */
-static void grow_list(ta_pcache_t *c, uint32_t cls) {
-    ta_list_t *l = &c->list[cls];
-    uint32_t cap = list_cap(cls);
-    if (l->max >= cap) return;
-    /* slow start: 2, 6, 14, ... up to a batch (1, 2 for the big classes,
-     * whose batch is 2), then a batch at a time, so a class used a few times
-     * does not pull in a whole batch */
+/* Raise cls's capacity (slow start, then a batch at a time) if the budget,
+ * topped up or taken from other classes, allows. */
+static void grow(ta_pcache_t *c, uint32_t cls) {
+    uint32_t cap = capacity(c, cls), top = slot_max[cls];
+    if (cap >= top) return;
     uint32_t batch = ta_class[cls].batch, step = batch > 4 ? 2 : 1;
-    uint32_t add = l->max >= batch ? batch : (l->max + step < batch - l->max ? l->max + step : batch - l->max);
-    if (l->max + add > cap) add = cap - l->max;
+    uint32_t add = cap >= batch ? batch : (cap + step < batch - cap ? cap + step : batch - cap);
+    if (cap + add > top) add = top - cap;
     uint64_t need = (uint64_t)add * ta_class[cls].size;
     int64_t spare = (int64_t)c->budget - (int64_t)c->committed;
     if (spare < (int64_t)need && !take_budget(c, need - (uint64_t)(spare > 0 ? spare : 0))) {
         spare = steal_capacity(c, cls, spare, need);
         if (spare < (int64_t)need) return;
     }
-    l->max += add;
-    c->committed += need;
+    if (slab_set_capacity(c, cls, cap + add)) c->committed += need;
 }
 
-static ta_pcache_t *cache_create(void) {
-    ta_ensure_init();
+/* ---- decay and draining ------------------------------------------------------ */
+/* Give back half of what each class that neither missed nor overflowed since
+ * the last time holds, with as much capacity; with `all`, everything it holds
+ * (capacity stays).  Thread caches: only the owner calls it.  CPU caches: the
+ * caller holds c->lock, and the CPU is closed and fenced first, so that its
+ * slab is the caller's until the headers are written back. */
+static void release(ta_pcache_t *c, bool all, bool to_spans) {
+    if (!c->ready) return;
+    ta_slab_hdr_t *h = hdr_of(c, 0);
+    uint16_t end[TA_MAX_CLASSES]; /* only slow paths under c->lock change end */
+    for (uint32_t cls = 1; cls < ta_nclasses; cls++) end[cls] = h[cls].end;
+    if (c->cpu >= 0) {
+        for (uint32_t cls = 1; cls < ta_nclasses; cls++) {
+            __atomic_store_n(&h[cls].begin, (uint16_t)0xffff, __ATOMIC_RELAXED);
+            __atomic_store_n(&h[cls].end, (uint16_t)0, __ATOMIC_RELAXED);
+        }
+        fence_cpu(c->cpu);
+    }
+    for (uint32_t cls = 1; cls < ta_nclasses; cls++) {
+        uint32_t begin = slot_begin[cls], cur = __atomic_load_n(&h[cls].cur, __ATOMIC_RELAXED);
+        uint32_t held = cur - begin, cap = end[cls] - begin, k = 0, shrink_by = 0;
+        if (all) {
+            k = held;
+        } else if (!c->active[cls]) {
+            k = (held + 1) / 2;
+            shrink_by = k < cap ? k : cap;
+        }
+        c->active[cls] = 0;
+        if (k) {
+            give_back(c, cls, c->slab + cur - k, k, to_spans);
+        }
+        c->committed -= (uint64_t)shrink_by * ta_class[cls].size;
+        ta_slab_hdr_t nh = {.cur = (uint16_t)(cur - k), .begin = (uint16_t)begin,
+                            .end = (uint16_t)(end[cls] - shrink_by), .max_end = h[cls].max_end};
+        __atomic_store_n(&h[cls].word, nh.word, __ATOMIC_RELEASE);
+    }
+}
+
+/* Once per decay period, from a slow path: idle classes of every CPU (or of
+ * the calling thread) give back half, then the tiers below run their decay. */
+static void tick(ta_pcache_t *own) {
+    static uint64_t last_ms;
+    uint64_t now = ta_os_now_ms(), last = __atomic_load_n(&last_ms, __ATOMIC_RELAXED);
+    if (now - last >= ta_cfg.decay_ms &&
+        __atomic_compare_exchange_n(&last_ms, &last, now, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+        if (ta_fe_percpu) {
+            for (uint32_t i = 0; i < ncpus; i++) {
+                ta_pcache_t *c = &cpus[i];
+                if (!__atomic_load_n(&c->ready, __ATOMIC_ACQUIRE) || !ta_trylock(&c->lock)) continue;
+                release(c, false, false);
+                ta_unlock(&c->lock);
+            }
+        }
+    }
+    if (own && own->cpu < 0 && now - own->scavenged_ms >= ta_cfg.decay_ms) {
+        own->scavenged_ms = now;
+        release(own, false, false);
+    }
+    ta_central_tick();
+}
+
+/* ---- finding the caller's cache ------------------------------------------------ */
+static ta_pcache_t *thread_cache_create(void) {
     ta_lock(&reg_lock);
     ta_pcache_t *c = pcache_free;
     if (c) pcache_free = c->next_all;
     ta_unlock(&reg_lock);
-    if (!c) c = ta_meta_alloc(sizeof *c);
+    ta_slot_t *slab = c ? c->slab : NULL;
+    if (!c) {
+        c = ta_meta_alloc(sizeof *c);
+        slab = ta_meta_map(slab_bytes, 4096);
+        if (!c || !slab) return NULL; /* (a record without a slab is not kept) */
+    }
     memset(c, 0, sizeof *c);
+    c->slab = slab;
+    c->cpu = -1;
     c->state = TA_PC_LIVE;
+    c->scavenged_ms = ta_os_now_ms();
+    layout_headers(c);
     ta_lock(&reg_lock);
     c->shard = pcache_seq++;
     c->next_all = reg_head.next_all;
@@ -116,145 +475,119 @@ static ta_pcache_t *cache_create(void) {
     reg_head.next_all->prev_all = c;
     reg_head.next_all = c;
     ta_unlock(&reg_lock);
-    /* set TLS first: if pthread_setspecific allocates, it finds the cache */
-    ta_tls_cache = c;
+    /* TLS first: if pthread_setspecific allocates, it finds the cache */
+    ta_tls.cache = c;
+    ta_tls.slab = c->slab;
     pthread_setspecific(pcache_key, c);
     return c;
 }
 
-/* Detach up to n objects from the head of the list and give them to central. */
-static void release_objects(ta_pcache_t *c, uint32_t cls, uint32_t n) {
-    ta_list_t *l = &c->list[cls];
-    if (n > l->count) n = l->count;
-    if (!n) return;
-    void *head = l->head, *last = head;
-    for (uint32_t i = 1; i < n; i++) last = *(void **)last;
-    l->head = *(void **)last;
-    *(void **)last = NULL;
-    l->count -= n;
-    ta_central_free(cls, head, n, c->shard);
+/* The calling thread's cache (created on its first miss), &pcache_dead after
+ * its exit flush, or NULL when no memory is left for one. */
+static ta_pcache_t *thread_cache(void) {
+    ta_pcache_t *c = ta_tls.cache;
+    if (TA_LIKELY(c)) return c;
+    return thread_cache_create();
 }
 
-/* Once per decay period, on its own slow path, a cache gives back half of
- * every list that neither missed nor overflowed since the last time, and the
- * capacity with it: what a thread stopped using drains away instead of
- * holding spans (and so pages) for ever. */
-static void scavenge_maybe(ta_pcache_t *c) {
-    uint64_t now = ta_os_now_ms();
-    if (now - c->scavenged_ms < ta_cfg.decay_ms) return;
-    c->scavenged_ms = now;
-    for (uint32_t cls = 1; cls < ta_nclasses; cls++) {
-        ta_list_t *l = &c->list[cls];
-        if (c->active[cls]) {
-            c->active[cls] = 0;
-            continue;
-        }
-        if (!l->count) continue;
-        uint32_t k = (l->count + 1) / 2;
-        release_objects(c, cls, k);
-        uint32_t shrink = k < l->max ? k : l->max;
-        l->max -= shrink;
-        c->committed -= (uint64_t)shrink * ta_class[cls].size;
+/* The cache of the CPU the caller runs on, locked and laid out. */
+static ta_pcache_t *cpu_cache_lock(void) {
+    if (TA_UNLIKELY(!thread_registered)) {
+        /* so that the thread's exit runs ta_pcache_thread_exit (sampling counts) */
+        thread_registered = true;
+        pthread_setspecific(pcache_key, &pcache_dead);
     }
+    int cpu = current_cpu();
+    ta_pcache_t *c = &cpus[(uint32_t)cpu < ncpus ? (uint32_t)cpu : 0];
+    ta_lock(&c->lock);
+    if (!c->ready) layout_headers(c);
+    return c;
 }
 
+static inline void cache_unlock(ta_pcache_t *c) {
+    if (c->cpu >= 0) ta_unlock(&c->lock);
+}
+
+/* ---- the slow paths ------------------------------------------------------------ */
 void *ta_pcache_alloc_slow(uint32_t cls) {
-    ta_pcache_t *c = ta_tls_cache;
-    if (TA_UNLIKELY(c->state != TA_PC_LIVE)) {
-        if (c->state == TA_PC_DEAD) {
-            /* thread is past its exit flush: no cache, straight to central */
-            void *p;
-            if (!ta_central_alloc(cls, 1, &p, 0)) return NULL;
-            ((void **)p)[1] = NULL;
-            return p;
-        }
-        c = cache_create();
+    ta_pcache_t *c = ta_fe_percpu ? cpu_cache_lock() : thread_cache();
+    void *buf[MAX_BATCH];
+    if (TA_UNLIKELY(!c || c->state == TA_PC_DEAD)) {
+        /* no cache (the thread is past its exit flush, or out of memory): straight to central */
+        return ta_central_alloc(cls, buf, 1, 0) ? buf[0] : NULL;
     }
     c->n_alloc_miss++;
     c->active[cls] = 1;
-    ta_list_t *l = &c->list[cls];
-    if (l->head) { /* a re-entrant call (or a racing handler) refilled it */
-        void **p = l->head;
-        l->head = p[0];
-        l->count--;
-        p[1] = NULL;
-        return p;
+    grow(c, cls);
+    /* one for the caller, the rest for the cache (no more than it may hold) */
+    uint32_t want = ta_class[cls].batch, cap = capacity(c, cls);
+    if (want > cap + 1) want = cap + 1;
+    uint32_t got = ta_central_alloc(cls, buf, want, c->shard);
+    void *p = got ? buf[--got] : NULL;
+    if (got) {
+        /* each with the address of its state byte: a pagemap read, not the object */
+        ta_slot_t slots[MAX_BATCH];
+        for (uint32_t i = 0; i < got; i++) slots[i] = (ta_slot_t){buf[i], ta_state_of(buf[i], cls)};
+        int k = slab_put(c, cls, slots, got);
+        if (k < 0) k = 0; /* migrated to another CPU: the rest goes back */
+        if ((uint32_t)k < got) ta_central_free(cls, buf + k, got - (uint32_t)k, c->shard);
     }
-    grow_list(c, cls);
-    scavenge_maybe(c);
-    ta_central_decay();
-    ta_pageheap_tick();
-    /* never take more than the list may hold: a list the budget refused to
-     * grow (max 0) gets single objects */
-    uint32_t want = ta_class[cls].batch;
-    if (want > l->max) want = l->max ? l->max : 1;
-    void *chain;
-    uint32_t got = ta_central_alloc(cls, want, &chain, c->shard);
-    if (!got) return NULL;
-    void **p = chain;
-    /* the rest goes on the list (the list was empty) */
-    l->head = p[0];
-    l->count = got - 1;
-    p[1] = NULL;
+    cache_unlock(c);
+    tick(c);
     return p;
 }
 
 void ta_pcache_free_slow(void *p, uint32_t cls) {
-    ta_pcache_t *c = ta_tls_cache;
-    void **o = p;
-    if (TA_UNLIKELY(c->state != TA_PC_LIVE)) {
-        if (c->state == TA_PC_DEAD) {
-            o[0] = NULL;
-            o[1] = (void *)ta_guard(p);
-            ta_central_free(cls, p, 1, 0);
-            return;
-        }
-        c = cache_create();
+    ta_pcache_t *c = ta_fe_percpu ? cpu_cache_lock() : thread_cache();
+    if (TA_UNLIKELY(!c || c->state == TA_PC_DEAD)) {
+        ta_central_free(cls, &p, 1, 0);
+        return;
     }
     c->n_free_miss++;
-    ta_list_t *l = &c->list[cls];
-    /* frees alone grow a list to one batch at most (enough to flush in
-     * batches); beyond that only allocation misses grow it, so a thread that
-     * frees what others allocated does not hoard memory it will never reuse */
-    if (l->count >= l->max && l->max < ta_class[cls].batch) grow_list(c, cls);
-    if (l->count >= l->max) {
-        uint32_t batch = ta_class[cls].batch;
-        release_objects(c, cls, l->count < batch ? l->count : batch);
+    /* frees alone grow a class to one batch at most */
+    if (capacity(c, cls) < ta_class[cls].batch) grow(c, cls);
+    ta_slot_t mine = {p, ta_state_of(p, cls)};
+    int k = slab_put(c, cls, &mine, 1);
+    if (k == 0) {
+        /* full: a batch goes to central, p stays (it is the most recently used) */
+        ta_slot_t buf[MAX_BATCH + 1];
         c->active[cls] = 1;
-        scavenge_maybe(c);
-        ta_central_decay();
-        ta_pageheap_tick();
+        int n = slab_take(c, cls, buf, ta_class[cls].batch);
+        if (n < 0) n = 0;
+        if (slab_put(c, cls, &mine, 1) != 1) buf[n++] = mine;
+        give_back(c, cls, buf, (uint32_t)n, false);
+    } else if (k < 0) {
+        ta_central_free(cls, &p, 1, c->shard); /* migrated meanwhile */
     }
-    o[0] = l->head;
-    o[1] = (void *)ta_guard(p);
-    l->head = o;
-    l->count++;
-}
-
-/* Empty every list into the spans: the cache is going away (thread exit) or
- * memory is being given back (trim), so nothing should linger in the transfer
- * caches where it would keep whole spans from the page heap. */
-static void flush_all(ta_pcache_t *c) {
-    for (uint32_t cls = 1; cls < ta_nclasses; cls++) {
-        ta_list_t *l = &c->list[cls];
-        if (!l->count) continue;
-        ta_central_free_spans(cls, l->head, l->count);
-        l->head = NULL;
-        l->count = 0;
-    }
+    cache_unlock(c);
+    tick(c);
 }
 
 void ta_pcache_flush_current(void) {
-    ta_pcache_t *c = ta_tls_cache;
-    if (c->state == TA_PC_LIVE) flush_all(c);
+    ta_pcache_t *c = ta_tls.cache;
+    if (!ta_fe_percpu && c && c->state == TA_PC_LIVE) release(c, true, true);
+}
+
+void ta_pcache_drain_all(void) {
+    for (uint32_t i = 0; i < ncpus; i++) {
+        ta_pcache_t *c = &cpus[i];
+        if (!__atomic_load_n(&c->ready, __ATOMIC_ACQUIRE)) continue;
+        ta_lock(&c->lock);
+        release(c, true, true);
+        ta_unlock(&c->lock);
+    }
 }
 
 void ta_pcache_thread_exit(void *arg) {
     ta_pcache_t *c = arg;
-    if (!c || c->state != TA_PC_LIVE) return;
-    flush_all(c);
+    if (!c || c->state != TA_PC_LIVE || c->cpu >= 0) {
+        ta_sample_thread_exit();
+        return;
+    }
+    release(c, true, true); /* straight into the spans: whole spans can go back */
     ta_sample_thread_exit();
-    ta_tls_cache = &pcache_dead;
+    ta_tls.cache = &pcache_dead;
+    ta_tls.slab = (ta_slot_t *)slab_none;
     __atomic_add_fetch(&budget_pool, (int64_t)c->budget, __ATOMIC_RELAXED);
     ta_lock(&reg_lock);
     dead_alloc_miss += c->n_alloc_miss;
@@ -267,34 +600,56 @@ void ta_pcache_thread_exit(void *arg) {
     ta_unlock(&reg_lock);
 }
 
-uint64_t ta_pcache_bytes(uint32_t cls_or_all) {
-    uint64_t b = 0;
-    ta_lock(&reg_lock);
-    for (ta_pcache_t *c = reg_head.next_all; c != &reg_head; c = c->next_all) {
-        for (uint32_t cls = 1; cls < ta_nclasses; cls++)
-            if (!cls_or_all || cls == cls_or_all)
-                b += (uint64_t)__atomic_load_n(&c->list[cls].count, __ATOMIC_RELAXED) * ta_class[cls].size;
+/* ---- statistics and fork ----------------------------------------------------- */
+static void count_objects(const ta_pcache_t *c, uint64_t *objects) {
+    if (!__atomic_load_n(&c->ready, __ATOMIC_ACQUIRE)) return;
+    for (uint32_t cls = 1; cls < ta_nclasses; cls++) {
+        uint32_t cur = __atomic_load_n(&hdr_of(c, cls)->cur, __ATOMIC_RELAXED);
+        objects[cls] += cur > slot_begin[cls] ? cur - slot_begin[cls] : 0;
     }
+}
+
+uint64_t ta_pcache_bytes(uint32_t cls_or_all) {
+    ta_pcache_stats_t st;
+    ta_lock(&reg_lock);
+    ta_pcache_stats_locked(&st);
     ta_unlock(&reg_lock);
+    uint64_t b = 0;
+    for (uint32_t cls = 1; cls < ta_nclasses; cls++)
+        if (!cls_or_all || cls == cls_or_all) b += st.objects[cls] * ta_class[cls].size;
     return b;
 }
 
-/* Caller holds reg_lock. Other threads' counts change under our feet: each
+/* Caller holds reg_lock.  Other threads' counts change under our feet: each
  * is read once, atomically (a value it really had). */
 void ta_pcache_stats_locked(ta_pcache_stats_t *out) {
     memset(out, 0, sizeof *out);
     out->alloc_misses = dead_alloc_miss;
     out->free_misses = dead_free_miss;
+    out->percpu = ta_fe_percpu;
     for (ta_pcache_t *c = reg_head.next_all; c != &reg_head; c = c->next_all) {
         out->caches++;
         out->alloc_misses += __atomic_load_n(&c->n_alloc_miss, __ATOMIC_RELAXED);
         out->free_misses += __atomic_load_n(&c->n_free_miss, __ATOMIC_RELAXED);
-        for (uint32_t cls = 1; cls < ta_nclasses; cls++)
-            out->objects[cls] += __atomic_load_n(&c->list[cls].count, __ATOMIC_RELAXED);
+        count_objects(c, out->objects);
+    }
+    for (uint32_t i = 0; i < ncpus; i++) {
+        ta_pcache_t *c = &cpus[i];
+        out->caches += c->ready;
+        out->alloc_misses += __atomic_load_n(&c->n_alloc_miss, __ATOMIC_RELAXED);
+        out->free_misses += __atomic_load_n(&c->n_free_miss, __ATOMIC_RELAXED);
+        count_objects(c, out->objects);
     }
 }
 
-void ta_pcache_lock_all(void) { ta_lock(&reg_lock); }
+void ta_pcache_lock_all(void) {
+    ta_lock(&reg_lock);
+    for (uint32_t i = 0; i < ncpus; i++) ta_lock(&cpus[i].lock);
+}
+
 void ta_pcache_unlock_all(bool child) {
+    for (uint32_t i = 0; i < ncpus; i++) ta_lock_after_fork(&cpus[i].lock, child);
     ta_lock_after_fork(&reg_lock, child);
+    /* membarrier registration belongs to the address space: the child's is new */
+    if (child && ta_fe_percpu) syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0);
 }

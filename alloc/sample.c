@@ -26,6 +26,7 @@
  * other allocator lock; hooks are called with no lock held. */
 #define _GNU_SOURCE 1
 #include "internal.h"
+#include "pcache.h"
 
 #include <elf.h>
 #include <errno.h>
@@ -328,10 +329,8 @@ void ta_sample_record(void *p, size_t n, void *frame) {
     }
 }
 
-void ta_sample_free(void *p) {
-    uintptr_t page = (uintptr_t)p >> TA_PAGE_SHIFT;
-    ta_span_t *s = ta_pagemap_span(page);
-    if (!s || s->state != TA_SPAN_INUSE || s->cls || ta_span_addr(s) != p) return;
+void ta_sample_free(void *p, ta_span_t *s) {
+    (void)p;
     struct ta_srec *r = __atomic_exchange_n(&s->sample, NULL, __ATOMIC_ACQ_REL);
     if (!r) return;
     ta_lock(&sample_lock);

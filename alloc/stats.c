@@ -16,6 +16,7 @@
  * That makes the identity of tieralloc.h exact in every snapshot, and the
  * in-use figure exact whenever the other threads are quiet. */
 #include "internal.h"
+#include "pcache.h"
 
 #include <errno.h>
 #include <fcntl.h>

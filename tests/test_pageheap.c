@@ -127,8 +127,10 @@ Test(pageheap, small_class_spans_register_every_page) {
         cr_assert_eq(s->state, TA_SPAN_INUSE);
         for (uintptr_t i = 0; i < n; i++) {
             cr_assert_eq(ta_pagemap_span(s->page + i), s, "class %u page %lu", c, (unsigned long)i);
-            cr_assert_eq(ta_pagemap_info(s->page + i), TA_INFO(c, i), "class %u page %lu: info %#x", c,
-                         (unsigned long)i, ta_pagemap_info(s->page + i));
+            uint64_t info = ta_pagemap_info(s->page + i);
+            cr_assert_eq(info & 0xffff, TA_INFO(c, i), "class %u page %lu: info %#llx", c, (unsigned long)i,
+                         (unsigned long long)info);
+            cr_assert_neq(ta_info_states(info), NULL, "class %u page %lu: no object states", c, (unsigned long)i);
         }
         cr_assert_eq(b.inuse_bytes - a.inuse_bytes, n * PG);
         cr_assert_eq(b.large_bytes, a.large_bytes, "a small span counted as large");

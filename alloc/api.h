@@ -1,0 +1,74 @@
+/* api.h: the inline fast paths of malloc and free, shared by the ta_* names
+ * (api.c) and the standard names (override.c), and what api.c exports to
+ * them.  malloc: a size class from a table, the sampling countdown, a pop from
+ * tier 1, the object marked live.  free: the pagemap word of the page, two
+ * checks (block start, live), the object marked free, a push on tier 1.
+ * Neither reads the block. */
+#ifndef TA_API_H
+#define TA_API_H
+
+#include "internal.h"
+#include "pcache.h"
+
+#include <errno.h>
+
+/* ---- slow paths (api.c) ------------------------------------------------------ */
+void *ta_alloc_small_slow(size_t n, uint32_t cls);  /* tier-1 miss */
+void *ta_alloc_sample_slow(size_t n, uint32_t cls); /* the sampling countdown ran out */
+void *ta_alloc_large(size_t size, size_t align, bool zero);
+void *ta_alloc_aligned(size_t align, size_t n);      /* align: a power of two */
+void ta_free_slow(void *p);                          /* anything but a live small block */
+void *ta_fail_nomem(void);                           /* errno = ENOMEM, NULL */
+
+/* The fast path: one sub-and-branch for sampling, then a pop. */
+TA_ALWAYS_INLINE void *ta_alloc_class(uint32_t cls, size_t n) {
+    if (TA_UNLIKELY((ta_tls.sample_left -= (int64_t)n) < 0)) return ta_alloc_sample_slow(n, cls);
+    uint8_t *state;
+    void *p = ta_fe_pop(cls, &state);
+    if (TA_UNLIKELY(!p)) return ta_alloc_small_slow(n, cls);
+    *state = TA_OBJ_LIVE;
+    return p;
+}
+
+TA_ALWAYS_INLINE void *ta_do_malloc(size_t n) {
+    if (TA_LIKELY(n <= TA_MAX_SMALL)) return ta_alloc_class(ta_size_to_class(n), n);
+    return ta_alloc_large(n, 0, false);
+}
+
+TA_ALWAYS_INLINE void ta_do_free(void *p) {
+    uint64_t info = ta_pagemap_info((uintptr_t)p >> TA_PAGE_SHIFT);
+    if (TA_LIKELY(info)) {
+        uint32_t cls = TA_INFO_CLASS(info);
+        bool start;
+        uint8_t *state = ta_info_states(info) + ta_object_index(ta_info_offset(p, info), cls, &start);
+        /* an interior pointer and a block that is not live (double free, never
+         * handed out) both go to the slow path, which says which */
+        if (TA_LIKELY(start && *state == TA_OBJ_LIVE)) {
+            *state = TA_OBJ_FREE;
+            if (TA_LIKELY(ta_fe_push(p, state, cls))) return;
+            ta_pcache_free_slow(p, cls);
+            return;
+        }
+    }
+    ta_free_slow(p);
+}
+
+/* The operations behind the ta_* names (api.c), which override.c's standard
+ * names call too.  (ta_malloc and ta_free are the inline paths above.) */
+void *ta_impl_calloc(size_t n, size_t size);
+void *ta_impl_realloc(void *p, size_t n);
+void *ta_impl_reallocarray(void *p, size_t n, size_t size);
+void *ta_impl_memalign(size_t align, size_t n);
+int ta_impl_posix_memalign(void **out, size_t align, size_t n);
+void *ta_impl_aligned_alloc(size_t align, size_t n);
+void *ta_impl_valloc(size_t n);
+void *ta_impl_pvalloc(size_t n);
+size_t ta_impl_malloc_usable_size(void *p);
+void ta_impl_free_sized(void *p, size_t size);
+void ta_impl_free_aligned_sized(void *p, size_t align, size_t size);
+int ta_impl_malloc_trim(size_t pad);
+int ta_impl_owns(const void *p);
+
+static inline bool ta_is_pow2(size_t a) { return a && !(a & (a - 1)); }
+
+#endif

@@ -1,0 +1,200 @@
+/* pcache.h: the tier-1 front-end interface: ta_fe_pop / ta_fe_push, inline,
+ * plus the slow paths in pcache.c.  The API (api.c) uses nothing else of
+ * tier 1.
+ *
+ * A cache is a slab: per size class a 64-bit header and a range of slots.
+ * A slot holds an object and the address of its state byte (pageheap.c), so
+ * that malloc marks the object live with one store and no lookup.  Header:
+ * cur (next free slot), begin (first slot of the class), end (capacity
+ * limit), each a 16-bit slot index into the slab.  Pop takes slots[cur-1]
+ * when cur > begin; push stores into slots[cur] when cur < end.  Neither
+ * touches the object: the slot array is all they read and write.
+ *
+ * Two implementations, chosen once at start-up (ta_fe_percpu):
+ *  - per CPU: one slab per CPU; pop and push are restartable sequences (rseq)
+ *    that read the CPU number from glibc's rseq area and commit with one
+ *    16-bit store; the kernel restarts them on preemption, migration or
+ *    signal, so they need no lock and no atomic read-modify-write;
+ *  - per thread: one slab per thread, reached through TLS, plain loads and
+ *    stores (where rseq is not available, or TIERALLOC_PERCPU=0).
+ * A thread that has no slab yet, or a CPU slab not yet set up, has all-zero
+ * headers: cur = begin = end = 0, so both operations miss into pcache.c. */
+#ifndef TA_PCACHE_H
+#define TA_PCACHE_H
+
+#include "internal.h"
+
+#define TA_SLAB_SHIFT 20 /* a slab is 1 MiB of address space: 64 Ki slots of 16 bytes */
+#define TA_SLAB_SLOTS ((size_t)1 << (TA_SLAB_SHIFT - 4))
+#define TA_SLAB_HDR_SLOTS (TA_MAX_CLASSES * 8 / 16) /* the headers take the first slots */
+
+typedef struct ta_slot {
+    void *obj;
+    uint8_t *state;
+} ta_slot_t;
+#define TA_HDR_CUR 0 /* byte offsets in a header */
+#define TA_HDR_BEGIN 2
+#define TA_HDR_END 4
+
+typedef union ta_slab_hdr {
+    uint64_t word;
+    struct {
+        uint16_t cur, begin, end, max_end;
+    };
+} ta_slab_hdr_t;
+
+/* The thread's state that the fast paths read: one TLS block. */
+typedef struct ta_tls {
+    ta_slot_t *slab;     /* per-thread mode: this thread's slab (a static empty one at first) */
+    int64_t sample_left; /* bytes still to allocate before the next sample (< 0: slow path) */
+    struct ta_pcache *cache; /* per-thread mode: the cache record owning slab */
+} ta_tls_t;
+extern __thread ta_tls_t ta_tls;
+
+/* What the fast paths read, together (one base address for all three). */
+typedef struct ta_fe {
+    bool percpu;  /* per-CPU slabs over rseq */
+    long rseq_off; /* glibc's __rseq_offset: the rseq area from the thread pointer */
+    char *slabs;  /* slab of CPU n at slabs + (n << TA_SLAB_SHIFT) */
+} ta_fe_t;
+extern ta_fe_t ta_fe;
+#define ta_fe_percpu (ta_fe.percpu)
+#define ta_rseq_off (ta_fe.rseq_off)
+#define ta_cpu_slabs (ta_fe.slabs)
+
+#if defined(__x86_64__)
+#define TA_HAVE_RSEQ 1
+/* An rseq critical section [start, commit] with its descriptor in section
+ * __rseq_cs and its abort handler (preceded by the signature glibc registered)
+ * out of line; the handler restarts the section from the top.  Labels: 1 the
+ * descriptor, 3 start, 4 the end (first instruction after the commit), 5 abort. */
+#define TA_RSEQ_PROLOGUE                                                                      \
+    ".pushsection __rseq_cs, \"aw\"\n\t"                                                      \
+    ".balign 32\n\t"                                                                          \
+    "1:\n\t"                                                                                  \
+    ".long 0, 0\n\t"                                                                          \
+    ".quad 3f, 4f - 3f, 5f\n\t"                                                               \
+    ".popsection\n\t"                                                                         \
+    ".pushsection .text.unlikely, \"ax\"\n\t"                                                 \
+    ".long 0x53053053\n\t"                                                                    \
+    "5:\n\t"                                                                                  \
+    "jmp 3f\n\t"                                                                              \
+    ".popsection\n\t"                                                                         \
+    "3:\n\t"                                                                                  \
+    "leaq 1b(%%rip), %[t]\n\t"                                                                \
+    "movq %[t], %%fs:8(%[rs])\n\t" /* rseq->rseq_cs = &descriptor: armed */                   \
+    "movl %%fs:4(%[rs]), %k[t]\n\t" /* rseq->cpu_id */
+
+TA_ALWAYS_INLINE void *ta_cpu_pop(uint32_t cls, uint8_t **state) {
+    void *p;
+    uint8_t *st;
+    uintptr_t t, c;
+    __asm__ __volatile__ goto(TA_RSEQ_PROLOGUE
+                 "shlq $20, %[t]\n\t"
+                 "addq %[base], %[t]\n\t"
+                 "movzwl (%[t],%[cls],8), %k[c]\n\t"
+                 "cmpw 2(%[t],%[cls],8), %w[c]\n\t"
+                 "jbe %l[miss]\n\t"
+                 "shll $4, %k[c]\n\t"
+                 "movq -16(%[t],%q[c]), %[p]\n\t"
+                 "movq -8(%[t],%q[c]), %[st]\n\t"
+                 "shrl $4, %k[c]\n\t"
+                 "decl %k[c]\n\t"
+                 "movw %w[c], (%[t],%[cls],8)\n\t" /* commit */
+                 "4:\n\t"
+                 : [p] "=&r"(p), [st] "=&r"(st), [t] "=&r"(t), [c] "=&r"(c)
+                 : [rs] "r"(ta_rseq_off), [base] "m"(ta_cpu_slabs), [cls] "r"((uintptr_t)cls)
+                 : "memory", "cc"
+                 : miss);
+    if (!p) __builtin_unreachable(); /* slots hold objects only */
+    *state = st;
+    return p;
+miss:
+    return NULL;
+}
+
+TA_ALWAYS_INLINE bool ta_cpu_push(void *p, uint8_t *state, uint32_t cls) {
+    uintptr_t t, c;
+    __asm__ __volatile__ goto(TA_RSEQ_PROLOGUE
+                 "shlq $20, %[t]\n\t"
+                 "addq %[base], %[t]\n\t"
+                 "movzwl (%[t],%[cls],8), %k[c]\n\t"
+                 "cmpw 4(%[t],%[cls],8), %w[c]\n\t"
+                 "jae %l[full]\n\t"
+                 "shll $4, %k[c]\n\t"
+                 "movq %[p], (%[t],%q[c])\n\t"
+                 "movq %[st], 8(%[t],%q[c])\n\t"
+                 "shrl $4, %k[c]\n\t"
+                 "incl %k[c]\n\t"
+                 "movw %w[c], (%[t],%[cls],8)\n\t" /* commit */
+                 "4:\n\t"
+: [t] "=&r"(t), [c] "=&r"(c)
+                 : [p] "r"(p), [st] "r"(state), [rs] "r"(ta_rseq_off), [base] "m"(ta_cpu_slabs),
+                   [cls] "r"((uintptr_t)cls)
+                 : "memory", "cc"
+                 : full);
+    return true;
+full:
+    return false;
+}
+#else
+#define TA_HAVE_RSEQ 0
+TA_ALWAYS_INLINE void *ta_cpu_pop(uint32_t cls, uint8_t **state) { (void)cls; (void)state; return NULL; }
+TA_ALWAYS_INLINE bool ta_cpu_push(void *p, uint8_t *state, uint32_t cls) { (void)p; (void)state; (void)cls; return false; }
+#endif
+
+TA_ALWAYS_INLINE void *ta_thread_pop(uint32_t cls, uint8_t **state) {
+    ta_slot_t *slab = ta_tls.slab;
+    ta_slab_hdr_t *h = (ta_slab_hdr_t *)slab + cls;
+    uint32_t cur = h->cur;
+    if (TA_UNLIKELY(cur <= h->begin)) return NULL;
+    h->cur = (uint16_t)(cur - 1);
+    void *p = slab[cur - 1].obj;
+    if (!p) __builtin_unreachable();
+    *state = slab[cur - 1].state;
+    return p;
+}
+
+TA_ALWAYS_INLINE bool ta_thread_push(void *p, uint8_t *state, uint32_t cls) {
+    ta_slot_t *slab = ta_tls.slab;
+    ta_slab_hdr_t *h = (ta_slab_hdr_t *)slab + cls;
+    uint32_t cur = h->cur;
+    if (TA_UNLIKELY(cur >= h->end)) return false;
+    slab[cur] = (ta_slot_t){p, state};
+    h->cur = (uint16_t)(cur + 1);
+    return true;
+}
+
+/* An object of class cls from the caller's cache (and in *state the address
+ * of its state byte), or NULL on a miss. */
+TA_ALWAYS_INLINE void *ta_fe_pop(uint32_t cls, uint8_t **state) {
+    if (TA_LIKELY(ta_fe_percpu)) return ta_cpu_pop(cls, state);
+    return ta_thread_pop(cls, state);
+}
+/* Put a free object of class cls (state: its state byte) in the caller's
+ * cache; false when full. */
+TA_ALWAYS_INLINE bool ta_fe_push(void *p, uint8_t *state, uint32_t cls) {
+    if (TA_LIKELY(ta_fe_percpu)) return ta_cpu_push(p, state, cls);
+    return ta_thread_push(p, state, cls);
+}
+
+/* ---- the slow paths (pcache.c) -------------------------------------------- */
+void ta_pcache_init(void);
+void *ta_pcache_alloc_slow(uint32_t cls);        /* refill, then allocate; NULL if out of memory */
+void ta_pcache_free_slow(void *p, uint32_t cls); /* overflow: flush a batch, then keep p */
+void ta_pcache_flush_current(void);              /* empty the calling thread's cache (per-thread mode) */
+void ta_pcache_drain_all(void);                  /* malloc_trim: empty every CPU's cache */
+void ta_pcache_thread_exit(void *arg);
+uint64_t ta_pcache_bytes(uint32_t cls_or_all);   /* bytes held in all caches (approximate) */
+typedef struct ta_pcache_stats {
+    uint64_t objects[TA_MAX_CLASSES]; /* objects held in all caches (read racily) */
+    uint64_t alloc_misses, free_misses; /* slow-path counts, exited threads included */
+    uint64_t caches;                    /* live caches: threads, or CPUs in use */
+    uint64_t percpu;                    /* 1 when the caches are per CPU */
+} ta_pcache_stats_t;
+/* Sum over the caches; the caller holds the registry lock (ta_pcache_lock_all). */
+void ta_pcache_stats_locked(ta_pcache_stats_t *out);
+void ta_pcache_lock_all(void);
+void ta_pcache_unlock_all(bool child);
+
+#endif
