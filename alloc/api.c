@@ -33,11 +33,11 @@ typedef struct {
     ta_span_t *span; /* PTR_LARGE, PTR_SCOPED */
 } ptr_class_t;
 
-/* One pagemap lookup says what p is; every slow path acts on the answer. */
-static ptr_class_t classify(const void *p) {
+/* One pagemap lookup says what p is (info: its pagemap word, already read by
+ * the caller); every slow path acts on the answer. */
+static ptr_class_t classify_info(const void *p, uint64_t info) {
     ptr_class_t r = {PTR_FOREIGN, 0, NULL};
     uintptr_t page = (uintptr_t)p >> TA_PAGE_SHIFT;
-    uint64_t info = ta_pagemap_info(page);
     if (info) {
         uint32_t cls = TA_INFO_CLASS(info);
         bool start;
@@ -58,6 +58,8 @@ static ptr_class_t classify(const void *p) {
     return r;
 }
 
+static ptr_class_t classify(const void *p) { return classify_info(p, ta_pagemap_info((uintptr_t)p >> TA_PAGE_SHIFT)); }
+
 /* The diagnostic for a pointer that op (NULL: free) cannot take. */
 TA_COLD static void bad_class(ptr_kind_t k, const void *p, const char *op) {
     char what[96];
@@ -76,7 +78,7 @@ static size_t block_size(const void *p, ptr_class_t c, const char *op) {
     switch (c.kind) {
     case PTR_SMALL: return ta_class[c.cls].size;
     case PTR_LARGE: return ta_span_bytes(c.span);
-    case PTR_SCOPED: return ta_arena_usable_size(p);
+    case PTR_SCOPED: return ta_arena_usable_size(p, c.span);
     default: bad_class(c.kind, p, op);
     }
     return 0;
@@ -139,9 +141,9 @@ TA_NOINLINE void *ta_alloc_sample_slow(size_t n, uint32_t cls) {
     return p;
 }
 
-TA_NOINLINE void ta_free_slow(void *p) {
+TA_NOINLINE void ta_free_slow(void *p, uint64_t info) {
     if (!p) return;
-    ptr_class_t c = classify(p);
+    ptr_class_t c = classify_info(p, info);
     switch (c.kind) {
     case PTR_SMALL: { /* a live block (a race moved it off the fast path) */
         uint8_t *state = ta_state_of(p, c.cls);
@@ -150,7 +152,7 @@ TA_NOINLINE void ta_free_slow(void *p) {
         return;
     }
     case PTR_SCOPED:
-        ta_arena_free(p); /* a no-op while its scope is open; aborts after */
+        ta_arena_free(p, c.span); /* a no-op while its scope is open; aborts after */
         return;
     case PTR_LARGE: {
         if (c.span->sample) ta_sample_free(p, c.span); /* the free hook */
@@ -201,7 +203,7 @@ void *ta_impl_realloc(void *p, size_t n) {
         return NULL;
     }
     ptr_class_t c = classify(p);
-    if (TA_UNLIKELY(c.kind == PTR_SCOPED)) return ta_arena_realloc(p, n); /* scoped: to the heap */
+    if (TA_UNLIKELY(c.kind == PTR_SCOPED)) return ta_arena_realloc(p, c.span, n); /* scoped: to the heap */
     size_t old = block_size(p, c, "realloc");
     if (n > TA_MAX_REQUEST) return ta_fail_nomem();
     if (c.kind == PTR_SMALL) {
@@ -327,7 +329,7 @@ int ta_impl_malloc_trim(size_t pad) {
 int ta_impl_owns(const void *p) {
     if (!p || !ta_inited) return 0;
     ptr_class_t c = classify(p);
-    if (c.kind == PTR_SCOPED) return ta_arena_owns(p);
+    if (c.kind == PTR_SCOPED) return ta_arena_owns(p, c.span);
     return c.kind == PTR_SMALL || c.kind == PTR_LARGE;
 }
 

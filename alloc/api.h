@@ -17,7 +17,7 @@ void *ta_alloc_small_slow(size_t n, uint32_t cls);  /* tier-1 miss */
 void *ta_alloc_sample_slow(size_t n, uint32_t cls); /* the sampling countdown ran out */
 void *ta_alloc_large(size_t size, size_t align, bool zero);
 void *ta_alloc_aligned(size_t align, size_t n);      /* align: a power of two */
-void ta_free_slow(void *p);                          /* anything but a live small block */
+void ta_free_slow(void *p, uint64_t info);           /* anything but a live small block; info: p's pagemap word */
 void *ta_fail_nomem(void);                           /* errno = ENOMEM, NULL */
 
 /* The fast path: one sub-and-branch for sampling, then a pop. */
@@ -50,7 +50,7 @@ TA_ALWAYS_INLINE void ta_do_free(void *p) {
             return;
         }
     }
-    ta_free_slow(p);
+    ta_free_slow(p, info);
 }
 
 /* The operations behind the ta_* names (api.c), which override.c's standard

@@ -118,13 +118,13 @@ static inline char *chunk_first(chunk_t *c) {
 }
 
 /* The chunk a pointer lies in, if it lies in a chunk some arena holds. */
-static chunk_t *chunk_of(const void *p) {
-    ta_span_t *s = ta_arena_span(p);
+static chunk_t *chunk_in(ta_span_t *s) {
     if (!s) return NULL;
     chunk_t *c = ta_span_addr(s);
     if (c->magic != (CHUNK_MAGIC ^ (uintptr_t)c) || c->span != s) return NULL;
     return c;
 }
+static chunk_t *chunk_of(const void *p) { return chunk_in(ta_arena_span(p)); }
 
 /* A chunk of at least `bytes` (a multiple of the page), aligned to align_pages. */
 static chunk_t *chunk_from_heap(arena_t *a, size_t bytes, uintptr_t align_pages) {
@@ -448,35 +448,32 @@ static size_t checked_size(const void *p, chunk_t *c, const char *op) {
     return c->state == CH_BIG && n >= 0xffffffffu ? n : round16(n + 8) - 8;
 }
 
-bool ta_arena_free(void *p) {
-    chunk_t *c = chunk_of(p);
-    if (!c) return false;
-    checked_size(p, c, "free"); /* inside its scope: nothing to do */
-    return true;
-}
-
 /* p is in a span marked as a chunk whose record does not match: memory tieralloc
  * does not recognise */
-static chunk_t *chunk_or_die(const void *p, const char *op) {
-    chunk_t *c = chunk_of(p);
+static chunk_t *chunk_or_die(const void *p, ta_span_t *s, const char *op) {
+    chunk_t *c = chunk_in(s);
     if (!c) ta_fatal("%s of a pointer tieralloc never returned: %p", op, p);
     return c;
 }
 
-size_t ta_arena_usable_size(const void *p) {
-    return checked_size(p, chunk_or_die(p, "malloc_usable_size"), "malloc_usable_size");
+void ta_arena_free(void *p, ta_span_t *s) {
+    checked_size(p, chunk_or_die(p, s, "free"), "free"); /* inside its scope: nothing to do */
 }
 
-void *ta_arena_realloc(void *p, size_t n) {
-    chunk_t *c = chunk_or_die(p, "realloc");
+size_t ta_arena_usable_size(const void *p, ta_span_t *s) {
+    return checked_size(p, chunk_or_die(p, s, "malloc_usable_size"), "malloc_usable_size");
+}
+
+void *ta_arena_realloc(void *p, ta_span_t *s, size_t n) {
+    chunk_t *c = chunk_or_die(p, s, "realloc");
     size_t old = checked_size(p, c, "realloc");
     void *q = ta_heap_alloc(n, 0, false);
     if (q) memcpy(q, p, old < n ? old : n);
     return q; /* p stays in its scope, released with it */
 }
 
-int ta_arena_owns(const void *p) {
-    chunk_t *c = chunk_of(p);
+int ta_arena_owns(const void *p, ta_span_t *s) {
+    chunk_t *c = chunk_in(s);
     size_t n;
     return c && !check_block(p, c, &n);
 }

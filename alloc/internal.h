@@ -402,14 +402,13 @@ static inline ta_span_t *ta_arena_span(const void *p) {
         return NULL;
     return s;
 }
-/* free() of a pointer that may be scoped: false if it is not in an arena
- * chunk; true if it is a live scoped block (nothing to do); aborts with a
- * diagnostic naming p when its scope has ended or p is not a block start. */
-bool ta_arena_free(void *p);
-/* For p with ta_arena_span(p) != NULL; both abort like ta_arena_free. */
-size_t ta_arena_usable_size(const void *p);
-void *ta_arena_realloc(void *p, size_t n); /* a heap copy; p stays in its scope */
-int ta_arena_owns(const void *p);          /* a live scoped block (never aborts) */
+/* For p inside arena chunk span s (the classifier's answer): free() is a no-op
+ * for a live scoped block and aborts with a diagnostic naming p when its scope
+ * has ended or p is not a block start; the others abort the same way. */
+void ta_arena_free(void *p, ta_span_t *s);
+size_t ta_arena_usable_size(const void *p, ta_span_t *s);
+void *ta_arena_realloc(void *p, ta_span_t *s, size_t n); /* a heap copy; p stays in its scope */
+int ta_arena_owns(const void *p, ta_span_t *s);          /* a live scoped block (never aborts) */
 typedef struct ta_arena_stats {
     uint64_t held_bytes;      /* chunks held by all threads (in use and spare) */
     uint64_t held_chunks;

@@ -76,17 +76,21 @@ static __thread bool thread_registered;      /* per-CPU mode: exit destructor se
 
 /* ---- restartable sequences on a CPU's slab --------------------------------- */
 #if TA_HAVE_RSEQ
+/* After the prologue: fail (result -1) unless on CPU %[cpu]; else %%rax is
+ * that CPU's slab. */
+#define TA_RSEQ_ON_CPU(result)                                                                   \
+    "movq $-1, %[" result "]\n\t"                                                               \
+    "cmpl %k[cpu], %%eax\n\t"                                                                   \
+    "jne 4f\n\t"                                                                                \
+    "shlq $20, %%rax\n\t"                                                                       \
+    "addq %[base], %%rax\n\t"
+
 /* Take up to n objects off the top of cls's slots on CPU cpu into out: the
  * count, or -1 when the caller is not on that CPU. */
 static int rseq_take(int cpu, uint32_t cls, ta_slot_t *out, uint32_t n) {
     long k;
     uintptr_t t;
-    __asm__ __volatile__(TA_RSEQ_PROLOGUE
-                         "movq $-1, %[k]\n\t"
-                         "cmpl %k[cpu], %%eax\n\t"
-                         "jne 4f\n\t"
-                         "shlq $20, %%rax\n\t"
-                         "addq %[base], %%rax\n\t"
+    __asm__ __volatile__(TA_RSEQ_PROLOGUE TA_RSEQ_ON_CPU("k")
                          "movzwl (%%rax,%[cls],8), %%ecx\n\t" /* cur */
                          "movzwl 2(%%rax,%[cls],8), %%edx\n\t" /* begin */
                          "movl %%ecx, %%r8d\n\t"
@@ -123,12 +127,7 @@ static int rseq_take(int cpu, uint32_t cls, ta_slot_t *out, uint32_t n) {
 static int rseq_put(int cpu, uint32_t cls, const ta_slot_t *in, uint32_t n) {
     long k;
     uintptr_t t;
-    __asm__ __volatile__(TA_RSEQ_PROLOGUE
-                         "movq $-1, %[k]\n\t"
-                         "cmpl %k[cpu], %%eax\n\t"
-                         "jne 4f\n\t"
-                         "shlq $20, %%rax\n\t"
-                         "addq %[base], %%rax\n\t"
+    __asm__ __volatile__(TA_RSEQ_PROLOGUE TA_RSEQ_ON_CPU("k")
                          "movzwl (%%rax,%[cls],8), %%ecx\n\t" /* cur */
                          "movzwl 4(%%rax,%[cls],8), %%r8d\n\t" /* end */
                          "xorl %%edx, %%edx\n\t"
@@ -165,12 +164,7 @@ static int rseq_put(int cpu, uint32_t cls, const ta_slot_t *in, uint32_t n) {
 static int rseq_set_end(int cpu, uint32_t cls, uint32_t end) {
     long r;
     uintptr_t t;
-    __asm__ __volatile__(TA_RSEQ_PROLOGUE
-                         "movq $-1, %[r]\n\t"
-                         "cmpl %k[cpu], %%eax\n\t"
-                         "jne 4f\n\t"
-                         "shlq $20, %%rax\n\t"
-                         "addq %[base], %%rax\n\t"
+    __asm__ __volatile__(TA_RSEQ_PROLOGUE TA_RSEQ_ON_CPU("r")
                          "movq $0, %[r]\n\t"
                          "movzwl (%%rax,%[cls],8), %%ecx\n\t"
                          "cmpl %k[end], %%ecx\n\t"
