@@ -176,13 +176,13 @@ static void *map_at_least(uintptr_t n, uintptr_t *pages) {
 }
 
 /* Map more memory; it enters the heap as a RELEASED span (zero, not resident).
- * Needs one spare record.  When the OS refuses, the heap's released address
- * space goes back to it and the mapping is tried once more; a failure leaves
- * nothing mapped. */
-static bool grow(uintptr_t n) {
+ * Needs one spare record.  When the OS refuses and this is the last try
+ * (last), the heap's released address space goes back to it and the mapping
+ * is tried once more; a failure leaves nothing mapped. */
+static bool grow(uintptr_t n, bool last) {
     uintptr_t pages;
     void *p = map_at_least(n, &pages);
-    if (!p && unmap_released_locked(1)) p = map_at_least(n, &pages);
+    if (!p && last && unmap_released_locked(1)) p = map_at_least(n, &pages);
     if (!p) return false;
     uintptr_t page = (uintptr_t)p >> TA_PAGE_SHIFT;
     if (!ta_pagemap_ensure(page, pages) && !(unmap_released_locked(1) && ta_pagemap_ensure(page, pages))) {
@@ -283,7 +283,7 @@ static ta_span_t *alloc_span_locked(uintptr_t npages, uintptr_t align_pages, uin
         /* a growing block gets as much address space again behind it (not
          * memory: new mappings are not resident until touched) */
         uintptr_t room = growable && want <= (TA_MAX_REQUEST >> TA_PAGE_SHIFT) / 2 ? want : 0;
-        if (!grow(want + room) && (!room || !grow(want))) {
+        if (!grow(want + room, !room) && (!room || !grow(want, true))) {
             ta_unlock(&ph_lock);
             return NULL;
         }
