@@ -12,11 +12,11 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/sysinfo.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
+#include "overcommit.h"
 
 #define OS_PAGE 4096
 
@@ -213,28 +213,12 @@ Test(os, clock_is_monotonic) {
     cr_assert_geq(t1 - t0, (uint64_t)40, "clock advanced %lu ms over a 60 ms sleep", t1 - t0);
 }
 
-/* vm.overcommit_memory (0 heuristic, 1 always, 2 strict), or -1 */
-static int overcommit_mode(void) {
-    char c = 0;
-    int fd = open("/proc/sys/vm/overcommit_memory", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t n = read(fd, &c, 1);
-    close(fd);
-    return n == 1 && c >= '0' && c <= '2' ? c - '0' : -1;
-}
-
 /* Block memory is accounted (no MAP_NORESERVE): under the heuristic or the
  * strict overcommit policy, a mapping larger than RAM + swap fails at once,
  * leaving no address space behind.  A sparse table (MAP_NORESERVE) of the
  * same size is allowed under the heuristic policy: the two differ. */
 Test(os, block_memory_is_accounted_by_the_kernel) {
-    int mode = overcommit_mode();
-    struct sysinfo si;
-    cr_assert_eq(sysinfo(&si), 0);
-    uint64_t backing = ((uint64_t)si.totalram + si.totalswap) * si.mem_unit;
-    if (mode != 0 && mode != 2) cr_skip_test("vm.overcommit_memory is %d: the kernel accounts nothing", mode);
-    if (backing >= (uint64_t)1 << 36) cr_skip_test("%lu bytes of RAM + swap: 2^36 is not impossible here",
-                                                  (unsigned long)backing);
+    int mode = need_accounting();
     void *got[11];
     long vm0 = statm_field(0);
     ta_os_stats_t a, b;
