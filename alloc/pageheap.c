@@ -75,13 +75,13 @@ static void free_remove(ta_span_t *s) {
 static ta_span_t *ph_spare[PH_SPARE];
 static int ph_nspare;
 
-static size_t unmap_released_locked(uintptr_t min_pages);
+static size_t give_back_locked(void);
 
 static bool spare_fill(int need) {
     while (ph_nspare < need) {
         ta_span_t *s = ta_span_new();
         /* address space the heap does not use may be what the records need */
-        if (!s && unmap_released_locked(1)) s = ta_span_new();
+        if (!s && give_back_locked()) s = ta_span_new();
         if (!s) return false;
         ph_spare[ph_nspare++] = s;
     }
@@ -177,15 +177,15 @@ static void *map_at_least(uintptr_t n, uintptr_t *pages) {
 
 /* Map more memory; it enters the heap as a RELEASED span (zero, not resident).
  * Needs one spare record.  When the OS refuses and this is the last try
- * (last), the heap's released address space goes back to it and the mapping
+ * (last), all the heap's free address space goes back to it and the mapping
  * is tried once more; a failure leaves nothing mapped. */
 static bool grow(uintptr_t n, bool last) {
     uintptr_t pages;
     void *p = map_at_least(n, &pages);
-    if (!p && last && unmap_released_locked(1)) p = map_at_least(n, &pages);
+    if (!p && last && give_back_locked()) p = map_at_least(n, &pages);
     if (!p) return false;
     uintptr_t page = (uintptr_t)p >> TA_PAGE_SHIFT;
-    if (!ta_pagemap_ensure(page, pages) && !(unmap_released_locked(1) && ta_pagemap_ensure(page, pages))) {
+    if (!ta_pagemap_ensure(page, pages) && !(last && give_back_locked() && ta_pagemap_ensure(page, pages))) {
         ta_os_unmap(p, pages << TA_PAGE_SHIFT);
         return false;
     }
@@ -469,6 +469,13 @@ static size_t unmap_released_locked(uintptr_t min_pages) {
         }
     }
     return done;
+}
+
+/* The OS refused memory: every free page is released and every released
+ * span unmapped, whatever its size.  Returns the bytes unmapped. */
+static size_t give_back_locked(void) {
+    release_locked(true, ta_os_now_ms());
+    return unmap_released_locked(1);
 }
 
 static void decay_maybe(uint64_t now) {

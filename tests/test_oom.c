@@ -69,8 +69,9 @@ Test(oom, impossible_sizes_fail_with_enomem) {
     free(ok);
 }
 
-/* Under RLIMIT_AS: fill the address space with 1 MiB blocks, free them all,
- * then ask for one 50 MiB block.  trim: after malloc_trim(0) (the heap
+/* Under RLIMIT_AS: fill the address space with 1 MB blocks (10^6 bytes: not
+ * a divisor of the heap's 2 MiB growth step, so pieces of every mapping are
+ * left over), free them all, then ask for one 50 MiB block.  trim: after malloc_trim(0) (the heap
  * unmaps its released address space); otherwise the failing mapping makes
  * the heap unmap it and try again. */
 static void refill_child(void *arg) {
@@ -82,21 +83,21 @@ static void refill_child(void *arg) {
     rl.rlim_cur = rl.rlim_max = lim;
     TU_CHILD_CHECK(setrlimit(RLIMIT_AS, &rl) == 0, "setrlimit: %s", strerror(errno));
     int n = 0;
-    while (n < MAXB && (blocks[n] = malloc((size_t)1 << 20)) != NULL) {
+    while (n < MAXB && (blocks[n] = malloc(1000000)) != NULL) {
         memset(blocks[n], n, 4096);
         n++;
     }
     TU_CHILD_CHECK(n < MAXB, "the limit never stopped malloc");
-    TU_CHILD_CHECK(n >= 100, "only %d blocks of 1 MiB under a 200 MB limit", n);
+    TU_CHILD_CHECK(n >= 100, "only %d blocks of 1 MB under a 200 MB limit", n);
     for (int i = 0; i < n; i++) free(blocks[i]);
     if (trim) malloc_trim(0);
     char *big = malloc((size_t)50 << 20);
-    TU_CHILD_CHECK(big != NULL, "malloc(50 MiB) failed after freeing %d MiB (trim %d): errno %d", n, trim, errno);
+    TU_CHILD_CHECK(big != NULL, "malloc(50 MiB) failed after freeing %d MB (trim %d): errno %d", n, trim, errno);
     memset(big, 7, (size_t)50 << 20);
     free(big);
     /* and the small blocks fit again too */
     for (int i = 0; i < n / 2; i++) {
-        blocks[i] = malloc((size_t)1 << 20);
+        blocks[i] = malloc(1000000);
         TU_CHILD_CHECK(blocks[i] != NULL, "block %d of %d no longer fits", i, n / 2);
     }
     for (int i = 0; i < n / 2; i++) free(blocks[i]);
