@@ -5,7 +5,13 @@
  * Free spans are either FREE (pages still resident: reused without faults) or
  * RELEASED (madvised away: zero and not resident).  The two kinds are kept in
  * separate lists and only merge with their own kind, so every byte is counted
- * exactly once; a FREE span that decays becomes RELEASED and then merges. */
+ * exactly once; a FREE span that decays becomes RELEASED and then merges.
+ *
+ * The heap's mappings are accounted memory (os.c), placed next to each other.
+ * Released spans go back to the OS with munmap on trim (those of 2 MiB or
+ * more) and, with every free page, when the OS refuses a mapping.  Running
+ * out of memory or metadata fails the request and leaves the heap as it was:
+ * span records come from a small reserve filled before anything changes. */
 #include "internal.h"
 
 #include <string.h>
