@@ -25,7 +25,6 @@ static ta_pageheap_stats_t ph_stats;
 static uint64_t ph_class_spans[TA_MAX_CLASSES]; /* in-use spans of each size class (stats) */
 static uint64_t ph_last_decay_ms;
 static bool ph_ready;
-static char *ph_last_map; /* start of the newest mapping: the next one goes just below it */
 
 static void list_init(ta_span_t *h) { h->next = h->prev = h; }
 static bool list_empty(const ta_span_t *h) { return h->next == h; }
@@ -165,6 +164,7 @@ static ta_span_t *find_fit(int kind, uintptr_t n) {
 /* A new mapping of `pages` pages, placed just below the previous one when
  * that address is free (the kernel maps top-down): the heap's address space
  * stays contiguous and its free spans merge across mappings. */
+static char *ph_last_map; /* start of the newest mapping: the next one goes just below it */
 static void *map_pages(uintptr_t pages) {
     size_t bytes = pages << TA_PAGE_SHIFT;
     char *hint = (uintptr_t)ph_last_map > bytes ? ph_last_map - bytes : NULL;
