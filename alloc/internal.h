@@ -95,10 +95,19 @@ const char *ta_getenv(const char *name);
 uint64_t ta_parse_size(const char *s, uint64_t def);
 
 /* ---- os.c: tier 4 ---------------------------------------------------------- */
-/* Map `size` bytes aligned to `align` (a power of two >= the OS page), zeroed and
- * not yet resident; NULL on failure. */
+/* Map `size` bytes aligned to `align` (a power of two), zeroed and not yet
+ * resident; NULL on failure.  The memory is accounted (no MAP_NORESERVE), so
+ * the kernel's overcommit policy decides: a size the machine cannot back fails
+ * here.  For memory that backs blocks, and for dense records. */
 void *ta_os_map(size_t size, size_t align);
-void ta_os_unmap(void *p, size_t size);
+/* The same, trying the address hint first (so that successive mappings are
+ * adjacent and leave no holes); the hint is ignored when it is taken. */
+void *ta_os_map_near(void *hint, size_t size, size_t align);
+/* MAP_NORESERVE: for large sparse tables (pagemap leaves) whose untouched
+ * parts never become memory.  Never for block memory. */
+void *ta_os_map_sparse(size_t size, size_t align);
+/* false when the kernel refused (a split past vm.max_map_count) */
+bool ta_os_unmap(void *p, size_t size);
 /* Give the pages back to the OS (they read as zero afterwards). */
 void ta_os_release(void *p, size_t size);
 uint64_t ta_os_now_ms(void);
@@ -111,14 +120,16 @@ void ta_os_stats(ta_os_stats_t *out);
 
 /* ---- meta.c: metadata allocator (spans, caches) over the OS tier ---------- */
 /* Fixed-size object pools carved from OS chunks; never returned to the OS. */
-void *ta_meta_alloc(size_t size); /* zeroed, 16-aligned; aborts on OOM (metadata is tiny) */
+/* zeroed, 64-aligned; NULL when the OS refuses memory (every caller must turn
+ * that into a failed allocation) */
+void *ta_meta_alloc(size_t size);
 /* A large metadata region of its own (cache slabs), mapped and counted as
- * metadata; its pages become resident only as they are written. */
+ * metadata; its pages become resident only as they are written; NULL on failure. */
 void *ta_meta_map(size_t size, size_t align);
 uint64_t ta_meta_bytes(void);
 /* span records come from their own free list */
 struct ta_span;
-struct ta_span *ta_span_new(void);
+struct ta_span *ta_span_new(void); /* zeroed; NULL when out of memory */
 void ta_span_delete(struct ta_span *s);
 /* Give back to the OS the slabs of span records that are all free (malloc_trim);
  * returns bytes released. */
@@ -176,6 +187,9 @@ static inline uint32_t ta_info_offset(const void *p, uint64_t info) {
 bool ta_pagemap_ensure(uintptr_t first, uintptr_t n);
 /* Set span and info for one page (its leaf must exist). */
 void ta_pagemap_set(uintptr_t page, struct ta_span *s, uint64_t info);
+/* Clear the entries of pages [first, first+n) (address space given back to
+ * the OS); entries already clear are not written. */
+void ta_pagemap_clear(uintptr_t first, uintptr_t n);
 uint64_t ta_pagemap_bytes(void);
 
 /* ---- sizeclass.c --------------------------------------------------------- */
@@ -263,7 +277,8 @@ enum { TA_OBJ_FREE = 0, TA_OBJ_LIVE = 1 };
 void ta_pageheap_init(void);
 /* A span of n pages (n >= 1) aligned to align_pages (a power of two), marked in use
  * with class cls (registered in the pagemap on every page when cls != 0, on the
- * first and last page otherwise). NULL when the OS refuses. */
+ * first and last page otherwise). NULL when the OS refuses memory or metadata
+ * (the heap is then as it was). */
 ta_span_t *ta_pageheap_alloc(uintptr_t npages, uintptr_t align_pages, uint32_t cls);
 /* A large span for a block that is growing (realloc): placed at the start of
  * the longest free span, so that ta_pageheap_grow can extend it in place. */
@@ -281,10 +296,12 @@ void ta_pageheap_tick(void);
 /* Try to grow an in-use large span in place to n pages; true on success. */
 bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages);
 /* Give the pages of in-use large span s beyond its first npages back to the
- * heap (untouched: nobody wrote them since the span was allocated). */
-void ta_pageheap_shrink(ta_span_t *s, uintptr_t npages, bool untouched);
+ * heap (untouched: nobody wrote them since the span was allocated); false
+ * when out of metadata (s is left as it was, still valid). */
+bool ta_pageheap_shrink(ta_span_t *s, uintptr_t npages, bool untouched);
 /* Release free pages to the OS: those free for at least decay_ms, or all when
- * all is true. Returns bytes released. */
+ * all is true (malloc_trim), which also unmaps every released span of 2 MiB
+ * or more.  Returns bytes released plus bytes unmapped. */
 size_t ta_pageheap_release(bool all);
 typedef struct ta_pageheap_stats {
     uint64_t free_bytes;      /* free, still resident */
@@ -293,6 +310,7 @@ typedef struct ta_pageheap_stats {
     uint64_t large_bytes;     /* of which large blocks */
     uint64_t large_count;
     uint64_t n_alloc, n_free, n_grow_os, n_coalesce;
+    uint64_t unmapped_bytes, n_unmap_os; /* released spans given back with munmap (cumulative) */
 } ta_pageheap_stats_t;
 void ta_pageheap_stats(ta_pageheap_stats_t *out);
 /* The same with the lock already held (ta_pageheap_lock_all, for a consistent

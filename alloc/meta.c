@@ -1,5 +1,6 @@
 /* meta.c: memory for the allocator's own records (spans, thread caches),
- * bump-allocated from OS chunks and never unmapped (a stale pagemap entry may
+ * bump-allocated from OS chunks (accounted memory: when the OS refuses one,
+ * the allocation returns NULL and its caller fails cleanly) and never unmapped (a stale pagemap entry may
  * still point at a span record, so its memory must stay readable).  Span
  * records come in page-sized slabs and are recycled through a free list; on
  * malloc_trim, slabs whose records are all free are given back to the OS
@@ -21,23 +22,26 @@ static uint64_t slabs_total;      /* slabs of span records ever made */
 static uintptr_t *slabs_released; /* slabs given back to the OS, to be reused first */
 static size_t slabs_released_n, slabs_released_cap;
 
+/* NULL when the OS refuses a chunk: the caller fails its allocation (the
+ * rest of the current chunk stays for smaller requests). */
 static void *meta_alloc_locked(size_t size, size_t align) {
-    meta_cur = (char *)(((uintptr_t)meta_cur + align - 1) & ~(uintptr_t)(align - 1));
-    if (meta_cur > meta_end) meta_cur = meta_end;
-    if ((size_t)(meta_end - meta_cur) < size) {
+    char *cur = (char *)(((uintptr_t)meta_cur + align - 1) & ~(uintptr_t)(align - 1));
+    if (cur > meta_end) cur = meta_end;
+    if ((size_t)(meta_end - cur) < size) {
         size_t chunk = size > META_CHUNK ? (size + META_CHUNK - 1) & ~(META_CHUNK - 1) : META_CHUNK;
+        if (chunk < size) return NULL;
         char *p = ta_os_map(chunk, SLAB);
-        if (!p) ta_fatal("out of memory for metadata (%zu bytes)", chunk);
-        meta_cur = p;
+        if (!p) return NULL;
+        cur = p;
         meta_end = p + chunk;
         meta_total += chunk;
     }
-    void *r = meta_cur;
-    meta_cur += size;
-    return r; /* fresh from mmap: already zero */
+    meta_cur = cur + size;
+    return cur; /* fresh from mmap: already zero */
 }
 
 void *ta_meta_alloc(size_t size) {
+    if (size > ((size_t)1 << 40)) return NULL;
     size = (size + 63) & ~(size_t)63; /* cache-line aligned: no false sharing */
     ta_lock(&meta_lock);
     void *r = meta_alloc_locked(size, 64);
@@ -71,6 +75,10 @@ ta_span_t *ta_span_new(void) {
             slab = (ta_span_t *)slabs_released[--slabs_released_n];
         } else {
             slab = meta_alloc_locked(SLAB, SLAB);
+            if (!slab) {
+                ta_unlock(&meta_lock);
+                return NULL;
+            }
             slabs_total++;
         }
         for (size_t i = 1; i < SLAB_RECORDS; i++) {

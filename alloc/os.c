@@ -1,4 +1,12 @@
-/* os.c: tier 4, the only file that talks to the kernel about memory. */
+/* os.c: tier 4, the only file that talks to the kernel about memory.
+ *
+ * Two kinds of mappings.  Memory that backs blocks (and the allocator's dense
+ * records) is mapped without MAP_NORESERVE, so the kernel accounts it and its
+ * overcommit policy applies: a request the machine cannot back fails here, at
+ * mmap, instead of the process being OOM-killed later.  Large sparse tables
+ * (the pagemap's leaves, of which only the entries for pages in use are ever
+ * touched) are mapped with MAP_NORESERVE: their size follows the address
+ * space they describe, not the memory the process uses. */
 #include "internal.h"
 
 #include <errno.h>
@@ -7,32 +15,72 @@
 
 static uint64_t os_mapped, os_released, os_nmmap, os_nmunmap, os_nmadvise;
 
-void *ta_os_map(size_t size, size_t align) {
-    int saved = errno;
-    /* over-map by the alignment, then trim both ends */
-    size_t span = size + (align > 4096 ? align : 0);
-    if (span < size) return NULL;
-    char *p = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    __atomic_fetch_add(&os_nmmap, 1, __ATOMIC_RELAXED);
-    if (p == MAP_FAILED) {
-        errno = saved;
-        return NULL;
-    }
-    uintptr_t start = ((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1);
-    if (start > (uintptr_t)p) munmap(p, start - (uintptr_t)p);
-    uintptr_t end = (uintptr_t)p + span, want_end = start + size;
-    if (end > want_end) munmap((void *)want_end, end - want_end);
-    __atomic_fetch_add(&os_mapped, size, __ATOMIC_RELAXED);
-    errno = saved;
-    return (void *)start;
+static void *map_raw(void *hint, size_t size, int extra) {
+    void *p = mmap(hint, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | extra, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
 }
 
-void ta_os_unmap(void *p, size_t size) {
+static void *map(void *hint, size_t size, size_t align, int extra) {
     int saved = errno;
-    munmap(p, size);
-    __atomic_fetch_sub(&os_mapped, size, __ATOMIC_RELAXED);
-    __atomic_fetch_add(&os_nmunmap, 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&os_nmmap, 1, __ATOMIC_RELAXED);
+    if (align < 4096) align = 4096;
+    char *p = NULL;
+    if (align <= TA_PAGE_SIZE) {
+        /* Exactly size bytes first, at the hint if there is one: mappings
+         * placed next to each other leave no holes, and the page heap can
+         * merge them.  Over-mapping (below) is for when the kernel's choice
+         * is misaligned. */
+        p = map_raw(hint, size, extra);
+        if (p && (uintptr_t)p % align) {
+            munmap(p, size);
+            p = NULL;
+        } else if (!p) {
+            errno = saved;
+            return NULL; /* not even size bytes: more would fail too */
+        }
+    }
+    if (!p) {
+        /* over-map by the alignment, then trim both ends */
+        size_t span = size + align;
+        if (span < size) {
+            errno = saved;
+            return NULL;
+        }
+        char *q = map_raw(NULL, span, extra);
+        if (!q) {
+            errno = saved;
+            return NULL;
+        }
+        uintptr_t start = ((uintptr_t)q + align - 1) & ~(uintptr_t)(align - 1);
+        if (start > (uintptr_t)q) munmap(q, start - (uintptr_t)q);
+        uintptr_t end = (uintptr_t)q + span, want_end = start + size;
+        if (end > want_end) munmap((void *)want_end, end - want_end);
+        p = (char *)start;
+    }
+    __atomic_fetch_add(&os_mapped, size, __ATOMIC_RELAXED);
     errno = saved;
+    return p;
+}
+
+void *ta_os_map(size_t size, size_t align) { return map(NULL, size, align, 0); }
+
+void *ta_os_map_near(void *hint, size_t size, size_t align) {
+    if ((uintptr_t)hint % (align < 4096 ? 4096 : align)) hint = NULL;
+    return map(hint, size, align, 0);
+}
+
+void *ta_os_map_sparse(size_t size, size_t align) { return map(NULL, size, align, MAP_NORESERVE); }
+
+bool ta_os_unmap(void *p, size_t size) {
+    int saved = errno;
+    /* munmap can fail when it would split a mapping past vm.max_map_count */
+    bool ok = munmap(p, size) == 0;
+    if (ok) {
+        __atomic_fetch_sub(&os_mapped, size, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&os_nmunmap, 1, __ATOMIC_RELAXED);
+    }
+    errno = saved;
+    return ok;
 }
 
 void ta_os_release(void *p, size_t size) {

@@ -5,7 +5,13 @@
  * Free spans are either FREE (pages still resident: reused without faults) or
  * RELEASED (madvised away: zero and not resident).  The two kinds are kept in
  * separate lists and only merge with their own kind, so every byte is counted
- * exactly once; a FREE span that decays becomes RELEASED and then merges. */
+ * exactly once; a FREE span that decays becomes RELEASED and then merges.
+ *
+ * The heap's mappings are accounted memory (os.c), placed next to each other.
+ * Released spans go back to the OS with munmap on trim (those of 2 MiB or
+ * more) and, with every free page, when the OS refuses a mapping.  Running
+ * out of memory or metadata fails the request and leaves the heap as it was:
+ * span records come from a small reserve filled before anything changes. */
 #include "internal.h"
 
 #include <string.h>
@@ -53,10 +59,59 @@ static void free_remove(ta_span_t *s) {
     account_free(s, -1);
 }
 
-/* Put a free span on its list, merging it first with neighbours of its kind. */
+/* ---- span records ----------------------------------------------------------
+ * An operation that splits spans takes the records it may need before it
+ * changes anything, so that running out of metadata fails it cleanly, with
+ * the heap as it was.  Unused records stay here for the next operation. */
+#define PH_SPARE 4
+static ta_span_t *ph_spare[PH_SPARE];
+static int ph_nspare;
+
+static size_t give_back_locked(void);
+
+static bool spare_fill(int need) {
+    while (ph_nspare < need) {
+        ta_span_t *s = ta_span_new();
+        /* address space the heap does not use may be what the records need */
+        if (!s && give_back_locked()) s = ta_span_new();
+        if (!s) return false;
+        ph_spare[ph_nspare++] = s;
+    }
+    return true;
+}
+
+static ta_span_t *spare_take(void) {
+    TA_ASSERT(ph_nspare > 0);
+    ta_span_t *s = ph_spare[--ph_nspare];
+    ph_spare[ph_nspare] = NULL;
+    return s;
+}
+
+static void free_insert(ta_span_t *s);
+
+/* Can free span s merge with n, its free neighbour of the same kind?  A
+ * resident neighbour that has been free for decay_ms is released instead (it
+ * merges with released spans then): merged, its age would be lost, and pages
+ * next to a block freed over and over would never decay. */
+static bool merge_ok(ta_span_t *n, const ta_span_t *s) {
+    if (s->state == TA_SPAN_FREE && s->free_since_ms > n->free_since_ms &&
+        s->free_since_ms - n->free_since_ms >= ta_cfg.decay_ms) {
+        free_remove(n);
+        ta_os_release(ta_span_addr(n), ta_span_bytes(n));
+        n->state = TA_SPAN_RELEASED;
+        free_insert(n); /* does not merge with s, which is FREE */
+        return false;
+    }
+    return true;
+}
+
+/* Put a free span on its list, merging it first with neighbours of its kind.
+ * A merged span keeps the older age: every page in it decays no later than
+ * decay_ms after it was freed (a freshly freed part may go back earlier). */
 static void free_insert(ta_span_t *s) {
     ta_span_t *prev = s->page ? ta_pagemap_span(s->page - 1) : NULL;
-    if (prev && prev->state == s->state && prev->npages && prev->page + prev->npages == s->page) {
+    if (prev && prev->state == s->state && prev->npages && prev->page + prev->npages == s->page &&
+        merge_ok(prev, s)) {
         free_remove(prev);
         ta_pagemap_set(s->page, s, 0); /* the old block start now points at the merged span */
         s->page = prev->page;
@@ -66,10 +121,12 @@ static void free_insert(ta_span_t *s) {
         ph_stats.n_coalesce++;
     }
     ta_span_t *next = ta_pagemap_span(s->page + s->npages);
-    if (next && next->state == s->state && next->npages && next->page == s->page + s->npages) {
+    if (next && next->state == s->state && next->npages && next->page == s->page + s->npages &&
+        merge_ok(next, s)) {
         free_remove(next);
         ta_pagemap_set(next->page, s, 0);
         s->npages += next->npages;
+        if (next->free_since_ms < s->free_since_ms) s->free_since_ms = next->free_since_ms;
         ta_span_delete(next);
         ph_stats.n_coalesce++;
     }
@@ -91,22 +148,41 @@ static ta_span_t *find_fit(int kind, uintptr_t n) {
     return best;
 }
 
-/* Map more memory; it enters the heap as a RELEASED span (zero, not resident). */
-static bool grow(uintptr_t n) {
-    uintptr_t pages = n < PH_GROW_PAGES ? PH_GROW_PAGES : n;
-    void *p = ta_os_map(pages << TA_PAGE_SHIFT, TA_PAGE_SIZE);
-    if (!p) {
-        if (pages == n) return false;
-        pages = n; /* ask for just what is needed */
-        p = ta_os_map(pages << TA_PAGE_SHIFT, TA_PAGE_SIZE);
-        if (!p) return false;
-    }
+/* A new mapping of `pages` pages, placed just below the previous one when
+ * that address is free (the kernel maps top-down): the heap's address space
+ * stays contiguous and its free spans merge across mappings. */
+static char *ph_last_map; /* start of the newest mapping: the next one goes just below it */
+static void *map_pages(uintptr_t pages) {
+    size_t bytes = pages << TA_PAGE_SHIFT;
+    char *hint = (uintptr_t)ph_last_map > bytes ? ph_last_map - bytes : NULL;
+    char *p = ta_os_map_near(hint, bytes, TA_PAGE_SIZE);
+    if (p) ph_last_map = p;
+    return p;
+}
+
+/* At least n pages of new mapping (PH_GROW_PAGES when the OS allows). */
+static void *map_at_least(uintptr_t n, uintptr_t *pages) {
+    *pages = n < PH_GROW_PAGES ? PH_GROW_PAGES : n;
+    void *p = map_pages(*pages);
+    if (!p && *pages != n) p = map_pages(*pages = n); /* just what is needed */
+    return p;
+}
+
+/* Map more memory; it enters the heap as a RELEASED span (zero, not resident).
+ * Needs one spare record.  When the OS refuses and this is the last try
+ * (last), all the heap's free address space goes back to it and the mapping
+ * is tried once more; a failure leaves nothing mapped. */
+static bool grow(uintptr_t n, bool last) {
+    uintptr_t pages;
+    void *p = map_at_least(n, &pages);
+    if (!p && last && give_back_locked()) p = map_at_least(n, &pages);
+    if (!p) return false;
     uintptr_t page = (uintptr_t)p >> TA_PAGE_SHIFT;
-    if (!ta_pagemap_ensure(page, pages)) {
+    if (!ta_pagemap_ensure(page, pages) && !(last && give_back_locked() && ta_pagemap_ensure(page, pages))) {
         ta_os_unmap(p, pages << TA_PAGE_SHIFT);
         return false;
     }
-    ta_span_t *s = ta_span_new();
+    ta_span_t *s = spare_take();
     s->page = page;
     s->npages = pages;
     s->state = TA_SPAN_RELEASED;
@@ -119,7 +195,7 @@ static bool grow(uintptr_t n) {
 /* Cut free span s (off its list) at page n: s keeps the first n pages, a new
  * record (returned, off the lists) the rest; both keep s's kind and age. */
 static ta_span_t *split(ta_span_t *s, uintptr_t n) {
-    ta_span_t *t = ta_span_new();
+    ta_span_t *t = spare_take(); /* the caller filled the spares */
     t->page = s->page + n;
     t->npages = s->npages - n;
     t->state = s->state;
@@ -175,6 +251,11 @@ static ta_span_t *alloc_span_locked(uintptr_t npages, uintptr_t align_pages, uin
     uintptr_t want = npages + align_pages - 1;
     if (npages == 0 || want < npages || want > (TA_MAX_REQUEST >> TA_PAGE_SHIFT)) return NULL;
     ta_lock(&ph_lock);
+    /* records for a new mapping, a head and a tail */
+    if (!spare_fill(3)) {
+        ta_unlock(&ph_lock);
+        return NULL;
+    }
     ta_span_t *s, *r;
     if (growable) {
         /* a block that is being grown goes at the start of the longest free
@@ -195,7 +276,7 @@ static ta_span_t *alloc_span_locked(uintptr_t npages, uintptr_t align_pages, uin
         /* a growing block gets as much address space again behind it (not
          * memory: new mappings are not resident until touched) */
         uintptr_t room = growable && want <= (TA_MAX_REQUEST >> TA_PAGE_SHIFT) / 2 ? want : 0;
-        if (!grow(want + room) && (!room || !grow(want))) {
+        if (!grow(want + room, !room) && (!room || !grow(want, true))) {
             ta_unlock(&ph_lock);
             return NULL;
         }
@@ -306,6 +387,10 @@ static ta_span_t *free_span_at(uintptr_t page) {
 bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages) {
     if (npages <= s->npages) return true;
     ta_lock(&ph_lock);
+    if (!spare_fill(1)) { /* the last free span taken may be cut */
+        ta_unlock(&ph_lock);
+        return false;
+    }
     /* the free spans that follow s, resident and released alike, must cover
      * the extra pages together */
     uintptr_t end = s->page + s->npages, have = 0;
@@ -328,11 +413,15 @@ bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages) {
     return ok;
 }
 
-void ta_pageheap_shrink(ta_span_t *s, uintptr_t npages, bool untouched) {
-    if (npages >= s->npages) return;
+bool ta_pageheap_shrink(ta_span_t *s, uintptr_t npages, bool untouched) {
+    if (npages >= s->npages) return true;
     uint64_t now = ta_os_now_ms();
     ta_lock(&ph_lock);
-    ta_span_t *t = ta_span_new();
+    if (!spare_fill(1)) { /* no record for the tail: s stays as it is */
+        ta_unlock(&ph_lock);
+        return false;
+    }
+    ta_span_t *t = spare_take();
     t->page = s->page + npages;
     t->npages = s->npages - npages;
     /* pages nobody wrote since they came from released memory are still zero
@@ -345,6 +434,7 @@ void ta_pageheap_shrink(ta_span_t *s, uintptr_t npages, bool untouched) {
     ph_stats.large_bytes -= ta_span_bytes(t);
     free_insert(t);
     ta_unlock(&ph_lock);
+    return true;
 }
 
 /* Release FREE spans idle for decay_ms (all of them when all is set). */
@@ -365,6 +455,39 @@ static size_t release_locked(bool all, uint64_t now) {
     return released;
 }
 
+/* Give released spans of at least min_pages back to the OS: unmapped, their
+ * pagemap entries cleared and their records recycled, so that the address
+ * space can be mapped again at any size.  Returns the bytes unmapped. */
+static size_t unmap_released_locked(uintptr_t min_pages) {
+    size_t done = 0;
+    for (uintptr_t i = 0; i <= PH_EXACT; i++) {
+        if (i && i < min_pages) continue;
+        ta_span_t *h = &ph_list[1][i];
+        for (ta_span_t *s = h->next, *nx; s != h; s = nx) {
+            nx = s->next;
+            if (s->npages < min_pages) continue;
+            free_remove(s);
+            if (!ta_os_unmap(ta_span_addr(s), ta_span_bytes(s))) {
+                put_back(s); /* at its list's head: not seen again in this walk */
+                continue;
+            }
+            ta_pagemap_clear(s->page, s->npages);
+            done += ta_span_bytes(s);
+            ph_stats.unmapped_bytes += ta_span_bytes(s);
+            ph_stats.n_unmap_os++;
+            ta_span_delete(s);
+        }
+    }
+    return done;
+}
+
+/* The OS refused memory: every free page is released and every released
+ * span unmapped, whatever its size.  Returns the bytes unmapped. */
+static size_t give_back_locked(void) {
+    release_locked(true, ta_os_now_ms());
+    return unmap_released_locked(1);
+}
+
 static void decay_maybe(uint64_t now) {
     uint64_t period = ta_cfg.decay_ms / 4;
     if (now - ph_last_decay_ms < period) return;
@@ -376,6 +499,9 @@ size_t ta_pageheap_release(bool all) {
     uint64_t now = ta_os_now_ms();
     ta_lock(&ph_lock);
     size_t n = release_locked(all, now);
+    /* trim: released stretches of at least a growth step are unmapped
+     * (smaller holes would only split the kernel's mappings) */
+    if (all) n += unmap_released_locked(PH_GROW_PAGES);
     ph_last_decay_ms = now;
     ta_unlock(&ph_lock);
     return n;

@@ -1,6 +1,8 @@
 /* pagemap.c: page number → (span, info), a two-level radix tree.  The root is
  * a static array (untouched entries cost no memory); leaves come from the OS on
- * first use and are never freed, so a lookup never races with a free. */
+ * first use (MAP_NORESERVE: sparse) and are never freed, so a lookup never
+ * races with a free.  When the heap unmaps address space it clears the entries
+ * of its pages, so a later mapping there (ours or anyone's) starts unknown. */
 #include "internal.h"
 
 ta_pm_leaf_t *ta_pm_root[1 << TA_PM_ROOT_BITS];
@@ -14,7 +16,9 @@ bool ta_pagemap_ensure(uintptr_t first, uintptr_t n) {
         if (__atomic_load_n(&ta_pm_root[i], __ATOMIC_ACQUIRE)) continue;
         ta_lock(&pm_lock);
         if (!ta_pm_root[i]) {
-            ta_pm_leaf_t *leaf = ta_os_map(sizeof(ta_pm_leaf_t), 4096);
+            /* 3 MiB describing 2 GiB, of which only the entries of pages the
+             * heap uses are ever touched: sparse, not accounted */
+            ta_pm_leaf_t *leaf = ta_os_map_sparse(sizeof(ta_pm_leaf_t), 4096);
             if (!leaf) {
                 ta_unlock(&pm_lock);
                 return false;
@@ -33,6 +37,21 @@ void ta_pagemap_set(uintptr_t page, ta_span_t *s, uint64_t info) {
     uintptr_t i = page & ((1u << TA_PM_LEAF_BITS) - 1);
     leaf->span[i] = s;
     __atomic_store_n(&leaf->info[i], info, __ATOMIC_RELEASE);
+}
+
+void ta_pagemap_clear(uintptr_t first, uintptr_t n) {
+    for (uintptr_t page = first; page < first + n; page++) {
+        ta_pm_leaf_t *leaf = ta_pm_root[page >> TA_PM_LEAF_BITS];
+        if (!leaf) {
+            page |= ((uintptr_t)1 << TA_PM_LEAF_BITS) - 1; /* to the end of this leaf's range */
+            continue;
+        }
+        uintptr_t i = page & ((1u << TA_PM_LEAF_BITS) - 1);
+        /* only entries that are set are written: an untouched part of a
+         * leaf stays untouched (not resident) */
+        if (leaf->info[i]) __atomic_store_n(&leaf->info[i], 0, __ATOMIC_RELEASE);
+        if (leaf->span[i]) leaf->span[i] = NULL;
+    }
 }
 
 uint64_t ta_pagemap_bytes(void) { return pm_bytes; }

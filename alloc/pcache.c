@@ -450,11 +450,14 @@ static ta_pcache_t *thread_cache_create(void) {
     ta_pcache_t *c = pcache_free;
     if (c) pcache_free = c->next_all;
     ta_unlock(&reg_lock);
-    ta_slot_t *slab = c ? c->slab : NULL;
-    if (!c) {
-        c = ta_meta_alloc(sizeof *c);
-        slab = ta_meta_map(slab_bytes, 4096);
-        if (!c || !slab) return NULL; /* (a record without a slab is not kept) */
+    if (!c && !(c = ta_meta_alloc(sizeof *c))) return NULL;
+    ta_slot_t *slab = c->slab ? c->slab : ta_meta_map(slab_bytes, 4096);
+    if (!slab) { /* out of memory: the record waits for the next thread */
+        ta_lock(&reg_lock);
+        c->next_all = pcache_free;
+        pcache_free = c;
+        ta_unlock(&reg_lock);
+        return NULL;
     }
     memset(c, 0, sizeof *c);
     c->slab = slab;

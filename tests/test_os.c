@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "overcommit.h"
 
 #define OS_PAGE 4096
 
@@ -210,4 +211,50 @@ Test(os, clock_is_monotonic) {
     }
     uint64_t t1 = ta_os_now_ms();
     cr_assert_geq(t1 - t0, (uint64_t)40, "clock advanced %lu ms over a 60 ms sleep", t1 - t0);
+}
+
+/* Block memory is accounted (no MAP_NORESERVE): under the heuristic or the
+ * strict overcommit policy, a mapping larger than RAM + swap fails at once,
+ * leaving no address space behind.  A sparse table (MAP_NORESERVE) of the
+ * same size is allowed under the heuristic policy: the two differ. */
+Test(os, block_memory_is_accounted_by_the_kernel) {
+    int mode = need_accounting();
+    void *got[11];
+    long vm0 = statm_field(0);
+    ta_os_stats_t a, b;
+    ta_os_stats(&a);
+    for (int i = 0; i <= 10; i++) got[i] = ta_os_map((size_t)1 << (36 + i), TA_PAGE_SIZE);
+    void *aligned = ta_os_map((size_t)1 << 36, (size_t)1 << 30);
+    void *near = ta_os_map_near((void *)((uintptr_t)1 << 44), (size_t)1 << 36, TA_PAGE_SIZE);
+    ta_os_stats(&b);
+    long vm1 = statm_field(0);
+    for (int i = 0; i <= 10; i++) cr_assert_null(got[i], "a mapping of 2^%d bytes succeeded", 36 + i);
+    cr_assert_null(aligned);
+    cr_assert_null(near);
+    cr_assert_eq(b.mapped_bytes, a.mapped_bytes);
+    cr_assert_eq(vm1, vm0, "failed mappings left %ld pages of address space", vm1 - vm0);
+
+    if (mode == 0) {
+        void *sparse = ta_os_map_sparse((size_t)1 << 36, 4096);
+        cr_assert_not_null(sparse, "a sparse (MAP_NORESERVE) table of 2^36 bytes was refused");
+        cr_assert(ta_os_unmap(sparse, (size_t)1 << 36));
+    }
+}
+
+/* Successive mappings asked for next to each other are adjacent: the page
+ * heap's growth leaves no holes. */
+Test(os, mappings_near_a_hint_are_adjacent) {
+    const size_t size = (size_t)2 << 20;
+    char *p[8];
+    p[0] = ta_os_map(size, TA_PAGE_SIZE);
+    for (int i = 1; i < 8; i++) p[i] = p[i - 1] ? ta_os_map_near(p[i - 1] - size, size, TA_PAGE_SIZE) : NULL;
+    int adjacent = 0;
+    for (int i = 1; i < 8; i++) {
+        cr_assert_not_null(p[i]);
+        cr_assert_eq((uintptr_t)p[i] % TA_PAGE_SIZE, 0u);
+        adjacent += p[i] + size == p[i - 1];
+    }
+    /* something else may take one of the places; not most of them */
+    cr_assert_geq(adjacent, 6, "only %d of 7 mappings went where asked", adjacent);
+    for (int i = 0; i < 8; i++) cr_assert(ta_os_unmap(p[i], size));
 }

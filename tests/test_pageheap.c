@@ -268,14 +268,19 @@ Test(pageheap, release_all_moves_free_to_released_and_drops_rss) {
     ta_pageheap_stats(&b);
     long rss1 = rss_pages();
 
+    /* release(true) is malloc_trim: it also unmaps released spans of 2 MiB
+     * or more, the 8 MiB just freed among them */
+    uint64_t unmapped = b.unmapped_bytes - a.unmapped_bytes;
     cr_assert_geq(a.free_bytes, n * PG);
-    cr_assert_eq(got, a.free_bytes, "released %zu of %lu free bytes", got, (unsigned long)a.free_bytes);
+    cr_assert_geq(unmapped, n * PG, "only %lu bytes unmapped", (unsigned long)unmapped);
+    cr_assert_eq(got, a.free_bytes + unmapped, "released %zu of %lu free bytes, unmapped %lu", got,
+                 (unsigned long)a.free_bytes, (unsigned long)unmapped);
     cr_assert_eq(b.free_bytes, 0u);
-    cr_assert_eq(b.released_bytes, a.released_bytes + a.free_bytes);
+    cr_assert_eq(b.released_bytes, a.released_bytes + a.free_bytes - unmapped);
     cr_assert_eq(b.inuse_bytes, a.inuse_bytes);
-    cr_assert_eq(ob.released_bytes - oa.released_bytes, got, "the OS tier saw %lu bytes released",
+    cr_assert_eq(ob.released_bytes - oa.released_bytes, a.free_bytes, "the OS tier saw %lu bytes released",
                  (unsigned long)(ob.released_bytes - oa.released_bytes));
-    cr_assert_eq(ob.mapped_bytes, oa.mapped_bytes);
+    cr_assert_eq(oa.mapped_bytes - ob.mapped_bytes, unmapped);
     cr_assert_geq((rss0 - rss1) * 4096, (long)(n * PG - n * PG / 16), "RSS fell by %ld bytes of %lu",
                   (rss0 - rss1) * 4096, (unsigned long)(n * PG));
 
@@ -617,4 +622,190 @@ Test(pageheap, concurrent_spans_never_overlap) {
      * compare only the large spans, which only this test makes */
     cr_assert_eq(b.large_count, a.large_count);
     cr_assert_eq(b.large_bytes, a.large_bytes);
+}
+
+/* ---- issue 10 ---------------------------------------------------------------- */
+
+/* Resident OS pages of [p, p + size), or -1 when the range is not mapped. */
+static long resident(void *p, size_t size) {
+    static unsigned char vec[(64u << 20) / 4096];
+    size_t n = size / 4096;
+    if (n > sizeof vec) return -2;
+    if (mincore(p, size, vec) != 0) return -1;
+    long r = 0;
+    for (size_t i = 0; i < n; i++) r += vec[i] & 1;
+    return r;
+}
+
+/* A block freed and allocated again every 300 ms, with a large free span
+ * right behind it: each free merges the two.  With TIERALLOC_DECAY_MS=100
+ * the span's pages must still go back to the OS (the merge used to give the
+ * whole span the block's fresh age, so they never did). */
+Test(pageheap, pages_next_to_a_recycled_block_still_decay) {
+    enum { A = 1024, B = 4096 }; /* an 8 MiB block, 32 MiB free behind it */
+    ta_pageheap_release(true);   /* no resident free span anywhere else */
+    ta_span_t *x = ta_pageheap_alloc(A + B, 1, 0);
+    cr_assert_not_null(x);
+    uintptr_t page = x->page;
+    memset(ta_span_addr(x), 1, ta_span_bytes(x));
+    cr_assert(ta_pageheap_shrink(x, A, false)); /* B: free and resident */
+    char *b = (char *)ta_span_addr(x) + A * PG;
+    long b_res0 = resident(b, B * PG);
+    size_t rss0 = tu_rss_bytes();
+    ta_cfg.decay_ms = 100; /* TIERALLOC_DECAY_MS=100 */
+    int moved = 0;
+    for (int i = 0; i < 3; i++) {
+        tu_sleep_ms(300);
+        ta_pageheap_free(x);
+        x = ta_pageheap_alloc(A, 1, 0);
+        if (!x) break;
+        moved += x->page != page;
+        memset(ta_span_addr(x), 2, ta_span_bytes(x)); /* the block is in use */
+    }
+    size_t rss1 = tu_rss_bytes();
+    long b_res1 = resident(b, B * PG);
+    ta_cfg.decay_ms = (uint64_t)1 << 40;
+    cr_assert_not_null(x);
+    cr_assert_eq(moved, 0, "the block moved %d times: the scenario did not happen", moved);
+    cr_assert_eq(b_res0, (long)(B * PG / 4096), "B was not resident to begin with (%ld pages)", b_res0);
+    cr_assert_eq(b_res1, 0, "%ld pages of B are still resident after 0.9 s idle with a 100 ms decay", b_res1);
+    cr_assert_geq(rss0, rss1 + B * PG - B * PG / 8, "RSS went from %zu to %zu bytes", rss0, rss1);
+    ta_span_t *bs = ta_pagemap_span(page + A);
+    cr_assert(bs && bs->page == page + A && bs->state == TA_SPAN_RELEASED);
+    ta_pageheap_free(x);
+    check_totals("after decay next to a recycled block");
+}
+
+/* A merged span keeps the older of the two ages: the part freed long ago
+ * decays on time even when something was freed next to it just now. */
+Test(pageheap, merged_spans_keep_the_older_age) {
+    ta_span_t *run[4]; /* A, B, C, guard */
+    cr_assert(get_run(8, 4, run));
+    uintptr_t a = run[0]->page;
+    ta_pageheap_free(run[1]); /* B: free since t0 */
+    uint64_t t0 = ta_pagemap_span(a + 8)->free_since_ms;
+    tu_sleep_ms(30);
+    ta_pageheap_free(run[0]); /* A, later: merges with B behind it */
+    ta_pageheap_free(run[2]); /* C, later: merges with A+B in front of it */
+    ta_span_t *m = ta_pagemap_span(a);
+    cr_assert_eq(m->page, a);
+    cr_assert_eq(m->npages, 24u);
+    cr_assert_eq(m->free_since_ms, t0, "merged span is %lu ms old, B was freed at %lu",
+                 (unsigned long)m->free_since_ms, (unsigned long)t0);
+    ta_pageheap_free(run[3]);
+}
+
+/* Growth leaves no holes: spans from successive new mappings are adjacent, so
+ * that freed they merge into one span that a larger request can use. */
+Test(pageheap, growth_leaves_no_holes) {
+    enum { N = 8, K = 256 }; /* 2 MiB each: one new mapping each */
+    ta_pageheap_release(true); /* no released span of 2 MiB or more left */
+    ta_span_t *sp[N];
+    for (int i = 0; i < N; i++) sp[i] = ta_pageheap_alloc(K, 1, 0);
+    int adjacent = 0;
+    for (int i = 0; i < N; i++) cr_assert_not_null(sp[i]);
+    for (int i = 1; i < N; i++) adjacent += sp[i]->page + K == sp[i - 1]->page || sp[i - 1]->page + K == sp[i]->page;
+    uintptr_t lowest = sp[N - 1]->page;
+    for (int i = 0; i < N; i++) ta_pageheap_free(sp[i]);
+    /* (a metadata chunk may land between two of them, not more) */
+    cr_assert_geq(adjacent, N - 2, "only %d of %d new mappings are next to the previous one", adjacent, N - 1);
+    ta_span_t *m = ta_pagemap_span(lowest);
+    cr_assert_not_null(m);
+    cr_assert_geq(m->npages, (uintptr_t)(N - 2) * K, "the freed spans merged into %lu pages only",
+                  (unsigned long)m->npages);
+    check_totals("after growth");
+}
+
+/* malloc_trim (release(true)) unmaps released address space: the range is
+ * gone, its pagemap entries cleared, the OS tier's count down; the heap maps
+ * afresh afterwards. */
+Test(pageheap, trim_unmaps_free_address_space) {
+    const uintptr_t n = 8192; /* 64 MiB */
+    ta_span_t *s = ta_pageheap_alloc(n, 1, 0);
+    cr_assert_not_null(s);
+    uintptr_t page = s->page;
+    char *p = ta_span_addr(s);
+    memset(p, 5, 1 << 20);
+    ta_pageheap_free(s);
+    ta_os_stats_t oa, ob;
+    ta_pageheap_stats_t a, b;
+    ta_os_stats(&oa);
+    ta_pageheap_stats(&a);
+    ta_pageheap_release(true);
+    ta_pageheap_stats(&b);
+    ta_os_stats(&ob);
+    cr_assert_geq(b.unmapped_bytes - a.unmapped_bytes, n * PG);
+    cr_assert_eq(oa.mapped_bytes - ob.mapped_bytes, b.unmapped_bytes - a.unmapped_bytes);
+    cr_assert_geq(b.n_unmap_os - a.n_unmap_os, 1u);
+    cr_assert_eq(resident(p, (size_t)1 << 20), -1, "the range is still mapped");
+    for (uintptr_t i = 0; i < n; i += 97) cr_assert_null(ta_pagemap_span(page + i), "page %lu still mapped to a span", (unsigned long)i);
+    cr_assert_null(ta_pagemap_span(page + n - 1));
+    check_totals("after trim");
+    s = ta_pageheap_alloc(n, 1, 0);
+    cr_assert_not_null(s);
+    cr_assert(s->zeroed);
+    memset(ta_span_addr(s), 6, ta_span_bytes(s));
+    ta_pageheap_free(s);
+    check_totals("after a new mapping");
+}
+
+/* Span records run out (no address space for more metadata): the request
+ * fails with NULL instead of aborting, the failed request changes nothing, the
+ * heap stays usable, and freeing makes records available again. */
+#define BIG_PAGES 131072 /* 1 GiB of free pages cut into 1-page spans: more records than a metadata chunk holds */
+static ta_span_t *rec_spans[BIG_PAGES];
+static void records_run_out_child(void *arg) {
+    (void)arg;
+    ta_pageheap_release(true); /* unmaps the released spans */
+    ta_pageheap_stats_t base, a, b;
+    ta_pageheap_stats(&base);
+    ta_span_t *big = ta_pageheap_alloc(BIG_PAGES, 1, 0);
+    TU_CHILD_CHECK(big != NULL, "no 1 GiB span");
+    ta_pageheap_free(big); /* free pages (of the resident kind, though never touched) */
+    char buf[128];
+    int fd = open("/proc/self/statm", O_RDONLY);
+    ssize_t got = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    TU_CHILD_CHECK(got > 0, "statm");
+    buf[got] = 0;
+    rlim_t vm = (rlim_t)atol(buf) * 4096;
+    /* room for the stack to grow, not for a metadata chunk */
+    struct rlimit rl = {vm + (256 << 10), RLIM_INFINITY};
+    TU_CHILD_CHECK(setrlimit(RLIMIT_AS, &rl) == 0, "setrlimit");
+    int n = 0;
+    for (;;) {
+        ta_pageheap_stats(&a);
+        if (n == BIG_PAGES || !(rec_spans[n] = ta_pageheap_alloc(1, 1, 0))) break;
+        n++;
+    }
+    ta_pageheap_stats(&b);
+    TU_CHILD_CHECK(n < BIG_PAGES, "span records never ran out (%d spans)", n);
+    TU_CHILD_CHECK(a.inuse_bytes == b.inuse_bytes && a.n_alloc == b.n_alloc && a.large_count == b.large_count &&
+                       a.free_bytes + a.released_bytes == b.free_bytes + b.released_bytes + b.unmapped_bytes -
+                                                              a.unmapped_bytes,
+                   "the failed request changed the heap");
+    /* usable: one freed span's record serves the next request */
+    ta_pageheap_free(rec_spans[--n]);
+    rec_spans[n] = ta_pageheap_alloc(1, 1, 0);
+    TU_CHILD_CHECK(rec_spans[n] != NULL, "no span after a free");
+    n++;
+    for (int i = 0; i < n; i++) ta_pageheap_free(rec_spans[i]);
+    ta_pageheap_stats(&b);
+    TU_CHILD_CHECK(b.inuse_bytes == base.inuse_bytes && b.large_count == base.large_count,
+                   "in use: %lu bytes in %lu blocks, %lu in %lu before", (unsigned long)b.inuse_bytes,
+                   (unsigned long)b.large_count, (unsigned long)base.inuse_bytes, (unsigned long)base.large_count);
+    /* with room again, the whole gigabyte in one request */
+    rl.rlim_cur = RLIM_INFINITY;
+    TU_CHILD_CHECK(setrlimit(RLIMIT_AS, &rl) == 0, "setrlimit");
+    big = ta_pageheap_alloc(BIG_PAGES, 1, 0);
+    TU_CHILD_CHECK(big != NULL, "no 1 GiB span after the limit was lifted");
+    ta_pageheap_free(big);
+    printf("%d spans\n", n);
+}
+
+Test(pageheap, running_out_of_span_records_fails_cleanly) {
+    static tu_child_t c;
+    tu_run_child(records_run_out_child, NULL, 50000, &c);
+    cr_assert(c.exited && c.exit_code == 0, "%s", tu_describe(&c));
+    cr_assert(strstr(c.out, " spans") != NULL, "stdout: %s", c.out);
 }

@@ -235,3 +235,23 @@ Test(pagemap, heap_blocks_are_registered) {
         free(p);
     }
 }
+
+/* clear() empties exactly the range, across leaves, and skips leaves that do
+ * not exist (it creates nothing). */
+Test(pagemap, clear_empties_a_range_and_nothing_else) {
+    const uintptr_t first = 10 * LEAF_PAGES - 3, n = 6; /* leaves 9 and 10 */
+    cr_assert(ta_pagemap_ensure(first - 1, n + 2));
+    for (uintptr_t pg = first - 1; pg < first + n + 1; pg++) ta_pagemap_set(pg, &fake[pg % 8], (uint32_t)pg | 1);
+    uint64_t before = ta_pagemap_bytes();
+    ta_pagemap_clear(first, n);
+    ta_pagemap_clear((uintptr_t)300 << TA_PM_LEAF_BITS, 3 * LEAF_PAGES); /* leaves never made */
+    cr_assert_eq(ta_pagemap_bytes(), before);
+    cr_assert_null(ta_pm_root[300]);
+    for (uintptr_t pg = first; pg < first + n; pg++) check_empty(pg);
+    cr_assert_eq(ta_pagemap_span(first - 1), &fake[(first - 1) % 8]);
+    cr_assert_eq(ta_pagemap_info(first - 1), (uint32_t)(first - 1) | 1);
+    cr_assert_eq(ta_pagemap_span(first + n), &fake[(first + n) % 8]);
+    cr_assert_eq(ta_pagemap_info(first + n), (uint32_t)(first + n) | 1);
+    ta_pagemap_set(first - 1, NULL, 0);
+    ta_pagemap_set(first + n, NULL, 0);
+}
