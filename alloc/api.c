@@ -117,6 +117,7 @@ TA_NOINLINE void *ta_alloc_small_slow(size_t n, uint32_t cls) {
     void *p = ta_fe_pop(cls, &state); /* the cache may be another one now */
     if (!p) p = ta_pcache_alloc_slow(cls);
     if (!p) return ta_fail_nomem();
+    TA_ASSERT(*ta_state_of(p, cls) == TA_OBJ_FREE); /* tier 1 hands out free objects only */
     *ta_state_of(p, cls) = TA_OBJ_LIVE;
     return p;
 }

@@ -39,6 +39,8 @@ void ta_central_init(void) {
     nshards = ta_cfg.ncpu < MAX_SHARDS ? (uint32_t)ta_cfg.ncpu : MAX_SHARDS;
     if (nshards < 1) nshards = 1;
     for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) {
+        central[c].lock.rank = TA_RANK_CLASS;
+        for (uint32_t sh = 0; sh < MAX_SHARDS; sh++) transfer[sh][c].lock.rank = TA_RANK_TRANSFER;
         ta_spanlist_init(&central[c].nonempty);
         if (!c || c >= ta_nclasses) continue;
         size_t cap = TC_BYTES / ta_class[c].size;
@@ -97,6 +99,7 @@ static uint32_t alloc_from_spans(uint32_t cls, void **out, uint32_t want) {
         if (!s->freelist && s->carve >= carve_end) span_list_remove(s);
     }
     cc->free_objects -= got;
+    TA_ASSERT(cc->free_objects <= cc->spans * ta_class[cls].objects);
     ta_unlock(&cc->lock);
     return got;
 }
@@ -110,7 +113,8 @@ static void free_to_spans(uint32_t cls, void *const *objs, uint32_t n) {
     for (uint32_t i = 0; i < n; i++) {
         void *obj = objs[i];
         ta_span_t *s = ta_pagemap_span((uintptr_t)obj >> TA_PAGE_SHIFT);
-        TA_ASSERT(s && s->cls == cls && s->allocated > 0);
+        TA_ASSERT(s && s->cls == cls && s->state == TA_SPAN_INUSE && s->allocated > 0);
+        TA_ASSERT(*ta_state_of(obj, cls) == TA_OBJ_FREE); /* no live object goes back to its span */
         *(void **)obj = s->freelist;
         s->freelist = obj;
         s->allocated--;
@@ -173,6 +177,7 @@ void ta_central_free(uint32_t cls, void *const *objs, uint32_t n, uint32_t shard
         k = tc_cap[cls] - t->n < n ? tc_cap[cls] - t->n : n;
         memcpy(t->slots + t->n, objs, k * sizeof(void *));
         t->n += k;
+        TA_ASSERT(t->n <= tc_cap[cls]);
         ta_unlock(&t->lock);
     }
     if (k < n) free_to_spans(cls, objs + k, n - k);

@@ -11,7 +11,7 @@
 #include <sys/auxv.h>
 
 volatile int ta_inited;
-static ta_lock_t init_lock = TA_LOCK_INIT;
+static ta_lock_t init_lock = TA_LOCK_INIT(TA_RANK_INIT);
 
 void ta_init_slow(void) {
     ta_lock(&init_lock);
@@ -36,6 +36,7 @@ static void fork_prepare(void) {
     ta_meta_lock_all();
 }
 static void fork_after(bool child) {
+    if (child) ta_witness_forget_all();
     ta_meta_unlock_all(child);
     ta_pageheap_unlock_all(child);
     ta_central_unlock_all(child);

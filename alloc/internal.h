@@ -34,22 +34,52 @@
 /* ---- locks ----------------------------------------------------------------- */
 /* A lock that spins briefly before it sleeps: the central and transfer locks
  * are held for a few hundred cycles, so a waiter that sleeps at once (futex)
- * pays a system call and a wake-up for nothing.  0 free, 1 held, 2 held with
- * sleepers.  A zero-filled lock is a free one. */
-typedef struct ta_lock { int state; } ta_lock_t;
-#define TA_LOCK_INIT {0}
+ * pays a system call and a wake-up for nothing.  state: 0 free, 1 held, 2 held
+ * with sleepers.  Every lock has a rank, its place in the one lock order
+ * (init.c): a thread holding a lock takes only locks of higher rank (or of the
+ * same rank at a higher address: fork takes whole arrays in order).  The debug
+ * build (--enable-debug) checks this on every acquisition (lock.c). */
+enum ta_lock_rank {
+    TA_RANK_INIT = 1,
+    TA_RANK_SAMPLE,
+    TA_RANK_REGISTRY, /* thread-cache registry */
+    TA_RANK_CPU,      /* a CPU's cache */
+    TA_RANK_TRANSFER, /* transfer cache shards */
+    TA_RANK_CLASS,    /* central span lists */
+    TA_RANK_PAGEHEAP,
+    TA_RANK_PAGEMAP,
+    TA_RANK_META,
+};
+typedef struct ta_lock {
+    int state;
+    int rank;
+} ta_lock_t;
+#define TA_LOCK_INIT(rank) {0, (rank)}
 void ta_lock_wait(ta_lock_t *l);
 void ta_lock_wake(ta_lock_t *l);
+#ifdef TA_DEBUG
+void ta_witness_acquire(const ta_lock_t *l, bool try_only);
+void ta_witness_release(const ta_lock_t *l);
+void ta_witness_forget_all(void); /* fork child: every lock was started afresh */
+#else
+#define ta_witness_acquire(l, t) ((void)0)
+#define ta_witness_release(l) ((void)0)
+#define ta_witness_forget_all() ((void)0)
+#endif
 static inline void ta_lock(ta_lock_t *l) {
+    ta_witness_acquire(l, false);
     int z = 0;
     if (TA_UNLIKELY(!__atomic_compare_exchange_n(&l->state, &z, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)))
         ta_lock_wait(l);
 }
 static inline bool ta_trylock(ta_lock_t *l) {
     int z = 0;
-    return __atomic_compare_exchange_n(&l->state, &z, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+    if (!__atomic_compare_exchange_n(&l->state, &z, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) return false;
+    ta_witness_acquire(l, true);
+    return true;
 }
 static inline void ta_unlock(ta_lock_t *l) {
+    ta_witness_release(l);
     if (TA_UNLIKELY(__atomic_exchange_n(&l->state, 0, __ATOMIC_RELEASE) == 2)) ta_lock_wake(l);
 }
 /* after fork: the parent unlocks what fork_prepare locked; the child, whose

@@ -11,7 +11,7 @@
 
 #define META_CHUNK ((size_t)1 << 20)
 
-static ta_lock_t meta_lock = TA_LOCK_INIT;
+static ta_lock_t meta_lock = TA_LOCK_INIT(TA_RANK_META);
 static char *meta_cur, *meta_end;
 static uint64_t meta_total;
 static ta_span_t *span_free; /* recycled span records, linked through next */

@@ -19,7 +19,7 @@
 #define PH_EXACT 128               /* lists 1..128 hold spans of exactly that many pages */
 #define PH_GROW_PAGES 256          /* grow the heap 2 MiB at a time at least */
 
-static ta_lock_t ph_lock = TA_LOCK_INIT;
+static ta_lock_t ph_lock = TA_LOCK_INIT(TA_RANK_PAGEHEAP);
 static ta_span_t ph_list[2][PH_EXACT + 1]; /* [kind][npages or 0 for larger]; sentinels */
 static ta_pageheap_stats_t ph_stats;
 static uint64_t ph_class_spans[TA_MAX_CLASSES]; /* in-use spans of each size class (stats) */
@@ -55,6 +55,7 @@ static void account_free(const ta_span_t *s, int sign) {
 }
 
 static void free_remove(ta_span_t *s) {
+    TA_ASSERT(s->state != TA_SPAN_INUSE && s->next && s->prev);
     ta_spanlist_remove(s);
     account_free(s, -1);
 }
@@ -133,6 +134,11 @@ static void free_insert(ta_span_t *s) {
     register_ends(s);
     ta_spanlist_push(free_list_for(s), s);
     account_free(s, +1);
+    /* a free span is whole and registered at both ends; its neighbours of its
+     * own kind were merged */
+    TA_ASSERT(s->npages && (s->state == TA_SPAN_FREE || s->state == TA_SPAN_RELEASED));
+    TA_ASSERT(ta_pagemap_span(s->page) == s && ta_pagemap_span(s->page + s->npages - 1) == s);
+    TA_ASSERT(ta_pagemap_info(s->page) == 0);
 }
 
 /* Smallest span of `kind` with at least n pages (lowest address among the
@@ -209,6 +215,11 @@ static void put_back(ta_span_t *s) {
     register_ends(s);
     ta_spanlist_push(free_list_for(s), s);
     account_free(s, +1);
+    /* a free span is whole and registered at both ends; its neighbours of its
+     * own kind were merged */
+    TA_ASSERT(s->npages && (s->state == TA_SPAN_FREE || s->state == TA_SPAN_RELEASED));
+    TA_ASSERT(ta_pagemap_span(s->page) == s && ta_pagemap_span(s->page + s->npages - 1) == s);
+    TA_ASSERT(ta_pagemap_info(s->page) == 0);
 }
 
 /* Keep the first n pages of s; the rest goes back to the heap. */
@@ -317,7 +328,8 @@ static ta_span_t *alloc_span_locked(uintptr_t npages, uintptr_t align_pages, uin
 }
 
 static void free_locked(ta_span_t *s, uint64_t now) {
-    TA_ASSERT(s->state == TA_SPAN_INUSE);
+    TA_ASSERT(s->state == TA_SPAN_INUSE && s->npages && !s->next);
+    TA_ASSERT(!s->cls || s->allocated == 0); /* a small span comes back with no object handed out */
     ph_stats.inuse_bytes -= ta_span_bytes(s);
     if (s->cls) {
         /* info 0 on every page: a later free() of one of its objects takes the

@@ -6,7 +6,7 @@
 #include "internal.h"
 
 ta_pm_leaf_t *ta_pm_root[1 << TA_PM_ROOT_BITS];
-static ta_lock_t pm_lock = TA_LOCK_INIT;
+static ta_lock_t pm_lock = TA_LOCK_INIT(TA_RANK_PAGEMAP);
 static uint64_t pm_bytes;
 
 bool ta_pagemap_ensure(uintptr_t first, uintptr_t n) {

@@ -56,7 +56,7 @@ ta_fe_t ta_fe;
 static uint16_t slot_begin[TA_MAX_CLASSES], slot_max[TA_MAX_CLASSES]; /* each class's slot range */
 static size_t slab_bytes;  /* a thread slab: headers and every class's range */
 
-static ta_lock_t reg_lock = TA_LOCK_INIT;
+static ta_lock_t reg_lock = TA_LOCK_INIT(TA_RANK_REGISTRY);
 static ta_pcache_t reg_head = {.next_all = &reg_head, .prev_all = &reg_head};
 static ta_pcache_t *pcache_free;             /* caches of exited threads, for reuse */
 static ta_pcache_t pcache_dead = {.state = TA_PC_DEAD};
@@ -257,6 +257,26 @@ static inline uint32_t capacity(const ta_pcache_t *c, uint32_t cls) {
     return hdr_of(c, cls)->end - slot_begin[cls];
 }
 
+/* The cache's invariants (debug builds): every header within its class's
+ * range, capacity within the budget, every cached object free. */
+static void check_cache(const ta_pcache_t *c, uint32_t cls) {
+#ifdef TA_DEBUG
+    ta_slab_hdr_t h = {.word = __atomic_load_n(&hdr_of(c, cls)->word, __ATOMIC_RELAXED)};
+    TA_ASSERT(h.begin == slot_begin[cls] && h.begin <= h.cur && h.end <= h.max_end);
+    TA_ASSERT(h.max_end == slot_begin[cls] + slot_max[cls]);
+    TA_ASSERT(c->committed <= c->budget);
+    if (c->cpu < 0) { /* a thread's own cache: nothing moves under us */
+        TA_ASSERT(h.cur <= h.end);
+        for (uint32_t i = h.begin; i < h.cur; i++)
+            TA_ASSERT(c->slab[i].obj && *c->slab[i].state == TA_OBJ_FREE &&
+                      c->slab[i].state == ta_state_of(c->slab[i].obj, cls));
+    }
+#else
+    (void)c;
+    (void)cls;
+#endif
+}
+
 /* ---- layout ------------------------------------------------------------------ */
 /* Most slots a class may have: about 1 MiB of objects, at least two batches. */
 static uint32_t class_max(uint32_t cls) {
@@ -317,6 +337,7 @@ void ta_pcache_init(void) {
     for (long i = 0; i < n; i++) {
         cs[i].slab = (ta_slot_t *)(slabs + ((size_t)i << TA_SLAB_SHIFT));
         cs[i].cpu = (int)i;
+        cs[i].lock.rank = TA_RANK_CPU;
         cs[i].budget = ta_cfg.cpu_cache_bytes;
         cs[i].shard = (uint32_t)i;
         cs[i].state = TA_PC_LIVE;
@@ -529,6 +550,7 @@ void *ta_pcache_alloc_slow(uint32_t cls) {
         if (k < 0) k = 0; /* migrated to another CPU: the rest goes back */
         if ((uint32_t)k < got) ta_central_free(cls, buf + k, got - (uint32_t)k, c->shard);
     }
+    check_cache(c, cls);
     cache_unlock(c);
     tick(c);
     return p;
@@ -556,6 +578,7 @@ void ta_pcache_free_slow(void *p, uint32_t cls) {
     } else if (k < 0) {
         ta_central_free(cls, &p, 1, c->shard); /* migrated meanwhile */
     }
+    check_cache(c, cls);
     cache_unlock(c);
     tick(c);
 }

@@ -65,7 +65,7 @@ struct ta_srec {
     double weight;
 };
 
-static ta_lock_t sample_lock = TA_LOCK_INIT;
+static ta_lock_t sample_lock = TA_LOCK_INIT(TA_RANK_SAMPLE);
 static bucket_t *table[NBUCKETS];
 static struct ta_srec *rec_free;
 static struct ta_hooks hooks;
