@@ -7,6 +7,7 @@
 #include "internal.h"
 
 #include <string.h>
+#include <sys/auxv.h>
 
 #define TC_BYTES ((size_t)128 << 10) /* a transfer cache holds about this many bytes */
 #define TC_MAX_OBJS 4096
@@ -34,8 +35,14 @@ static central_class_t central[TA_MAX_CLASSES];
 static transfer_t transfer[MAX_SHARDS][TA_MAX_CLASSES];
 static uint32_t tc_cap[TA_MAX_CLASSES]; /* objects a transfer cache of the class may hold */
 static uint32_t nshards = 1;
+static uintptr_t link_key; /* secret of the span free lists' links (below) */
 
 void ta_central_init(void) {
+    /* the secret: the kernel's random bytes (AT_RANDOM) mixed with an address */
+    const unsigned char *rnd = (const unsigned char *)getauxval(AT_RANDOM);
+    uint64_t k[2] = {0, 0};
+    if (rnd) memcpy(k, rnd, sizeof k);
+    link_key = (uintptr_t)(k[0] ^ k[1] ^ ((uintptr_t)&link_key * 0x9e3779b97f4a7c15ull));
     nshards = ta_cfg.ncpu < MAX_SHARDS ? (uint32_t)ta_cfg.ncpu : MAX_SHARDS;
     if (nshards < 1) nshards = 1;
     for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) {
@@ -47,6 +54,34 @@ void ta_central_init(void) {
         if (cap < 2 * ta_class[c].batch) cap = 2 * ta_class[c].batch;
         tc_cap[c] = cap > TC_MAX_OBJS ? TC_MAX_OBJS : (uint32_t)cap;
     }
+}
+
+/* ---- span free lists: links kept encoded ----------------------------------------
+ * Objects given back to their span are linked through their first word, the
+ * only place the allocator writes into free objects.  The link is stored
+ * XORed with a per-process secret and the object's own address (so a stray
+ * write, or a pointer planted after a use-after-free, decodes to garbage),
+ * and every decoded link is checked before it is followed: inside the span,
+ * on an object boundary, and FREE.  A bad one is reported, not followed. */
+static inline void link_set(void *obj, void *next) {
+    *(uintptr_t *)obj = (uintptr_t)next ^ link_key ^ ((uintptr_t)obj >> 4);
+}
+
+TA_COLD static void bad_link(const void *obj, uintptr_t next) {
+    ta_fatal("corrupted free list: the free block at %p links to %p (a write after free or an overflow?)", obj,
+             (void *)next);
+}
+
+static inline void *link_get(const ta_span_t *s, uint32_t cls, const void *obj) {
+    uintptr_t next = *(const uintptr_t *)obj ^ link_key ^ ((uintptr_t)obj >> 4);
+    if (!next) return NULL;
+    uintptr_t base = (uintptr_t)ta_span_addr(s), off = next - base;
+    bool start;
+    uint32_t idx = ta_object_index((uint32_t)off, cls, &start);
+    if (TA_UNLIKELY(next < base || off >= (uintptr_t)ta_class[cls].objects * ta_class[cls].size || !start ||
+                    idx >= ta_class[cls].objects || *ta_state_of((void *)next, cls) != TA_OBJ_FREE))
+        bad_link(obj, next);
+    return (void *)next;
 }
 
 static void span_list_push(central_class_t *cc, ta_span_t *s) {
@@ -86,7 +121,7 @@ static uint32_t alloc_from_spans(uint32_t cls, void **out, uint32_t want) {
             void *obj;
             if (s->freelist) {
                 obj = s->freelist;
-                s->freelist = *(void **)obj;
+                s->freelist = link_get(s, cls, obj);
             } else if (s->carve < carve_end) {
                 obj = s->carve;
                 s->carve += size;
@@ -115,7 +150,7 @@ static void free_to_spans(uint32_t cls, void *const *objs, uint32_t n) {
         ta_span_t *s = ta_pagemap_span((uintptr_t)obj >> TA_PAGE_SHIFT);
         TA_ASSERT(s && s->cls == cls && s->state == TA_SPAN_INUSE && s->allocated > 0);
         TA_ASSERT(*ta_state_of(obj, cls) == TA_OBJ_FREE); /* no live object goes back to its span */
-        *(void **)obj = s->freelist;
+        link_set(obj, s->freelist);
         s->freelist = obj;
         s->allocated--;
         cc->free_objects++;

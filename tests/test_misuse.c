@@ -317,3 +317,39 @@ Test(misuse, correct_program_is_not_reported) {
     cr_assert(shared->reached_end);
     cr_assert_eq(c.err_len, 0, "stderr: %s", c.err);
 }
+
+/* ---- corruption of free memory ------------------------------------------------
+ * A pointer planted in a freed block's first word (a write after free) must
+ * not make malloc return it: the block is back in its span's free list, whose
+ * links are encoded and checked, so the next refill that reaches it reports
+ * the corruption, naming the block. */
+static char planted_target[64];
+static void planted_link(void *arg) {
+    (void)arg;
+    void *x[64];
+    for (int i = 0; i < 64; i++) x[i] = malloc(48);
+    for (int i = 1; i < 64; i++) free(x[i]); /* x[0] keeps the span in use */
+    malloc_trim(0);                          /* the frees reach the span's free list */
+    report(x[10]);
+    *(void **)tu_hide(x[10]) = planted_target;
+    for (int i = 0; i < 20000; i++) {
+        char *p = malloc(48);
+        if (p >= planted_target && p < planted_target + sizeof planted_target) break; /* followed it */
+    }
+    shared->reached_end = 1;
+}
+Test(misuse, write_after_free_into_a_free_list_is_caught) { expect_abort(planted_link, "corrupted free list"); }
+
+/* A free of an object of a span that was never handed out (a wild pointer
+ * that happens to be a block start) is refused: its state is not live. */
+static void free_never_handed_out(void *arg) {
+    (void)arg;
+    char *p = malloc(4000); /* a 4 KiB-class span: the blocks after p are not handed out yet */
+    memset(p, 1, 4000);
+    size_t size = malloc_usable_size(p);
+    char *q = p + 3 * size;
+    report(q);
+    free(tu_hide(q));
+    shared->reached_end = 1;
+}
+Test(misuse, free_of_a_block_never_handed_out) { expect_abort(free_never_handed_out, NULL); }
