@@ -16,13 +16,9 @@ extern char **environ;
 
 static char run_path[4096], prog_path[4096], tmpdir[256];
 
-static const char *src_dir(void) {
-    const char *d = getenv("TA_SRCDIR");
-    return d && *d ? d : tu_build_dir();
-}
-
 static void setup(void) {
-    snprintf(run_path, sizeof run_path, "%s/tools/tieralloc-run", src_dir());
+    /* configure writes tools/tieralloc-run (its version) in the build tree */
+    snprintf(run_path, sizeof run_path, "%s", tu_build_path("tools/tieralloc-run"));
     snprintf(prog_path, sizeof prog_path, "%s", tu_build_path("tests/prof_prog"));
     snprintf(tmpdir, sizeof tmpdir, "/tmp/ta_profile.XXXXXX");
     cr_assert_not_null(mkdtemp(tmpdir));
