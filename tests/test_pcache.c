@@ -453,10 +453,23 @@ Test(pcache, budget_moves_to_the_classes_in_use) {
 
 /* A class nobody uses any more gives back half of what it holds (and as much
  * capacity) once per decay period, from the slow paths of other classes: the
- * thread's own (per thread) or any CPU's (per CPU: every CPU is scanned). */
+ * thread's own (per thread) or any CPU's (per CPU: every CPU is scanned).
+ * Each step below is exactly one period: one slow path (the first malloc of
+ * a class this cache never used is a miss) with the period set to 0 ms. */
+static void one_decay_period(size_t size) {
+    ta_cfg.decay_ms = 0;
+    void *p = malloc(size);
+    while (sampled(p)) { /* (a sampled block takes no slow path of tier 1) */
+        free(p);
+        p = malloc(size);
+    }
+    ta_cfg.decay_ms = (uint64_t)1 << 40;
+    free(p);
+}
+
 Test(pcache, idle_classes_drain_over_decay_periods) {
     const uint32_t idle = ta_size_to_class(720);
-    static void *p[800];
+    static void *p[400];
     pin(first_cpu());
     for (int r = 0; r < 3; r++) {
         for (int i = 0; i < 400; i++) p[i] = malloc(720);
@@ -465,24 +478,29 @@ Test(pcache, idle_classes_drain_over_decay_periods) {
     const ta_slot_t *slab = my_slab();
     uint32_t h0 = held(slab, idle), cap0 = cap(slab, idle);
     cr_assert_gt(h0, 16u, "the 720-byte class holds only %u blocks", h0);
-    ta_cfg.decay_ms = 5;
-    uint32_t seen[5], caps[5];
-    for (int period = 0; period < 5; period++) {
-        tu_sleep_ms(20); /* well past the 5 ms period, whatever the clock granularity */
-        /* slow paths of another class: more 3000-byte blocks than it holds */
-        for (int i = 0; i < 800; i++) p[i] = malloc(3000);
-        for (int i = 0; i < 800; i++) free(p[i]);
+    /* (classes nothing here used, small enough that growing them takes no
+     * capacity from the others: that would shrink the idle class too) */
+    const size_t steps[] = {9000, 11000, 13000, 15500, 18500, 22000};
+    uint32_t seen[6], caps[6];
+    for (int period = 0; period < 6; period++) {
+        one_decay_period(steps[period]);
         seen[period] = held(slab, idle);
         caps[period] = cap(slab, idle);
     }
-    ta_cfg.decay_ms = (uint64_t)1 << 40;
     /* the first period only forgets that the class was in use (it missed while
-     * it was being filled); each later one halves it */
-    cr_assert_lt(seen[1], h0, "no decay after two periods (%u -> %u)", h0, seen[1]);
-    cr_assert_lt(seen[4], seen[1], "the idle class stopped draining (%u -> %u)", seen[1], seen[4]);
-    cr_assert_leq(seen[4], h0 / 4 + 1, "after five periods %u of %u blocks are left", seen[4], h0);
-    cr_assert_lt(caps[4], cap0, "capacity did not shrink (%u -> %u)", cap0, caps[4]);
-    cr_assert_geq(caps[4], seen[4]);
+     * it was being filled); each later one halves it, capacity with it */
+    cr_assert_eq(seen[0], h0, "the first period took %u of %u blocks from a class just in use", h0 - seen[0], h0);
+    cr_assert_eq(caps[0], cap0);
+    uint32_t want = h0, want_cap = cap0;
+    for (int period = 1; period < 6; period++) {
+        uint32_t k = (want + 1) / 2;
+        want -= k;
+        want_cap -= k < want_cap ? k : want_cap;
+        cr_assert_eq(seen[period], want, "period %d: %u blocks held, want %u (held %u at the start)", period,
+                     seen[period], want, h0);
+        cr_assert_eq(caps[period], want_cap, "period %d: capacity %u, want %u (%u at the start)", period, caps[period],
+                     want_cap, cap0);
+    }
     slab_seen_clear();
     const char *e = check_slab(slab);
     cr_assert_null(e, "%s", e);
@@ -820,11 +838,35 @@ static volatile int stop_flag;
 static uint64_t trims, snapshots, signals_sent;
 static char trim_err[200];
 
+/* Mostly a few small classes, so that the threads on one CPU keep working the
+ * same headers; sometimes larger blocks. */
 static size_t random_size(uint64_t *rng) {
     uint64_t r = tu_rand(rng) % 100;
-    if (r < 70) return tu_rand_range(rng, 1, 256);
-    if (r < 95) return tu_rand_range(rng, 257, 4096);
-    return tu_rand_range(rng, 4097, 65536);
+    if (r < 80) return 16 * tu_rand_range(rng, 1, 4) - tu_rand_range(rng, 0, 15);
+    if (r < 95) return tu_rand_range(rng, 65, 1024);
+    return tu_rand_range(rng, 1025, 65536);
+}
+
+/* The pattern covers the first and last bytes of a block (the whole of it
+ * when small): the checks must not take so long that preemption rarely
+ * falls inside a restartable sequence. */
+#define EDGE 48
+static void fill_edges(void *p, size_t n, uint64_t seed) {
+    uint64_t base = tu_pattern_base(p, n, seed);
+    if (n <= 2 * EDGE) {
+        tu_fill_base(p, n, base);
+        return;
+    }
+    tu_fill_base(p, EDGE, base);
+    tu_fill_base((char *)p + n - EDGE, EDGE, base ^ 1);
+}
+static size_t check_edges(const void *p, size_t n, uint64_t seed) {
+    uint64_t base = tu_pattern_base(p, n, seed);
+    if (n <= 2 * EDGE) return tu_check_base(p, n, base);
+    size_t bad = tu_check_base(p, EDGE, base);
+    if (bad != (size_t)-1) return bad;
+    bad = tu_check_base((const char *)p + n - EDGE, EDGE, base ^ 1);
+    return bad == (size_t)-1 ? bad : n - EDGE + bad;
 }
 
 static void *worker(void *arg) {
@@ -840,11 +882,10 @@ static void *worker(void *arg) {
         if (w->pin_cpu < 0 && ncpu > 1 && w->ops % 64 == 0) {
             int to = cpus[tu_rand(&rng) % (uint64_t)ncpu];
             if (pin(to)) w->migrations++;
-            else if (w->ops % 4096 == 0) pin(cpus[0]); /* (stay somewhere valid) */
         }
         int i = (int)(tu_rand(&rng) % HOLD);
         if (p[i]) {
-            size_t bad = tu_check_base(p[i], n[i], tu_pattern_base(p[i], n[i], seed));
+            size_t bad = check_edges(p[i], n[i], seed);
             if (bad != (size_t)-1) {
                 snprintf(w->err, sizeof w->err, "block %p (%zu bytes) corrupted at byte %zu", p[i], n[i], bad);
                 break;
@@ -857,29 +898,33 @@ static void *worker(void *arg) {
             p[i] = NULL;
         }
         size_t sz = random_size(&rng);
-        void *q = (tu_rand(&rng) & 15) == 0 ? calloc(1, sz) : malloc(sz);
+        bool zero = (tu_rand(&rng) & 15) == 0;
+        unsigned char *q = zero ? calloc(1, sz) : malloc(sz);
         if (!q) {
             snprintf(w->err, sizeof w->err, "malloc(%zu) failed", sz);
             break;
         }
         int r = live_add(q);
         if (r == 1) {
-            snprintf(w->err, sizeof w->err, "block %p handed out while another thread holds it", q);
+            snprintf(w->err, sizeof w->err, "block %p handed out while another thread holds it", (void *)q);
             break;
         }
         if (r == 2) {
             snprintf(w->err, sizeof w->err, "live set shard full (test problem)");
             break;
         }
+        if (zero && (q[0] || q[sz - 1] || q[sz / 2])) {
+            snprintf(w->err, sizeof w->err, "calloc(1, %zu) gave %p not cleared", sz, (void *)q);
+            break;
+        }
         p[i] = q;
         n[i] = sz;
-        tu_fill_base(q, sz, tu_pattern_base(q, sz, seed));
+        fill_edges(q, sz, seed);
         w->ops++;
-        if ((w->ops & 1023) == 0) sched_yield();
     }
     for (int i = 0; i < HOLD; i++)
         if (p[i]) {
-            if (!w->err[0] && tu_check_base(p[i], n[i], tu_pattern_base(p[i], n[i], seed)) != (size_t)-1)
+            if (!w->err[0] && check_edges(p[i], n[i], seed) != (size_t)-1)
                 snprintf(w->err, sizeof w->err, "block %p corrupted (at the end)", p[i]);
             live_del(p[i]);
             free(p[i]);
