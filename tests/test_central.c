@@ -1,11 +1,18 @@
-/* test_central.c: tier 2 (central.c).  Chains hold exactly the count reported,
- * of distinct, properly placed objects of the class; objects given back in
- * whole and partial batches return their spans to the page heap once drained;
- * batches come back intact through the transfer caches; four threads working
- * one class never receive the same object twice.
+/* test_central.c: tier 2 (central.c).  Objects travel as arrays of pointers:
+ * ta_central_alloc fills an array with distinct, properly placed, FREE
+ * objects of the class; objects given back in whole and partial batches
+ * return their spans to the page heap once drained; batches come back intact
+ * (object for object, contents untouched) through the transfer caches, which
+ * count hits and misses, halve once per decay period and overflow to the
+ * spans; four threads working one class never receive the same object twice.
+ *
+ * Runs in both tier-1 modes (tests/test_central_perthread.sh sets
+ * TIERALLOC_PERCPU=0): quiesce() empties whichever caches there are, so that
+ * central holds only spans at the start of a test.
  *
  * The test's own malloc is tieralloc: sections whose counters are compared
  * exactly call nothing that allocates (no Criterion assertion, static arrays). */
+#define _GNU_SOURCE 1
 #include <criterion/criterion.h>
 
 #include <pthread.h>
@@ -13,6 +20,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "pcache.h"
 
 static void setup(void) {
     ta_ensure_init();
@@ -84,13 +92,13 @@ static bool set_del_locked(ptrset_t *s, const void *p) {
 
 static ptrset_t seen;
 
-/* NULL if p is a proper object of class cls, else what is wrong with it */
+/* NULL if p is a proper free object of class cls, else what is wrong with it */
 static const char *bad_object(const void *p, uint32_t cls) {
     uintptr_t a = (uintptr_t)p, page = a >> TA_PAGE_SHIFT;
-    if (!p) return "NULL in chain";
+    if (!p) return "NULL in the array";
     if (a % TA_ALIGN) return "misaligned";
-    uint32_t info = ta_pagemap_info(page);
-    if ((info & 0xff) != cls) return "page info names another class";
+    uint64_t info = ta_pagemap_info(page);
+    if (TA_INFO_CLASS(info) != cls) return "page info names another class";
     ta_span_t *s = ta_pagemap_span(page);
     if (!s) return "page has no span";
     if (s->cls != cls) return "span of another class";
@@ -99,79 +107,77 @@ static const char *bad_object(const void *p, uint32_t cls) {
     size_t off = a - (uintptr_t)ta_span_addr(s);
     if (off % ta_class[cls].size) return "not at an object boundary";
     if (off + ta_class[cls].size > (size_t)ta_class[cls].objects * ta_class[cls].size) return "past the span's objects";
+    if (*ta_state_of(p, cls) != TA_OBJ_FREE) return "state byte is not FREE (central hands out free objects)";
     return NULL;
 }
 
-/* Walk n objects of a chain into out[]; NULL or an error message. */
-static const char *walk(void *head, uint32_t n, uint32_t cls, void **out) {
-    void *p = head;
+/* Check n objects of an array; NULL or an error message. */
+static const char *check(void *const *objs, uint32_t n, uint32_t cls) {
     for (uint32_t i = 0; i < n; i++) {
-        const char *e = bad_object(p, cls);
+        const char *e = bad_object(objs[i], cls);
         if (e) return e;
-        out[i] = p;
-        p = *(void **)p;
     }
     return NULL;
 }
 
-/* Link objs[0..n) into a chain and give it back. */
-static void give_back(uint32_t cls, void **objs, uint32_t n, uint32_t shard) {
-    for (uint32_t i = 0; i < n; i++) *(void **)objs[i] = i + 1 < n ? objs[i + 1] : NULL;
-    ta_central_free(cls, objs[0], n, shard);
-}
-
-/* A clean starting point: the calling thread's cache and the transfer caches
- * emptied, so central holds only spans. */
+/* A clean starting point: the calling thread's cache, every CPU's cache and
+ * the transfer caches emptied, so central holds only spans. */
 static void quiesce(void) {
     ta_pcache_flush_current();
+    ta_pcache_drain_all();
     ta_central_drain();
 }
+
+/* the number of transfer-cache shards central uses (central.c: one per CPU, at most 4) */
+static uint32_t nshards(void) { return ta_cfg.ncpu < 1 ? 1 : ta_cfg.ncpu > 4 ? 4 : (uint32_t)ta_cfg.ncpu; }
 
 #define MAXOBJ 8192
 static void *objs[MAXOBJ];
 
-Test(central, chains_hold_the_reported_count_of_valid_objects) {
+Test(central, arrays_hold_distinct_valid_objects) {
+    quiesce();
     for (uint32_t c = 1; c < ta_nclasses; c++) {
         const uint32_t batch = ta_class[c].batch, per_span = ta_class[c].objects;
         const uint32_t wants[] = {1, 2, batch, batch + 1, per_span + 3};
         for (size_t w = 0; w < sizeof wants / sizeof wants[0]; w++) {
             uint32_t want = wants[w];
             if (want > MAXOBJ) continue;
-            void *head = NULL;
-            uint32_t n = ta_central_alloc(c, want, &head, 0);
-            cr_assert(n >= 1 && n <= want, "class %u: asked %u, got %u", c, want, n);
-            const char *e = walk(head, n, c, objs);
+            uint32_t n = ta_central_alloc(c, objs, want, 0);
+            cr_assert_eq(n, want, "class %u: asked %u, got %u", c, want, n);
+            const char *e = check(objs, n, c);
             cr_assert_null(e, "class %u (size %u), want %u: object %s", c, ta_class[c].size, want, e);
             set_clear(&seen);
             for (uint32_t i = 0; i < n; i++)
-                cr_assert(set_add(&seen, objs[i]), "class %u: object %p twice in one chain", c, objs[i]);
+                cr_assert(set_add(&seen, objs[i]), "class %u: object %p twice in one array", c, objs[i]);
             /* the objects are usable memory of the full class size */
             for (uint32_t i = 0; i < n; i++) memset(objs[i], 0x6b, ta_class[c].size);
             /* give them back: a whole batch when there is one, then odd pieces */
             uint32_t done = 0;
             if (n >= batch) {
-                give_back(c, objs, batch, 0);
+                ta_central_free(c, objs, batch, 0);
                 done = batch;
             }
             while (done < n) {
                 uint32_t k = n - done > 3 ? 3 : n - done;
-                give_back(c, objs + done, k, 1);
+                ta_central_free(c, objs + done, k, 1);
                 done += k;
             }
         }
     }
+    ta_central_drain();
 }
 
 /* Whatever is handed out and given back (whole and partial batches, in any
- * order) leaves no span behind once drained. */
+ * order, through any shard or straight to the spans) leaves no span behind
+ * once drained. */
 static void round_trip_returns_spans(uint32_t c, uint32_t spans_worth) {
     const uint32_t batch = ta_class[c].batch;
     uint32_t total = ta_class[c].objects * spans_worth;
     if (total > MAXOBJ) total = MAXOBJ;
     ta_pageheap_stats_t h0, h1, h2;
-    ta_central_stats_t c0, c2;
+    ta_central_stats_t c0, c1, c2;
     uint32_t n = 0, calls = 0;
-    bool short_chain = false;
+    const char *bad = NULL;
 
     quiesce();
     ta_pageheap_stats(&h0);
@@ -180,20 +186,24 @@ static void round_trip_returns_spans(uint32_t c, uint32_t spans_worth) {
     while (n < total) {
         uint32_t want = (calls % 3 == 0) ? batch : 1 + (calls * 7) % (batch + 5);
         if (want > total - n) want = total - n;
-        void *head;
-        uint32_t got = ta_central_alloc(c, want, &head, calls % 4);
+        uint32_t got = ta_central_alloc(c, objs + n, want, calls % 4);
         if (!got) break;
-        if (walk(head, got, c, objs + n)) short_chain = true;
+        if (got != want && !bad) bad = "short array";
+        const char *e = check(objs + n, got, c);
+        if (e && !bad) bad = e;
         n += got;
         calls++;
     }
     ta_pageheap_stats(&h1);
-    /* give back: reverse order, alternating whole batches and partial ones */
+    ta_central_stats(c, &c1);
+    /* give back: reverse order, alternating whole batches and partial ones;
+     * every fifth straight to the spans */
     uint32_t left = n, k = 0;
     while (left) {
         uint32_t m = (k % 2 == 0) ? batch : 1 + k % (batch > 1 ? batch - 1 : 1);
         if (m > left) m = left;
-        give_back(c, objs + left - m, m, k % 4);
+        if (k % 5 == 4) ta_central_free_spans(c, objs + left - m, m);
+        else ta_central_free(c, objs + left - m, m, k % 4);
         left -= m;
         k++;
     }
@@ -201,8 +211,12 @@ static void round_trip_returns_spans(uint32_t c, uint32_t spans_worth) {
     ta_pageheap_stats(&h2);
     ta_central_stats(c, &c2);
 
-    cr_assert_not(short_chain, "class %u: a chain was shorter than reported", c);
+    cr_assert_null(bad, "class %u: %s", c, bad);
     cr_assert_eq(n, total, "class %u: got %u of %u objects", c, n, total);
+    cr_assert_eq(c1.to_caches - c0.to_caches, (uint64_t)n, "class %u: to_caches counted %lu of %u", c,
+                 (unsigned long)(c1.to_caches - c0.to_caches), n);
+    cr_assert_eq(c2.from_caches - c1.from_caches, (uint64_t)n, "class %u: from_caches counted %lu of %u", c,
+                 (unsigned long)(c2.from_caches - c1.from_caches), n);
     /* conservation: every object came from free space already in the class's
      * spans or from spans newly taken from the page heap */
     uint64_t new_spans = (h1.inuse_bytes - h0.inuse_bytes) / ((uint64_t)ta_class[c].pages * TA_PAGE_SIZE);
@@ -234,33 +248,27 @@ Test(central, every_class_round_trips) {
     for (uint32_t c = 1; c < ta_nclasses; c++) round_trip_returns_spans(c, 2);
 }
 
-/* Batches given back whole are handed out again unchanged, and the transfer
- * cache accounts for them. */
+/* Batches given back whole are handed out again unchanged: the same objects
+ * in the same order, their contents (all of them: nothing is linked through
+ * the objects any more) untouched; the transfer cache accounts for them. */
 Test(central, batches_survive_the_transfer_cache) {
     const uint32_t c = ta_size_to_class(96), batch = ta_class[c].batch, size = ta_class[c].size;
     enum { K = 2 };
-    static void *chain_objs[K][MAXOBJ / K];
-    void *heads[K];
+    static void *given[K][MAXOBJ / K], *back[K][MAXOBJ / K];
     cr_assert_leq(batch, MAXOBJ / K);
     quiesce();
     for (int i = 0; i < K; i++) {
-        uint32_t got = ta_central_alloc(c, batch, &heads[i], 0);
+        uint32_t got = ta_central_alloc(c, given[i], batch, 0);
         cr_assert_eq(got, batch, "asked a batch of %u, got %u", batch, got);
-        cr_assert_null(walk(heads[i], batch, c, chain_objs[i]));
-        /* stamp everything past the first two words */
-        for (uint32_t j = 0; j < batch; j++)
-            memset((char *)chain_objs[i][j] + 16, (int)(i * 31 + j) & 0xff, size - 16);
+        cr_assert_null(check(given[i], batch, c));
+        for (uint32_t j = 0; j < batch; j++) memset(given[i][j], (int)(i * 31 + j) & 0xff, size);
     }
     ta_central_stats_t s0, s1, s2;
-    ta_central_stats(c, &s0);
-    for (int i = 0; i < K; i++) {
-        /* relink in the order received: a plain chain of exactly one batch */
-        give_back(c, chain_objs[i], batch, 0);
-    }
-    ta_central_stats(c, &s1);
-    void *again[K];
     uint32_t got[K];
-    for (int i = 0; i < K; i++) got[i] = ta_central_alloc(c, batch, &again[i], 0);
+    ta_central_stats(c, &s0);
+    for (int i = 0; i < K; i++) ta_central_free(c, given[i], batch, 0);
+    ta_central_stats(c, &s1);
+    for (int i = 0; i < K; i++) got[i] = ta_central_alloc(c, back[i], batch, 0);
     ta_central_stats(c, &s2);
 
     cr_assert_eq(s1.transfer_bytes - s0.transfer_bytes, (uint64_t)K * batch * size,
@@ -269,60 +277,58 @@ Test(central, batches_survive_the_transfer_cache) {
     cr_assert_eq(s2.transfer_bytes, s0.transfer_bytes);
     cr_assert_eq(s2.hits - s1.hits, (uint64_t)K, "%lu transfer hits for %d batches", (unsigned long)(s2.hits - s1.hits),
                  K);
+    cr_assert_eq(s2.misses, s1.misses);
     /* LIFO: the last batch given back comes out first, object for object */
     for (int i = 0; i < K; i++) {
         int from = K - 1 - i;
         cr_assert_eq(got[i], batch);
-        static void *back[MAXOBJ];
-        const char *e = walk(again[i], batch, c, back);
-        cr_assert_null(e, "%s", e);
         for (uint32_t j = 0; j < batch; j++) {
-            cr_assert_eq(back[j], chain_objs[from][j], "batch %d object %u differs", i, j);
-            const unsigned char *b = back[j];
-            for (uint32_t x = 16; x < size; x++)
+            cr_assert_eq(back[i][j], given[from][j], "batch %d object %u differs", i, j);
+            const unsigned char *b = back[i][j];
+            for (uint32_t x = 0; x < size; x++)
                 cr_assert_eq(b[x], (unsigned char)((from * 31 + j) & 0xff), "object %p byte %u changed in transit",
-                             back[j], x);
+                             back[i][j], x);
         }
     }
-    for (int i = 0; i < K; i++) give_back(c, chain_objs[K - 1 - i], batch, 0);
+    for (int i = 0; i < K; i++) ta_central_free(c, back[i], batch, 0);
     ta_central_drain();
     ta_central_stats(c, &s2);
     cr_assert_eq(s2.transfer_bytes, 0u);
 }
 
-/* A refill that wants part of a batch (a cache ramping up) takes a parked
- * batch too: it gets what it asked for, the rest goes back to the spans and
- * nothing stays parked in the transfer cache. */
-Test(central, partial_refill_takes_a_parked_batch) {
+/* A refill that wants part of a batch takes what it asks from a batch parked
+ * in another shard (its own is empty: a miss there); the rest stays parked. */
+Test(central, partial_refill_takes_from_another_shard) {
+    if (nshards() < 2) cr_skip_test("one transfer-cache shard (one CPU)");
     const uint32_t c = ta_size_to_class(96), batch = ta_class[c].batch, size = ta_class[c].size;
-    static void *got_objs[MAXOBJ];
-    void *head;
+    static void *mine[MAXOBJ], *part[MAXOBJ];
     quiesce();
     cr_assert_geq(batch, 8u);
-    uint32_t got = ta_central_alloc(c, batch, &head, 1);
+    uint32_t got = ta_central_alloc(c, mine, batch, 1);
     cr_assert_eq(got, batch);
-    cr_assert_null(walk(head, batch, c, got_objs));
-    give_back(c, got_objs, batch, 1); /* parked in shard 1 */
+    ta_central_free(c, mine, batch, 1); /* parked in shard 1 */
     ta_central_stats_t s0, s1;
     ta_central_stats(c, &s0);
-    uint32_t want = 3;
-    void *part;
-    uint32_t n = ta_central_alloc(c, want, &part, 0); /* from shard 0: looks at the others too */
+    const uint32_t want = 3;
+    uint32_t n = ta_central_alloc(c, part, want, 0); /* from shard 0: looks at the others too */
     ta_central_stats(c, &s1);
     cr_assert_eq(n, want, "asked %u, got %u", want, n);
-    static void *part_objs[MAXOBJ];
-    const char *e = walk(part, n, c, part_objs);
+    const char *e = check(part, n, c);
     cr_assert_null(e, "%s", e);
-    cr_assert_eq(s0.transfer_bytes - s1.transfer_bytes, (uint64_t)batch * size, "the batch is still parked");
-    cr_assert_eq(s1.span_free_bytes - s0.span_free_bytes, (uint64_t)(batch - want) * size,
-                 "the rest of the batch did not go back to its spans");
+    /* the top of the parked array */
+    for (uint32_t i = 0; i < n; i++) cr_assert_eq(part[i], mine[batch - want + i]);
+    cr_assert_eq(s0.transfer_bytes - s1.transfer_bytes, (uint64_t)want * size, "transfer caches gave %lu bytes",
+                 (unsigned long)(s0.transfer_bytes - s1.transfer_bytes));
+    cr_assert_eq(s1.span_free_bytes, s0.span_free_bytes, "the spans were touched");
     cr_assert_eq(s1.hits - s0.hits, 1u);
-    give_back(c, part_objs, n, 0);
+    cr_assert_eq(s1.misses - s0.misses, 1u, "the empty own shard is a miss");
+    ta_central_free(c, part, n, 0);
     ta_central_drain();
 }
 
-/* Once per decay period half of what a transfer cache holds goes back to
- * the spans, so a cache nobody uses drains away. */
+/* Once per decay period half of what each transfer cache holds goes back to
+ * the spans (at most 256 objects of a class per shard and period), so a
+ * cache nobody uses drains away. */
 Test(central, transfer_caches_decay_by_half) {
     const uint32_t c = ta_size_to_class(160), batch = ta_class[c].batch, size = ta_class[c].size;
     enum { K = 4 };
@@ -330,55 +336,89 @@ Test(central, transfer_caches_decay_by_half) {
     cr_assert_leq(batch, MAXOBJ / K);
     quiesce();
     for (int i = 0; i < K; i++) {
-        void *head;
-        cr_assert_eq(ta_central_alloc(c, batch, &head, 0), batch);
-        cr_assert_null(walk(head, batch, c, objs4[i]));
+        cr_assert_eq(ta_central_alloc(c, objs4[i], batch, 0), batch);
+        cr_assert_null(check(objs4[i], batch, c));
     }
-    for (int i = 0; i < K; i++) give_back(c, objs4[i], batch, 0);
+    for (int i = 0; i < K; i++) ta_central_free(c, objs4[i], batch, 0);
     ta_central_stats_t s0, s1, s2;
     ta_central_stats(c, &s0);
     cr_assert_eq(s0.transfer_bytes, (uint64_t)K * batch * size);
-    uint64_t saved = ta_cfg.decay_ms;
     ta_cfg.decay_ms = 0; /* every call is a new period */
-    ta_central_decay();
+    ta_central_tick();
     ta_central_stats(c, &s1);
-    ta_central_decay();
+    ta_central_tick();
     ta_central_stats(c, &s2);
-    ta_cfg.decay_ms = saved;
-    cr_assert_eq(s1.transfer_bytes, (uint64_t)(K / 2) * batch * size, "one period: %lu bytes left",
-                 (unsigned long)s1.transfer_bytes);
-    cr_assert_eq(s2.transfer_bytes, (uint64_t)(K / 4) * batch * size, "two periods: %lu bytes left",
-                 (unsigned long)s2.transfer_bytes);
+    ta_cfg.decay_ms = (uint64_t)1 << 40;
+    uint64_t n0 = (uint64_t)K * batch, h = (n0 + 1) / 2 > 256 ? 256 : (n0 + 1) / 2, n1 = n0 - h;
+    h = (n1 + 1) / 2 > 256 ? 256 : (n1 + 1) / 2;
+    uint64_t n2 = n1 - h;
+    cr_assert_eq(s1.transfer_bytes, n1 * size, "one period: %lu bytes left, want %lu", (unsigned long)s1.transfer_bytes,
+                 (unsigned long)(n1 * size));
+    cr_assert_eq(s2.transfer_bytes, n2 * size, "two periods: %lu bytes left, want %lu", (unsigned long)s2.transfer_bytes,
+                 (unsigned long)(n2 * size));
     ta_central_drain();
+    ta_central_stats(c, &s2);
+    cr_assert_eq(s2.transfer_bytes, 0u);
 }
 
-/* The transfer cache holds a bounded amount; beyond it batches go to spans,
+/* The transfer cache holds a bounded amount; beyond it objects go to spans,
  * and nothing is lost either way. */
 Test(central, transfer_cache_overflow_goes_to_spans) {
-    const uint32_t c = ta_size_to_class(2048), batch = ta_class[c].batch;
+    const uint32_t c = ta_size_to_class(2048), batch = ta_class[c].batch, size = ta_class[c].size;
     uint32_t nb = MAXOBJ / batch;
     if (nb > 48) nb = 48;
     ta_pageheap_stats_t h0, h2;
     ta_central_stats_t s1;
     uint32_t n = 0;
-    bool bad = false;
+    const char *bad = NULL;
     quiesce();
     ta_pageheap_stats(&h0);
     for (uint32_t i = 0; i < nb; i++) {
-        void *head;
-        uint32_t got = ta_central_alloc(c, batch, &head, 0);
-        if (got != batch || walk(head, got, c, objs + n)) bad = true;
+        uint32_t got = ta_central_alloc(c, objs + n, batch, 0);
+        if (got != batch && !bad) bad = "short array";
+        const char *e = check(objs + n, got, c);
+        if (e && !bad) bad = e;
         n += got;
     }
-    for (uint32_t i = 0; i < nb; i++) give_back(c, objs + i * batch, batch, 0);
+    for (uint32_t i = 0; i < nb; i++) ta_central_free(c, objs + i * batch, batch, 0);
     ta_central_stats(c, &s1);
     ta_central_drain();
     ta_pageheap_stats(&h2);
-    cr_assert_not(bad);
-    /* a transfer cache is a cache, not a second heap: 1 MiB of a class in one shard is plenty */
-    cr_assert_leq(s1.transfer_bytes, (uint64_t)1 << 20, "transfer caches hold %lu bytes",
-                  (unsigned long)s1.transfer_bytes);
+    cr_assert_null(bad, "%s", bad);
+    /* a transfer cache is a cache, not a second heap: about 128 KiB of a class
+     * (at least two batches) per shard */
+    uint64_t cap = (uint64_t)128 << 10;
+    if (cap < 2ull * batch * size) cap = 2ull * batch * size;
+    cr_assert_gt(s1.transfer_bytes, 0u);
+    cr_assert_leq(s1.transfer_bytes, cap, "transfer caches hold %lu bytes", (unsigned long)s1.transfer_bytes);
+    cr_assert_lt(s1.transfer_bytes, (uint64_t)n * size, "nothing overflowed to the spans");
     cr_assert_eq(h2.inuse_bytes, h0.inuse_bytes);
+}
+
+/* Straight to the spans: the transfer caches are bypassed, so whole spans
+ * go back to the page heap at once. */
+Test(central, free_spans_bypasses_the_transfer_cache) {
+    const uint32_t c = ta_size_to_class(4000);
+    const uint32_t n = ta_class[c].objects * 3 > MAXOBJ ? MAXOBJ : ta_class[c].objects * 3;
+    ta_pageheap_stats_t h0, h1;
+    ta_central_stats_t s0, s1;
+    quiesce();
+    ta_pageheap_stats(&h0);
+    ta_central_stats(c, &s0);
+    uint32_t got = 0;
+    while (got < n) {
+        uint32_t k = ta_central_alloc(c, objs + got, n - got > 64 ? 64 : n - got, 0);
+        if (!k) break;
+        got += k;
+    }
+    ta_central_free_spans(c, objs, got);
+    ta_central_stats(c, &s1);
+    ta_pageheap_stats(&h1);
+    cr_assert_eq(got, n);
+    cr_assert_eq(s1.transfer_bytes, 0u, "objects went into a transfer cache");
+    cr_assert_eq(s1.from_caches - s0.from_caches, (uint64_t)n);
+    cr_assert_eq(h1.inuse_bytes, h0.inuse_bytes, "%ld bytes of spans kept", (long)(h1.inuse_bytes - h0.inuse_bytes));
+    cr_assert_eq(s1.span_free_bytes, s0.span_free_bytes);
 }
 
 /* ---- four threads on one class ------------------------------------------------ */
@@ -401,19 +441,19 @@ static void *conc_worker(void *arg) {
         x = x * 1664525u + 1013904223u;
         if (n + 2 * batch + 8 <= STASH && ((x >> 7) & 1 || n == 0)) {
             uint32_t want = (x >> 9) % 3 == 0 ? batch : 1 + (x >> 12) % (2 * batch + 5);
-            void *head;
-            uint32_t got = ta_central_alloc(c, want, &head, (uint32_t)id + (x >> 20) % 2);
+            uint32_t got = ta_central_alloc(c, tmp, want, (uint32_t)id + (x >> 20) % 2);
             if (!got || got > want) {
                 err = "bad count";
                 break;
             }
-            if ((err = walk(head, got, c, tmp))) break;
+            if ((err = check(tmp, got, c))) break;
             for (uint32_t i = 0; i < got; i++) {
                 if (!set_add_locked(&seen, tmp[i])) {
                     err = "object handed out twice";
                     break;
                 }
-                ((uintptr_t *)tmp[i])[1] = (id << 48) | i; /* ours now */
+                /* ours now: the last word (the first is the span free list's) */
+                ((uintptr_t *)tmp[i])[ta_class[c].size / 8 - 1] = (id << 48) | i;
                 stash[n++] = tmp[i];
             }
         } else {
@@ -421,16 +461,17 @@ static void *conc_worker(void *arg) {
             if (k > n) k = n;
             void **give = stash + n - k;
             for (uint32_t i = 0; i < k && !err; i++) {
-                if (((uintptr_t *)give[i])[1] >> 48 != id) err = "object changed owner";
+                if (((uintptr_t *)give[i])[ta_class[c].size / 8 - 1] >> 48 != id) err = "object changed owner";
                 if (!set_del_locked(&seen, give[i])) err = "object lost from the set";
             }
             if (err) break;
-            give_back(c, give, k, (uint32_t)id);
+            if ((x >> 14) % 8 == 0) ta_central_free_spans(c, give, k);
+            else ta_central_free(c, give, k, (uint32_t)id);
             n -= k;
         }
     }
     for (uint32_t i = 0; i < n && !err; i++) set_del_locked(&seen, stash[i]);
-    if (n && !err) give_back(c, stash, n, (uint32_t)id);
+    if (n && !err) ta_central_free(c, stash, n, (uint32_t)id);
     free(stash);
     free(tmp);
     conc_err[id] = err;
@@ -464,7 +505,7 @@ Test(central, concurrent_threads_never_share_an_object_medium) {
     ta_central_stats(c, &c0);
     ta_pageheap_stats(&h0);
     run_concurrent(c);
-    ta_central_drain();
+    quiesce();
     ta_central_stats(c, &c1);
     ta_pageheap_stats(&h1);
     cr_assert_eq(c1.transfer_bytes, 0u);
@@ -474,21 +515,24 @@ Test(central, concurrent_threads_never_share_an_object_medium) {
 
 Test(central, stats_count_hits_and_misses) {
     const uint32_t c = ta_size_to_class(300), batch = ta_class[c].batch;
+    static void *a1[MAXOBJ], *a2[MAXOBJ];
     quiesce();
     ta_central_stats_t a, b, d;
     ta_central_stats(c, &a);
-    void *h1, *h2;
-    uint32_t n1 = ta_central_alloc(c, batch, &h1, 0); /* nothing in transfer: a miss */
+    uint32_t n1 = ta_central_alloc(c, a1, batch, 0); /* nothing in transfer: a miss */
     ta_central_stats(c, &b);
-    ta_central_free(c, h1, n1, 0);                    /* a whole batch: parked */
-    n1 = ta_central_alloc(c, batch, &h2, 0);          /* the same batch: a hit */
+    ta_central_free(c, a1, n1, 0);                   /* a whole batch: parked */
+    uint32_t n2 = ta_central_alloc(c, a2, batch, 0); /* the same batch: a hit */
     ta_central_stats(c, &d);
     cr_assert_eq(n1, batch);
-    cr_assert_eq(h2, h1, "the parked batch was not reused");
+    cr_assert_eq(n2, batch);
+    cr_assert_eq(memcmp(a1, a2, batch * sizeof(void *)), 0, "the parked batch was not reused as it was");
     cr_assert_eq(b.misses - a.misses, 1u);
     cr_assert_eq(b.hits, a.hits);
     cr_assert_eq(d.hits - b.hits, 1u);
     cr_assert_eq(d.misses, b.misses);
-    ta_central_free(c, h2, n1, 0);
+    cr_assert_eq(b.to_caches - a.to_caches, (uint64_t)batch);
+    cr_assert_eq(d.from_caches - b.from_caches, (uint64_t)batch);
+    ta_central_free(c, a2, n2, 0);
     ta_central_drain();
 }

@@ -1,33 +1,60 @@
-/* test_pcache.c: tier 1 (pcache.c and the inline fast paths in api.c).  A
- * thread's cache keeps what it frees and flushes on request; a thread that
- * exits gives its objects back and its cache is reused by the next thread;
- * lists grow when they keep missing, within the per-thread budget; freed
- * objects carry the guard word and malloc clears it.
+/* test_pcache.c: tier 1 (pcache.h, pcache.c, the inline fast paths in api.h).
+ *
+ * The cache is a slab of per-class headers {cur, begin, end, max_end} and slots
+ * {obj, state}; the tests read it directly: in per-thread mode the calling
+ * thread's slab (ta_tls.slab), in per-CPU mode the slab of the CPU the thread
+ * is pinned to.  The mode is chosen at start-up from TIERALLOC_PERCPU: this
+ * binary runs twice under `make check`, as is (per-CPU caches where rseq
+ * works) and through tests/test_pcache_perthread.sh (TIERALLOC_PERCPU=0).
+ * Tests that only mean something in one mode skip in the other.
+ *
+ *  - the slab: freed objects stay in the cache, LIFO, with their state bytes;
+ *    headers keep begin <= cur <= end <= max_end, ranges laid out in order;
+ *    flush/drain/malloc_trim empty it (every CPU's, per CPU);
+ *  - capacity grows on misses, within the budget (a CPU's fixed one, a
+ *    thread's share of the global pool) and moves to the classes in use; idle
+ *    classes drain over decay periods;
+ *  - many threads on one CPU, threads migrating between CPUs, signals, and
+ *    malloc_trim / ta_stats_get (remote drains with membarrier fences) at the
+ *    same time: no object handed out twice, no corruption;
+ *  - 2000 threads each churning 1 MiB: CPU caches hold at most 2 MiB per CPU;
+ *  - per-thread mode: thread exit gives everything back, records are reused,
+ *    frees alone grow a class to one batch, allocation during thread exit;
+ *  - misuse: double free of a cached block, after overflow, and free of an
+ *    object never handed out abort (object state bytes).
  *
  * Work that needs a cache nobody else touched runs in a fresh thread that
  * reports back; the assertions run on the main thread. */
+#define _GNU_SOURCE 1
 #include <criterion/criterion.h>
-#include <unistd.h>
-#include <criterion/redirect.h>
 
+#include <malloc.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "internal.h"
+#include "pcache.h"
+#include "testutil.h"
+#include "tieralloc.h"
 
 static void setup(void) {
     ta_ensure_init();
-    ta_cfg.decay_ms = (uint64_t)1 << 40;
+    ta_cfg.decay_ms = (uint64_t)1 << 40; /* no decay behind the tests' back */
 }
-TestSuite(pcache, .init = setup, .timeout = 60);
+TestSuite(pcache, .init = setup, .timeout = 120);
 
-/* for the tests that end in the allocator's abort() */
-static void setup_quiet(void) {
-    setup();
-    cr_redirect_stderr();
-}
+#define NEED_PERCPU()                                                                   \
+    do {                                                                                \
+        if (!ta_fe_percpu) cr_skip_test("per-CPU caches only (this run: per thread)"); \
+    } while (0)
+#define NEED_PERTHREAD()                                                                   \
+    do {                                                                                   \
+        if (ta_fe_percpu) cr_skip_test("per-thread caches only (TIERALLOC_PERCPU=0 run)"); \
+    } while (0)
 
 static void run_thread(void *(*fn)(void *), void *arg) {
     pthread_t t;
@@ -36,52 +63,184 @@ static void run_thread(void *(*fn)(void *), void *arg) {
 }
 
 /* A small request served by a sampled allocation (sample.c) gets a page-heap
- * span of its own, with pagemap info 0: it never enters a cache list. */
+ * span of its own, with pagemap info 0: it never enters a cache. */
 static bool sampled(const void *p) { return ta_pagemap_info((uintptr_t)p >> TA_PAGE_SHIFT) == 0; }
 
-/* Objects on the list, counted by walking it; -1 if it looks broken. */
-static long list_length(const ta_list_t *l, uint32_t cls) {
-    long n = 0;
-    for (void *p = l->head; p; p = *(void **)p) {
-        if ((ta_pagemap_info((uintptr_t)p >> TA_PAGE_SHIFT) & 0xff) != cls) return -1;
-        if (++n > 1000000) return -1;
-    }
+/* ---- CPUs --------------------------------------------------------------------- */
+static int ncpu_allowed(int *cpus, int max) {
+    cpu_set_t s;
+    CPU_ZERO(&s);
+    if (sched_getaffinity(0, sizeof s, &s) != 0) return 0;
+    int n = 0;
+    for (int i = 0; i < CPU_SETSIZE && n < max; i++)
+        if (CPU_ISSET(i, &s)) cpus[n++] = i;
     return n;
 }
+static int first_cpu(void) {
+    int c[1];
+    return ncpu_allowed(c, 1) ? c[0] : 0;
+}
+static bool pin(int cpu) {
+    cpu_set_t s;
+    CPU_ZERO(&s);
+    CPU_SET(cpu, &s);
+    return sched_setaffinity(0, sizeof s, &s) == 0;
+}
+static long ncpus_conf(void) {
+    long n = sysconf(_SC_NPROCESSORS_CONF);
+    return n < 1 ? 1 : n;
+}
 
-static bool on_list(const ta_list_t *l, const void *q) {
-    for (void *p = l->head; p; p = *(void **)p)
-        if (p == q) return true;
+/* ---- the slab ------------------------------------------------------------------ */
+static ta_slot_t *cpu_slab(int cpu) { return (ta_slot_t *)(ta_cpu_slabs + ((size_t)cpu << TA_SLAB_SHIFT)); }
+/* The caller's slab: its thread's, or (pinned) its CPU's. */
+static ta_slot_t *my_slab(void) { return ta_fe_percpu ? cpu_slab(sched_getcpu()) : ta_tls.slab; }
+static ta_slab_hdr_t hdr(const ta_slot_t *slab, uint32_t cls) {
+    ta_slab_hdr_t h;
+    h.word = __atomic_load_n(&((const ta_slab_hdr_t *)slab)[cls].word, __ATOMIC_RELAXED);
+    return h;
+}
+static uint32_t held(const ta_slot_t *slab, uint32_t cls) {
+    ta_slab_hdr_t h = hdr(slab, cls);
+    return h.cur > h.begin ? (uint32_t)(h.cur - h.begin) : 0;
+}
+static uint32_t cap(const ta_slot_t *slab, uint32_t cls) {
+    ta_slab_hdr_t h = hdr(slab, cls);
+    return h.end > h.begin ? (uint32_t)(h.end - h.begin) : 0;
+}
+static uint64_t slab_bytes(const ta_slot_t *slab, bool capacity) {
+    uint64_t b = 0;
+    for (uint32_t c = 1; c < ta_nclasses; c++) b += (uint64_t)(capacity ? cap(slab, c) : held(slab, c)) * ta_class[c].size;
+    return b;
+}
+static bool in_slab(const ta_slot_t *slab, uint32_t cls, const void *p) {
+    ta_slab_hdr_t h = hdr(slab, cls);
+    for (uint32_t i = h.begin; i < h.cur; i++)
+        if (slab[i].obj == p) return true;
     return false;
 }
 
-Test(pcache, freed_objects_stay_in_the_thread_cache) {
+/* a set of pointers without malloc (linear probing, backward-shift delete) */
+#define SET_BITS 17
+#define SET_SIZE ((size_t)1 << SET_BITS)
+typedef struct {
+    size_t n;
+    uintptr_t slot[SET_SIZE];
+} ptrset_t;
+static size_t set_hash(uintptr_t p, unsigned bits) { return (size_t)((p * 0x9e3779b97f4a7c15ull) >> (64 - bits)); }
+static bool set_add(ptrset_t *s, const void *p) {
+    uintptr_t k = (uintptr_t)p;
+    for (size_t i = set_hash(k, SET_BITS);; i = (i + 1) & (SET_SIZE - 1)) {
+        if (s->slot[i] == k) return false;
+        if (!s->slot[i]) {
+            s->slot[i] = k;
+            s->n++;
+            return true;
+        }
+    }
+}
+static ptrset_t slab_seen;
+
+/* What is wrong with a quiet slab (NULL if nothing): header order, slot
+ * ranges, and every cached object a free object of its class, with the
+ * address of its own state byte, and not cached twice (across all slabs
+ * checked since slab_seen was cleared). */
+static char slab_err[256];
+static const char *check_slab(const ta_slot_t *slab) {
+    uint32_t prev_max = TA_SLAB_HDR_SLOTS;
+    for (uint32_t c = 1; c < ta_nclasses; c++) {
+        ta_slab_hdr_t h = hdr(slab, c);
+        if (!h.word) continue; /* never laid out */
+        if (h.begin != prev_max) {
+            snprintf(slab_err, sizeof slab_err, "class %u begins at %u, the previous range ends at %u", c, h.begin, prev_max);
+            return slab_err;
+        }
+        prev_max = h.max_end;
+        if (!(h.begin <= h.cur && h.cur <= h.end && h.end <= h.max_end)) {
+            snprintf(slab_err, sizeof slab_err, "class %u: header cur %u begin %u end %u max_end %u", c, h.cur, h.begin,
+                     h.end, h.max_end);
+            return slab_err;
+        }
+        for (uint32_t i = h.begin; i < h.cur; i++) {
+            void *p = slab[i].obj;
+            uint64_t info = p ? ta_pagemap_info((uintptr_t)p >> TA_PAGE_SHIFT) : 0;
+            const char *e = NULL;
+            if (!p) e = "NULL object";
+            else if (TA_INFO_CLASS(info) != c) e = "object of another class";
+            else if (slab[i].state != ta_state_of(p, c)) e = "slot names another state byte";
+            else if (*slab[i].state != TA_OBJ_FREE) e = "cached object is not FREE";
+            else if (!set_add(&slab_seen, p)) e = "object cached twice";
+            if (e) {
+                snprintf(slab_err, sizeof slab_err, "class %u slot %u (%p): %s", c, i, p, e);
+                return slab_err;
+            }
+        }
+    }
+    return NULL;
+}
+static void slab_seen_clear(void) {
+    memset(&slab_seen, 0, sizeof slab_seen);
+}
+
+static ta_pcache_stats_t pc_stats(void) {
+    static ta_pcache_stats_t s; /* large: not on a small thread stack */
+    ta_pcache_stats_t r;
+    ta_pcache_lock_all();
+    ta_pcache_stats_locked(&s);
+    ta_pcache_unlock_all(false);
+    r = s;
+    return r;
+}
+
+/* Empty what this thread can: its own cache (per thread), every CPU's (per
+ * CPU), the transfer caches. */
+static void quiesce(void) {
+    ta_pcache_flush_current();
+    ta_pcache_drain_all();
+    ta_central_drain();
+}
+
+/* ---- the slab: LIFO, state bytes, flush -------------------------------------- */
+Test(pcache, freed_objects_stay_in_the_cache) {
     const size_t sz = 720;
     const uint32_t c = ta_size_to_class(sz);
     enum { N = 10 };
     void *p[N], *cached[N];
     int nc = 0;
-    free(malloc(sz)); /* make sure this thread has a live cache */
-    ta_pcache_flush_current();
+    pin(first_cpu());
+    /* a few rounds: the class's capacity grows past N */
+    for (int r = 0; r < 8; r++) {
+        for (int i = 0; i < N; i++) p[i] = malloc(sz);
+        for (int i = 0; i < N; i++) free(p[i]);
+    }
+    const ta_slot_t *slab = my_slab();
+    cr_assert_geq(cap(slab, c), (uint32_t)N, "capacity %u after 8 rounds of %d", cap(slab, c), N);
     for (int i = 0; i < N; i++) p[i] = malloc(sz);
     uint64_t b0 = ta_pcache_bytes(c);
-    for (int i = 0; i < N; i++) free(p[i]);
+    uint32_t h0 = held(slab, c);
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(*ta_state_of(p[i], c), sampled(p[i]) ? TA_OBJ_FREE : TA_OBJ_LIVE);
+        free(p[i]);
+    }
     uint64_t b1 = ta_pcache_bytes(c);
     for (int i = 0; i < N; i++)
         if (!sampled(p[i])) cached[nc++] = p[i];
-
-    ta_pcache_t *pc = ta_tls_cache;
-    cr_assert_eq(pc->state, TA_PC_LIVE);
-    const ta_list_t *l = &pc->list[c];
     cr_assert_gt(nc, 0, "all %d blocks were sampled", N);
-    cr_assert_gt(l->count, 0u);
-    cr_assert_eq(list_length(l, c), (long)l->count, "list count %u, but %ld objects linked", l->count,
-                 list_length(l, c));
-    cr_assert_leq(l->count, l->max);
-    for (int i = 0; i < nc; i++) cr_assert(on_list(l, cached[i]), "freed object %d is not in the cache", i);
+    cr_assert_eq(held(slab, c) - h0, (uint32_t)nc, "%d frees, the cache grew by %u", nc, held(slab, c) - h0);
     cr_assert_eq(b1 - b0, nc * (uint64_t)ta_class[c].size, "cache bytes grew by %lu for %d frees",
                  (unsigned long)(b1 - b0), nc);
-    /* the next mallocs are served from the cache, most recent first */
+    /* the top slots are the freed objects, most recent on top, each with its state byte, FREE */
+    ta_slab_hdr_t h = hdr(slab, c);
+    for (int i = 0; i < nc; i++) {
+        const ta_slot_t *s = &slab[h.cur - 1 - i];
+        cr_assert_eq(s->obj, cached[nc - 1 - i], "slot %d from the top is not the block freed %d-th last", i, i);
+        cr_assert_eq(s->state, ta_state_of(s->obj, c));
+        cr_assert_eq(*s->state, TA_OBJ_FREE);
+    }
+    slab_seen_clear();
+    const char *e = check_slab(slab);
+    cr_assert_null(e, "%s", e);
+    /* the next mallocs are served from the cache, most recent first, and marked live */
     void *extra[N];
     int ne = 0;
     for (int i = nc - 1; i >= 0;) {
@@ -92,49 +251,267 @@ Test(pcache, freed_objects_stay_in_the_thread_cache) {
             continue;
         }
         cr_assert_eq(q, cached[i], "malloc did not reuse the last freed block");
+        cr_assert_eq(*ta_state_of(q, c), TA_OBJ_LIVE);
         i--;
     }
     for (int i = 0; i < nc; i++) free(cached[i]);
     for (int i = 0; i < ne; i++) free(extra[i]);
 }
 
-Test(pcache, flush_current_empties_the_cache) {
+/* per thread: ta_pcache_flush_current; per CPU: ta_pcache_drain_all.  The
+ * capacity stays; the cache works afterwards. */
+Test(pcache, flush_empties_the_cache) {
     const size_t sizes[] = {24, 100, 720, 3000, 20000, 200000};
     enum { N = 40 };
     static void *p[6][N];
-    for (int s = 0; s < 6; s++)
-        for (int i = 0; i < N; i++) p[s][i] = malloc(sizes[s]);
-    for (int s = 0; s < 6; s++)
-        for (int i = 0; i < N; i++) free(p[s][i]);
-    ta_pcache_t *pc = ta_tls_cache;
-    uint64_t held = 0;
-    for (uint32_t c = 1; c < ta_nclasses; c++) held += (uint64_t)pc->list[c].count * ta_class[c].size;
-    uint64_t all0 = ta_pcache_bytes(0);
-    ta_pcache_flush_current();
-    uint64_t all1 = ta_pcache_bytes(0);
-
-    cr_assert_gt(held, 0u, "the cache held nothing before the flush");
-    for (uint32_t c = 1; c < ta_nclasses; c++) {
-        cr_assert_eq(pc->list[c].count, 0u, "class %u: %u objects left after flush", c, pc->list[c].count);
-        cr_assert_null(pc->list[c].head, "class %u: list head left after flush", c);
+    pin(first_cpu());
+    for (int r = 0; r < 3; r++) {
+        for (int s = 0; s < 6; s++)
+            for (int i = 0; i < N; i++) p[s][i] = malloc(sizes[s]);
+        for (int s = 0; s < 6; s++)
+            for (int i = 0; i < N; i++) free(p[s][i]);
     }
-    cr_assert_eq(all0 - all1, held, "ta_pcache_bytes fell by %lu, the cache held %lu", (unsigned long)(all0 - all1),
-                 (unsigned long)held);
+    const ta_slot_t *slab = my_slab();
+    uint64_t in_cache = slab_bytes(slab, false), capacity = slab_bytes(slab, true);
+    uint64_t all0 = ta_pcache_bytes(0);
+    if (ta_fe_percpu) ta_pcache_drain_all();
+    else ta_pcache_flush_current();
+    uint64_t all1 = ta_pcache_bytes(0);
+    cr_assert_gt(in_cache, 0u, "the cache held nothing before the flush");
+    for (uint32_t c = 1; c < ta_nclasses; c++)
+        cr_assert_eq(held(slab, c), 0u, "class %u: %u objects left after the flush", c, held(slab, c));
+    /* per CPU the drain empties the other CPUs' caches too */
+    if (ta_fe_percpu) {
+        cr_assert_eq(all1, 0u, "%lu bytes left in CPU caches", (unsigned long)all1);
+        cr_assert_geq(all0, in_cache);
+    } else {
+        cr_assert_eq(all0 - all1, in_cache, "ta_pcache_bytes fell by %lu, the cache held %lu",
+                     (unsigned long)(all0 - all1), (unsigned long)in_cache);
+    }
+    cr_assert_eq(slab_bytes(slab, true), capacity, "the flush changed the capacity");
+    slab_seen_clear();
+    const char *e = check_slab(slab);
+    cr_assert_null(e, "%s", e);
     /* still a working cache afterwards */
     void *q = malloc(100);
     cr_assert_not_null(q);
     free(q);
-    const ta_list_t *l = &pc->list[ta_size_to_class(100)];
-    cr_assert_eq(list_length(l, ta_size_to_class(100)), (long)l->count);
-    cr_assert(on_list(l, q));
+    if (!sampled(q)) cr_assert(in_slab(slab, ta_size_to_class(100), q));
 }
 
-/* ---- thread exit --------------------------------------------------------------- */
+/* malloc_trim empties every CPU's cache. */
+static void *fill_on_cpu(void *arg) {
+    int cpu = (int)(intptr_t)arg;
+    pin(cpu);
+    static __thread void *p[300];
+    const size_t sizes[] = {32, 256, 1000, 4000};
+    for (int r = 0; r < 4; r++)
+        for (int s = 0; s < 4; s++) {
+            for (int i = 0; i < 300; i++) p[i] = malloc(sizes[s]);
+            for (int i = 0; i < 300; i++) free(p[i]);
+        }
+    return NULL;
+}
+
+Test(pcache, malloc_trim_empties_every_cpu) {
+    NEED_PERCPU();
+    int cpus[64];
+    int n = ncpu_allowed(cpus, 64);
+    for (int i = 0; i < n; i++) run_thread(fill_on_cpu, (void *)(intptr_t)cpus[i]);
+    uint64_t before = ta_pcache_bytes(0);
+    uint32_t filled = 0;
+    for (int i = 0; i < n; i++) filled += slab_bytes(cpu_slab(cpus[i]), false) > 0;
+    malloc_trim(0);
+    uint64_t after = ta_pcache_bytes(0);
+    cr_assert_gt(before, 0u);
+    cr_assert_eq(filled, (uint32_t)n, "only %u of %d CPUs' caches were filled", filled, n);
+    cr_assert_eq(after, 0u, "%lu bytes left in CPU caches after malloc_trim", (unsigned long)after);
+    slab_seen_clear();
+    for (long i = 0; i < ncpus_conf(); i++) {
+        cr_assert_eq(slab_bytes(cpu_slab((int)i), false), 0u, "CPU %ld still holds objects", i);
+        const char *e = check_slab(cpu_slab((int)i));
+        cr_assert_null(e, "CPU %ld: %s", i, e);
+    }
+}
+
+/* ---- capacity ------------------------------------------------------------------ */
+struct growth_report {
+    int cpu;        /* per CPU: the CPU to pin to */
+    size_t size[8]; /* classes worked in turn; size[0] is the one watched */
+    int nsizes, nobj, rounds;
+    uint32_t cap_first, cap_last, cap_seen; /* size[0]'s capacity: first, after its last phase, most */
+    uint32_t cap_end[8];            /* each class's capacity after its phase of the last round */
+    uint64_t frees_missed_last;     /* frees that took the slow path in the last round */
+    uint64_t miss_first, miss_last; /* alloc + free misses in a round */
+    uint64_t worst_cache_bytes;     /* most the cache held at any point checked */
+    uint64_t worst_committed;       /* most sum(capacity * size) over classes */
+    bool held_over_cap;
+    const char *slab_error;
+};
+
+static void *grow_classes(void *arg) {
+    struct growth_report *r = arg;
+    if (ta_fe_percpu) pin(r->cpu);
+    const uint32_t c = ta_size_to_class(r->size[0]);
+    void **p = calloc((size_t)r->nobj, sizeof *p);
+    free(malloc(r->size[0]));
+    const ta_slot_t *slab = my_slab();
+    r->cap_first = cap(slab, c);
+    for (int round = 0; round < r->rounds; round++) {
+        ta_pcache_stats_t s0 = pc_stats();
+        for (int k = 0; k < r->nsizes; k++) {
+            uint32_t ck = ta_size_to_class(r->size[k]);
+            for (int i = 0; i < r->nobj; i++) p[i] = malloc(r->size[k]);
+            for (int i = 0; i < r->nobj; i++) {
+                free(p[i]);
+                if (held(slab, ck) > cap(slab, ck)) r->held_over_cap = true;
+            }
+            /* (the phases of the other classes may take it back) */
+            r->cap_end[k] = cap(slab, ck);
+            if (k == 0 && r->cap_end[0] > r->cap_seen) r->cap_seen = r->cap_end[0];
+            uint64_t h = slab_bytes(slab, false), committed = slab_bytes(slab, true);
+            if (h > r->worst_cache_bytes) r->worst_cache_bytes = h;
+            if (committed > r->worst_committed) r->worst_committed = committed;
+        }
+        ta_pcache_stats_t s1 = pc_stats();
+        uint64_t misses = s1.alloc_misses + s1.free_misses - s0.alloc_misses - s0.free_misses;
+        r->frees_missed_last = s1.free_misses - s0.free_misses;
+        if (round == 0) r->miss_first = misses;
+        r->miss_last = misses;
+    }
+    r->cap_last = r->cap_end[0];
+    slab_seen_clear();
+    r->slab_error = check_slab(slab);
+    free(p);
+    return NULL;
+}
+
+Test(pcache, capacity_grows_on_misses) {
+    /* fewer objects than the class's slot range (2048 for 64 bytes) */
+    struct growth_report r = {.cpu = first_cpu(), .size = {64}, .nsizes = 1, .nobj = 1500, .rounds = 30};
+    run_thread(grow_classes, &r);
+    cr_assert_geq(r.cap_first, 1u, "a class that just missed has capacity 0");
+    cr_assert_gt(r.cap_last, r.cap_first, "capacity stayed at %u through %d rounds of misses", r.cap_first, r.rounds);
+    cr_assert_geq(r.cap_last, 1500u);
+    cr_assert_not(r.held_over_cap, "a class held more than its capacity");
+    cr_assert_null(r.slab_error, "%s", r.slab_error);
+    /* growing is what makes the working set stop missing */
+    cr_assert_lt(r.miss_last, r.miss_first, "misses per round: first %lu, last %lu", (unsigned long)r.miss_first,
+                 (unsigned long)r.miss_last);
+    cr_assert_eq(r.miss_last, 0u, "a class that grew to fit the working set still misses");
+}
+
+/* six classes of 4..12 KiB, 600 blocks each per round: far more than one
+ * cache may keep (a thread's budget is lowered to 1 MiB for the test) */
+static struct growth_report six_classes(void) {
+    struct growth_report r = {.cpu = first_cpu(),
+                              .size = {4096, 5120, 6144, 8192, 10240, 12288},
+                              .nsizes = 6,
+                              .nobj = 600,
+                              .rounds = 8};
+    ta_cfg.thread_cache_max = (uint64_t)1 << 20;
+    run_thread(grow_classes, &r);
+    return r;
+}
+static uint64_t budget(void) { return ta_fe_percpu ? ta_cfg.cpu_cache_bytes : ta_cfg.thread_cache_max; }
+
+Test(pcache, capacity_is_bounded_by_the_budget) {
+    struct growth_report r = six_classes();
+    const uint64_t b = budget();
+    cr_assert_gt(r.cap_last, r.cap_first);
+    cr_assert_not(r.held_over_cap);
+    cr_assert_null(r.slab_error, "%s", r.slab_error);
+    cr_assert_leq((uint64_t)r.cap_seen * 4096, b, "capacity %u objects of 4 KiB exceeds the %lu-byte budget", r.cap_seen,
+                  (unsigned long)b);
+    cr_assert_leq(r.worst_committed, b, "classes may hold %lu bytes, budget %lu", (unsigned long)r.worst_committed,
+                  (unsigned long)b);
+    cr_assert_leq(r.worst_cache_bytes, b, "the cache held %lu bytes, budget %lu", (unsigned long)r.worst_cache_bytes,
+                  (unsigned long)b);
+    /* and the budget is used: the classes together hold a good part of it */
+    cr_assert_geq(r.worst_cache_bytes, b / 4, "the cache never held more than %lu bytes",
+                  (unsigned long)r.worst_cache_bytes);
+}
+
+/* Every class in use gets room: capacity moves to the class that keeps
+ * missing (taken from the others) instead of staying with the first ones to
+ * grow.  (The classes are used in turn and together want far more than the
+ * budget, so each one's capacity is looked at after its own phase.) */
+Test(pcache, budget_moves_to_the_classes_in_use) {
+    struct growth_report r = six_classes();
+    for (int k = 0; k < r.nsizes; k++) cr_log_info("class of %zu B: capacity %u", r.size[k], r.cap_end[k]);
+    cr_log_info("first %u last %u seen %u; frees missed in the last round %lu", r.cap_first, r.cap_last, r.cap_seen,
+                (unsigned long)r.frees_missed_last);
+    for (int k = 0; k < r.nsizes; k++)
+        cr_assert_gt(r.cap_end[k], 0u,
+                     "class of %zu B still has capacity 0 after %d rounds of %d misses "
+                     "(the budget stayed with the classes used first)",
+                     r.size[k], r.rounds, r.nobj);
+    cr_assert_lt(r.frees_missed_last, (uint64_t)r.nsizes * r.nobj / 4,
+                 "%lu of %d frees in the last round took the slow path", (unsigned long)r.frees_missed_last,
+                 r.nsizes * r.nobj);
+}
+
+/* A class nobody uses any more gives back half of what it holds (and as much
+ * capacity) once per decay period, from the slow paths of other classes: the
+ * thread's own (per thread) or any CPU's (per CPU: every CPU is scanned).
+ * Each step below is exactly one period: one slow path (the first malloc of
+ * a class this cache never used is a miss) with the period set to 0 ms. */
+static void one_decay_period(size_t size) {
+    ta_cfg.decay_ms = 0;
+    void *p = malloc(size);
+    while (sampled(p)) { /* (a sampled block takes no slow path of tier 1) */
+        free(p);
+        p = malloc(size);
+    }
+    ta_cfg.decay_ms = (uint64_t)1 << 40;
+    free(p);
+}
+
+Test(pcache, idle_classes_drain_over_decay_periods) {
+    const uint32_t idle = ta_size_to_class(720);
+    static void *p[400];
+    pin(first_cpu());
+    for (int r = 0; r < 3; r++) {
+        for (int i = 0; i < 400; i++) p[i] = malloc(720);
+        for (int i = 0; i < 400; i++) free(p[i]);
+    }
+    const ta_slot_t *slab = my_slab();
+    uint32_t h0 = held(slab, idle), cap0 = cap(slab, idle);
+    cr_assert_gt(h0, 16u, "the 720-byte class holds only %u blocks", h0);
+    /* (classes nothing here used, small enough that growing them takes no
+     * capacity from the others: that would shrink the idle class too) */
+    const size_t steps[] = {9000, 11000, 13000, 15500, 18500, 22000};
+    uint32_t seen[6], caps[6];
+    for (int period = 0; period < 6; period++) {
+        one_decay_period(steps[period]);
+        seen[period] = held(slab, idle);
+        caps[period] = cap(slab, idle);
+    }
+    /* the first period only forgets that the class was in use (it missed while
+     * it was being filled); each later one halves it, capacity with it */
+    cr_assert_eq(seen[0], h0, "the first period took %u of %u blocks from a class just in use", h0 - seen[0], h0);
+    cr_assert_eq(caps[0], cap0);
+    uint32_t want = h0, want_cap = cap0;
+    for (int period = 1; period < 6; period++) {
+        uint32_t k = (want + 1) / 2;
+        want -= k;
+        want_cap -= k < want_cap ? k : want_cap;
+        cr_assert_eq(seen[period], want, "period %d: %u blocks held, want %u (held %u at the start)", period,
+                     seen[period], want, h0);
+        cr_assert_eq(caps[period], want_cap, "period %d: capacity %u, want %u (%u at the start)", period, caps[period],
+                     want_cap, cap0);
+    }
+    slab_seen_clear();
+    const char *e = check_slab(slab);
+    cr_assert_null(e, "%s", e);
+}
+
+/* ---- thread exit (per thread) ---------------------------------------------------- */
 struct exit_report {
     size_t size;
     int nobj;
-    ta_pcache_t *cache;
-    uint32_t count_before_exit;
+    void *cache;
+    uint32_t held_before_exit;
     uint64_t bytes_before_exit; /* ta_pcache_bytes(cls) seen by the thread */
 };
 
@@ -143,35 +520,36 @@ static void *fill_and_exit(void *arg) {
     enum { MAXN = 600 };
     void *p[MAXN];
     int n = r->nobj < MAXN ? r->nobj : MAXN;
-    for (int i = 0; i < n; i++) p[i] = malloc(r->size);
-    for (int i = 0; i < n; i++) free(p[i]);
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < n; i++) p[i] = malloc(r->size);
+        for (int i = 0; i < n; i++) free(p[i]);
+    }
     uint32_t c = ta_size_to_class(r->size);
-    r->cache = ta_tls_cache;
-    r->count_before_exit = ta_tls_cache->list[c].count;
+    r->cache = ta_tls.cache;
+    r->held_before_exit = held(ta_tls.slab, c);
     r->bytes_before_exit = ta_pcache_bytes(c);
     return NULL;
 }
 
 Test(pcache, exiting_thread_gives_its_objects_back) {
+    NEED_PERTHREAD();
     const size_t sz = 2600; /* a class nothing else here uses */
     const uint32_t c = ta_size_to_class(sz);
     ta_central_stats_t c0, c1;
-    ta_pcache_flush_current();
-    ta_central_drain();
+    quiesce();
     ta_central_stats(c, &c0);
-    uint64_t pc0 = ta_pcache_bytes(c);
+    uint64_t pc0 = ta_pcache_bytes(c), caches0 = pc_stats().caches;
     struct exit_report r = {.size = sz, .nobj = 500};
     run_thread(fill_and_exit, &r);
-    uint64_t pc1 = ta_pcache_bytes(c);
+    uint64_t pc1 = ta_pcache_bytes(c), caches1 = pc_stats().caches;
     ta_central_drain();
     ta_central_stats(c, &c1);
 
-    cr_assert_gt(r.count_before_exit, 0u, "the thread's cache held nothing before exit");
-    cr_assert_eq(r.bytes_before_exit - pc0, (uint64_t)r.count_before_exit * ta_class[c].size);
+    cr_assert_gt(r.held_before_exit, 0u, "the thread's cache held nothing before exit");
+    cr_assert_eq(r.bytes_before_exit - pc0, (uint64_t)r.held_before_exit * ta_class[c].size);
     cr_assert_eq(pc1, pc0, "%lu bytes of class %u still counted in caches after the thread exited",
                  (unsigned long)(pc1 - pc0), c);
-    cr_assert_neq(r.cache->state, TA_PC_LIVE, "the dead thread's cache is still live");
-    cr_assert_eq(r.cache->list[c].count, 0u, "the dead thread's cache still holds objects");
+    cr_assert_eq(caches1, caches0, "the dead thread's cache is still registered");
     /* every object is back in central: its spans are exactly as before */
     cr_assert_eq(c1.transfer_bytes, 0u);
     cr_assert_eq(c1.span_free_bytes, c0.span_free_bytes, "class %u: %ld free bytes missing from central", c,
@@ -187,12 +565,12 @@ static void *free_only(void *arg) {
 }
 
 Test(pcache, free_only_thread_flushes_at_exit) {
+    NEED_PERTHREAD();
     const size_t sz = 3300;
     const uint32_t c = ta_size_to_class(sz);
     static void *p[301];
     ta_central_stats_t c0, c1;
-    ta_pcache_flush_current();
-    ta_central_drain();
+    quiesce();
     ta_central_stats(c, &c0);
     uint64_t pc0 = ta_pcache_bytes(c);
     for (int i = 0; i < 300; i++) p[i] = malloc(sz);
@@ -206,78 +584,70 @@ Test(pcache, free_only_thread_flushes_at_exit) {
     cr_assert_eq(c1.span_free_bytes, c0.span_free_bytes);
 }
 
-/* Frees alone grow a list to one batch at most: a consumer thread flushes in
+/* Per CPU, a thread's exit leaves the CPU's cache alone (it is the CPU's);
+ * nothing is lost: draining the CPUs brings every object back. */
+Test(pcache, exited_threads_objects_stay_with_the_cpu) {
+    NEED_PERCPU();
+    const size_t sz = 2600;
+    const uint32_t c = ta_size_to_class(sz);
+    ta_central_stats_t c0, c1;
+    quiesce();
+    ta_central_stats(c, &c0);
+    struct exit_report r = {.size = sz, .nobj = 500};
+    run_thread(fill_and_exit, &r);
+    uint64_t pc1 = ta_pcache_bytes(c);
+    cr_assert_null(r.cache, "a thread got a thread cache in per-CPU mode");
+    quiesce();
+    ta_central_stats(c, &c1);
+    cr_assert_gt(pc1, 0u, "the CPU caches hold none of the exited thread's objects");
+    cr_assert_eq(ta_pcache_bytes(c), 0u);
+    cr_assert_eq(c1.span_free_bytes, c0.span_free_bytes, "class %u: %ld free bytes missing from central", c,
+                 (long)(c0.span_free_bytes - c1.span_free_bytes));
+}
+
+/* Frees alone grow a class to one batch at most: a consumer thread flushes in
  * batches but does not hoard blocks it will never allocate again. */
-static uint32_t consumer_max, consumer_count;
+static uint32_t consumer_cap, consumer_held;
 static void *free_only_report(void *arg) {
     void **p = arg;
     uint32_t c = ta_size_to_class(200);
     for (int i = 0; p[i]; i++) free(p[i]);
-    consumer_max = ta_tls_cache->list[c].max;
-    consumer_count = ta_tls_cache->list[c].count;
+    consumer_cap = cap(ta_tls.slab, c);
+    consumer_held = held(ta_tls.slab, c);
     return NULL;
 }
 
-Test(pcache, frees_alone_grow_a_list_to_one_batch) {
+Test(pcache, frees_alone_grow_a_class_to_one_batch) {
+    NEED_PERTHREAD();
     const uint32_t c = ta_size_to_class(200), batch = ta_class[c].batch;
     static void *p[2001];
     for (int i = 0; i < 2000; i++) p[i] = malloc(200);
     p[2000] = NULL;
     run_thread(free_only_report, p);
-    cr_assert_leq(consumer_max, batch, "a free-only list grew to %u (batch %u)", consumer_max, batch);
-    cr_assert_leq(consumer_count, batch, "a free-only list held %u blocks (batch %u)", consumer_count, batch);
-}
-
-/* A list the thread stopped using halves once per decay period (on the
- * thread's own slow paths), and its capacity with it. */
-Test(pcache, idle_lists_drain_over_decay_periods) {
-    const uint32_t idle = ta_size_to_class(720), busy = ta_size_to_class(3000);
-    static void *p[800];
-    for (int i = 0; i < 400; i++) p[i] = malloc(720);
-    for (int i = 0; i < 400; i++) free(p[i]);
-    ta_list_t *l = &ta_tls_cache->list[idle];
-    uint32_t held = l->count;
-    cr_assert_gt(held, 16u, "the 720-byte list holds only %u blocks", held);
-    uint64_t saved = ta_cfg.decay_ms;
-    ta_cfg.decay_ms = 5;
-    uint32_t seen[4];
-    for (int period = 0; period < 4; period++) {
-        usleep(20000); /* well past the 5 ms period, whatever the clock granularity */
-        /* slow paths of another class: more 3000-byte blocks than its list
-         * may hold, so there are refills and flushes */
-        for (int i = 0; i < 800; i++) p[i] = malloc(3000);
-        for (int i = 0; i < 800; i++) free(p[i]);
-        seen[period] = l->count;
-    }
-    ta_cfg.decay_ms = saved;
-    (void)busy;
-    /* the first period only forgets that the list was in use (it missed while
-     * it was being filled); each later one halves it */
-    cr_assert_lt(seen[1], held, "no scavenge after two decay periods (%u -> %u)", held, seen[1]);
-    cr_assert_lt(seen[3], seen[1], "the idle list stopped draining (%u -> %u)", seen[1], seen[3]);
-    cr_assert_leq(seen[3], held / 4 + 1, "after four periods %u of %u blocks are left", seen[3], held);
-    cr_assert_geq(l->max, l->count);
+    cr_assert_gt(consumer_cap, 0u, "a free-only class never got any capacity");
+    cr_assert_leq(consumer_cap, batch, "a free-only class grew to %u (batch %u)", consumer_cap, batch);
+    cr_assert_leq(consumer_held, batch, "a free-only class held %u blocks (batch %u)", consumer_held, batch);
 }
 
 static void *touch_and_report(void *arg) {
-    ta_pcache_t **out = arg;
+    void **out = arg;
     void *a = malloc(64), *b = malloc(1000);
     free(a);
     free(b);
-    *out = ta_tls_cache;
+    *out = ta_tls.cache;
     return NULL;
 }
 
 Test(pcache, thousand_threads_reuse_caches) {
-    ta_pcache_t *first = NULL, *seen_caches[4] = {0};
+    NEED_PERTHREAD();
+    void *first = NULL, *seen_caches[4] = {0};
     int distinct = 0;
     run_thread(touch_and_report, &first); /* warm up: one cache made and freed */
-    uint64_t m0 = ta_meta_bytes();
+    uint64_t m0 = ta_meta_bytes(), caches0 = pc_stats().caches;
     for (int i = 0; i < 1000; i++) {
-        ta_pcache_t *c = NULL;
+        void *c = NULL;
         run_thread(touch_and_report, &c);
         cr_assert_not_null(c);
-        cr_assert_neq(c->state, TA_PC_LIVE, "thread %d: cache still live after join", i);
         bool known = false;
         for (int j = 0; j < distinct; j++) known |= seen_caches[j] == c;
         if (!known) {
@@ -285,133 +655,29 @@ Test(pcache, thousand_threads_reuse_caches) {
             seen_caches[distinct++] = c;
         }
     }
-    uint64_t m1 = ta_meta_bytes();
-    cr_assert_lt(m1 - m0, 100 * sizeof(ta_pcache_t) + ((uint64_t)1 << 20),
-                 "metadata grew by %lu bytes over 1000 threads", (unsigned long)(m1 - m0));
+    uint64_t m1 = ta_meta_bytes(), caches1 = pc_stats().caches;
+    /* (a cache is a record and a slab of some hundred KiB: a few of them at most) */
+    cr_assert_lt(m1 - m0, (uint64_t)4 << 20, "metadata grew by %lu bytes over 1000 threads", (unsigned long)(m1 - m0));
     cr_assert(first == seen_caches[0], "the second thread did not reuse the first one's cache");
-}
-
-/* ---- list sizing ------------------------------------------------------------ */
-struct growth_report {
-    size_t size[8]; /* classes worked in turn; size[0] is the one watched */
-    int nsizes, nobj, rounds;
-    uint32_t max_first, max_last, max_seen;
-    uint32_t max_end[8];            /* each class's list max at the end */
-    uint64_t frees_missed_last;     /* frees that took the slow path in the last round */
-    uint64_t miss_first, miss_last; /* alloc + free misses in a round */
-    uint64_t worst_cache_bytes;     /* most the thread's cache held at any point checked */
-    uint64_t worst_committed;       /* most sum(max * size) over classes */
-    bool count_over_max;
-};
-
-static uint64_t cache_bytes(const ta_pcache_t *pc, bool committed) {
-    uint64_t b = 0;
-    for (uint32_t c = 1; c < ta_nclasses; c++)
-        b += (uint64_t)(committed ? pc->list[c].max : pc->list[c].count) * ta_class[c].size;
-    return b;
-}
-
-static void *grow_lists(void *arg) {
-    struct growth_report *r = arg;
-    const uint32_t c = ta_size_to_class(r->size[0]);
-    void **p = calloc((size_t)r->nobj, sizeof *p);
-    free(malloc(r->size[0]));
-    ta_pcache_t *pc = ta_tls_cache;
-    r->max_first = pc->list[c].max;
-    for (int round = 0; round < r->rounds; round++) {
-        uint64_t miss0 = pc->n_free_miss + pc->n_alloc_miss, free_miss0 = pc->n_free_miss;
-        for (int k = 0; k < r->nsizes; k++) {
-            uint32_t ck = ta_size_to_class(r->size[k]);
-            for (int i = 0; i < r->nobj; i++) p[i] = malloc(r->size[k]);
-            for (int i = 0; i < r->nobj; i++) {
-                free(p[i]);
-                /* (a list whose max is 0 is reported by the max_end check) */
-                if (pc->list[ck].max && pc->list[ck].count > pc->list[ck].max) r->count_over_max = true;
-            }
-            uint64_t held = cache_bytes(pc, false), committed = cache_bytes(pc, true);
-            if (held > r->worst_cache_bytes) r->worst_cache_bytes = held;
-            if (committed > r->worst_committed) r->worst_committed = committed;
-        }
-        uint64_t misses = pc->n_free_miss + pc->n_alloc_miss - miss0;
-        r->frees_missed_last = pc->n_free_miss - free_miss0;
-        if (round == 0) r->miss_first = misses;
-        r->miss_last = misses;
-        if (pc->list[c].max > r->max_seen) r->max_seen = pc->list[c].max;
-    }
-    r->max_last = pc->list[c].max;
-    for (int k = 0; k < r->nsizes; k++) r->max_end[k] = pc->list[ta_size_to_class(r->size[k])].max;
-    free(p);
-    return NULL;
-}
-
-Test(pcache, list_max_grows_on_misses) {
-    struct growth_report r = {.size = {64}, .nsizes = 1, .nobj = 3000, .rounds = 30};
-    run_thread(grow_lists, &r);
-    cr_assert_geq(r.max_first, 1u, "a list that just missed has max 0");
-    cr_assert_gt(r.max_last, r.max_first, "max stayed at %u through %d rounds of misses", r.max_first, r.rounds);
-    cr_assert_not(r.count_over_max, "a list held more than its max");
-    /* growing the list is what makes the working set stop missing */
-    cr_assert_lt(r.miss_last, r.miss_first, "misses per round: first %lu, last %lu", (unsigned long)r.miss_first,
-                 (unsigned long)r.miss_last);
-    cr_assert_eq(r.miss_last, 0u, "a list that grew to fit the working set still misses");
-}
-
-/* six classes of 4..12 KiB, 600 blocks each per round: far more than one
- * thread may keep */
-static struct growth_report six_classes(void) {
-    struct growth_report r = {.size = {4096, 5120, 6144, 8192, 10240, 12288}, .nsizes = 6, .nobj = 600, .rounds = 8};
-    run_thread(grow_lists, &r);
-    return r;
-}
-
-Test(pcache, list_max_is_bounded_by_the_thread_budget) {
-    struct growth_report r = six_classes();
-    const uint64_t cap = ta_cfg.thread_cache_max;
-    cr_assert_gt(r.max_last, r.max_first);
-    cr_assert_not(r.count_over_max);
-    cr_assert_leq((uint64_t)r.max_seen * 4096, cap, "max %u objects of 4 KiB exceeds the %lu-byte thread budget",
-                  r.max_seen, (unsigned long)cap);
-    cr_assert_leq(r.worst_committed, cap, "lists may hold %lu bytes, budget %lu", (unsigned long)r.worst_committed,
-                  (unsigned long)cap);
-    /* (a list the budget refused to grow may still keep the one block just freed) */
-    uint64_t slack = 0;
-    for (int k = 0; k < r.nsizes; k++) slack += ta_class[ta_size_to_class(r.size[k])].size;
-    cr_assert_leq(r.worst_cache_bytes, cap + slack, "the cache held %lu bytes, budget %lu",
-                  (unsigned long)r.worst_cache_bytes, (unsigned long)cap);
-    /* and the budget is used: the lists together hold a good part of it */
-    cr_assert_geq(r.worst_cache_bytes, cap / 4, "the cache never held more than %lu bytes",
-                  (unsigned long)r.worst_cache_bytes);
-}
-
-/* Every class in steady use gets room in the cache: capacity moves to the
- * lists that keep missing instead of staying with the first ones to grow. */
-Test(pcache, budget_moves_to_the_lists_in_use) {
-    struct growth_report r = six_classes();
-    for (int k = 0; k < r.nsizes; k++)
-        cr_assert_gt(r.max_end[k], 0u,
-                     "class of %zu B still has list max 0 after %d rounds of %d misses "
-                     "(the budget stayed with the classes used first)",
-                     r.size[k], r.rounds, r.nobj);
-    cr_assert_lt(r.frees_missed_last, (uint64_t)r.nsizes * r.nobj / 4,
-                 "%lu of %d frees in the last round took the slow path", (unsigned long)r.frees_missed_last,
-                 r.nsizes * r.nobj);
+    cr_assert_eq(caches1, caches0, "%lu caches registered after 1000 threads, %lu before", (unsigned long)caches1,
+                 (unsigned long)caches0);
 }
 
 /* Threads that filled their caches and then went idle must not leave a busy
- * thread without any cache: capacity moves from idle caches to busy ones. */
+ * thread without any cache: the global pool has a floor for every thread. */
 static pthread_barrier_t hogs_filled, hogs_release;
 
 static void *hog(void *arg) {
     (void)arg;
     struct growth_report r = {.size = {4096, 5120, 6144, 8192, 10240, 12288}, .nsizes = 6, .nobj = 600, .rounds = 3};
-    grow_lists(&r);
+    grow_classes(&r);
     pthread_barrier_wait(&hogs_filled);
     pthread_barrier_wait(&hogs_release); /* idle, cache full, until the busy thread is done */
     return NULL;
 }
 
 struct busy_report {
-    uint32_t max;
+    uint32_t cap;
     uint64_t frees, free_misses;
 };
 
@@ -420,21 +686,23 @@ static void *busy(void *arg) {
     enum { N = 500 };
     void *p[N];
     const uint32_t c = ta_size_to_class(64);
-    ta_pcache_t *pc = NULL;
+    uint64_t m0 = pc_stats().free_misses;
     for (int round = 0; round < 20; round++) {
         for (int i = 0; i < N; i++) p[i] = malloc(64);
-        pc = ta_tls_cache;
         for (int i = 0; i < N; i++) free(p[i]);
     }
-    r->max = pc->list[c].max;
+    r->cap = cap(ta_tls.slab, c);
     r->frees = 20 * N;
-    r->free_misses = pc->n_free_miss;
+    r->free_misses = pc_stats().free_misses - m0; /* the hogs are idle: these are the busy thread's */
     return NULL;
 }
 
 Test(pcache, idle_threads_do_not_starve_a_busy_one) {
+    NEED_PERTHREAD();
     enum { HOGS = 3 };
     pthread_t h[HOGS];
+    /* a small pool: the hogs take all of it */
+    ta_cfg.thread_cache_max = (uint64_t)2 << 20;
     pthread_barrier_init(&hogs_filled, NULL, HOGS + 1);
     pthread_barrier_init(&hogs_release, NULL, HOGS + 1);
     for (int i = 0; i < HOGS; i++) cr_assert_eq(pthread_create(&h[i], NULL, hog, NULL), 0);
@@ -448,117 +716,37 @@ Test(pcache, idle_threads_do_not_starve_a_busy_one) {
     pthread_barrier_destroy(&hogs_filled);
     pthread_barrier_destroy(&hogs_release);
     cr_assert_eq(rc, 0);
-    cr_assert_gt(r.max, 0u, "the busy thread's 64-byte list has max 0: %d idle threads hold the whole budget", HOGS);
+    cr_assert_gt(r.cap, 0u, "the busy thread's 64-byte class has capacity 0: %d idle threads hold the whole budget",
+                 HOGS);
     cr_assert_lt(r.free_misses * 4, r.frees, "%lu of %lu frees of the busy thread took the slow path",
                  (unsigned long)r.free_misses, (unsigned long)r.frees);
 }
 
-/* ---- the guard word ------------------------------------------------------------ */
-Test(pcache, freed_objects_carry_the_guard_and_malloc_clears_it) {
-    enum { N = 700 }; /* more than a list holds at first: some frees overflow to central */
-    static void *p[N];
-    static bool smp[N];
-    const size_t sizes[] = {16, 48, 200, 1024, 5000, 65536, TA_MAX_SMALL};
-    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
-        size_t n = sizes[s] <= 5000 ? N : 100, checked = 0;
-        long fresh_dirty = -1, no_guard = -1, reused_dirty = -1;
-        /* (sampled blocks are page-heap spans: no guard word, and their
-         * double free is caught by the page heap) */
-        for (size_t i = 0; i < n; i++) {
-            p[i] = malloc(sizes[s]);
-            smp[i] = sampled(p[i]);
-            if (!smp[i] && ((uintptr_t *)p[i])[1] && fresh_dirty < 0) fresh_dirty = (long)i;
-            memset(p[i], 0xa5, sizes[s]);
-        }
-        for (size_t i = 0; i < n; i++) free(p[i]);
-        /* wherever they went (cache list, transfer cache, span), freed blocks
-         * keep the guard: a second free is caught */
-        for (size_t i = 0; i < n; i++) {
-            if (smp[i]) continue;
-            checked++;
-            if (((uintptr_t *)p[i])[1] != ta_guard(p[i]) && no_guard < 0) no_guard = (long)i;
-        }
-        /* the blocks come back with the guard cleared */
-        for (size_t i = 0; i < n; i++) {
-            p[i] = malloc(sizes[s]);
-            if (!sampled(p[i]) && ((uintptr_t *)p[i])[1] && reused_dirty < 0) reused_dirty = (long)i;
-        }
-        for (size_t i = 0; i < n; i++) free(p[i]);
-        /* (at the default rate a 256 KiB request is sampled 4 times in 10) */
-        cr_assert_gt(checked, sizes[s] <= 5000 ? n / 2 : 0, "size %zu: %zu of %zu blocks sampled", sizes[s],
-                     n - checked, n);
-        cr_assert_eq(fresh_dirty, -1, "size %zu: new block %ld does not have 0 in its second word", sizes[s],
-                     fresh_dirty);
-        cr_assert_eq(no_guard, -1, "size %zu: freed block %ld lacks the guard word", sizes[s], no_guard);
-        cr_assert_eq(reused_dirty, -1, "size %zu: reused block %ld keeps its second word", sizes[s], reused_dirty);
-    }
-    /* calloc, aligned and realloc'd blocks too */
-    for (int i = 0; i < 4; i++) {
-        void *q = calloc(1, 64);
-        bool sq = sampled(q);
-        cr_assert_eq(((uintptr_t *)q)[1], 0u);
-        free(q);
-        if (!sq) cr_assert_eq(((uintptr_t *)q)[1], ta_guard(q));
-        q = aligned_alloc(256, 256);
-        sq = sampled(q);
-        cr_assert_eq((uintptr_t)q % 256, 0u);
-        if (!sq) cr_assert_eq(((uintptr_t *)q)[1], 0u);
-        free(q);
-        if (!sq) cr_assert_eq(((uintptr_t *)q)[1], ta_guard(q));
-    }
-}
-
-Test(pcache, guard_key_is_not_trivial) {
-    void *p = malloc(32);
-    free(p);
-    cr_assert_neq(ta_guard(p), 0u);
-    cr_assert_neq(ta_guard(p), (uintptr_t)p);
-    cr_assert_neq(ta_guard_key, 0x5bd1e9955bd1e995ull, "the guard key was never randomised");
-    void *q = malloc(32);
-    free(q);
-}
-
-Test(pcache, double_free_of_a_cached_block_aborts, .signal = SIGABRT, .init = setup_quiet) {
-    void *p = malloc(40);
-    free(p);
-    free(p);
-}
-
-Test(pcache, double_free_after_overflow_aborts, .signal = SIGABRT, .init = setup_quiet) {
-    /* the first free goes to a cache list that may overflow to central; the
-     * block still carries the guard */
-    enum { N = 2000 };
-    static void *p[N];
-    for (int i = 0; i < N; i++) p[i] = malloc(40);
-    for (int i = 0; i < N; i++) free(p[i]);
-    free(p[0]);
-}
-
 /* ---- malloc and free after the thread's cache is gone --------------------------- */
 static pthread_key_t late_key;
-static uint64_t late_pcache_after;
 static int late_ok;
 
 static void late_destructor(void *arg) {
     (void)arg;
-    /* runs during thread exit, possibly after tieralloc's own flush */
+    /* runs during thread exit, after tieralloc's own exit flush (its key is older) */
     void *p[50];
     int ok = 1;
-    bool smp[50];
     for (int i = 0; i < 50; i++) {
         p[i] = malloc(2900);
         if (!p[i]) {
             late_ok = 0;
             return;
         }
-        smp[i] = sampled(p[i]);
-        if (!smp[i] && ((uintptr_t *)p[i])[1]) ok = 0;
-        memset(p[i], 1, 2900);
+        if (!sampled(p[i]) && *ta_state_of(p[i], ta_size_to_class(2900)) != TA_OBJ_LIVE) ok = 0;
+        tu_fill_base(p[i], 2900, tu_pattern_base(p[i], 2900, 7));
     }
-    for (int i = 0; i < 50; i++) free(p[i]);
+    for (int i = 0; i < 50; i++) {
+        if (tu_check_base(p[i], 2900, tu_pattern_base(p[i], 2900, 7)) != (size_t)-1) ok = 0;
+        free(p[i]);
+    }
     for (int i = 0; i < 50; i++)
-        if (!smp[i] && ((uintptr_t *)p[i])[1] != ta_guard(p[i])) ok = 0;
-    late_ok = ok;
+        if (!sampled(p[i]) && *ta_state_of(p[i], ta_size_to_class(2900)) != TA_OBJ_FREE) ok = 0;
+    late_ok = ok ? 1 : 2;
 }
 
 static void *late_thread(void *arg) {
@@ -571,11 +759,429 @@ static void *late_thread(void *arg) {
 Test(pcache, allocation_during_thread_exit_is_not_stranded) {
     const uint32_t c = ta_size_to_class(2900);
     cr_assert_eq(pthread_key_create(&late_key, late_destructor), 0);
-    ta_pcache_flush_current();
+    quiesce();
     uint64_t pc0 = ta_pcache_bytes(c);
+    ta_central_stats_t c0, c1;
+    ta_central_stats(c, &c0);
     run_thread(late_thread, NULL);
-    late_pcache_after = ta_pcache_bytes(c);
-    cr_assert(late_ok, "malloc/free in a thread-exit destructor misbehaved");
-    cr_assert_eq(late_pcache_after, pc0, "%lu bytes left in caches by an exited thread",
-                 (unsigned long)(late_pcache_after - pc0));
+    uint64_t pc1 = ta_pcache_bytes(c);
+    cr_assert_eq(late_ok, 1, "malloc/free in a thread-exit destructor misbehaved (%d)", late_ok);
+    if (!ta_fe_percpu)
+        cr_assert_eq(pc1, pc0, "%lu bytes left in caches by an exited thread", (unsigned long)(pc1 - pc0));
+    quiesce();
+    ta_central_stats(c, &c1);
+    cr_assert_eq(c1.span_free_bytes, c0.span_free_bytes, "class %u: objects lost", c);
+}
+
+/* ---- many threads on one CPU, migrating threads, trims ------------------------------
+ * Every block a worker holds is in a sharded set (a second owner is seen at
+ * once) and carries a pattern from its address, size and owner, checked before
+ * free.  Pinned workers share one CPU's slab and preempt each other; a
+ * signaller interrupts them (an rseq sequence that takes a signal restarts);
+ * migrating workers move between CPUs; the trimmer drains every CPU
+ * (membarrier fences) and takes snapshots while they run. */
+#define LIVE_SHARDS 1024
+#define LIVE_SLOTS 64
+typedef struct {
+    pthread_mutex_t lock;
+    uintptr_t slot[LIVE_SLOTS];
+} live_shard_t;
+static live_shard_t live[LIVE_SHARDS];
+
+static live_shard_t *live_shard(const void *p) { return &live[set_hash((uintptr_t)p, 10)]; }
+/* 0 added, 1 already live (handed out twice), 2 shard full */
+static int live_add(const void *p) {
+    live_shard_t *s = live_shard(p);
+    int r = 2;
+    pthread_mutex_lock(&s->lock);
+    int free_i = -1;
+    for (int i = 0; i < LIVE_SLOTS; i++) {
+        if (s->slot[i] == (uintptr_t)p) {
+            r = 1;
+            break;
+        }
+        if (!s->slot[i] && free_i < 0) free_i = i;
+    }
+    if (r != 1 && free_i >= 0) {
+        s->slot[free_i] = (uintptr_t)p;
+        r = 0;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return r;
+}
+static bool live_del(const void *p) {
+    live_shard_t *s = live_shard(p);
+    bool r = false;
+    pthread_mutex_lock(&s->lock);
+    for (int i = 0; i < LIVE_SLOTS; i++)
+        if (s->slot[i] == (uintptr_t)p) {
+            s->slot[i] = 0;
+            r = true;
+            break;
+        }
+    pthread_mutex_unlock(&s->lock);
+    return r;
+}
+
+#define NPINNED 16
+#define NMIGRATE 3
+#define HOLD 48
+typedef struct {
+    int id;
+    int pin_cpu;   /* >= 0: pinned there; -1: migrates */
+    pthread_t tid;
+    uint64_t ops, migrations;
+    char err[200];
+} worker_t;
+static worker_t workers[NPINNED + NMIGRATE];
+static volatile int stop_flag;
+static uint64_t trims, snapshots, signals_sent;
+static char trim_err[200];
+
+/* Mostly a few small classes, so that the threads on one CPU keep working the
+ * same headers; sometimes larger blocks. */
+static size_t random_size(uint64_t *rng) {
+    uint64_t r = tu_rand(rng) % 100;
+    if (r < 80) return 16 * tu_rand_range(rng, 1, 4) - tu_rand_range(rng, 0, 15);
+    if (r < 95) return tu_rand_range(rng, 65, 1024);
+    return tu_rand_range(rng, 1025, 65536);
+}
+
+/* The pattern covers the first and last bytes of a block (the whole of it
+ * when small): the checks must not take so long that preemption rarely
+ * falls inside a restartable sequence. */
+#define EDGE 48
+static void fill_edges(void *p, size_t n, uint64_t seed) {
+    uint64_t base = tu_pattern_base(p, n, seed);
+    if (n <= 2 * EDGE) {
+        tu_fill_base(p, n, base);
+        return;
+    }
+    tu_fill_base(p, EDGE, base);
+    tu_fill_base((char *)p + n - EDGE, EDGE, base ^ 1);
+}
+static size_t check_edges(const void *p, size_t n, uint64_t seed) {
+    uint64_t base = tu_pattern_base(p, n, seed);
+    if (n <= 2 * EDGE) return tu_check_base(p, n, base);
+    size_t bad = tu_check_base(p, EDGE, base);
+    if (bad != (size_t)-1) return bad;
+    bad = tu_check_base((const char *)p + n - EDGE, EDGE, base ^ 1);
+    return bad == (size_t)-1 ? bad : n - EDGE + bad;
+}
+
+static void *worker(void *arg) {
+    worker_t *w = arg;
+    int cpus[64];
+    int ncpu = ncpu_allowed(cpus, 64);
+    if (w->pin_cpu >= 0 && !pin(w->pin_cpu)) snprintf(w->err, sizeof w->err, "sched_setaffinity failed");
+    uint64_t rng = (uint64_t)w->id * 7919 + 1;
+    void *p[HOLD] = {0};
+    size_t n[HOLD] = {0};
+    uint64_t seed = (uint64_t)w->id << 32;
+    while (!__atomic_load_n(&stop_flag, __ATOMIC_RELAXED) && !w->err[0]) {
+        if (w->pin_cpu < 0 && ncpu > 1 && w->ops % 64 == 0) {
+            int to = cpus[tu_rand(&rng) % (uint64_t)ncpu];
+            if (pin(to)) w->migrations++;
+        }
+        int i = (int)(tu_rand(&rng) % HOLD);
+        if (p[i]) {
+            size_t bad = check_edges(p[i], n[i], seed);
+            if (bad != (size_t)-1) {
+                snprintf(w->err, sizeof w->err, "block %p (%zu bytes) corrupted at byte %zu", p[i], n[i], bad);
+                break;
+            }
+            if (!live_del(p[i])) {
+                snprintf(w->err, sizeof w->err, "block %p no longer in the live set", p[i]);
+                break;
+            }
+            free(p[i]);
+            p[i] = NULL;
+        }
+        size_t sz = random_size(&rng);
+        bool zero = (tu_rand(&rng) & 15) == 0;
+        unsigned char *q = zero ? calloc(1, sz) : malloc(sz);
+        if (!q) {
+            snprintf(w->err, sizeof w->err, "malloc(%zu) failed", sz);
+            break;
+        }
+        int r = live_add(q);
+        if (r == 1) {
+            snprintf(w->err, sizeof w->err, "block %p handed out while another thread holds it", (void *)q);
+            break;
+        }
+        if (r == 2) {
+            snprintf(w->err, sizeof w->err, "live set shard full (test problem)");
+            break;
+        }
+        if (zero && (q[0] || q[sz - 1] || q[sz / 2])) {
+            snprintf(w->err, sizeof w->err, "calloc(1, %zu) gave %p not cleared", sz, (void *)q);
+            break;
+        }
+        p[i] = q;
+        n[i] = sz;
+        fill_edges(q, sz, seed);
+        w->ops++;
+    }
+    for (int i = 0; i < HOLD; i++)
+        if (p[i]) {
+            if (!w->err[0] && check_edges(p[i], n[i], seed) != (size_t)-1)
+                snprintf(w->err, sizeof w->err, "block %p corrupted (at the end)", p[i]);
+            live_del(p[i]);
+            free(p[i]);
+        }
+    return NULL;
+}
+
+static void *trimmer(void *arg) {
+    (void)arg;
+    while (!__atomic_load_n(&stop_flag, __ATOMIC_RELAXED)) {
+        malloc_trim(0);
+        trims++;
+        ta_pcache_drain_all();
+        struct ta_stats st = TA_STATS_INIT;
+        if (ta_stats_get(&st) != 0) {
+            snprintf(trim_err, sizeof trim_err, "ta_stats_get failed");
+            break;
+        }
+        snapshots++;
+        uint64_t sum = st.inuse_bytes + st.thread_cache_bytes + st.central_bytes + st.span_free_bytes +
+                       st.span_tail_bytes + st.pageheap_free_bytes + st.arena_bytes + st.metadata_bytes;
+        if (st.mapped_bytes - st.released_bytes != sum) {
+            snprintf(trim_err, sizeof trim_err, "stats identity broken: mapped-released %lu, parts %lu",
+                     (unsigned long)(st.mapped_bytes - st.released_bytes), (unsigned long)sum);
+            break;
+        }
+        tu_sleep_ms(1);
+    }
+    return NULL;
+}
+
+static void on_usr1(int sig) { (void)sig; }
+
+static void *signaller(void *arg) {
+    (void)arg;
+    while (!__atomic_load_n(&stop_flag, __ATOMIC_RELAXED)) {
+        for (int i = 0; i < NPINNED + NMIGRATE; i++) {
+            pthread_kill(workers[i].tid, SIGUSR1);
+            signals_sent++;
+        }
+        usleep(200);
+    }
+    return NULL;
+}
+
+Test(pcache, threads_on_one_cpu_migrations_and_trims) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr1;
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGUSR1, &sa, NULL);
+    for (int i = 0; i < LIVE_SHARDS; i++) pthread_mutex_init(&live[i].lock, NULL);
+    int cpu0 = first_cpu();
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 256 << 10);
+    stop_flag = 0;
+    for (int i = 0; i < NPINNED + NMIGRATE; i++) {
+        workers[i].id = i;
+        workers[i].pin_cpu = i < NPINNED ? cpu0 : -1;
+        cr_assert_eq(pthread_create(&workers[i].tid, &attr, worker, &workers[i]), 0);
+    }
+    pthread_t tt, ts;
+    cr_assert_eq(pthread_create(&tt, &attr, trimmer, NULL), 0);
+    cr_assert_eq(pthread_create(&ts, &attr, signaller, NULL), 0);
+    tu_sleep_ms(3000);
+    __atomic_store_n(&stop_flag, 1, __ATOMIC_RELAXED);
+    for (int i = 0; i < NPINNED + NMIGRATE; i++) pthread_join(workers[i].tid, NULL);
+    pthread_join(tt, NULL);
+    pthread_join(ts, NULL);
+    pthread_attr_destroy(&attr);
+    signal(SIGUSR1, SIG_DFL);
+
+    uint64_t ops = 0, migrations = 0;
+    for (int i = 0; i < NPINNED + NMIGRATE; i++) {
+        cr_assert_eq(workers[i].err[0], 0, "worker %d (%s): %s", i, workers[i].pin_cpu >= 0 ? "pinned" : "migrating",
+                     workers[i].err);
+        cr_assert_gt(workers[i].ops, 0u, "worker %d never ran", i);
+        ops += workers[i].ops;
+        migrations += workers[i].migrations;
+    }
+    cr_assert_eq(trim_err[0], 0, "%s", trim_err);
+    cr_assert_gt(trims, 0u);
+    cr_log_info("%lu operations, %lu migrations, %lu trims, %lu snapshots, %lu signals", (unsigned long)ops,
+                (unsigned long)migrations, (unsigned long)trims, (unsigned long)snapshots, (unsigned long)signals_sent);
+    /* everything quiet: every cache is well formed, no object cached twice */
+    slab_seen_clear();
+    if (ta_fe_percpu) {
+        for (long i = 0; i < ncpus_conf(); i++) {
+            const char *e = check_slab(cpu_slab((int)i));
+            cr_assert_null(e, "CPU %ld: %s", i, e);
+        }
+    } else {
+        const char *e = check_slab(ta_tls.slab);
+        cr_assert_null(e, "%s", e);
+    }
+    for (int i = 0; i < LIVE_SHARDS; i++)
+        for (int j = 0; j < LIVE_SLOTS; j++) cr_assert_eq(live[i].slot[j], 0u, "a block was never freed");
+    /* and all of it comes back */
+    malloc_trim(0);
+    if (ta_fe_percpu) cr_assert_eq(ta_pcache_bytes(0), 0u);
+}
+
+/* ---- 2000 threads: caches scale with CPUs, not threads ---------------------------- */
+#define MANY 2000
+static pthread_barrier_t many_done, many_exit;
+static volatile int many_failed;
+
+static void *churn_1mib(void *arg) {
+    uint64_t rng = (uint64_t)(uintptr_t)arg * 31 + 5;
+    enum { K = 512 };
+    void *p[K];
+    size_t total = 0;
+    while (total < ((size_t)1 << 20)) {
+        int k = 0;
+        for (; k < K && total < ((size_t)1 << 20); k++) {
+            size_t sz = tu_rand_range(&rng, 16, 4096);
+            p[k] = malloc(sz);
+            if (!p[k]) {
+                many_failed = 1;
+                break;
+            }
+            *(volatile char *)p[k] = 1;
+            total += sz;
+        }
+        for (int i = 0; i < k; i++) free(p[i]);
+        if (many_failed) break;
+    }
+    pthread_barrier_wait(&many_done);
+    pthread_barrier_wait(&many_exit); /* wait, holding whatever a thread holds */
+    return NULL;
+}
+
+Test(pcache, two_thousand_threads_hold_at_most_2mib_per_cpu, .timeout = 120) {
+    NEED_PERCPU();
+    static pthread_t t[MANY];
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 64 << 10);
+    cr_assert_eq(pthread_barrier_init(&many_done, NULL, MANY + 1), 0);
+    cr_assert_eq(pthread_barrier_init(&many_exit, NULL, MANY + 1), 0);
+    int made = 0;
+    for (; made < MANY; made++)
+        if (pthread_create(&t[made], &attr, churn_1mib, (void *)(uintptr_t)made) != 0) break;
+    cr_assert_eq(made, MANY, "only %d threads could be created", made);
+    pthread_barrier_wait(&many_done);
+    uint64_t in_tier1 = ta_pcache_bytes(0);
+    struct ta_stats st = TA_STATS_INIT;
+    ta_stats_get(&st);
+    uint64_t worst = 0;
+    long worst_cpu = -1, n = ncpus_conf();
+    for (long i = 0; i < n; i++) {
+        uint64_t b = slab_bytes(cpu_slab((int)i), false);
+        if (b > worst) worst = b, worst_cpu = i;
+    }
+    pthread_barrier_wait(&many_exit);
+    for (int i = 0; i < made; i++) pthread_join(t[i], NULL);
+    pthread_attr_destroy(&attr);
+    cr_assert_not(many_failed, "a malloc failed");
+    cr_assert_leq(in_tier1, (uint64_t)n * (2u << 20), "tier 1 holds %lu bytes for %ld CPUs", (unsigned long)in_tier1, n);
+    cr_assert_leq(st.thread_cache_bytes, (uint64_t)n * (2u << 20), "ta_stats_get: %lu bytes in caches",
+                  (unsigned long)st.thread_cache_bytes);
+    cr_assert_leq(worst, (uint64_t)2 << 20, "CPU %ld holds %lu bytes", worst_cpu, (unsigned long)worst);
+    cr_assert_leq(worst, ta_cfg.cpu_cache_bytes, "CPU %ld holds %lu bytes, over its budget", worst_cpu,
+                  (unsigned long)worst);
+    cr_assert_leq(st.threads, (uint64_t)n, "%lu caches for %ld CPUs", (unsigned long)st.threads, n);
+}
+
+/* ---- misuse: object state bytes ------------------------------------------------------
+ * Each runs in a child (tu_expect_abort): the child reports the address it
+ * passes to the bad free; the parent checks for SIGABRT and a one-line
+ * diagnostic naming it. */
+static void double_free_cached(void *arg) {
+    (void)arg;
+    void *p = malloc(40);
+    free(p);
+    report(p);
+    free(p);
+    shared->reached_end = 1;
+}
+Test(pcache, double_free_of_a_cached_block_aborts) {
+    tu_expect_abort(double_free_cached, "double free", 1);
+}
+
+static void double_free_overflow(void *arg) {
+    (void)arg;
+    /* more than the cache holds: most go on to central and to their spans */
+    enum { N = 5000 };
+    static void *p[N];
+    for (int i = 0; i < N; i++) p[i] = malloc(40);
+    for (int i = 0; i < N; i++) free(p[i]);
+    ta_pcache_flush_current();
+    ta_pcache_drain_all();
+    ta_central_drain();
+    int k = 0;
+    while (sampled(p[k])) k++;
+    report(p[k]);
+    free(p[k]);
+    shared->reached_end = 1;
+}
+Test(pcache, double_free_after_overflow_aborts) {
+    tu_expect_abort(double_free_overflow, "double free", 1);
+}
+
+static void double_free_in_transfer_cache(void *arg) {
+    (void)arg;
+    enum { N = 3000 };
+    static void *p[N];
+    for (int i = 0; i < N; i++) p[i] = malloc(96);
+    for (int i = 0; i < N; i++) free(p[i]);
+    int k = 0;
+    while (sampled(p[k])) k++;
+    report(p[k]);
+    free(p[k]);
+    shared->reached_end = 1;
+}
+Test(pcache, double_free_anywhere_after_many_frees_aborts) {
+    tu_expect_abort(double_free_in_transfer_cache, "double free", 1);
+}
+
+/* An object of a live span that tieralloc never handed to the program: the
+ * last object of a fresh span (a class nothing else uses, one block taken). */
+static void free_never_handed_out(void *arg) {
+    (void)arg;
+    const size_t sz = 2600;
+    const uint32_t c = ta_size_to_class(sz);
+    void *p = malloc(sz);
+    while (sampled(p)) p = malloc(sz);
+    ta_span_t *s = ta_pagemap_span((uintptr_t)p >> TA_PAGE_SHIFT);
+    char *last = (char *)ta_span_addr(s) + (size_t)(ta_class[c].objects - 1) * ta_class[c].size;
+    if (last == p) last = (char *)ta_span_addr(s);
+    report(last);
+    free(last);
+    shared->reached_end = 1;
+}
+Test(pcache, free_of_an_object_never_handed_out_aborts) {
+    tu_expect_abort(free_never_handed_out, NULL, 1);
+}
+
+/* the first address past the last object of a span (its tail) */
+static void free_span_tail(void *arg) {
+    (void)arg;
+    uint32_t c = 1;
+    for (uint32_t k = ta_nclasses - 1; k > 0; k--)
+        if (ta_class[k].size >= 1024 &&
+            ((size_t)ta_class[k].pages << TA_PAGE_SHIFT) > (size_t)ta_class[k].objects * ta_class[k].size) {
+            c = k;
+            break;
+        }
+    void *p = malloc(ta_class[c].size);
+    while (sampled(p)) p = malloc(ta_class[c].size);
+    ta_span_t *s = ta_pagemap_span((uintptr_t)p >> TA_PAGE_SHIFT);
+    char *q = (char *)ta_span_addr(s) + (size_t)ta_class[c].objects * ta_class[c].size;
+    report(q);
+    free(q);
+    shared->reached_end = 1;
+}
+Test(pcache, free_in_a_span_tail_aborts) {
+    tu_expect_abort(free_span_tail, "never returned", 1);
 }
