@@ -339,17 +339,3 @@ static void planted_link(void *arg) {
     shared->reached_end = 1;
 }
 Test(misuse, write_after_free_into_a_free_list_is_caught) { expect_abort(planted_link, "corrupted free list"); }
-
-/* A free of an object of a span that was never handed out (a wild pointer
- * that happens to be a block start) is refused: its state is not live. */
-static void free_never_handed_out(void *arg) {
-    (void)arg;
-    char *p = malloc(4000); /* a 4 KiB-class span: the blocks after p are not handed out yet */
-    memset(p, 1, 4000);
-    size_t size = malloc_usable_size(p);
-    char *q = p + 3 * size;
-    report(q);
-    free(tu_hide(q));
-    shared->reached_end = 1;
-}
-Test(misuse, free_of_a_block_never_handed_out) { expect_abort(free_never_handed_out, NULL); }

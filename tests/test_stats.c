@@ -231,7 +231,9 @@ Test(stats, inuse_bytes_match_the_blocks_held_exactly) {
     cr_assert_eq(c.inuse_bytes, a.inuse_bytes);
     cr_assert_lt(c.thread_cache_bytes, d.thread_cache_bytes, "malloc_trim left the caches at %llu bytes",
                  (unsigned long long)c.thread_cache_bytes);
-    cr_assert_geq(c.released_bytes, d.released_bytes);
+    /* pages go back to the OS (released, or unmapped altogether): what stays
+     * mapped and not released never grows */
+    cr_assert_leq(c.mapped_bytes - c.released_bytes, d.mapped_bytes - d.released_bytes);
 }
 
 Test(stats, counters_of_each_tier_move) {
