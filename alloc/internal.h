@@ -55,7 +55,30 @@ static inline void ta_lock_after_fork(ta_lock_t *l, bool child) {
  * (and the l/ll/z modifiers on d, u and x). Returns the length written. */
 size_t ta_format(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 size_t ta_vformat(char *buf, size_t cap, const char *fmt, __builtin_va_list ap);
-void ta_write_fd(int fd, const char *s, size_t n);
+/* write(2) all of s, through EINTR and short writes; errno is kept.  False
+ * when a write fails (or writes nothing). */
+bool ta_write_fd(int fd, const char *s, size_t n);
+/* The one buffered writer: a buffer (on the caller's stack) and an fd.  Text
+ * is appended with ta_out_put / ta_out_printf; a full buffer and
+ * ta_out_flush send it with ta_write_fd, or to sink when that is set (e.g.
+ * fwrite to a caller's FILE).  After a failed write the rest is dropped and
+ * ta_out_flush returns -1.  One ta_out_printf writes at most TA_OUT_BUF - 1
+ * characters. */
+#define TA_OUT_BUF 4096
+typedef struct ta_out {
+    int fd;
+    bool failed;
+    int (*sink)(void *arg, const char *s, size_t n); /* 0 on success, else -1 */
+    void *sink_arg;
+    size_t len;
+    char buf[TA_OUT_BUF];
+} ta_out_t;
+void ta_out_init(ta_out_t *o, int fd);
+void ta_out_put(ta_out_t *o, const char *s, size_t n);
+void ta_out_printf(ta_out_t *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void ta_out_vprintf(ta_out_t *o, const char *fmt, __builtin_va_list ap);
+int ta_out_flush(ta_out_t *o); /* 0, or -1 if any write failed */
+/* one ta_out_printf to fd, flushed */
 void ta_printf_fd(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* "tieralloc: <message>\n" on stderr, then abort() */
 void ta_fatal(const char *fmt, ...) __attribute__((noreturn, cold, format(printf, 1, 2)));

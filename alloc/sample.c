@@ -405,44 +405,13 @@ too_long:
     return -1;
 }
 
-typedef struct sink {
-    int fd;
-    int failed;
-    size_t len;
-    char buf[8192];
-} sink_t;
-
-static void sink_flush(sink_t *k) {
-    size_t off = 0;
-    while (off < k->len) {
-        ssize_t w = write(k->fd, k->buf + off, k->len - off);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-            k->failed = 1;
-            break;
-        }
-        off += (size_t)w;
-    }
-    k->len = 0;
-}
-
-static void sink_put(sink_t *k, const char *s, size_t n) {
-    if (k->len + n > sizeof k->buf) sink_flush(k);
-    if (n > sizeof k->buf) {
-        memcpy(k->buf, s, sizeof k->buf); /* never happens: lines are short */
-        n = sizeof k->buf;
-    }
-    memcpy(k->buf + k->len, s, n);
-    k->len += n;
-}
-
 static uint64_t round_u64(double x) { return x <= 0 ? 0 : (uint64_t)(x + 0.5); }
 
 int ta_profile_write_fd(int fd) {
     ta_ensure_init();
     int saved = errno;
-    sink_t k = {.fd = fd};
-    char line[64 + MAX_DEPTH * 20];
+    ta_out_t o;
+    ta_out_init(&o, fd);
     ta_lock(&sample_lock);
     uint64_t tn = 0, tb = 0, an = 0, ab = 0;
     for (uint32_t i = 0; i < NBUCKETS; i++)
@@ -453,43 +422,38 @@ int ta_profile_write_fd(int fd) {
             an += round_u64(b->alloc_objs);
             ab += round_u64(b->alloc_bytes);
         }
-    size_t n = ta_format(line, sizeof line, "heap profile: %llu: %llu [%llu: %llu] @ heapprofile\n",
-                         (unsigned long long)tn, (unsigned long long)tb, (unsigned long long)an,
-                         (unsigned long long)ab);
-    sink_put(&k, line, n);
+    ta_out_printf(&o, "heap profile: %llu: %llu [%llu: %llu] @ heapprofile\n", (unsigned long long)tn,
+                  (unsigned long long)tb, (unsigned long long)an, (unsigned long long)ab);
     for (uint32_t i = 0; i < NBUCKETS; i++)
         for (bucket_t *b = table[i]; b; b = b->next) {
             if (!b->depth) continue; /* pprof cannot place a sample without a stack */
-            n = ta_format(line, sizeof line, "%llu: %llu [%llu: %llu] @",
-                          (unsigned long long)round_u64(b->live_objs),
+            ta_out_printf(&o, "%llu: %llu [%llu: %llu] @", (unsigned long long)round_u64(b->live_objs),
                           (unsigned long long)round_u64(b->live_bytes),
                           (unsigned long long)round_u64(b->alloc_objs),
                           (unsigned long long)round_u64(b->alloc_bytes));
-            for (uint32_t d = 0; d < b->depth; d++)
-                n += ta_format(line + n, sizeof line - n, " %p", b->stack[d]);
-            n += ta_format(line + n, sizeof line - n, "\n");
-            sink_put(&k, line, n);
+            for (uint32_t d = 0; d < b->depth; d++) ta_out_printf(&o, " %p", b->stack[d]);
+            ta_out_put(&o, "\n", 1);
         }
     ta_unlock(&sample_lock);
     /* pprof maps the addresses to the program and its libraries with this */
     static const char maps_hdr[] = "\nMAPPED_LIBRARIES:\n";
-    sink_put(&k, maps_hdr, sizeof maps_hdr - 1);
-    sink_flush(&k);
+    ta_out_put(&o, maps_hdr, sizeof maps_hdr - 1);
     int mfd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
     if (mfd >= 0) {
+        char chunk[1024];
         for (;;) {
-            ssize_t r = read(mfd, k.buf, sizeof k.buf);
+            ssize_t r = read(mfd, chunk, sizeof chunk);
             if (r < 0 && errno == EINTR) continue;
             if (r <= 0) break;
-            k.len = (size_t)r;
-            sink_flush(&k);
+            ta_out_put(&o, chunk, (size_t)r);
         }
         close(mfd);
     } else {
-        k.failed = 1;
+        o.failed = true;
     }
+    int r = ta_out_flush(&o);
     errno = saved;
-    return k.failed ? -1 : 0;
+    return r;
 }
 
 TA_EXPORT int ta_profile_dump(const char *path) {
