@@ -33,6 +33,7 @@
 #include <link.h>
 #include <string.h>
 #include <sys/auxv.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -42,7 +43,6 @@
 #define NBUCKETS 4096                         /* hash heads of the stack table */
 #define OFF_STEP ((int64_t)16 << 20)          /* countdown step with sampling off */
 #define MAX_STEP ((int64_t)1 << 40)
-#define DEFAULT_RATE ((uint64_t)512 << 10)
 
 /* One distinct allocation stack, with the weighted sums of its samples. */
 typedef struct bucket {
@@ -68,7 +68,7 @@ static ta_lock_t sample_lock = TA_LOCK_INIT;
 static bucket_t *table[NBUCKETS];
 static struct ta_srec *rec_free;
 static struct ta_hooks hooks;
-static uint64_t sample_rate = DEFAULT_RATE;
+static uint64_t sample_rate = TA_DEFAULT_SAMPLE_BYTES;
 static uintptr_t self_lo, self_hi; /* libtieralloc's code, when it is a shared object */
 
 uint64_t ta_sample_live;                  /* live sampled blocks (relaxed atomics) */
@@ -175,9 +175,8 @@ static void find_own_code(void) {
 static bool sample_active;
 
 void ta_sample_init(void) {
-    const char *rate = ta_getenv("TIERALLOC_SAMPLE_BYTES");
-    sample_active = rate || ta_getenv("TIERALLOC_PROFILE");
-    sample_rate = ta_parse_size(rate, DEFAULT_RATE);
+    sample_active = ta_cfg.sample_set || ta_cfg.profile_set;
+    sample_rate = ta_cfg.sample_bytes;
     if (sample_rate > (uint64_t)MAX_STEP) sample_rate = (uint64_t)MAX_STEP;
     find_own_code();
 }
@@ -399,7 +398,24 @@ int ta_open_report(const char *path) {
         }
     }
     name[n] = '\0';
-    return open(name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    /* a new file; or an existing one that is ours to replace */
+    int fd = open(name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd >= 0 || errno != EEXIST) return fd;
+    fd = open(name, O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return -1;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid()) {
+        close(fd);
+        errno = EPERM;
+        return -1;
+    }
+    if (ftruncate(fd, 0) != 0 || fcntl(fd, F_SETFL, 0) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
 too_long:
     errno = ENAMETOOLONG;
     return -1;

@@ -374,67 +374,57 @@ int ta_stats_write_xml(FILE *fp) {
 }
 
 /* ---- reports at exit ------------------------------------------------------------------ */
-/* Many programs close stderr before they exit (coreutils' close_stdout), so the
- * text report goes to a copy of stderr taken at start, as long as that copy
- * still refers to the same file (the program may have reused its number). */
-static bool stats_text;
-static int stats_fd = -1;
-static struct stat stats_fd_st;
-static char stats_json_path[1024];
-static char profile_path[1024];
+/* The report and its diagnostics go only to a descriptor known to be the
+ * program's stderr of start-up time: that file's identity (st_dev, st_ino) is
+ * taken at start, with a copy of the descriptor, since many programs close
+ * stderr before they exit (coreutils' close_stdout).  At exit the copy is
+ * used if it is still that file, else fd 2 if it is, else nothing is written:
+ * a program that started with fd 2 closed, or reused its number (or the
+ * copy's) for a file of its own, never finds the report in that file. */
+static bool err_open;           /* fd 2 was open at start */
+static struct stat err_st;      /* and was this file */
+static int err_copy = -1;       /* our copy of it (text report only) */
 
-static void copy_path(char *dst, size_t cap, const char *src, const char *var) {
-    size_t n = strlen(src);
-    if (!n || n >= cap) {
-        ta_printf_fd(2, "tieralloc: %s: %s path (ignored)\n", var, n ? "too long a" : "empty");
-        return;
-    }
-    memcpy(dst, src, n + 1);
+static bool is_start_stderr(int fd) {
+    struct stat now;
+    return err_open && fd >= 0 && fstat(fd, &now) == 0 && now.st_dev == err_st.st_dev &&
+           now.st_ino == err_st.st_ino && now.st_rdev == err_st.st_rdev;
+}
+
+/* where output for the user goes at exit, or -1 */
+static int exit_stderr(void) {
+    if (is_start_stderr(err_copy)) return err_copy;
+    return is_start_stderr(2) ? 2 : -1;
 }
 
 void ta_stats_at_start(void) {
-    const char *v = ta_getenv("TIERALLOC_STATS");
-    if (v && *v) {
-        if (strcmp(v, "1") == 0) {
-            stats_text = true;
-            int fd = fcntl(2, F_DUPFD_CLOEXEC, 100);
-            if (fd < 0) fd = fcntl(2, F_DUPFD_CLOEXEC, 3);
-            if (fd >= 0 && fstat(fd, &stats_fd_st) == 0)
-                stats_fd = fd;
-            else if (fd >= 0)
-                close(fd);
-        }
-        else if (strncmp(v, "json:", 5) == 0)
-            copy_path(stats_json_path, sizeof stats_json_path, v + 5, "TIERALLOC_STATS=json:PATH");
-        else if (strcmp(v, "0") != 0)
-            ta_printf_fd(2, "tieralloc: TIERALLOC_STATS=%s not understood (1, or json:PATH)\n", v);
+    if (ta_cfg.stats == TA_CFG_STATS_OFF && !ta_cfg.profile_path[0]) return;
+    err_open = fstat(2, &err_st) == 0;
+    if (err_open && ta_cfg.stats == TA_CFG_STATS_TEXT) {
+        int fd = fcntl(2, F_DUPFD_CLOEXEC, 100);
+        if (fd < 0) fd = fcntl(2, F_DUPFD_CLOEXEC, 3);
+        err_copy = fd;
     }
-    const char *p = ta_getenv("TIERALLOC_PROFILE");
-    if (p && *p) copy_path(profile_path, sizeof profile_path, p, "TIERALLOC_PROFILE");
 }
 
 static void report_to(const char *path, const char *what, int (*writer)(int)) {
     int fd = ta_open_report(path);
-    int err = errno;
+    int err = errno, efd = exit_stderr();
     if (fd < 0) {
-        ta_printf_fd(2, "tieralloc: cannot write the %s to %s (errno %d)\n", what, path, err);
+        if (efd >= 0) ta_printf_fd(efd, "tieralloc: cannot write the %s to %s (errno %d)\n", what, path, err);
         return;
     }
-    if (writer(fd) != 0) ta_printf_fd(2, "tieralloc: writing the %s to %s failed\n", what, path);
+    if (writer(fd) != 0 && efd >= 0) ta_printf_fd(efd, "tieralloc: writing the %s to %s failed\n", what, path);
     close(fd);
 }
 
 __attribute__((destructor)) static void ta_stats_at_exit(void) {
     int saved = errno;
-    if (stats_text) {
-        struct stat now;
-        int fd = 2;
-        if (stats_fd >= 0 && fstat(stats_fd, &now) == 0 && now.st_dev == stats_fd_st.st_dev &&
-            now.st_ino == stats_fd_st.st_ino && now.st_rdev == stats_fd_st.st_rdev)
-            fd = stats_fd;
-        ta_stats_write_text(fd);
+    if (ta_cfg.stats == TA_CFG_STATS_TEXT) {
+        int fd = exit_stderr();
+        if (fd >= 0) ta_stats_write_text(fd);
     }
-    if (stats_json_path[0]) report_to(stats_json_path, "statistics", write_json_fd);
-    if (profile_path[0]) report_to(profile_path, "heap profile", ta_profile_write_fd);
+    if (ta_cfg.stats == TA_CFG_STATS_JSON) report_to(ta_cfg.stats_json_path, "statistics", write_json_fd);
+    if (ta_cfg.profile_path[0]) report_to(ta_cfg.profile_path, "heap profile", ta_profile_write_fd);
     errno = saved;
 }
