@@ -27,12 +27,11 @@
 #define _GNU_SOURCE 1
 #include "internal.h"
 
-#include <elf.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <link.h>
 #include <string.h>
-#include <sys/auxv.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -69,7 +68,7 @@ static bucket_t *table[NBUCKETS];
 static struct ta_srec *rec_free;
 static struct ta_hooks hooks;
 static uint64_t sample_rate = TA_DEFAULT_SAMPLE_BYTES;
-static uintptr_t self_lo, self_hi; /* libtieralloc's code, when it is a shared object */
+static uintptr_t own_lo, own_hi; /* libtieralloc's code, when it is a shared object */
 
 uint64_t ta_sample_live;                  /* live sampled blocks (relaxed atomics) */
 static uint64_t live_bytes, n_samples;    /* relaxed atomics */
@@ -137,36 +136,22 @@ static int64_t next_step(void) {
 }
 
 /* ---- set-up --------------------------------------------------------------------- */
-extern const ElfW(Ehdr) __ehdr_start __attribute__((weak, visibility("hidden")));
-
 /* The address range of our own code, when we are a shared object (LD_PRELOAD
- * or -ltieralloc); linked into the program itself, we cannot tell our frames
- * from the program's by address and keep them all. */
+ * or -ltieralloc), from the dynamic linker's table of loaded objects
+ * (_dl_find_object: no lock, no allocation, glibc 2.35 and later); linked
+ * into the program itself, we cannot tell our frames from the program's by
+ * address and keep them all.  Looked up at the first sample, when the loader
+ * has finished starting the process; both bounds are 0 until then, or when
+ * unknown. */
 static void find_own_code(void) {
-    const ElfW(Ehdr) *eh = &__ehdr_start;
-    if (!eh || memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0) return;
-    const ElfW(Phdr) *ph = (const ElfW(Phdr) *)(const void *)((const char *)eh + eh->e_phoff);
-    if ((uintptr_t)ph == getauxval(AT_PHDR)) return; /* we are the main program */
-    uintptr_t bias = 0;
-    bool found = false;
-    for (unsigned i = 0; i < eh->e_phnum; i++)
-        if (ph[i].p_type == PT_LOAD && ph[i].p_offset == 0) {
-            bias = (uintptr_t)eh - ph[i].p_vaddr;
-            found = true;
-            break;
-        }
-    if (!found) return;
-    uintptr_t lo = UINTPTR_MAX, hi = 0;
-    for (unsigned i = 0; i < eh->e_phnum; i++)
-        if (ph[i].p_type == PT_LOAD && (ph[i].p_flags & PF_X)) {
-            uintptr_t a = bias + ph[i].p_vaddr;
-            if (a < lo) lo = a;
-            if (a + ph[i].p_memsz > hi) hi = a + ph[i].p_memsz;
-        }
-    if (lo < hi) {
-        self_lo = lo;
-        self_hi = hi;
-    }
+#if defined(DLFO_STRUCT_HAS_EH_DBASE)
+    struct dl_find_object r;
+    if (_dl_find_object((void *)&find_own_code, &r) != 0) return;
+    const struct link_map *m = r.dlfo_link_map;
+    if (!m || !m->l_name || !m->l_name[0]) return; /* the main program */
+    __atomic_store_n(&own_lo, (uintptr_t)r.dlfo_map_start, __ATOMIC_RELAXED);
+    __atomic_store_n(&own_hi, (uintptr_t)r.dlfo_map_end, __ATOMIC_RELAXED);
+#endif
 }
 
 /* Whether samples are recorded.  Until somebody looks (a profile asked for in
@@ -178,7 +163,6 @@ void ta_sample_init(void) {
     sample_active = ta_cfg.sample_set || ta_cfg.profile_set;
     sample_rate = ta_cfg.sample_bytes;
     if (sample_rate > (uint64_t)MAX_STEP) sample_rate = (uint64_t)MAX_STEP;
-    find_own_code();
 }
 
 /* ---- the countdown -------------------------------------------------------------- */
@@ -187,8 +171,7 @@ bool ta_sample_tick(size_t n) {
         /* first allocation of this thread: start the countdown as if it had
          * been running, and see whether this allocation crosses it */
         tls.started = 1;
-        const uint64_t *rnd = (const uint64_t *)getauxval(AT_RANDOM);
-        tls.rng = mix64((uintptr_t)&tls ^ (rnd ? rnd[0] : 0) ^ ta_os_now_ms());
+        tls.rng = mix64((uintptr_t)&tls ^ ta_random_seed() ^ ta_os_now_ms());
         tls.step = next_step();
         ta_tls.sample_left = tls.step - (int64_t)n;
         if (ta_tls.sample_left >= 0) return false;
@@ -240,6 +223,13 @@ static bool page_readable(uintptr_t a) {
 }
 
 static uint32_t walk_stack(void *frame, void **out) {
+    static int own_code_looked_up;
+    if (!__atomic_load_n(&own_code_looked_up, __ATOMIC_ACQUIRE)) {
+        find_own_code(); /* two threads may both do it: the same answer */
+        __atomic_store_n(&own_code_looked_up, 1, __ATOMIC_RELEASE);
+    }
+    uintptr_t self_lo = __atomic_load_n(&own_lo, __ATOMIC_RELAXED);
+    uintptr_t self_hi = __atomic_load_n(&own_hi, __ATOMIC_RELAXED);
     uintptr_t fp = (uintptr_t)frame;
     bool skipping = self_lo != 0;
     uint32_t d = 0;
