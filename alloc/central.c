@@ -7,7 +7,6 @@
 #include "internal.h"
 
 #include <string.h>
-#include <sys/auxv.h>
 
 #define TC_BYTES ((size_t)128 << 10) /* a transfer cache holds about this many bytes */
 #define TC_MAX_OBJS 4096
@@ -38,11 +37,8 @@ static uint32_t nshards = 1;
 static uintptr_t link_key; /* secret of the span free lists' links (below) */
 
 void ta_central_init(void) {
-    /* the secret: the kernel's random bytes (AT_RANDOM) mixed with an address */
-    const unsigned char *rnd = (const unsigned char *)getauxval(AT_RANDOM);
-    uint64_t k[2] = {0, 0};
-    if (rnd) memcpy(k, rnd, sizeof k);
-    link_key = (uintptr_t)(k[0] ^ k[1] ^ ((uintptr_t)&link_key * 0x9e3779b97f4a7c15ull));
+    /* the secret: the kernel's random bytes mixed with an address */
+    link_key = (uintptr_t)(ta_random_seed() ^ ((uintptr_t)&link_key * 0x9e3779b97f4a7c15ull));
     nshards = ta_cfg.ncpu < MAX_SHARDS ? (uint32_t)ta_cfg.ncpu : MAX_SHARDS;
     if (nshards < 1) nshards = 1;
     for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) {

@@ -1,30 +1,43 @@
-/* config.c: TIERALLOC_* options, read once at init straight from environ
- * (getenv is safe, but we may run before libc has finished starting). */
+/* config.c: every TIERALLOC_* option, read once at init straight from environ
+ * (getenv is safe, but we may run before libc has finished starting) into
+ * ta_cfg; the other files read ta_cfg, never the environment.
+ *
+ * Secure execution (setuid/setgid programs, file capabilities: the kernel's
+ * AT_SECURE): the options that make the process write a file or a report
+ * (TIERALLOC_STATS, TIERALLOC_PROFILE) come from the user who started the
+ * program, not from its owner, so they are ignored, and one line on stderr
+ * says so.  The tuning options (sizes, periods) are still honoured. */
 #define _GNU_SOURCE 1
 #include "internal.h"
 
 #include <sched.h>
 #include <string.h>
+#include <sys/auxv.h>
+#include <time.h>
 
 extern char **environ;
 
+/* The defaults, as ta_config_init leaves them when nothing is set (cache_bytes
+ * is then 8 MiB per CPU, at least 32 MiB; see ta_config_read). */
 ta_config_t ta_cfg = {
     .decay_ms = 1000,
-    .cache_bytes = 8 << 20,
-    .thread_cache_max = 4 << 20,
+    .cache_bytes = 32 << 20,
+    .thread_cache_max = 8 << 20,
     .ncpu = 1,
     .percpu = true,
     .cpu_cache_bytes = (uint64_t)3 << 19,
+    .sample_bytes = TA_DEFAULT_SAMPLE_BYTES,
 };
 
-const char *ta_getenv(const char *name) {
-    char **env = environ;
+static const char *env_get(char **env, const char *name) {
     if (!env) return NULL;
     size_t n = strlen(name);
     for (; *env; env++)
         if (strncmp(*env, name, n) == 0 && (*env)[n] == '=') return *env + n + 1;
     return NULL;
 }
+
+const char *ta_getenv(const char *name) { return env_get(environ, name); }
 
 /* Parse "123", "64k", "8M", "1g" (an optional b/B after); def when malformed or too big. */
 uint64_t ta_parse_size(const char *s, uint64_t def) {
@@ -48,25 +61,84 @@ uint64_t ta_parse_size(const char *s, uint64_t def) {
     return v << shift;
 }
 
-void ta_config_init(void) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    if (sched_getaffinity(0, sizeof set, &set) == 0) {
-        int n = CPU_COUNT(&set);
-        ta_cfg.ncpu = n > 0 ? n : 1;
+/* Copy a report path into dst (TA_PATH_MAX bytes); a warning and "" when it
+ * is empty or too long. */
+static void copy_path(char *dst, const char *src, const char *var) {
+    size_t n = strlen(src);
+    dst[0] = '\0';
+    if (!n || n >= TA_PATH_MAX) {
+        ta_printf_fd(2, "tieralloc: %s: %s path (ignored)\n", var, n ? "too long a" : "empty");
+        return;
     }
+    memcpy(dst, src, n + 1);
+}
+
+void ta_config_read(char **env, int ncpu, bool secure) {
+    ta_cfg.ncpu = ncpu > 0 ? ncpu : 1;
     /* thread caches together may hold 8 MiB per CPU (at least 32 MiB, as
      * much as gperftools' default): enough for a few busy threads per CPU */
     uint64_t budget = (uint64_t)ta_cfg.ncpu << 23;
     if (budget < (32 << 20)) budget = 32 << 20;
-    ta_cfg.cache_bytes = ta_parse_size(ta_getenv("TIERALLOC_CACHE_BYTES"), budget);
+    ta_cfg.cache_bytes = ta_parse_size(env_get(env, "TIERALLOC_CACHE_BYTES"), budget);
     /* one thread's list capacity (sum of max length x size); what it really
      * holds is usually well under it */
     ta_cfg.thread_cache_max = ta_cfg.cache_bytes < (8 << 20) ? ta_cfg.cache_bytes : (8 << 20);
-    ta_cfg.decay_ms = ta_parse_size(ta_getenv("TIERALLOC_DECAY_MS"), 1000);
+    ta_cfg.decay_ms = ta_parse_size(env_get(env, "TIERALLOC_DECAY_MS"), 1000);
     /* per-CPU caches over rseq where the system has them (TIERALLOC_PERCPU=0:
      * per-thread caches), each with this much capacity */
-    const char *pc = ta_getenv("TIERALLOC_PERCPU");
+    const char *pc = env_get(env, "TIERALLOC_PERCPU");
     ta_cfg.percpu = !(pc && pc[0] == '0' && !pc[1]);
-    ta_cfg.cpu_cache_bytes = ta_parse_size(ta_getenv("TIERALLOC_CPU_CACHE_BYTES"), (uint64_t)3 << 19);
+    ta_cfg.cpu_cache_bytes = ta_parse_size(env_get(env, "TIERALLOC_CPU_CACHE_BYTES"), (uint64_t)3 << 19);
+    const char *rate = env_get(env, "TIERALLOC_SAMPLE_BYTES");
+    ta_cfg.sample_set = rate != NULL;
+    ta_cfg.sample_bytes = ta_parse_size(rate, TA_DEFAULT_SAMPLE_BYTES);
+
+    ta_cfg.secure = secure;
+    ta_cfg.stats = TA_CFG_STATS_OFF;
+    ta_cfg.stats_json_path[0] = ta_cfg.profile_path[0] = '\0';
+    ta_cfg.profile_set = false;
+    const char *st = env_get(env, "TIERALLOC_STATS");
+    const char *prof = env_get(env, "TIERALLOC_PROFILE");
+    if (secure) {
+        if ((st && *st) || (prof && *prof))
+            ta_printf_fd(2, "tieralloc: secure-execution mode (setuid, setgid or capabilities): "
+                            "TIERALLOC_STATS and TIERALLOC_PROFILE ignored\n");
+        return;
+    }
+    if (st && *st) {
+        if (strcmp(st, "1") == 0) {
+            ta_cfg.stats = TA_CFG_STATS_TEXT;
+        } else if (strncmp(st, "json:", 5) == 0) {
+            copy_path(ta_cfg.stats_json_path, st + 5, "TIERALLOC_STATS=json:PATH");
+            if (ta_cfg.stats_json_path[0]) ta_cfg.stats = TA_CFG_STATS_JSON;
+        } else if (strcmp(st, "0") != 0) {
+            ta_printf_fd(2, "tieralloc: TIERALLOC_STATS=%s not understood (1, or json:PATH)\n", st);
+        }
+    }
+    ta_cfg.profile_set = prof != NULL;
+    if (prof && *prof) copy_path(ta_cfg.profile_path, prof, "TIERALLOC_PROFILE");
+}
+
+void ta_config_init(void) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    int ncpu = 1;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) ncpu = CPU_COUNT(&set);
+    ta_config_read(environ, ncpu, getauxval(AT_SECURE) != 0);
+}
+
+/* The kernel's 16 random bytes (AT_RANDOM) folded to 64 bits.  They sit at
+ * any address (usually not 8-aligned), so they are copied, not loaded as
+ * words.  Without them: an address and the clock, which is no secret. */
+uint64_t ta_random_seed(void) {
+    const unsigned char *r = (const unsigned char *)getauxval(AT_RANDOM);
+    uint64_t a, b;
+    if (r) {
+        __builtin_memcpy(&a, r, sizeof a);
+        __builtin_memcpy(&b, r + sizeof a, sizeof b);
+        return a ^ b;
+    }
+    struct timespec ts = {0, 0};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ((uint64_t)(uintptr_t)&a * 0x9e3779b97f4a7c15ull) ^ ((uint64_t)ts.tv_sec << 30) ^ (uint64_t)ts.tv_nsec;
 }

@@ -1,5 +1,7 @@
 /* diag.c: text output for diagnostics and reports, without malloc or stdio.
- * A tiny printf subset formats into caller buffers; write(2) sends them. */
+ * A tiny printf subset formats into caller buffers; the one buffered writer
+ * (ta_out_t: a buffer on the caller's stack and an fd) collects text and
+ * sends it with write(2), through EINTR and short writes. */
 #include "internal.h"
 
 #include <errno.h>
@@ -36,7 +38,9 @@ static void put_uint(outbuf_t *o, unsigned long long v, unsigned base, int width
     while (n) put_char(o, tmp[--n]);
 }
 
-size_t ta_vformat(char *buf, size_t cap, const char *fmt, va_list ap) {
+/* Format into buf (at most cap bytes with the NUL); returns the length the
+ * whole text needs, which may be cap or more (then it was cut). */
+static size_t format_full(char *buf, size_t cap, const char *fmt, va_list ap) {
     outbuf_t o = {buf, cap, 0};
     for (const char *f = fmt; *f; f++) {
         if (*f != '%') {
@@ -76,7 +80,12 @@ size_t ta_vformat(char *buf, size_t cap, const char *fmt, va_list ap) {
         }
     }
     if (cap) buf[o.len < cap ? o.len : cap - 1] = '\0';
-    return o.len < cap ? o.len : (cap ? cap - 1 : 0);
+    return o.len;
+}
+
+size_t ta_vformat(char *buf, size_t cap, const char *fmt, va_list ap) {
+    size_t n = format_full(buf, cap, fmt, ap);
+    return n < cap ? n : (cap ? cap - 1 : 0);
 }
 
 size_t ta_format(char *buf, size_t cap, const char *fmt, ...) {
@@ -87,25 +96,82 @@ size_t ta_format(char *buf, size_t cap, const char *fmt, ...) {
     return n;
 }
 
-void ta_write_fd(int fd, const char *s, size_t n) {
+/* ---- the buffered writer ------------------------------------------------- */
+bool ta_write_fd(int fd, const char *s, size_t n) {
     int saved = errno;
+    bool ok = true;
     while (n) {
         ssize_t w = write(fd, s, n);
         if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) break;
+        if (w <= 0) {
+            ok = false;
+            break;
+        }
         s += w;
         n -= (size_t)w;
     }
     errno = saved;
+    return ok;
+}
+
+void ta_out_init(ta_out_t *o, int fd) {
+    o->fd = fd;
+    o->failed = false;
+    o->sink = NULL;
+    o->sink_arg = NULL;
+    o->len = 0;
+}
+
+int ta_out_flush(ta_out_t *o) {
+    if (o->len && !o->failed) {
+        bool ok = o->sink ? o->sink(o->sink_arg, o->buf, o->len) == 0 : ta_write_fd(o->fd, o->buf, o->len);
+        if (!ok) o->failed = true;
+    }
+    o->len = 0;
+    return o->failed ? -1 : 0;
+}
+
+void ta_out_put(ta_out_t *o, const char *s, size_t n) {
+    while (n) {
+        if (o->len == sizeof o->buf) ta_out_flush(o);
+        size_t k = sizeof o->buf - o->len;
+        if (k > n) k = n;
+        memcpy(o->buf + o->len, s, k);
+        o->len += k;
+        s += k;
+        n -= k;
+    }
+}
+
+void ta_out_vprintf(ta_out_t *o, const char *fmt, va_list ap) {
+    va_list again;
+    va_copy(again, ap);
+    size_t room = sizeof o->buf - o->len;
+    size_t n = format_full(o->buf + o->len, room, fmt, ap);
+    if (n >= room) { /* did not fit: flush, and format again into the whole buffer */
+        ta_out_flush(o);
+        n = format_full(o->buf, sizeof o->buf, fmt, again);
+        if (n >= sizeof o->buf) n = sizeof o->buf - 1; /* longer than a buffer: cut */
+    }
+    va_end(again);
+    o->len += n;
+}
+
+void ta_out_printf(ta_out_t *o, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    ta_out_vprintf(o, fmt, ap);
+    va_end(ap);
 }
 
 void ta_printf_fd(int fd, const char *fmt, ...) {
-    char buf[1024];
+    ta_out_t o;
+    ta_out_init(&o, fd);
     va_list ap;
     va_start(ap, fmt);
-    size_t n = ta_vformat(buf, sizeof buf, fmt, ap);
+    ta_out_vprintf(&o, fmt, ap);
     va_end(ap);
-    ta_write_fd(fd, buf, n);
+    ta_out_flush(&o);
 }
 
 void ta_fatal(const char *fmt, ...) {

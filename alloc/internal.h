@@ -102,13 +102,39 @@ static inline void ta_lock_after_fork(ta_lock_t *l, bool child) {
  * (and the l/ll/z modifiers on d, u and x). Returns the length written. */
 size_t ta_format(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 size_t ta_vformat(char *buf, size_t cap, const char *fmt, __builtin_va_list ap);
-void ta_write_fd(int fd, const char *s, size_t n);
+/* write(2) all of s, through EINTR and short writes; errno is kept.  False
+ * when a write fails (or writes nothing). */
+bool ta_write_fd(int fd, const char *s, size_t n);
+/* The one buffered writer: a buffer (on the caller's stack) and an fd.  Text
+ * is appended with ta_out_put / ta_out_printf; a full buffer and
+ * ta_out_flush send it with ta_write_fd, or to sink when that is set (e.g.
+ * fwrite to a caller's FILE).  After a failed write the rest is dropped and
+ * ta_out_flush returns -1.  One ta_out_printf writes at most TA_OUT_BUF - 1
+ * characters. */
+#define TA_OUT_BUF 4096
+typedef struct ta_out {
+    int fd;
+    bool failed;
+    int (*sink)(void *arg, const char *s, size_t n); /* 0 on success, else -1 */
+    void *sink_arg;
+    size_t len;
+    char buf[TA_OUT_BUF];
+} ta_out_t;
+void ta_out_init(ta_out_t *o, int fd);
+void ta_out_put(ta_out_t *o, const char *s, size_t n);
+void ta_out_printf(ta_out_t *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void ta_out_vprintf(ta_out_t *o, const char *fmt, __builtin_va_list ap);
+int ta_out_flush(ta_out_t *o); /* 0, or -1 if any write failed */
+/* one ta_out_printf to fd, flushed */
 void ta_printf_fd(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* "tieralloc: <message>\n" on stderr, then abort() */
 void ta_fatal(const char *fmt, ...) __attribute__((noreturn, cold, format(printf, 1, 2)));
 void ta_assert_fail(const char *what, const char *file, int line) __attribute__((noreturn, cold));
 
-/* ---- config.c: TIERALLOC_* options, read once from environ ------------------ */
+/* ---- config.c: every TIERALLOC_* option, read once from environ ------------- */
+#define TA_PATH_MAX 1024                         /* longest report path kept */
+#define TA_DEFAULT_SAMPLE_BYTES ((uint64_t)512 << 10)
+enum { TA_CFG_STATS_OFF = 0, TA_CFG_STATS_TEXT = 1, TA_CFG_STATS_JSON = 2 };
 typedef struct ta_config {
     uint64_t decay_ms;        /* TIERALLOC_DECAY_MS: free pages older than this go back to the OS */
     uint64_t cache_bytes;     /* TIERALLOC_CACHE_BYTES: budget of all thread caches together */
@@ -116,13 +142,26 @@ typedef struct ta_config {
     int ncpu;                 /* CPUs this process may run on */
     bool percpu;              /* TIERALLOC_PERCPU (default 1): per-CPU caches where rseq allows */
     uint64_t cpu_cache_bytes; /* TIERALLOC_CPU_CACHE_BYTES: capacity of one CPU's cache */
+    uint64_t sample_bytes;    /* TIERALLOC_SAMPLE_BYTES: mean bytes between samples (0: off) */
+    bool sample_set;          /* TIERALLOC_SAMPLE_BYTES is in the environment */
+    bool profile_set;         /* TIERALLOC_PROFILE is in the environment (and honoured) */
+    bool secure;              /* AT_SECURE: the output options below were ignored */
+    int stats;                /* TIERALLOC_STATS: TA_CFG_STATS_OFF, _TEXT (=1) or _JSON (=json:PATH) */
+    char stats_json_path[TA_PATH_MAX]; /* the PATH of json:PATH ("" if none) */
+    char profile_path[TA_PATH_MAX];    /* TIERALLOC_PROFILE ("" if none) */
 } ta_config_t;
 extern ta_config_t ta_cfg;
+/* Read the options (at init, once); ta_config_read does it from env, for a
+ * process in secure-execution mode when secure is true (tests call it). */
 void ta_config_init(void);
+void ta_config_read(char **env, int ncpu, bool secure);
 /* value of environment variable `name` without allocating, or NULL */
 const char *ta_getenv(const char *name);
 /* "123", "64k", "8M", "1g" → bytes; def when the text is malformed or too big */
 uint64_t ta_parse_size(const char *s, uint64_t def);
+/* 64 bits from the kernel's AT_RANDOM bytes (read without a misaligned load);
+ * for keys and seeds */
+uint64_t ta_random_seed(void);
 
 /* ---- os.c: tier 4 ---------------------------------------------------------- */
 /* Map `size` bytes aligned to `align` (a power of two), zeroed and not yet
@@ -156,6 +195,11 @@ void *ta_meta_alloc(size_t size);
 /* A large metadata region of its own (cache slabs), mapped and counted as
  * metadata; its pages become resident only as they are written; NULL on failure. */
 void *ta_meta_map(size_t size, size_t align);
+/* Records bump-allocated from OS chunks.  The chunks stay mapped (a stale
+ * pagemap entry may still point at a span record), but malloc_trim gives the
+ * pages of span-record slabs that are all free back to the OS (madvise; they
+ * read as zero) and reuses those slabs first (ta_meta_trim). */
+void *ta_meta_alloc(size_t size); /* zeroed, 16-aligned; aborts on OOM (metadata is tiny) */
 uint64_t ta_meta_bytes(void);
 /* span records come from their own free list */
 struct ta_span;
@@ -392,7 +436,7 @@ void ta_stats_mallinfo(struct mallinfo2 *mi);
 void ta_stats_write_text(int fd);          /* the TIERALLOC_STATS=1 report */
 struct _IO_FILE;
 int ta_stats_write_xml(struct _IO_FILE *fp);
-void ta_stats_at_start(void);              /* reads TIERALLOC_STATS, TIERALLOC_PROFILE */
+void ta_stats_at_start(void);              /* notes stderr for the reports at exit (ta_cfg) */
 
 /* ---- sample.c: sampled allocations, hooks, heap profiles ------------------- */
 /* A per-thread byte countdown (ta_tls.sample_left) picks allocations as a
@@ -416,7 +460,12 @@ void ta_sample_counts(uint64_t *rate, uint64_t *total, uint64_t *live, uint64_t 
                       uint64_t *allocated_bytes);
 /* Write the heap profile to fd (legacy gperftools text format); 0 or -1. */
 int ta_profile_write_fd(int fd);
-/* open(2) path with %p replaced by the pid (O_CREAT|O_TRUNC); -1 with errno */
+/* Open a report file for writing: path with %p replaced by the pid.  The
+ * last component is never followed as a symlink (O_NOFOLLOW), the descriptor
+ * is O_CLOEXEC, and a file is never truncated unless the process owns it: a
+ * new file is created (O_CREAT|O_EXCL, mode 0644 less the umask); an existing
+ * one is rewritten only if it is a regular file owned by the effective uid,
+ * else -1 with errno EPERM.  -1 with errno on any failure. */
 int ta_open_report(const char *path);
 void ta_sample_lock_all(void);   /* fork */
 void ta_sample_unlock_all(bool child);

@@ -28,12 +28,12 @@
 #include "internal.h"
 #include "pcache.h"
 
-#include <elf.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <link.h>
 #include <string.h>
-#include <sys/auxv.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -43,7 +43,6 @@
 #define NBUCKETS 4096                         /* hash heads of the stack table */
 #define OFF_STEP ((int64_t)16 << 20)          /* countdown step with sampling off */
 #define MAX_STEP ((int64_t)1 << 40)
-#define DEFAULT_RATE ((uint64_t)512 << 10)
 
 /* One distinct allocation stack, with the weighted sums of its samples. */
 typedef struct bucket {
@@ -69,8 +68,8 @@ static ta_lock_t sample_lock = TA_LOCK_INIT(TA_RANK_SAMPLE);
 static bucket_t *table[NBUCKETS];
 static struct ta_srec *rec_free;
 static struct ta_hooks hooks;
-static uint64_t sample_rate = DEFAULT_RATE;
-static uintptr_t self_lo, self_hi; /* libtieralloc's code, when it is a shared object */
+static uint64_t sample_rate = TA_DEFAULT_SAMPLE_BYTES;
+static uintptr_t own_lo, own_hi; /* libtieralloc's code, when it is a shared object */
 
 uint64_t ta_sample_live;                  /* live sampled blocks (relaxed atomics) */
 static uint64_t live_bytes, n_samples;    /* relaxed atomics */
@@ -138,36 +137,22 @@ static int64_t next_step(void) {
 }
 
 /* ---- set-up --------------------------------------------------------------------- */
-extern const ElfW(Ehdr) __ehdr_start __attribute__((weak, visibility("hidden")));
-
 /* The address range of our own code, when we are a shared object (LD_PRELOAD
- * or -ltieralloc); linked into the program itself, we cannot tell our frames
- * from the program's by address and keep them all. */
+ * or -ltieralloc), from the dynamic linker's table of loaded objects
+ * (_dl_find_object: no lock, no allocation, glibc 2.35 and later); linked
+ * into the program itself, we cannot tell our frames from the program's by
+ * address and keep them all.  Looked up at the first sample, when the loader
+ * has finished starting the process; both bounds are 0 until then, or when
+ * unknown. */
 static void find_own_code(void) {
-    const ElfW(Ehdr) *eh = &__ehdr_start;
-    if (!eh || memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0) return;
-    const ElfW(Phdr) *ph = (const ElfW(Phdr) *)(const void *)((const char *)eh + eh->e_phoff);
-    if ((uintptr_t)ph == getauxval(AT_PHDR)) return; /* we are the main program */
-    uintptr_t bias = 0;
-    bool found = false;
-    for (unsigned i = 0; i < eh->e_phnum; i++)
-        if (ph[i].p_type == PT_LOAD && ph[i].p_offset == 0) {
-            bias = (uintptr_t)eh - ph[i].p_vaddr;
-            found = true;
-            break;
-        }
-    if (!found) return;
-    uintptr_t lo = UINTPTR_MAX, hi = 0;
-    for (unsigned i = 0; i < eh->e_phnum; i++)
-        if (ph[i].p_type == PT_LOAD && (ph[i].p_flags & PF_X)) {
-            uintptr_t a = bias + ph[i].p_vaddr;
-            if (a < lo) lo = a;
-            if (a + ph[i].p_memsz > hi) hi = a + ph[i].p_memsz;
-        }
-    if (lo < hi) {
-        self_lo = lo;
-        self_hi = hi;
-    }
+#if defined(DLFO_STRUCT_HAS_EH_DBASE)
+    struct dl_find_object r;
+    if (_dl_find_object((void *)&find_own_code, &r) != 0) return;
+    const struct link_map *m = r.dlfo_link_map;
+    if (!m || !m->l_name || !m->l_name[0]) return; /* the main program */
+    __atomic_store_n(&own_lo, (uintptr_t)r.dlfo_map_start, __ATOMIC_RELAXED);
+    __atomic_store_n(&own_hi, (uintptr_t)r.dlfo_map_end, __ATOMIC_RELAXED);
+#endif
 }
 
 /* Whether samples are recorded.  Until somebody looks (a profile asked for in
@@ -176,11 +161,9 @@ static void find_own_code(void) {
 static bool sample_active;
 
 void ta_sample_init(void) {
-    const char *rate = ta_getenv("TIERALLOC_SAMPLE_BYTES");
-    sample_active = rate || ta_getenv("TIERALLOC_PROFILE");
-    sample_rate = ta_parse_size(rate, DEFAULT_RATE);
+    sample_active = ta_cfg.sample_set || ta_cfg.profile_set;
+    sample_rate = ta_cfg.sample_bytes;
     if (sample_rate > (uint64_t)MAX_STEP) sample_rate = (uint64_t)MAX_STEP;
-    find_own_code();
 }
 
 /* ---- the countdown -------------------------------------------------------------- */
@@ -189,8 +172,7 @@ bool ta_sample_tick(size_t n) {
         /* first allocation of this thread: start the countdown as if it had
          * been running, and see whether this allocation crosses it */
         tls.started = 1;
-        const uint64_t *rnd = (const uint64_t *)getauxval(AT_RANDOM);
-        tls.rng = mix64((uintptr_t)&tls ^ (rnd ? rnd[0] : 0) ^ ta_os_now_ms());
+        tls.rng = mix64((uintptr_t)&tls ^ ta_random_seed() ^ ta_os_now_ms());
         tls.step = next_step();
         ta_tls.sample_left = tls.step - (int64_t)n;
         if (ta_tls.sample_left >= 0) return false;
@@ -242,6 +224,13 @@ static bool page_readable(uintptr_t a) {
 }
 
 static uint32_t walk_stack(void *frame, void **out) {
+    static int own_code_looked_up;
+    if (!__atomic_load_n(&own_code_looked_up, __ATOMIC_ACQUIRE)) {
+        find_own_code(); /* two threads may both do it: the same answer */
+        __atomic_store_n(&own_code_looked_up, 1, __ATOMIC_RELEASE);
+    }
+    uintptr_t self_lo = __atomic_load_n(&own_lo, __ATOMIC_RELAXED);
+    uintptr_t self_hi = __atomic_load_n(&own_hi, __ATOMIC_RELAXED);
     uintptr_t fp = (uintptr_t)frame;
     bool skipping = self_lo != 0;
     uint32_t d = 0;
@@ -398,41 +387,27 @@ int ta_open_report(const char *path) {
         }
     }
     name[n] = '\0';
-    return open(name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    /* a new file; or an existing one that is ours to replace */
+    int fd = open(name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd >= 0 || errno != EEXIST) return fd;
+    fd = open(name, O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return -1;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid()) {
+        close(fd);
+        errno = EPERM;
+        return -1;
+    }
+    if (ftruncate(fd, 0) != 0 || fcntl(fd, F_SETFL, 0) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
 too_long:
     errno = ENAMETOOLONG;
     return -1;
-}
-
-typedef struct sink {
-    int fd;
-    int failed;
-    size_t len;
-    char buf[8192];
-} sink_t;
-
-static void sink_flush(sink_t *k) {
-    size_t off = 0;
-    while (off < k->len) {
-        ssize_t w = write(k->fd, k->buf + off, k->len - off);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-            k->failed = 1;
-            break;
-        }
-        off += (size_t)w;
-    }
-    k->len = 0;
-}
-
-static void sink_put(sink_t *k, const char *s, size_t n) {
-    if (k->len + n > sizeof k->buf) sink_flush(k);
-    if (n > sizeof k->buf) {
-        memcpy(k->buf, s, sizeof k->buf); /* never happens: lines are short */
-        n = sizeof k->buf;
-    }
-    memcpy(k->buf + k->len, s, n);
-    k->len += n;
 }
 
 static uint64_t round_u64(double x) { return x <= 0 ? 0 : (uint64_t)(x + 0.5); }
@@ -440,8 +415,8 @@ static uint64_t round_u64(double x) { return x <= 0 ? 0 : (uint64_t)(x + 0.5); }
 int ta_profile_write_fd(int fd) {
     ta_ensure_init();
     int saved = errno;
-    sink_t k = {.fd = fd};
-    char line[64 + MAX_DEPTH * 20];
+    ta_out_t o;
+    ta_out_init(&o, fd);
     ta_lock(&sample_lock);
     uint64_t tn = 0, tb = 0, an = 0, ab = 0;
     for (uint32_t i = 0; i < NBUCKETS; i++)
@@ -452,43 +427,38 @@ int ta_profile_write_fd(int fd) {
             an += round_u64(b->alloc_objs);
             ab += round_u64(b->alloc_bytes);
         }
-    size_t n = ta_format(line, sizeof line, "heap profile: %llu: %llu [%llu: %llu] @ heapprofile\n",
-                         (unsigned long long)tn, (unsigned long long)tb, (unsigned long long)an,
-                         (unsigned long long)ab);
-    sink_put(&k, line, n);
+    ta_out_printf(&o, "heap profile: %llu: %llu [%llu: %llu] @ heapprofile\n", (unsigned long long)tn,
+                  (unsigned long long)tb, (unsigned long long)an, (unsigned long long)ab);
     for (uint32_t i = 0; i < NBUCKETS; i++)
         for (bucket_t *b = table[i]; b; b = b->next) {
             if (!b->depth) continue; /* pprof cannot place a sample without a stack */
-            n = ta_format(line, sizeof line, "%llu: %llu [%llu: %llu] @",
-                          (unsigned long long)round_u64(b->live_objs),
+            ta_out_printf(&o, "%llu: %llu [%llu: %llu] @", (unsigned long long)round_u64(b->live_objs),
                           (unsigned long long)round_u64(b->live_bytes),
                           (unsigned long long)round_u64(b->alloc_objs),
                           (unsigned long long)round_u64(b->alloc_bytes));
-            for (uint32_t d = 0; d < b->depth; d++)
-                n += ta_format(line + n, sizeof line - n, " %p", b->stack[d]);
-            n += ta_format(line + n, sizeof line - n, "\n");
-            sink_put(&k, line, n);
+            for (uint32_t d = 0; d < b->depth; d++) ta_out_printf(&o, " %p", b->stack[d]);
+            ta_out_put(&o, "\n", 1);
         }
     ta_unlock(&sample_lock);
     /* pprof maps the addresses to the program and its libraries with this */
     static const char maps_hdr[] = "\nMAPPED_LIBRARIES:\n";
-    sink_put(&k, maps_hdr, sizeof maps_hdr - 1);
-    sink_flush(&k);
+    ta_out_put(&o, maps_hdr, sizeof maps_hdr - 1);
     int mfd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
     if (mfd >= 0) {
+        char chunk[1024];
         for (;;) {
-            ssize_t r = read(mfd, k.buf, sizeof k.buf);
+            ssize_t r = read(mfd, chunk, sizeof chunk);
             if (r < 0 && errno == EINTR) continue;
             if (r <= 0) break;
-            k.len = (size_t)r;
-            sink_flush(&k);
+            ta_out_put(&o, chunk, (size_t)r);
         }
         close(mfd);
     } else {
-        k.failed = 1;
+        o.failed = true;
     }
+    int r = ta_out_flush(&o);
     errno = saved;
-    return k.failed ? -1 : 0;
+    return r;
 }
 
 TA_EXPORT int ta_profile_dump(const char *path) {

@@ -135,68 +135,24 @@ TA_EXPORT int ta_stats_get(struct ta_stats *st) {
     return 0;
 }
 
-/* ---- output: a buffer that goes to an fd or a FILE ------------------------- */
-typedef struct out {
-    int fd;      /* >= 0: write(2) there */
-    FILE *fp;    /* else fwrite here */
-    int failed;
-    size_t len;
-    char buf[4096];
-} out_t;
-
-static void out_flush(out_t *o) {
-    if (!o->len) return;
-    if (o->fd >= 0) {
-        size_t off = 0;
-        while (off < o->len) {
-            ssize_t w = write(o->fd, o->buf + off, o->len - off);
-            if (w < 0 && errno == EINTR) continue;
-            if (w <= 0) {
-                o->failed = 1;
-                break;
-            }
-            off += (size_t)w;
-        }
-    } else if (fwrite(o->buf, 1, o->len, o->fp) != o->len) {
-        o->failed = 1;
-    }
-    o->len = 0;
-}
-
-static void out_put(out_t *o, const char *s, size_t n) {
-    while (n) {
-        if (o->len == sizeof o->buf) out_flush(o);
-        size_t k = sizeof o->buf - o->len;
-        if (k > n) k = n;
-        memcpy(o->buf + o->len, s, k);
-        o->len += k;
-        s += k;
-        n -= k;
-    }
-}
-
-__attribute__((format(printf, 2, 3))) static void out_printf(out_t *o, const char *fmt, ...) {
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    size_t n = ta_vformat(line, sizeof line, fmt, ap);
-    va_end(ap);
-    out_put(o, line, n);
+/* ---- output: ta_out_t (diag.c), to an fd or a caller's FILE ------------------ */
+static int file_sink(void *fp, const char *s, size_t n) {
+    return fwrite(s, 1, n, fp) == n ? 0 : -1;
 }
 
 /* s right-aligned in a field of w characters */
-static void out_col(out_t *o, const char *s, int w) {
+static void out_col(ta_out_t *o, const char *s, int w) {
     int n = (int)strlen(s);
-    for (int i = n; i < w; i++) out_put(o, " ", 1);
-    out_put(o, s, (size_t)n);
+    for (int i = n; i < w; i++) ta_out_put(o, " ", 1);
+    ta_out_put(o, s, (size_t)n);
 }
-static void out_num(out_t *o, uint64_t v, int w) {
+static void out_num(ta_out_t *o, uint64_t v, int w) {
     char b[24];
     ta_format(b, sizeof b, "%llu", (unsigned long long)v);
     out_col(o, b, w);
 }
 /* bytes as MiB with one decimal */
-static void out_mib(out_t *o, uint64_t v, int w) {
+static void out_mib(ta_out_t *o, uint64_t v, int w) {
     char b[32];
     uint64_t tenths = (v * 10 + (1 << 19)) >> 20;
     if (v > (UINT64_MAX / 10)) tenths = (v >> 20) * 10;
@@ -205,23 +161,23 @@ static void out_mib(out_t *o, uint64_t v, int w) {
 }
 
 /* ---- the text report -------------------------------------------------------- */
-static void mem_row(out_t *o, const char *name, uint64_t bytes) {
-    out_printf(o, "  %s", name);
-    for (int i = (int)strlen(name); i < 34; i++) out_put(o, " ", 1);
+static void mem_row(ta_out_t *o, const char *name, uint64_t bytes) {
+    ta_out_printf(o, "  %s", name);
+    for (int i = (int)strlen(name); i < 34; i++) ta_out_put(o, " ", 1);
     out_num(o, bytes, 16);
     out_mib(o, bytes, 11);
-    out_put(o, "\n", 1);
+    ta_out_put(o, "\n", 1);
 }
 
-static void write_text(out_t *o, const struct ta_stats *s) {
+static void write_text(ta_out_t *o, const struct ta_stats *s) {
     static const char rule[] =
         "------------------------------------------------------------------------------------------"
         "--------------\n";
     char name[80];
-    out_put(o, rule, sizeof rule - 1);
-    out_printf(o, "tieralloc %s statistics, pid %d\n", TIERALLOC_VERSION, (int)getpid());
-    out_put(o, rule, sizeof rule - 1);
-    out_printf(o, "Memory by tier                                 bytes        MiB\n");
+    ta_out_put(o, rule, sizeof rule - 1);
+    ta_out_printf(o, "tieralloc %s statistics, pid %d\n", TIERALLOC_VERSION, (int)getpid());
+    ta_out_put(o, rule, sizeof rule - 1);
+    ta_out_printf(o, "Memory by tier                                 bytes        MiB\n");
     mem_row(o, "in use by the program", s->inuse_bytes);
     mem_row(o, "  small blocks (class sizes)", s->small_inuse_bytes);
     ta_format(name, sizeof name, "  large blocks (%llu, pages)", (unsigned long long)s->large_inuse_blocks);
@@ -237,36 +193,36 @@ static void write_text(out_t *o, const struct ta_stats *s) {
     mem_row(o, "= mapped - released", s->mapped_bytes - s->released_bytes);
     mem_row(o, "released to the OS (free)", s->released_bytes);
     mem_row(o, "mapped from the OS", s->mapped_bytes);
-    out_put(o, "\n", 1);
-    out_printf(o, "Activity by tier\n");
-    out_printf(o, "  thread caches      alloc misses (refills) %llu, free misses (flushes) %llu\n",
+    ta_out_put(o, "\n", 1);
+    ta_out_printf(o, "Activity by tier\n");
+    ta_out_printf(o, "  thread caches      alloc misses (refills) %llu, free misses (flushes) %llu\n",
                (unsigned long long)s->cache_alloc_misses_total, (unsigned long long)s->cache_free_misses_total);
-    out_printf(o, "  transfer caches    hits %llu, misses %llu\n", (unsigned long long)s->transfer_hits_total,
+    ta_out_printf(o, "  transfer caches    hits %llu, misses %llu\n", (unsigned long long)s->transfer_hits_total,
                (unsigned long long)s->transfer_misses_total);
-    out_printf(o, "  page heap          spans allocated %llu, freed %llu, grown from the OS %llu times, "
+    ta_out_printf(o, "  page heap          spans allocated %llu, freed %llu, grown from the OS %llu times, "
                   "coalesced %llu\n",
                (unsigned long long)s->pageheap_allocs_total, (unsigned long long)s->pageheap_frees_total,
                (unsigned long long)s->pageheap_grows_total, (unsigned long long)s->pageheap_coalesces_total);
-    out_printf(o, "  OS                 mmap %llu, munmap %llu, madvise %llu (", (unsigned long long)s->os_mmap_total,
+    ta_out_printf(o, "  OS                 mmap %llu, munmap %llu, madvise %llu (", (unsigned long long)s->os_mmap_total,
                (unsigned long long)s->os_munmap_total, (unsigned long long)s->os_madvise_total);
     out_mib(o, s->os_released_bytes_total, 0);
-    out_printf(o, " MiB released in all)\n");
-    out_printf(o, "  allocated in all   %llu bytes requested\n", (unsigned long long)s->allocated_bytes_total);
+    ta_out_printf(o, " MiB released in all)\n");
+    ta_out_printf(o, "  allocated in all   %llu bytes requested\n", (unsigned long long)s->allocated_bytes_total);
     if (s->sample_rate)
-        out_printf(o, "  sampling           1 in %llu bytes: %llu samples, %llu live (%llu bytes)\n",
+        ta_out_printf(o, "  sampling           1 in %llu bytes: %llu samples, %llu live (%llu bytes)\n",
                    (unsigned long long)s->sample_rate, (unsigned long long)s->samples_total,
                    (unsigned long long)s->sampled_live_blocks, (unsigned long long)s->sampled_live_bytes);
     else
-        out_printf(o, "  sampling           off\n");
-    out_put(o, "\n", 1);
-    out_printf(o, "Size classes with spans\n");
+        ta_out_printf(o, "  sampling           off\n");
+    ta_out_put(o, "\n", 1);
+    ta_out_printf(o, "Size classes with spans\n");
     static const struct {
         const char *h;
         int w;
     } cols[] = {{"class", 6},  {"size", 8},    {"spans", 8},      {"in use", 10},    {"in use MiB", 11},
                 {"cached", 9}, {"central", 9}, {"span free", 10}, {"to caches", 11}, {"from caches", 12}};
     for (size_t i = 0; i < sizeof cols / sizeof cols[0]; i++) out_col(o, cols[i].h, cols[i].w);
-    out_put(o, "\n", 1);
+    ta_out_put(o, "\n", 1);
     for (uint32_t c = 1; c < s->nclasses; c++) {
         const struct ta_class_stats *k = &s->cls[c];
         if (!k->spans && !k->to_caches_total) continue;
@@ -280,9 +236,9 @@ static void write_text(out_t *o, const struct ta_stats *s) {
         out_num(o, k->span_free_objects, 10);
         out_num(o, k->to_caches_total, 11);
         out_num(o, k->from_caches_total, 12);
-        out_put(o, "\n", 1);
+        ta_out_put(o, "\n", 1);
     }
-    out_put(o, rule, sizeof rule - 1);
+    ta_out_put(o, rule, sizeof rule - 1);
 }
 
 /* ---- JSON ------------------------------------------------------------------------ */
@@ -318,21 +274,21 @@ static uint64_t field(const void *base, size_t off) {
     return v;
 }
 
-static void write_json(out_t *o, const struct ta_stats *s) {
-    out_printf(o, "{\"tieralloc\": \"%s\", \"version\": %u, \"pid\": %d", TIERALLOC_VERSION,
+static void write_json(ta_out_t *o, const struct ta_stats *s) {
+    ta_out_printf(o, "{\"tieralloc\": \"%s\", \"version\": %u, \"pid\": %d", TIERALLOC_VERSION,
                (unsigned)s->version, (int)getpid());
     for (size_t i = 0; i < sizeof json_fields / sizeof json_fields[0]; i++)
-        out_printf(o, ",\n \"%s\": %llu", json_fields[i].name,
+        ta_out_printf(o, ",\n \"%s\": %llu", json_fields[i].name,
                    (unsigned long long)field(s, json_fields[i].off));
-    out_printf(o, ",\n \"classes\": [");
+    ta_out_printf(o, ",\n \"classes\": [");
     for (uint32_t c = 1; c < s->nclasses; c++) {
-        out_printf(o, "%s\n  {\"class\": %u", c > 1 ? "," : "", c);
+        ta_out_printf(o, "%s\n  {\"class\": %u", c > 1 ? "," : "", c);
         for (size_t i = 0; i < sizeof json_class_fields / sizeof json_class_fields[0]; i++)
-            out_printf(o, ", \"%s\": %llu", json_class_fields[i].name,
+            ta_out_printf(o, ", \"%s\": %llu", json_class_fields[i].name,
                        (unsigned long long)field(&s->cls[c], json_class_fields[i].off));
-        out_put(o, "}", 1);
+        ta_out_put(o, "}", 1);
     }
-    out_printf(o, "\n ]\n}\n");
+    ta_out_printf(o, "\n ]\n}\n");
 }
 
 TA_EXPORT int ta_stats_print(FILE *fp, int flags) {
@@ -342,30 +298,33 @@ TA_EXPORT int ta_stats_print(FILE *fp, int flags) {
     }
     struct ta_stats s;
     ta_snapshot(&s);
-    out_t o = {.fd = -1, .fp = fp};
+    ta_out_t o;
+    ta_out_init(&o, -1);
+    o.sink = file_sink;
+    o.sink_arg = fp;
     if (flags & TA_STATS_JSON)
         write_json(&o, &s);
     else
         write_text(&o, &s);
-    out_flush(&o);
-    return o.failed ? -1 : 0;
+    return ta_out_flush(&o);
 }
 
 void ta_stats_write_text(int fd) {
     struct ta_stats s;
     ta_snapshot(&s);
-    out_t o = {.fd = fd};
+    ta_out_t o;
+    ta_out_init(&o, fd);
     write_text(&o, &s);
-    out_flush(&o);
+    ta_out_flush(&o);
 }
 
 static int write_json_fd(int fd) {
     struct ta_stats s;
     ta_snapshot(&s);
-    out_t o = {.fd = fd};
+    ta_out_t o;
+    ta_out_init(&o, fd);
     write_json(&o, &s);
-    out_flush(&o);
-    return o.failed ? -1 : 0;
+    return ta_out_flush(&o);
 }
 
 /* ---- glibc's introspection ---------------------------------------------------------- */
@@ -386,8 +345,11 @@ void ta_stats_mallinfo(struct mallinfo2 *mi) {
 int ta_stats_write_xml(FILE *fp) {
     struct ta_stats s;
     ta_snapshot(&s);
-    char buf[1536];
-    size_t n = ta_format(buf, sizeof buf,
+    ta_out_t o;
+    ta_out_init(&o, -1);
+    o.sink = file_sink;
+    o.sink_arg = fp;
+    ta_out_printf(&o,
         "<malloc version=\"tieralloc-%s\">\n"
         "<heap nr=\"0\">\n"
         "<total type=\"inuse\" size=\"%llu\"/>\n"
@@ -409,71 +371,61 @@ int ta_stats_write_xml(FILE *fp) {
         (unsigned long long)s.arena_bytes, (unsigned long long)s.released_bytes,
         (unsigned long long)s.large_inuse_blocks, (unsigned long long)s.large_inuse_bytes,
         (unsigned long long)s.mapped_bytes, (unsigned long long)s.metadata_bytes);
-    return fwrite(buf, 1, n, fp) == n ? 0 : -1;
+    return ta_out_flush(&o);
 }
 
 /* ---- reports at exit ------------------------------------------------------------------ */
-/* Many programs close stderr before they exit (coreutils' close_stdout), so the
- * text report goes to a copy of stderr taken at start, as long as that copy
- * still refers to the same file (the program may have reused its number). */
-static bool stats_text;
-static int stats_fd = -1;
-static struct stat stats_fd_st;
-static char stats_json_path[1024];
-static char profile_path[1024];
+/* The report and its diagnostics go only to a descriptor known to be the
+ * program's stderr of start-up time: that file's identity (st_dev, st_ino) is
+ * taken at start, with a copy of the descriptor, since many programs close
+ * stderr before they exit (coreutils' close_stdout).  At exit the copy is
+ * used if it is still that file, else fd 2 if it is, else nothing is written:
+ * a program that started with fd 2 closed, or reused its number (or the
+ * copy's) for a file of its own, never finds the report in that file. */
+static bool err_open;           /* fd 2 was open at start */
+static struct stat err_st;      /* and was this file */
+static int err_copy = -1;       /* our copy of it (text report only) */
 
-static void copy_path(char *dst, size_t cap, const char *src, const char *var) {
-    size_t n = strlen(src);
-    if (!n || n >= cap) {
-        ta_printf_fd(2, "tieralloc: %s: %s path (ignored)\n", var, n ? "too long a" : "empty");
-        return;
-    }
-    memcpy(dst, src, n + 1);
+static bool is_start_stderr(int fd) {
+    struct stat now;
+    return err_open && fd >= 0 && fstat(fd, &now) == 0 && now.st_dev == err_st.st_dev &&
+           now.st_ino == err_st.st_ino && now.st_rdev == err_st.st_rdev;
+}
+
+/* where output for the user goes at exit, or -1 */
+static int exit_stderr(void) {
+    if (is_start_stderr(err_copy)) return err_copy;
+    return is_start_stderr(2) ? 2 : -1;
 }
 
 void ta_stats_at_start(void) {
-    const char *v = ta_getenv("TIERALLOC_STATS");
-    if (v && *v) {
-        if (strcmp(v, "1") == 0) {
-            stats_text = true;
-            int fd = fcntl(2, F_DUPFD_CLOEXEC, 100);
-            if (fd < 0) fd = fcntl(2, F_DUPFD_CLOEXEC, 3);
-            if (fd >= 0 && fstat(fd, &stats_fd_st) == 0)
-                stats_fd = fd;
-            else if (fd >= 0)
-                close(fd);
-        }
-        else if (strncmp(v, "json:", 5) == 0)
-            copy_path(stats_json_path, sizeof stats_json_path, v + 5, "TIERALLOC_STATS=json:PATH");
-        else if (strcmp(v, "0") != 0)
-            ta_printf_fd(2, "tieralloc: TIERALLOC_STATS=%s not understood (1, or json:PATH)\n", v);
+    if (ta_cfg.stats == TA_CFG_STATS_OFF && !ta_cfg.profile_path[0]) return;
+    err_open = fstat(2, &err_st) == 0;
+    if (err_open && ta_cfg.stats == TA_CFG_STATS_TEXT) {
+        int fd = fcntl(2, F_DUPFD_CLOEXEC, 100);
+        if (fd < 0) fd = fcntl(2, F_DUPFD_CLOEXEC, 3);
+        err_copy = fd;
     }
-    const char *p = ta_getenv("TIERALLOC_PROFILE");
-    if (p && *p) copy_path(profile_path, sizeof profile_path, p, "TIERALLOC_PROFILE");
 }
 
 static void report_to(const char *path, const char *what, int (*writer)(int)) {
     int fd = ta_open_report(path);
-    int err = errno;
+    int err = errno, efd = exit_stderr();
     if (fd < 0) {
-        ta_printf_fd(2, "tieralloc: cannot write the %s to %s (errno %d)\n", what, path, err);
+        if (efd >= 0) ta_printf_fd(efd, "tieralloc: cannot write the %s to %s (errno %d)\n", what, path, err);
         return;
     }
-    if (writer(fd) != 0) ta_printf_fd(2, "tieralloc: writing the %s to %s failed\n", what, path);
+    if (writer(fd) != 0 && efd >= 0) ta_printf_fd(efd, "tieralloc: writing the %s to %s failed\n", what, path);
     close(fd);
 }
 
 __attribute__((destructor)) static void ta_stats_at_exit(void) {
     int saved = errno;
-    if (stats_text) {
-        struct stat now;
-        int fd = 2;
-        if (stats_fd >= 0 && fstat(stats_fd, &now) == 0 && now.st_dev == stats_fd_st.st_dev &&
-            now.st_ino == stats_fd_st.st_ino && now.st_rdev == stats_fd_st.st_rdev)
-            fd = stats_fd;
-        ta_stats_write_text(fd);
+    if (ta_cfg.stats == TA_CFG_STATS_TEXT) {
+        int fd = exit_stderr();
+        if (fd >= 0) ta_stats_write_text(fd);
     }
-    if (stats_json_path[0]) report_to(stats_json_path, "statistics", write_json_fd);
-    if (profile_path[0]) report_to(profile_path, "heap profile", ta_profile_write_fd);
+    if (ta_cfg.stats == TA_CFG_STATS_JSON) report_to(ta_cfg.stats_json_path, "statistics", write_json_fd);
+    if (ta_cfg.profile_path[0]) report_to(ta_cfg.profile_path, "heap profile", ta_profile_write_fd);
     errno = saved;
 }

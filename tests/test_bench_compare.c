@@ -4,15 +4,15 @@
  *
  * The stand-in allocator tests/.libs/test_bench_fakealloc.so forwards to glibc
  * and, with TB_FAKEALLOC=crash, kills the process that preloads it. */
-#include "test_bench_util.h"
+#include "testutil.h"
 
 #include <criterion/criterion.h>
 
-static char *tool(void) { return tbu_fmt("%s/tools/tieralloc-compare", tbu_srcdir()); }
+static char *tool(void) { return tu_fmt("%s/tools/tieralloc-compare", tu_src_dir()); }
 /* the stand-in allocator, by its real path (as the tool passes it to ld.so) */
 static char *fakealloc(void)
 {
-    char *p = tbu_fmt("%s/tests/.libs/test_bench_fakealloc.so", tbu_builddir());
+    char *p = tu_fmt("%s/tests/.libs/test_bench_fakealloc.so", tu_build_dir());
     char *real = realpath(p, NULL);
     if (real) {
         free(p);
@@ -22,7 +22,7 @@ static char *fakealloc(void)
 }
 
 /* run the tool with up to 30 arguments (NULL-terminated), env extra entries */
-static tbu_result compare(char *const *env, const char *first, ...)
+static tu_result_t compare(char *const *env, const char *first, ...)
 {
     char *argv[40];
     int n = 0;
@@ -33,7 +33,7 @@ static tbu_result compare(char *const *env, const char *first, ...)
         argv[n++] = (char *)a;
     va_end(ap);
     argv[n] = NULL;
-    tbu_result r = tbu_run(argv, env, NULL, 90);
+    tu_result_t r = tu_run(argv, env, NULL, 90);
     free(argv[0]);
     return r;
 }
@@ -45,8 +45,8 @@ static tbu_result compare(char *const *env, const char *first, ...)
 
 static char *slurp_in(const char *dir, const char *name)
 {
-    char *p = tbu_fmt("%s/%s", dir, name);
-    char *s = tbu_slurp(p);
+    char *p = tu_fmt("%s/%s", dir, name);
+    char *s = tu_slurp(p);
     free(p);
     return s;
 }
@@ -60,24 +60,24 @@ static void check_fake_built(void)
 
 Test(compare_args, help_describes_the_options)
 {
-    tbu_result r = compare(NULL, "--help", NULL);
+    tu_result_t r = compare(NULL, "--help", NULL);
     ASSERT_EXIT(r, 0);
     const char *words[] = { "usage:", "--allocator", "--allocators", "--repetitions", "--out",
                             "--baseline", "--bench", "-- PROGRAM", "jemalloc" };
     for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
         cr_expect(strstr(r.out, words[i]) != NULL, "--help does not mention %s:\n%s", words[i],
                   r.out);
-    tbu_result_free(&r);
+    tu_result_free(&r);
 }
 
 Test(compare_args, unknown_flag_is_an_error)
 {
-    tbu_result r = compare(NULL, "--frobnicate", NULL);
+    tu_result_t r = compare(NULL, "--frobnicate", NULL);
     ASSERT_EXIT(r, 2);
     cr_expect(strstr(r.err, "--frobnicate") != NULL, "the message does not name the flag:\n%s",
               r.err);
     cr_expect(strstr(r.err, "usage") != NULL);
-    tbu_result_free(&r);
+    tu_result_free(&r);
 }
 
 Test(compare_args, bad_values_are_errors)
@@ -94,35 +94,35 @@ Test(compare_args, bad_values_are_errors)
         { "--allocators", ",", "--list", "empty" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        tbu_result r = compare(NULL, cases[i].a, cases[i].b, cases[i].c, NULL);
+        tu_result_t r = compare(NULL, cases[i].a, cases[i].b, cases[i].c, NULL);
         ASSERT_EXIT(r, 2);
         cr_expect(strstr(r.err, cases[i].says) != NULL, "%s %s: message lacks '%s':\n%s",
                   cases[i].a, cases[i].b ? cases[i].b : "", cases[i].says, r.err);
-        tbu_result_free(&r);
+        tu_result_free(&r);
     }
 }
 
 Test(compare_allocators, list_names_every_known_allocator)
 {
     /* whatever is installed, each known name is either found or skipped */
-    tbu_result r = compare(NULL, "--list", NULL);
+    tu_result_t r = compare(NULL, "--list", NULL);
     ASSERT_EXIT(r, 0);
     const char *names[] = { "glibc", "jemalloc", "tcmalloc", "mimalloc", "tieralloc" };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        char *found = tbu_fmt("found    %s", names[i]), *skipped = tbu_fmt("skipped  %s", names[i]);
+        char *found = tu_fmt("found    %s", names[i]), *skipped = tu_fmt("skipped  %s", names[i]);
         cr_expect(strstr(r.out, found) || strstr(r.out, skipped), "%s not listed:\n%s", names[i],
                   r.out);
         free(found);
         free(skipped);
     }
     cr_expect(strstr(r.out, "found    glibc") != NULL, "glibc (no preload) is always there");
-    tbu_result_free(&r);
+    tu_result_free(&r);
 }
 
 Test(compare_allocators, missing_library_is_skipped_with_a_message, .timeout = 120)
 {
-    char *dir = tbu_tmpdir(), *out = tbu_fmt("%s/out", dir);
-    tbu_result r = compare(NULL, "--allocators", "glibc,ghost,nosuch", "--allocator",
+    char *dir = tu_tmpdir(), *out = tu_fmt("%s/out", dir);
+    tu_result_t r = compare(NULL, "--allocators", "glibc,ghost,nosuch", "--allocator",
                            "ghost=/nonexistent/libghost.so", "--repetitions", "1", "--no-chart",
                            "--out", out, "--", "/bin/sh", "-c", "exit 0", NULL);
     ASSERT_EXIT(r, 0);
@@ -136,16 +136,16 @@ Test(compare_allocators, missing_library_is_skipped_with_a_message, .timeout = 1
     cr_assert(md, "no results.md");
     cr_expect(strstr(md, "- ghost: /nonexistent/libghost.so: no such file") != NULL,
               "the report does not list the skipped library:\n%s", md);
-    char *cell = tbu_md_cell(md, "Wall time", "sh -c exit 0", "glibc");
+    char *cell = tu_md_cell(md, "Wall time", "sh -c exit 0", "glibc");
     cr_assert(cell, "no glibc cell in the wall time table:\n%s", md);
     cr_expect(strstr(cell, "FAILED") == NULL && strstr(cell, "(1.00x)"), "glibc cell: %s", cell);
-    char *ghost = tbu_md_cell(md, "Wall time", "sh -c exit 0", "ghost");
+    char *ghost = tu_md_cell(md, "Wall time", "sh -c exit 0", "ghost");
     cr_expect(ghost == NULL, "a skipped allocator has a column");
     free(cell);
     free(ghost);
     free(md);
-    tbu_result_free(&r);
-    tbu_rmtree(dir);
+    tu_result_free(&r);
+    tu_rmtree(dir);
     free(out);
     free(dir);
 }
@@ -153,14 +153,14 @@ Test(compare_allocators, missing_library_is_skipped_with_a_message, .timeout = 1
 Test(compare_allocators, non_library_files_are_refused, .timeout = 120)
 {
     check_fake_built();
-    char *dir = tbu_tmpdir(), *out = tbu_fmt("%s/out", dir), *text = tbu_fmt("%s/text.so", dir);
+    char *dir = tu_tmpdir(), *out = tu_fmt("%s/out", dir), *text = tu_fmt("%s/text.so", dir);
     FILE *f = fopen(text, "w");
     cr_assert(f);
     fputs("not a library\n", f);
     fclose(f);
-    char *spec = tbu_fmt("text=%s", text);
+    char *spec = tu_fmt("text=%s", text);
     /* an ELF file that ld.so refuses to preload (an executable): the run fails */
-    tbu_result r = compare(NULL, "--allocator", spec, "--allocator", "exe=/bin/true",
+    tu_result_t r = compare(NULL, "--allocator", spec, "--allocator", "exe=/bin/true",
                            "--allocators", "glibc,text,exe", "--baseline", "glibc",
                            "--repetitions", "1", "--no-chart", "--out", out, "--", "/bin/sh",
                            "-c", "exit 0", NULL);
@@ -169,14 +169,14 @@ Test(compare_allocators, non_library_files_are_refused, .timeout = 120)
               "%s", r.out);
     char *md = slurp_in(out, "results.md");
     cr_assert(md);
-    char *cell = tbu_md_cell(md, "Wall time", "sh -c exit 0", "exe");
+    char *cell = tu_md_cell(md, "Wall time", "sh -c exit 0", "exe");
     cr_assert(cell, "no column for exe:\n%s", md);
     cr_expect(strncmp(cell, "FAILED 1/1", 10) == 0, "exe cell: %s", cell);
     cr_expect(strstr(md, "under exe: could not be preloaded") != NULL, "%s", md);
     free(cell);
     free(md);
-    tbu_result_free(&r);
-    tbu_rmtree(dir);
+    tu_result_free(&r);
+    tu_rmtree(dir);
     free(spec);
     free(text);
     free(out);
@@ -186,41 +186,41 @@ Test(compare_allocators, non_library_files_are_refused, .timeout = 120)
 Test(compare_failures, crash_under_one_allocator_is_reported, .timeout = 120)
 {
     check_fake_built();
-    char *dir = tbu_tmpdir(), *out = tbu_fmt("%s/out", dir), *fake = fakealloc();
-    char *spec = tbu_fmt("crashy=%s", fake);
+    char *dir = tu_tmpdir(), *out = tu_fmt("%s/out", dir), *fake = fakealloc();
+    char *spec = tu_fmt("crashy=%s", fake);
     char *env[] = { "TB_FAKEALLOC=crash", NULL };
-    tbu_result r = compare(env, "--allocator", spec, "--allocators", "glibc,crashy",
+    tu_result_t r = compare(env, "--allocator", spec, "--allocators", "glibc,crashy",
                            "--baseline", "glibc", "--repetitions", "2", "--out", out, "--",
                            "/bin/sh", "-c", "exit 0", NULL);
     ASSERT_EXIT(r, 0);
     cr_expect(strstr(r.err, "failed") != NULL, "no warning on stderr:\n%s", r.err);
     char *md = slurp_in(out, "results.md");
     cr_assert(md);
-    char *crashy = tbu_md_cell(md, "Wall time", "sh -c exit 0", "crashy");
-    char *glibc = tbu_md_cell(md, "Wall time", "sh -c exit 0", "glibc");
+    char *crashy = tu_md_cell(md, "Wall time", "sh -c exit 0", "crashy");
+    char *glibc = tu_md_cell(md, "Wall time", "sh -c exit 0", "glibc");
     cr_assert(crashy && glibc, "cells missing:\n%s", md);
     cr_expect(strcmp(crashy, "FAILED 2/2") == 0, "crashy cell: %s", crashy);
     cr_expect(strstr(glibc, "FAILED") == NULL, "glibc cell: %s", glibc);
     cr_expect(strstr(md, "## Failed runs") && strstr(md, "under crashy: crashed (SIGSEGV)"),
               "the failure is not explained:\n%s", md);
-    char *rss = tbu_md_cell(md, "Peak RSS", "sh -c exit 0", "crashy");
+    char *rss = tu_md_cell(md, "Peak RSS", "sh -c exit 0", "crashy");
     cr_expect(rss && strncmp(rss, "FAILED", 6) == 0, "peak RSS cell: %s", rss ? rss : "(none)");
     /* the geometric mean of the failed allocator has nothing to average */
-    char *g = tbu_md_cell(md, "Wall time", "**geometric mean of ratios**", "crashy");
+    char *g = tu_md_cell(md, "Wall time", "**geometric mean of ratios**", "crashy");
     cr_expect(g && strcmp(g, "n/a") == 0, "geomean of crashy: %s", g ? g : "(none)");
     free(g);
     free(rss);
     free(crashy);
     free(glibc);
     free(md);
-    tbu_result_free(&r);
+    tu_result_free(&r);
 
     /* --strict turns the failure into the exit status */
     r = compare(env, "--allocator", spec, "--allocators", "glibc,crashy", "--repetitions", "1",
                 "--no-chart", "--strict", "--out", out, "--", "/bin/sh", "-c", "exit 0", NULL);
     ASSERT_EXIT(r, 1);
-    tbu_result_free(&r);
-    tbu_rmtree(dir);
+    tu_result_free(&r);
+    tu_rmtree(dir);
     free(spec);
     free(fake);
     free(out);
@@ -230,9 +230,9 @@ Test(compare_failures, crash_under_one_allocator_is_reported, .timeout = 120)
 Test(compare_failures, failing_program_is_reported_under_every_allocator, .timeout = 120)
 {
     check_fake_built();
-    char *dir = tbu_tmpdir(), *out = tbu_fmt("%s/out", dir), *fake = fakealloc();
-    char *spec = tbu_fmt("fake=%s", fake);
-    tbu_result r = compare(NULL, "--allocator", spec, "--allocators", "glibc,fake",
+    char *dir = tu_tmpdir(), *out = tu_fmt("%s/out", dir), *fake = fakealloc();
+    char *spec = tu_fmt("fake=%s", fake);
+    tu_result_t r = compare(NULL, "--allocator", spec, "--allocators", "glibc,fake",
                            "--baseline", "glibc", "--repetitions", "1", "--no-chart", "--out",
                            out, "--program", "/bin/sh -c 'exit 0'", "--program",
                            "/bin/sh -c 'echo bad input >&2; exit 1'", NULL);
@@ -243,24 +243,24 @@ Test(compare_failures, failing_program_is_reported_under_every_allocator, .timeo
     const char *row_bad = "2. sh -c echo bad input >&2; exit 1";
     const char *allocs[] = { "glibc", "fake" };
     for (int i = 0; i < 2; i++) {
-        char *ok = tbu_md_cell(md, "Wall time", row_ok, allocs[i]);
-        char *bad = tbu_md_cell(md, "Wall time", row_bad, allocs[i]);
+        char *ok = tu_md_cell(md, "Wall time", row_ok, allocs[i]);
+        char *bad = tu_md_cell(md, "Wall time", row_bad, allocs[i]);
         cr_assert(ok && bad, "cells missing for %s:\n%s", allocs[i], md);
         cr_expect(strstr(ok, "FAILED") == NULL, "%s: %s", allocs[i], ok);
         cr_expect(strcmp(bad, "FAILED 1/1") == 0, "%s: %s", allocs[i], bad);
-        char *why = tbu_fmt("under %s: exit status 1: bad input", allocs[i]);
+        char *why = tu_fmt("under %s: exit status 1: bad input", allocs[i]);
         cr_expect(strstr(md, why) != NULL, "no '%s' in\n%s", why, md);
         free(why);
         free(ok);
         free(bad);
     }
     /* the geometric mean covers the one program both ran */
-    char *g = tbu_md_cell(md, "Wall time", "**geometric mean of ratios**", "glibc");
+    char *g = tu_md_cell(md, "Wall time", "**geometric mean of ratios**", "glibc");
     cr_expect(g && strcmp(g, "1.00x (1 of 2)") == 0, "geomean: %s", g ? g : "(none)");
     free(g);
     free(md);
-    tbu_result_free(&r);
-    tbu_rmtree(dir);
+    tu_result_free(&r);
+    tu_rmtree(dir);
     free(spec);
     free(fake);
     free(out);
@@ -269,16 +269,16 @@ Test(compare_failures, failing_program_is_reported_under_every_allocator, .timeo
 
 Test(compare_failures, hung_program_is_killed_and_reported, .timeout = 120)
 {
-    char *dir = tbu_tmpdir(), *out = tbu_fmt("%s/out", dir);
-    tbu_result r = compare(NULL, "--allocators", "glibc", "--repetitions", "1", "--timeout", "1",
+    char *dir = tu_tmpdir(), *out = tu_fmt("%s/out", dir);
+    tu_result_t r = compare(NULL, "--allocators", "glibc", "--repetitions", "1", "--timeout", "1",
                            "--no-chart", "--out", out, "--", "/bin/sh", "-c", "sleep 60", NULL);
     ASSERT_EXIT(r, 0);
     char *md = slurp_in(out, "results.md");
     cr_assert(md);
     cr_expect(strstr(md, "under glibc: timed out after 1 s") != NULL, "%s", md);
     free(md);
-    tbu_result_free(&r);
-    tbu_rmtree(dir);
+    tu_result_free(&r);
+    tu_rmtree(dir);
     free(out);
     free(dir);
 }
@@ -286,22 +286,22 @@ Test(compare_failures, hung_program_is_killed_and_reported, .timeout = 120)
 Test(compare_runs, allocators_are_interleaved_and_repeated, .timeout = 120)
 {
     check_fake_built();
-    char *dir = tbu_tmpdir(), *out = tbu_fmt("%s/out", dir), *fake = fakealloc();
-    char *spec = tbu_fmt("fake=%s", fake), *log = tbu_fmt("%s/order.log", dir);
-    char *script = tbu_fmt("echo \"${LD_PRELOAD:-none}\" >> %s", log);
-    tbu_result r = compare(NULL, "--allocator", spec, "--allocators", "glibc,fake",
+    char *dir = tu_tmpdir(), *out = tu_fmt("%s/out", dir), *fake = fakealloc();
+    char *spec = tu_fmt("fake=%s", fake), *log = tu_fmt("%s/order.log", dir);
+    char *script = tu_fmt("echo \"${LD_PRELOAD:-none}\" >> %s", log);
+    tu_result_t r = compare(NULL, "--allocator", spec, "--allocators", "glibc,fake",
                            "--repetitions", "3", "--no-chart", "--out", out, "--", "/bin/sh",
                            "-c", script, NULL);
     ASSERT_EXIT(r, 0);
-    char *order = tbu_slurp(log);
+    char *order = tu_slurp(log);
     cr_assert(order, "the program did not run");
     /* repetition k starts with allocator k mod 2: none fake | fake none | none fake */
-    char *want = tbu_fmt("none\n%s\n%s\nnone\nnone\n%s\n", fake, fake, fake);
+    char *want = tu_fmt("none\n%s\n%s\nnone\nnone\n%s\n", fake, fake, fake);
     cr_expect(strcmp(order, want) == 0, "order of the runs:\n%s\nwanted:\n%s", order, want);
     free(want);
     free(order);
-    tbu_result_free(&r);
-    tbu_rmtree(dir);
+    tu_result_free(&r);
+    tu_rmtree(dir);
     free(script);
     free(log);
     free(spec);
@@ -313,9 +313,9 @@ Test(compare_runs, allocators_are_interleaved_and_repeated, .timeout = 120)
 Test(compare_report, table_chart_and_raw_results_are_written, .timeout = 120)
 {
     check_fake_built();
-    char *dir = tbu_tmpdir(), *out = tbu_fmt("%s/out", dir), *fake = fakealloc();
-    char *spec = tbu_fmt("fake=%s", fake);
-    tbu_result r = compare(NULL, "--allocator", spec, "--allocators", "glibc,fake",
+    char *dir = tu_tmpdir(), *out = tu_fmt("%s/out", dir), *fake = fakealloc();
+    char *spec = tu_fmt("fake=%s", fake);
+    tu_result_t r = compare(NULL, "--allocator", spec, "--allocators", "glibc,fake",
                            "--baseline", "glibc", "--repetitions", "1", "--title", "test run",
                            "--out", out, "--program", "/bin/sh -c 'exit 0'", "--program",
                            "/bin/true", NULL);
@@ -326,28 +326,28 @@ Test(compare_report, table_chart_and_raw_results_are_written, .timeout = 120)
     /* user and system times may be 0 (no ratio then): only their rows are checked */
     const char *cpu_tables[] = { "User CPU time", "System CPU time" };
     for (size_t i = 0; i < 2; i++) {
-        char *g = tbu_md_cell(md, cpu_tables[i], "**geometric mean of ratios**", "glibc");
-        char *v = tbu_md_cell(md, cpu_tables[i], "2. true", "fake");
+        char *g = tu_md_cell(md, cpu_tables[i], "**geometric mean of ratios**", "glibc");
+        char *v = tu_md_cell(md, cpu_tables[i], "2. true", "fake");
         cr_expect(g && v, "%s: no geomean row or no cell", cpu_tables[i]);
         free(g);
         free(v);
     }
     const char *tables[] = { "Wall time", "Peak RSS" };
     for (size_t i = 0; i < 2; i++) {
-        char *g = tbu_md_cell(md, tables[i], "**geometric mean of ratios**", "glibc");
-        char *f = tbu_md_cell(md, tables[i], "**geometric mean of ratios**", "fake");
+        char *g = tu_md_cell(md, tables[i], "**geometric mean of ratios**", "glibc");
+        char *f = tu_md_cell(md, tables[i], "**geometric mean of ratios**", "fake");
         cr_expect(g && strcmp(g, "1.00x") == 0, "%s: glibc geomean %s", tables[i], g ? g : "-");
         cr_expect(f && f[strlen(f) - 1] == 'x', "%s: fake geomean %s", tables[i], f ? f : "-");
-        char *v = tbu_md_cell(md, tables[i], "2. true", "fake");
+        char *v = tu_md_cell(md, tables[i], "2. true", "fake");
         cr_expect(v && strstr(v, "x)"), "%s: cell %s", tables[i], v ? v : "-");
         free(g);
         free(f);
         free(v);
     }
     cr_expect(strstr(md, "![ratios to glibc](compare.png)") != NULL);
-    char *png = tbu_fmt("%s/compare.png", out);
-    cr_expect(tbu_is_png(png), "%s is not a PNG (gnuplot-nox installed?)\n%s", png, r.err);
-    cr_expect(tbu_file_size(png) > 2000, "the chart is suspiciously small");
+    char *png = tu_fmt("%s/compare.png", out);
+    cr_expect(tu_is_png(png), "%s is not a PNG (gnuplot-nox installed?)\n%s", png, r.err);
+    cr_expect(tu_file_size(png) > 2000, "the chart is suspiciously small");
     char *csv = slurp_in(out, "results.csv");
     cr_assert(csv);
     cr_expect(strncmp(csv, "workload,allocator,status,", 26) == 0);
@@ -361,8 +361,8 @@ Test(compare_report, table_chart_and_raw_results_are_written, .timeout = 120)
     free(csv);
     free(png);
     free(md);
-    tbu_result_free(&r);
-    tbu_rmtree(dir);
+    tu_result_free(&r);
+    tu_rmtree(dir);
     free(spec);
     free(fake);
     free(out);
@@ -372,13 +372,13 @@ Test(compare_report, table_chart_and_raw_results_are_written, .timeout = 120)
 Test(compare_allocators, a_known_name_can_be_given_another_library, .timeout = 120)
 {
     check_fake_built();
-    char *dir = tbu_tmpdir(), *out = tbu_fmt("%s/out", dir), *fake = fakealloc();
-    char *spec = tbu_fmt("tieralloc=%s", fake);
+    char *dir = tu_tmpdir(), *out = tu_fmt("%s/out", dir), *fake = fakealloc();
+    char *spec = tu_fmt("tieralloc=%s", fake);
     /* every allocator found runs; tieralloc is the stand-in, in one column */
-    tbu_result r = compare(NULL, "--allocator", spec, "--repetitions", "1", "--no-chart",
+    tu_result_t r = compare(NULL, "--allocator", spec, "--repetitions", "1", "--no-chart",
                            "--out", out, "--", "/bin/true", NULL);
     ASSERT_EXIT(r, 0);
-    char *line = tbu_fmt("found    tieralloc  %s", fake);
+    char *line = tu_fmt("found    tieralloc  %s", fake);
     cr_expect(strstr(r.out, line) != NULL, "%s", r.out);
     char *md = slurp_in(out, "results.md");
     cr_assert(md);
@@ -387,14 +387,14 @@ Test(compare_allocators, a_known_name_can_be_given_another_library, .timeout = 1
     char *header = strndup(hdr + 1, strcspn(hdr + 1, "\n"));
     const char *first = strstr(header, "| tieralloc |");
     cr_expect(first && !strstr(first + 1, "| tieralloc |"), "header: %s", header);
-    char *row = tbu_fmt("| tieralloc | %s |", fake);
+    char *row = tu_fmt("| tieralloc | %s |", fake);
     cr_expect(strstr(md, row) != NULL, "the allocators table does not give %s", fake);
     free(row);
     free(header);
     free(md);
     free(line);
-    tbu_result_free(&r);
-    tbu_rmtree(dir);
+    tu_result_free(&r);
+    tu_rmtree(dir);
     free(spec);
     free(fake);
     free(out);

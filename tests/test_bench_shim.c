@@ -5,7 +5,7 @@
  * and checks what the benchmark functions saw and what google-benchmark
  * reported.  Only deterministic quantities are checked (arguments, threads,
  * iteration counts, counters whose value does not depend on time). */
-#include "test_bench_util.h"
+#include "testutil.h"
 
 #include <criterion/criterion.h>
 #include <pthread.h>
@@ -21,19 +21,19 @@ static char *json_text;
  * the JSON report in json_text */
 static long run_filter(const char *filter, const char *extra)
 {
-    char *dir = tbu_tmpdir();
+    char *dir = tu_tmpdir();
     cr_assert(dir);
     free(json_path);
-    json_path = tbu_fmt("%s/out.json", dir);
-    char *f = tbu_fmt("--benchmark_filter=%s", filter);
-    char *o = tbu_fmt("--benchmark_out=%s", json_path);
+    json_path = tu_fmt("%s/out.json", dir);
+    char *f = tu_fmt("--benchmark_filter=%s", filter);
+    char *o = tu_fmt("--benchmark_out=%s", json_path);
     char *argv[] = { "test_bench_shim", f, o, "--benchmark_out_format=json",
                      "--benchmark_min_time=0.001", (char *)extra, NULL };
     int argc = extra ? 6 : 5;
     long n = tb_run(argc, argv);
     free(json_text);
-    json_text = tbu_slurp(json_path);
-    tbu_rmtree(dir);
+    json_text = tu_slurp(json_path);
+    tu_rmtree(dir);
     free(dir);
     free(f);
     free(o);
@@ -43,7 +43,7 @@ static long run_filter(const char *filter, const char *extra)
 static const char *object(const char *name)
 {
     cr_assert(json_text, "no JSON report");
-    const char *o = tbu_json_object(json_text, name);
+    const char *o = tu_json_object(json_text, name);
     cr_assert(o, "no result named %s in\n%s", name, json_text);
     return o;
 }
@@ -151,7 +151,7 @@ Test(shim, exact_iterations_and_batches)
     cr_expect_eq(n, 1);
     cr_assert_eq(nseen, 1, "an exact iteration count is run once");
     cr_expect_eq(seen[0].loops, 17);
-    cr_expect_eq(tbu_json_number(object("exact/iterations:17"), "iterations"), 17);
+    cr_expect_eq(tu_json_number(object("exact/iterations:17"), "iterations"), 17);
 }
 
 static int64_t batch_calls;
@@ -167,7 +167,7 @@ Test(shim, keep_running_batch)
     tb_bench_iterations(tb_register("batches", bm_batches, NULL), 100);
     run_filter("^batches", NULL);
     cr_expect_eq(batch_calls, 10);
-    cr_expect_eq(tbu_json_number(object("batches/iterations:100"), "iterations"), 100);
+    cr_expect_eq(tu_json_number(object("batches/iterations:100"), "iterations"), 100);
 }
 
 Test(shim, threads_and_thread_indexes)
@@ -228,19 +228,19 @@ Test(shim, counters_items_and_labels)
     tb_bench_threads(tb_bench_iterations(tb_register("counters", bm_counters, NULL), 4), 2);
     run_filter("^counters", NULL);
     const char *o = object("counters/iterations:4/threads:2");
-    cr_expect_eq(tbu_json_number(o, "plain"), 84, "summed over 2 threads");
+    cr_expect_eq(tu_json_number(o, "plain"), 84, "summed over 2 threads");
     /* google-benchmark sums counters and iterations over the threads: 8 iterations */
-    cr_expect_eq(tbu_json_number(o, "iterations"), 8);
-    cr_expect_eq(tbu_json_number(o, "per_iter"), 25);      /* (100+100) / 8 */
-    cr_expect_eq(tbu_json_number(o, "times_iter"), 48);    /* (3+3) * 8 */
-    cr_expect_eq(tbu_json_number(o, "per_thread"), 10);
-    cr_expect_eq(tbu_json_number(o, "bytes"), 2 * (3 << 20));
-    cr_expect_eq(tbu_json_number(o, "sum"), 6);
+    cr_expect_eq(tu_json_number(o, "iterations"), 8);
+    cr_expect_eq(tu_json_number(o, "per_iter"), 25);      /* (100+100) / 8 */
+    cr_expect_eq(tu_json_number(o, "times_iter"), 48);    /* (3+3) * 8 */
+    cr_expect_eq(tu_json_number(o, "per_thread"), 10);
+    cr_expect_eq(tu_json_number(o, "bytes"), 2 * (3 << 20));
+    cr_expect_eq(tu_json_number(o, "sum"), 6);
     cr_expect_eq(got_after_adds, 3.0, "tb_counter_get after two adds: %g", got_after_adds);
-    cr_expect_gt(tbu_json_number(o, "rate"), 0);
-    cr_expect_gt(tbu_json_number(o, "items_per_second"), 0);
-    cr_expect_gt(tbu_json_number(o, "bytes_per_second"), 0);
-    double inv = tbu_json_number(o, "inverted");
+    cr_expect_gt(tu_json_number(o, "rate"), 0);
+    cr_expect_gt(tu_json_number(o, "items_per_second"), 0);
+    cr_expect_gt(tu_json_number(o, "bytes_per_second"), 0);
+    double inv = tu_json_number(o, "inverted");
     cr_expect_eq(inv, 0.125, "1 / (4+4) expected, got %g", inv);
     cr_expect(strstr(o, "\"label\": \"a label\"") != NULL);
 }
@@ -260,7 +260,7 @@ Test(shim, errors_are_reported)
     tb_register("failing", bm_error, NULL);
     run_filter("^failing$", NULL);
     const char *o = object("failing");
-    cr_expect(tbu_json_true(o, "error_occurred"));
+    cr_expect(tu_json_true(o, "error_occurred"));
     cr_expect(strstr(o, "\"error_message\": \"deliberate failure\"") != NULL, "%s", o);
 }
 
@@ -282,7 +282,7 @@ Test(shim, pause_resume_and_units)
     run_filter("^(paused|unit_us)", NULL);
     cr_expect_eq(paused_loops, 6);
     const char *o = object("paused/iterations:5");
-    cr_expect(!tbu_json_true(o, "error_occurred"));
+    cr_expect(!tu_json_true(o, "error_occurred"));
     cr_expect(strstr(o, "\"time_unit\": \"ms\"") != NULL);
     cr_expect(strstr(object("unit_us/iterations:1"), "\"time_unit\": \"us\"") != NULL);
 }

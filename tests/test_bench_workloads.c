@@ -9,7 +9,7 @@
  *  - tools/tieralloc-compare on the benchmark binary writes the table (time
  *    per operation, peak RSS, geometric mean, counters) and the PNG chart.
  * Nothing is timed. */
-#include "test_bench_util.h"
+#include "testutil.h"
 
 #include <criterion/criterion.h>
 
@@ -24,10 +24,10 @@ static const char *const workloads[] = {
 };
 #define NWORKLOADS (sizeof workloads / sizeof workloads[0])
 
-static char *bench(void) { return tbu_fmt("%s/bench/tieralloc-bench", tbu_builddir()); }
+static char *bench(void) { return tu_fmt("%s/bench/tieralloc-bench", tu_build_dir()); }
 static char *tieralloc_lib(void)
 {
-    return tbu_fmt("%s/.libs/libtieralloc.so", tbu_builddir());
+    return tu_fmt("%s/.libs/libtieralloc.so", tu_build_dir());
 }
 
 #define ASSERT_EXIT0(r)                                                                  \
@@ -39,7 +39,7 @@ Test(bench_binary, registers_every_workload)
 {
     char *b = bench();
     char *argv[] = { b, "--benchmark_list_tests=true", NULL };
-    tbu_result r = tbu_run(argv, NULL, NULL, 30);
+    tu_result_t r = tu_run(argv, NULL, NULL, 30);
     ASSERT_EXIT0(r);
     /* the allocator workloads; arena/ ones (scoped arena vs malloc/free) come on top */
     size_t lines = 0;
@@ -52,11 +52,11 @@ Test(bench_binary, registers_every_workload)
     }
     cr_expect_eq(lines, NWORKLOADS, "%zu benchmarks listed:\n%s", lines, r.out);
     for (size_t i = 0; i < NWORKLOADS; i++) {
-        char *line = tbu_fmt("%s\n", workloads[i]);
+        char *line = tu_fmt("%s\n", workloads[i]);
         cr_expect(strstr(r.out, line) != NULL, "%s is not registered", workloads[i]);
         free(line);
     }
-    tbu_result_free(&r);
+    tu_result_free(&r);
     free(b);
 }
 
@@ -64,10 +64,10 @@ Test(bench_binary, rejects_unknown_flags)
 {
     char *b = bench();
     char *argv[] = { b, "--benchmark_no_such_flag=1", NULL };
-    tbu_result r = tbu_run(argv, NULL, NULL, 30);
+    tu_result_t r = tu_run(argv, NULL, NULL, 30);
     cr_expect(!r.timed_out && !r.signaled && r.exit_code != 0, "exit %d", r.exit_code);
     cr_expect(strstr(r.err, "benchmark_no_such_flag") != NULL, "%s", r.err);
-    tbu_result_free(&r);
+    tu_result_free(&r);
     free(b);
 }
 
@@ -75,17 +75,17 @@ Test(bench_binary, rejects_unknown_flags)
  * the JSON report (malloc'd). */
 static char *run_suite(const char *preload)
 {
-    char *dir = tbu_tmpdir(), *b = bench();
-    char *json = tbu_fmt("%s/out.json", dir), *o = tbu_fmt("--benchmark_out=%s", json);
+    char *dir = tu_tmpdir(), *b = bench();
+    char *json = tu_fmt("%s/out.json", dir), *o = tu_fmt("--benchmark_out=%s", json);
     char *argv[] = { b, o, "--benchmark_out_format=json", "--benchmark_min_time=0.002", NULL };
-    char *pre = preload ? tbu_fmt("LD_PRELOAD=%s", preload) : NULL;
+    char *pre = preload ? tu_fmt("LD_PRELOAD=%s", preload) : NULL;
     char *env[] = { pre, NULL };
-    tbu_result r = tbu_run(argv, preload ? env : NULL, NULL, 120);
+    tu_result_t r = tu_run(argv, preload ? env : NULL, NULL, 120);
     ASSERT_EXIT0(r);
-    char *text = tbu_slurp(json);
+    char *text = tu_slurp(json);
     cr_assert(text, "no JSON report");
-    tbu_result_free(&r);
-    tbu_rmtree(dir);
+    tu_result_free(&r);
+    tu_rmtree(dir);
     free(pre);
     free(o);
     free(json);
@@ -96,7 +96,7 @@ static char *run_suite(const char *preload)
 
 static void check_suite(const char *text, const char *malloc_lib)
 {
-    char *mf = tbu_fmt("\"malloc_from\": \"");
+    char *mf = tu_fmt("\"malloc_from\": \"");
     const char *p = strstr(text, mf);
     cr_assert(p, "no malloc_from in the context");
     p += strlen(mf);
@@ -107,21 +107,21 @@ static void check_suite(const char *text, const char *malloc_lib)
     free(mf);
     cr_expect(strstr(text, "\"error_occurred\": true") == NULL, "a workload failed:\n%s", text);
     for (size_t i = 0; i < NWORKLOADS; i++) {
-        const char *o = tbu_json_object(text, workloads[i]);
+        const char *o = tu_json_object(text, workloads[i]);
         cr_assert(o, "%s did not run", workloads[i]);
-        double ips = tbu_json_number(o, "items_per_second");
+        double ips = tu_json_number(o, "items_per_second");
         cr_expect(ips > 0, "%s: items_per_second %g", workloads[i], ips);
     }
-    const char *m = tbu_json_object(text, "memory/iterations:1");
-    double peak = tbu_json_number(m, "peak_rss"), live = tbu_json_number(m, "live_peak");
-    double start = tbu_json_number(m, "rss_start"), freed = tbu_json_number(m, "rss_after_free");
-    double trimmed = tbu_json_number(m, "rss_after_trim");
+    const char *m = tu_json_object(text, "memory/iterations:1");
+    double peak = tu_json_number(m, "peak_rss"), live = tu_json_number(m, "live_peak");
+    double start = tu_json_number(m, "rss_start"), freed = tu_json_number(m, "rss_after_free");
+    double trimmed = tu_json_number(m, "rss_after_trim");
     cr_expect(live > 40e6, "live_peak %g", live);
     cr_expect(peak >= live, "peak RSS %g below the live bytes %g", peak, live);
     cr_expect(start > 0 && freed > 0 && trimmed > 0, "RSS counters %g %g %g", start, freed,
               trimmed);
     cr_expect(peak >= freed && peak >= trimmed);
-    double shared = tbu_json_number(tbu_json_object(text, "false_sharing/real_time/threads:2"),
+    double shared = tu_json_number(tu_json_object(text, "false_sharing/real_time/threads:2"),
                                     "shared_lines");
     cr_expect(shared >= 0 && shared <= 16, "shared_lines %g (of 16 rounds)", shared);
 }
@@ -145,27 +145,27 @@ Test(bench_binary, every_workload_runs_under_tieralloc, .timeout = 120)
 
 Test(bench_compare, table_and_chart_from_the_benchmarks, .timeout = 120)
 {
-    char *dir = tbu_tmpdir(), *out = tbu_fmt("%s/out", dir), *b = bench();
-    char *lib = tieralloc_lib(), *spec = tbu_fmt("tieralloc=%s", lib);
-    char *tool = tbu_fmt("%s/tools/tieralloc-compare", tbu_srcdir());
+    char *dir = tu_tmpdir(), *out = tu_fmt("%s/out", dir), *b = bench();
+    char *lib = tieralloc_lib(), *spec = tu_fmt("tieralloc=%s", lib);
+    char *tool = tu_fmt("%s/tools/tieralloc-compare", tu_src_dir());
     char *argv[] = { tool, "--bench", b, "--filter", "^(fastpath/size:64|memory)", "--min-time",
                      "0.002", "--repetitions", "1", "--allocators", "glibc,tieralloc",
                      "--allocator", spec, "--baseline", "glibc", "--out", out, NULL };
-    tbu_result r = tbu_run(argv, NULL, NULL, 110);
+    tu_result_t r = tu_run(argv, NULL, NULL, 110);
     ASSERT_EXIT0(r);
-    char *mdp = tbu_fmt("%s/results.md", out);
-    char *md = tbu_slurp(mdp);
+    char *mdp = tu_fmt("%s/results.md", out);
+    char *md = tu_slurp(mdp);
     cr_assert(md, "no results.md");
     const char *tables[] = { "Time per operation", "Peak RSS" };
     for (int t = 0; t < 2; t++) {
-        char *g = tbu_md_cell(md, tables[t], "**geometric mean of ratios**", "glibc");
+        char *g = tu_md_cell(md, tables[t], "**geometric mean of ratios**", "glibc");
         cr_expect(g && strcmp(g, "1.00x") == 0, "%s: glibc geomean %s", tables[t], g ? g : "-");
-        char *tg = tbu_md_cell(md, tables[t], "**geometric mean of ratios**", "tieralloc");
+        char *tg = tu_md_cell(md, tables[t], "**geometric mean of ratios**", "tieralloc");
         cr_expect(tg && tg[strlen(tg) - 1] == 'x', "%s: tieralloc geomean %s", tables[t],
                   tg ? tg : "-");
         const char *rows[] = { "fastpath/size:64", "memory" };
         for (int i = 0; i < 2; i++) {
-            char *c = tbu_md_cell(md, tables[t], rows[i], "tieralloc");
+            char *c = tu_md_cell(md, tables[t], rows[i], "tieralloc");
             cr_expect(c && strstr(c, "x)") && !strstr(c, "FAILED"), "%s / %s: %s", tables[t],
                       rows[i], c ? c : "-");
             free(c);
@@ -173,17 +173,17 @@ Test(bench_compare, table_and_chart_from_the_benchmarks, .timeout = 120)
         free(g);
         free(tg);
     }
-    char *peak = tbu_md_cell(md, "Counters of memory", "peak_rss", "tieralloc");
+    char *peak = tu_md_cell(md, "Counters of memory", "peak_rss", "tieralloc");
     cr_expect(peak && strstr(peak, "MiB"), "memory counters: %s", peak ? peak : "-");
     cr_expect(strstr(md, "libtieralloc.so") != NULL, "malloc_from not reported");
-    char *png = tbu_fmt("%s/compare.png", out);
-    cr_expect(tbu_is_png(png), "no PNG chart:\n%s", r.err);
+    char *png = tu_fmt("%s/compare.png", out);
+    cr_expect(tu_is_png(png), "no PNG chart:\n%s", r.err);
     free(png);
     free(peak);
     free(md);
     free(mdp);
-    tbu_result_free(&r);
-    tbu_rmtree(dir);
+    tu_result_free(&r);
+    tu_rmtree(dir);
     free(tool);
     free(spec);
     free(lib);

@@ -1,13 +1,20 @@
-/* testutil.h: helpers shared by the API, misuse, stress and process tests.
+/* testutil.h: the one helper library of the tests (every test includes it).
  *
  *  - tu_rss_bytes():   resident set size of this process, from /proc/self/statm
  *  - tu_run_child():   run a function in a forked child, capturing its stdout and
- *                      stderr and how it ended (exit code, signal, or timeout)
+ *                      stderr (up to 16 KiB each) and how it ended (exit code,
+ *                      signal, or timeout)
  *  - tu_run_exec():    the same for another program (execve)
+ *  - tu_run():         run a program found in PATH, in a directory, with extra
+ *                      environment entries; output of any length (malloc'd)
  *  - tu_wait_pid():    waitpid with a time limit (kills the child on timeout)
- *  - tu_lib_path():    $TA_BUILDDIR/.libs/libtieralloc.so
+ *  - tu_lib_path(), tu_build_path(), tu_build_dir(), tu_src_dir(): the build
+ *                      ($TA_BUILDDIR) and source ($TA_SRCDIR) trees
+ *  - tu_slurp(), tu_file_size(), tu_tmpdir(), tu_rmtree(), tu_fmt(): files, text
+ *  - tu_json_number(), tu_md_cell(), tu_is_png(): reading the bench tools' output
  *  - tu_fill()/tu_check(): a content pattern derived from (address, size, seed)
  *  - tu_rand():        a small deterministic PRNG
+ *  - tu_expect_abort(): misuse in a child must abort with one diagnostic
  *
  * Everything is static: each test binary includes this header once. */
 #ifndef TA_TESTUTIL_H
@@ -19,15 +26,18 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -142,10 +152,12 @@ TU_FN size_t tu_check(const void *p, size_t n, uint64_t seed) {
 }
 
 /* ---- paths ------------------------------------------------------------------ */
-TU_FN const char *tu_build_dir(void) {
-    const char *d = getenv("TA_BUILDDIR");
+TU_FN const char *tu_env_dir(const char *var) {
+    const char *d = getenv(var);
     return d && *d ? d : ".";
 }
+TU_FN const char *tu_build_dir(void) { return tu_env_dir("TA_BUILDDIR"); }
+TU_FN const char *tu_src_dir(void) { return tu_env_dir("TA_SRCDIR"); }
 
 /* The built shared library (libtool puts it under .libs). */
 TU_FN const char *tu_lib_path(void) {
@@ -185,6 +197,7 @@ TU_FN int tu_wait_pid(pid_t pid, unsigned timeout_ms, int *status) {
         if (r == pid) return 0;
         if (r < 0 && errno != EINTR) return 0;
         if (tu_now_ms() >= deadline) {
+            kill(-pid, SIGKILL); /* its process group, when it leads one (tu_run) */
             kill(pid, SIGKILL);
             while (waitpid(pid, status, 0) < 0 && errno == EINTR) {
             }
@@ -394,6 +407,216 @@ TU_FN void tu_expect_abort(void (*fn)(void *), const char *what, int need_addr) 
     if (need_addr) cr_assert_neq(addr, NULL, "the child did not report the address");
     if (addr) cr_assert(tu_has_addr(line, addr), "diagnostic does not name %p: %s", addr, line);
     if (what) cr_assert(strstr(line, what) != NULL, "diagnostic lacks \"%s\": %s", what, line);
+}
+
+/* ---- files, and programs with output of any length (the bench tests) ------ */
+/* What tu_run saw. */
+typedef struct tu_result {
+    int exit_code; /* valid if !signaled and !timed_out */
+    int signo;     /* valid if signaled */
+    bool signaled, timed_out;
+    char *out; /* stdout, NUL-terminated (malloc'd) */
+    char *err; /* stderr, NUL-terminated (malloc'd) */
+} tu_result_t;
+
+TU_FN char *tu_slurp(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    size_t n;
+    while (buf && (n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
+        len += n;
+        if (cap - len < 2) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+        }
+    }
+    fclose(f);
+    if (buf) buf[len] = '\0';
+    return buf;
+}
+
+TU_FN size_t tu_file_size(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 ? (size_t)st.st_size : 0;
+}
+
+TU_FN int tu_rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    remove(path);
+    return 0;
+}
+
+TU_FN void tu_rmtree(const char *dir) {
+    if (dir && *dir) nftw(dir, tu_rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* a new scratch directory (malloc'd path) */
+TU_FN char *tu_tmpdir(void) {
+    char *t = strdup("/tmp/tieralloc-test-bench-XXXXXX");
+    if (!t || !mkdtemp(t)) {
+        free(t);
+        return NULL;
+    }
+    return t;
+}
+
+/* printf into a malloc'd string */
+TU_FN char *tu_fmt(const char *fmt, ...) {
+    va_list ap;
+    char *s = NULL;
+    va_start(ap, fmt);
+    if (vasprintf(&s, fmt, ap) < 0) s = NULL;
+    va_end(ap);
+    return s;
+}
+
+/* Run argv (NULL-terminated; argv[0] searched in PATH) in dir (NULL: here),
+ * with the extra environment entries in env (NULL-terminated "K=V", may be
+ * NULL), in a process group of its own.  Its output goes to files, so it may
+ * be of any length; killed (with its group) after timeout_s seconds. */
+TU_FN tu_result_t tu_run(char *const argv[], char *const env[], const char *dir, int timeout_s) {
+    tu_result_t r = {0};
+    char outp[] = "/tmp/tieralloc-test-out-XXXXXX", errp[] = "/tmp/tieralloc-test-err-XXXXXX";
+    int fo = mkstemp(outp), fe = mkstemp(errp);
+    if (fo < 0 || fe < 0) {
+        r.timed_out = true;
+        return r;
+    }
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        setpgid(0, 0);
+        int devnull = open("/dev/null", O_RDONLY);
+        dup2(devnull, 0);
+        dup2(fo, 1);
+        dup2(fe, 2);
+        for (size_t i = 0; env && env[i]; i++) putenv(env[i]);
+        if (dir && chdir(dir) != 0) _exit(126);
+        execvp(argv[0], argv);
+        fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    int status = 0;
+    r.timed_out = tu_wait_pid(pid, (unsigned)timeout_s * 1000u, &status) != 0;
+    if (!r.timed_out) {
+        r.signaled = WIFSIGNALED(status);
+        r.signo = r.signaled ? WTERMSIG(status) : 0;
+        r.exit_code = r.signaled ? 0 : WEXITSTATUS(status);
+    }
+    close(fo);
+    close(fe);
+    r.out = tu_slurp(outp);
+    r.err = tu_slurp(errp);
+    unlink(outp);
+    unlink(errp);
+    if (!r.out) r.out = strdup("");
+    if (!r.err) r.err = strdup("");
+    return r;
+}
+
+TU_FN void tu_result_free(tu_result_t *r) {
+    free(r->out);
+    free(r->err);
+    r->out = r->err = NULL;
+}
+
+/* The JSON text of google-benchmark's object whose "name" is name: a pointer
+ * to its "name" key, or NULL.  The object ends at the next "name" key. */
+TU_FN const char *tu_json_object(const char *json, const char *name) {
+    char *needle = tu_fmt("\"name\": \"%s\"", name);
+    const char *p = needle ? strstr(json, needle) : NULL;
+    free(needle);
+    return p;
+}
+
+/* The number after "key": inside the object at obj (up to the next object);
+ * NAN if it is not there. */
+TU_FN double tu_json_number(const char *obj, const char *key) {
+    if (!obj) return __builtin_nan("");
+    const char *end = strstr(obj + 1, "\"name\": \"");
+    char *needle = tu_fmt("\"%s\": ", key);
+    const char *p = needle ? strstr(obj, needle) : NULL;
+    double v = __builtin_nan("");
+    if (p && (!end || p < end)) {
+        p += strlen(needle);
+        char *e;
+        double x = strtod(p, &e);
+        if (e != p) v = x;
+    }
+    free(needle);
+    return v;
+}
+
+/* true if "key": true appears in the object at obj */
+TU_FN bool tu_json_true(const char *obj, const char *key) {
+    if (!obj) return false;
+    const char *end = strstr(obj + 1, "\"name\": \"");
+    char *needle = tu_fmt("\"%s\": true", key);
+    const char *p = needle ? strstr(obj, needle) : NULL;
+    free(needle);
+    return p && (!end || p < end);
+}
+
+/* Split a Markdown table row "| a | b |" into at most max trimmed cells (in
+ * place); returns the count. */
+TU_FN int tu_md_split(char *line, char **cells, int max) {
+    int n = 0;
+    char *s = strchr(line, '|'), *tok;
+    if (!s) return 0;
+    s++;
+    while (n < max && (tok = strsep(&s, "|")) != NULL && s != NULL) {
+        while (*tok == ' ') tok++;
+        char *e = tok + strlen(tok);
+        while (e > tok && e[-1] == ' ') *--e = '\0';
+        cells[n++] = tok;
+    }
+    return n;
+}
+
+/* The cell of the table under the heading that starts with "## heading" whose
+ * row starts with row_label and whose column is column (malloc'd), or NULL. */
+TU_FN char *tu_md_cell(const char *md, const char *heading, const char *row_label, const char *column) {
+    char *h = tu_fmt("## %s", heading);
+    const char *sec = h ? strstr(md, h) : NULL;
+    free(h);
+    if (!sec) return NULL;
+    const char *next = strstr(sec + 3, "\n## ");
+    /* the header row: the first line of the section that starts with "| " */
+    const char *hdr = strstr(sec, "\n| ");
+    if (!hdr || (next && hdr > next)) return NULL;
+    hdr++;
+    char *hline = strndup(hdr, strcspn(hdr, "\n"));
+    char *cells[64];
+    int nh = tu_md_split(hline, cells, 64), col = -1;
+    for (int i = 0; i < nh; i++)
+        if (strcmp(cells[i], column) == 0) col = i;
+    char *found = NULL;
+    const char *line = hdr;
+    while (col >= 0 && (line = strchr(line, '\n')) && (!next || line < next)) {
+        line++;
+        if (strncmp(line, "| ", 2) != 0) continue;
+        char *l = strndup(line, strcspn(line, "\n"));
+        char *rc[64];
+        int nr = tu_md_split(l, rc, 64);
+        if (nr > col && strcmp(rc[0], row_label) == 0) found = strdup(rc[col]);
+        free(l);
+        if (found) break;
+    }
+    free(hline);
+    return found;
+}
+
+TU_FN bool tu_is_png(const char *path) {
+    static const unsigned char sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    unsigned char buf[8];
+    FILE *f = fopen(path, "rb");
+    if (!f) return false;
+    size_t n = fread(buf, 1, 8, f);
+    fclose(f);
+    return n == 8 && memcmp(buf, sig, 8) == 0;
 }
 
 #endif
