@@ -79,7 +79,9 @@ static size_t block_size(const void *p, ptr_class_t c, const char *op) {
     case PTR_SMALL: return ta_class[c.cls].size;
     case PTR_LARGE: return ta_span_bytes(c.span);
     case PTR_SCOPED: return ta_arena_usable_size(p, c.span);
-    default: bad_class(c.kind, p, op);
+    default:
+        if (c.kind == PTR_FOREIGN && ta_boot_size(p)) return ta_boot_size(p);
+        bad_class(c.kind, p, op);
     }
     return 0;
 }
@@ -87,7 +89,7 @@ static size_t block_size(const void *p, ptr_class_t c, const char *op) {
 /* ---- large blocks ---------------------------------------------------------- */
 /* A large block; growable: it is being grown by realloc (see ta_pageheap_alloc_growable). */
 static void *alloc_span_for(size_t size, size_t align, bool zero, bool growable) {
-    ta_ensure_init();
+    if (!ta_ensure_init()) return ta_boot_alloc(size, align);
     if (size > TA_MAX_REQUEST || align > TA_MAX_REQUEST) return ta_fail_nomem();
     uintptr_t npages = (size + TA_PAGE_SIZE - 1) >> TA_PAGE_SHIFT;
     if (!npages) npages = 1;
@@ -111,7 +113,7 @@ void *ta_alloc_large(size_t size, size_t align, bool zero) {
 
 /* ---- small blocks: the slow paths ------------------------------------------ */
 TA_NOINLINE void *ta_alloc_small_slow(size_t n, uint32_t cls) {
-    ta_ensure_init();
+    if (!ta_ensure_init()) return ta_boot_alloc(n, TA_ALIGN);
     if (!cls) cls = ta_size_to_class(n); /* tables were empty before init */
     uint8_t *state;
     void *p = ta_fe_pop(cls, &state); /* the cache may be another one now */
@@ -126,7 +128,7 @@ TA_NOINLINE void *ta_alloc_small_slow(size_t n, uint32_t cls) {
  * sampled block gets a span of its own: its pagemap info is 0, so free() finds
  * it on the slow path it already takes for large blocks. */
 TA_NOINLINE void *ta_alloc_sample_slow(size_t n, uint32_t cls) {
-    ta_ensure_init();
+    if (!ta_ensure_init()) return ta_boot_alloc(n, TA_ALIGN);
     if (!cls) cls = ta_size_to_class(n); /* tables were empty before init */
     if (ta_sample_tick(n)) {
         void *p = alloc_span(n, 0, false);
@@ -161,7 +163,9 @@ TA_NOINLINE void ta_free_slow(void *p, uint64_t info) {
         if (err) bad_pointer(err, p);
         return;
     }
-    default: bad_class(c.kind, p, NULL);
+    default:
+        if (c.kind == PTR_FOREIGN && ta_boot_size(p)) return; /* made during init: kept */
+        bad_class(c.kind, p, NULL);
     }
 }
 
@@ -207,6 +211,7 @@ void *ta_impl_realloc(void *p, size_t n) {
     if (TA_UNLIKELY(c.kind == PTR_SCOPED)) return ta_arena_realloc(p, c.span, n); /* scoped: to the heap */
     size_t old = block_size(p, c, "realloc");
     if (n > TA_MAX_REQUEST) return ta_fail_nomem();
+    if (TA_UNLIKELY(c.kind == PTR_FOREIGN)) return realloc_move(p, old, n); /* made during init */
     if (c.kind == PTR_SMALL) {
         /* keep the block when the new size still fits and wastes < half */
         if (n <= old && n > old / 2) return p;
@@ -253,7 +258,7 @@ void *ta_impl_reallocarray(void *p, size_t n, size_t size) {
 void *ta_alloc_aligned(size_t align, size_t n) {
     if (align <= TA_ALIGN) return ta_do_malloc(n);
     if (n > TA_MAX_REQUEST || align > TA_MAX_REQUEST) return ta_fail_nomem();
-    ta_ensure_init();
+    if (!ta_ensure_init()) return ta_boot_alloc(n, align);
     if (align <= TA_PAGE_SIZE && n <= TA_MAX_SMALL) {
         /* a class whose size is a multiple of align: spans start on pages, so
          * every object of it is aligned */
@@ -265,8 +270,12 @@ void *ta_alloc_aligned(size_t align, size_t n) {
 
 void *ta_impl_memalign(size_t align, size_t n) {
     if (!ta_is_pow2(align)) {
-        /* glibc rounds a non-power-of-two alignment up */
-        if (align > ((size_t)1 << 62)) return ta_fail_nomem();
+        /* glibc rounds a non-power-of-two alignment up, and refuses one that
+         * cannot be rounded (above 2^63) with EINVAL */
+        if (align > SIZE_MAX / 2 + 1) {
+            errno = EINVAL;
+            return NULL;
+        }
         size_t a = 1;
         while (a < align) a <<= 1;
         align = a;
@@ -317,7 +326,7 @@ void ta_impl_free_aligned_sized(void *p, size_t align, size_t size) {
 
 int ta_impl_malloc_trim(size_t pad) {
     (void)pad;
-    ta_ensure_init();
+    if (!ta_ensure_init()) return 0;
     ta_arena_trim_current();
     ta_pcache_flush_current();
     ta_pcache_drain_all();

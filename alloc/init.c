@@ -12,9 +12,37 @@
 
 volatile int ta_inited;
 static ta_lock_t init_lock = TA_LOCK_INIT(TA_RANK_INIT);
+static __thread bool initialising; /* this thread is inside ta_init_slow */
 
-void ta_init_slow(void) {
+/* Allocations made while this very thread initialises (a sanitizer's
+ * runtime, or libc, calling malloc from a function init calls) cannot wait
+ * for init: they get bump-allocated blocks from a static buffer, with a
+ * 16-byte header holding the size; free ignores them, realloc copies them. */
+static char boot_buf[256 << 10] __attribute__((aligned(64)));
+static size_t boot_used;
+
+void *ta_boot_alloc(size_t n, size_t align) {
+    if (align < 16) align = 16;
+    for (;;) {
+        size_t used = __atomic_load_n(&boot_used, __ATOMIC_RELAXED);
+        size_t start = (used + 16 + align - 1) & ~(align - 1);
+        if (n > sizeof boot_buf || start + n > sizeof boot_buf) return NULL;
+        if (__atomic_compare_exchange_n(&boot_used, &used, start + n, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+            *(size_t *)(boot_buf + start - 16) = n;
+            return boot_buf + start; /* static storage: already zero */
+        }
+    }
+}
+
+size_t ta_boot_size(const void *p) {
+    if ((const char *)p < boot_buf || (const char *)p >= boot_buf + sizeof boot_buf) return 0;
+    return *(const size_t *)((const char *)p - 16);
+}
+
+bool ta_init_slow(void) {
+    if (initialising) return false; /* re-entered from inside init: the caller uses ta_boot_alloc */
     ta_lock(&init_lock);
+    initialising = true;
     if (!ta_inited) {
         ta_config_init();
         ta_sizeclass_init();
@@ -24,7 +52,9 @@ void ta_init_slow(void) {
         ta_sample_init();
         __atomic_store_n(&ta_inited, 1, __ATOMIC_RELEASE);
     }
+    initialising = false;
     ta_unlock(&init_lock);
+    return true;
 }
 
 static void fork_prepare(void) {

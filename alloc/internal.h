@@ -472,10 +472,14 @@ void ta_sample_unlock_all(bool child);
 
 /* ---- init.c: process start and fork (called from the API only) --------- */
 extern volatile int ta_inited;
-void ta_init_slow(void);
-static inline void ta_ensure_init(void) {
-    if (TA_UNLIKELY(!ta_inited)) ta_init_slow();
-}
+/* Initialise (once); false when called again from inside initialisation by
+ * the same thread, which must then allocate with ta_boot_alloc. */
+bool ta_init_slow(void);
+static inline bool ta_ensure_init(void) { return TA_LIKELY(ta_inited) || ta_init_slow(); }
+/* A block from the static bootstrap buffer (zeroed; NULL when it is spent),
+ * and the size of such a block (0 for any other pointer). */
+void *ta_boot_alloc(size_t n, size_t align);
+size_t ta_boot_size(const void *p);
 
 /* ---- api.c: for tier 0 --------------------------------------------------- */
 /* A heap block of n bytes (align: 0 or a power of two; zero: cleared), as the

@@ -57,17 +57,12 @@ TA_ALIAS(__libc_free_aligned_sized, free_aligned_sized);
 TA_ALIAS(__malloc_trim, malloc_trim);
 #pragma GCC diagnostic pop
 
-/* mallopt: glibc's tunables mean nothing here; accept the ones glibc knows
- * (1), refuse others (0), as glibc does for unknown parameters. */
+/* mallopt: glibc's tunables mean nothing here; answer as glibc 2.36 does: 1
+ * (success) for every parameter, known or not, except M_MXFAST with a value
+ * outside 0..160 (its MAX_FAST_SIZE on 64-bit), which it refuses with 0. */
 static int do_mallopt(int param, int value) {
-    (void)value;
-    switch (param) {
-    case M_MXFAST: case M_TRIM_THRESHOLD: case M_TOP_PAD: case M_MMAP_THRESHOLD:
-    case M_MMAP_MAX: case M_CHECK_ACTION: case M_PERTURB: case M_ARENA_TEST: case M_ARENA_MAX:
-        return 1;
-    default:
-        return 0;
-    }
+    if (param == M_MXFAST && (value < 0 || value > 80 * (int)sizeof(size_t) / 4)) return 0;
+    return 1;
 }
 TA_EXPORT int mallopt(int param, int value) { return do_mallopt(param, value); }
 TA_EXPORT int __libc_mallopt(int param, int value) { return do_mallopt(param, value); }
@@ -97,10 +92,7 @@ TA_ALIAS(__libc_mallinfo, mallinfo);
 TA_EXPORT void malloc_stats(void) { ta_stats_write_text(2); }
 
 TA_EXPORT int malloc_info(int options, FILE *fp) {
-    if (options != 0) {
-        errno = EINVAL;
-        return -1;
-    }
+    if (options != 0) return EINVAL; /* as glibc: the error as the result, errno untouched */
     return ta_stats_write_xml(fp);
 }
 

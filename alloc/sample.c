@@ -268,6 +268,7 @@ static bucket_t *bucket_for(void *const *st, uint32_t depth) {
         if (b->hash == h && b->depth == depth && memcmp(b->stack, st, depth * sizeof(void *)) == 0)
             return b;
     bucket_t *b = ta_meta_alloc(sizeof *b);
+    if (!b) return NULL; /* out of memory for metadata: this block is not recorded */
     b->hash = h;
     b->depth = depth;
     memcpy(b->stack, st, depth * sizeof(void *));
@@ -295,7 +296,15 @@ void ta_sample_record(void *p, size_t n, void *frame) {
         rec_free = r->next_free;
     else
         r = ta_meta_alloc(sizeof *r);
-    bucket_t *b = bucket_for(stack, depth);
+    bucket_t *b = r ? bucket_for(stack, depth) : NULL;
+    if (!b) { /* out of memory for metadata: the block stays, unrecorded */
+        if (r) {
+            r->next_free = rec_free;
+            rec_free = r;
+        }
+        ta_unlock(&sample_lock);
+        return;
+    }
     r->next_free = NULL;
     r->b = b;
     r->ptr = p;

@@ -824,7 +824,7 @@ Test(api, malloc_trim_returns_0_or_1_and_memory_stays_usable) {
     cr_assert(r == 0 || r == 1, "malloc_trim(1 MiB) returned %d", r);
 }
 
-Test(api, mallopt_accepts_known_parameters_only) {
+Test(api, mallopt_accepts_parameters_as_glibc_does) {
     cr_assert_eq(mallopt(M_TRIM_THRESHOLD, 128 * 1024), 1);
     cr_assert_eq(mallopt(M_TOP_PAD, 0), 1);
     cr_assert_eq(mallopt(M_MMAP_THRESHOLD, 256 * 1024), 1);
@@ -832,8 +832,7 @@ Test(api, mallopt_accepts_known_parameters_only) {
     cr_assert_eq(mallopt(M_ARENA_MAX, 4), 1);
     cr_assert_eq(mallopt(M_ARENA_TEST, 8), 1);
     cr_assert_eq(mallopt(M_PERTURB, 0), 1);
-    cr_assert_eq(mallopt(12345, 1), 0, "mallopt accepted an unknown parameter");
-    cr_assert_eq(mallopt(-12345, 1), 0, "mallopt accepted an unknown parameter");
+    cr_assert_eq(mallopt(-12345, 1), 1, "glibc 2.36 returns 1 for an unknown parameter");
     void *p = malloc(1000);
     cr_assert(ta_owns(p));
     free(p);
@@ -870,9 +869,31 @@ Test(api, malloc_info_writes_xml_and_rejects_options) {
     if (strncmp(s, "<?xml", 5) == 0) s = strchr(s, '>') + 1; /* an XML declaration is fine */
     while (*s == ' ' || *s == '\n') s++;
     cr_assert(strncmp(s, "<malloc", 7) == 0, "malloc_info output does not start with <malloc: %.80s", buf);
-    errno = 0;
-    cr_assert_eq(malloc_info(1, f), -1, "malloc_info(1, f) should fail as glibc's does");
-    cr_assert_eq(errno, EINVAL);
+    cr_assert_eq(malloc_info(1, f), EINVAL, "malloc_info(1, f) should fail as glibc's does");
     fclose(f);
     free(p);
+}
+
+/* glibc 2.36's answers, which programs test for: mallopt accepts every
+ * parameter but an out-of-range M_MXFAST; malloc_info returns EINVAL for
+ * options != 0; memalign refuses an alignment above 2^63 with EINVAL. */
+Test(api, conformance_details_match_glibc) {
+    cr_assert_eq(mallopt(M_TRIM_THRESHOLD, 1 << 20), 1);
+    cr_assert_eq(mallopt(12345, 1), 1, "an unknown parameter: glibc returns 1");
+    cr_assert_eq(mallopt(M_MXFAST, 64), 1);
+    cr_assert_eq(mallopt(M_MXFAST, 100000), 0, "M_MXFAST out of range: glibc returns 0");
+    FILE *f = fopen("/dev/null", "w");
+    cr_assert_not_null(f);
+    errno = 0;
+    cr_assert_eq(malloc_info(1, f), EINVAL);
+    cr_assert_eq(errno, 0);
+    cr_assert_eq(malloc_info(0, f), 0);
+    fclose(f);
+    errno = 0;
+    cr_assert_null(memalign(tu_hide_size(SIZE_MAX), 1));
+    cr_assert_eq(errno, EINVAL, "memalign(SIZE_MAX, 1): errno %d, glibc gives EINVAL", errno);
+    errno = 0;
+    void *p = memalign(tu_hide_size(((size_t)1 << 40) + 1), 1);
+    cr_assert_null(p);
+    cr_assert_eq(errno, ENOMEM);
 }
