@@ -182,7 +182,10 @@ static void write_text(ta_out_t *o, const struct ta_stats *s) {
     mem_row(o, "  small blocks (class sizes)", s->small_inuse_bytes);
     ta_format(name, sizeof name, "  large blocks (%llu, pages)", (unsigned long long)s->large_inuse_blocks);
     mem_row(o, name, s->large_inuse_bytes);
-    ta_format(name, sizeof name, "thread caches (%llu threads)", (unsigned long long)s->threads);
+    if (ta_fe.percpu)
+        ta_format(name, sizeof name, "CPU caches (%llu CPUs, rseq)", (unsigned long long)s->threads);
+    else
+        ta_format(name, sizeof name, "thread caches (%llu threads)", (unsigned long long)s->threads);
     mem_row(o, name, s->thread_cache_bytes);
     mem_row(o, "central transfer caches", s->central_bytes);
     mem_row(o, "free in spans of size classes", s->span_free_bytes);
@@ -195,7 +198,7 @@ static void write_text(ta_out_t *o, const struct ta_stats *s) {
     mem_row(o, "mapped from the OS", s->mapped_bytes);
     ta_out_put(o, "\n", 1);
     ta_out_printf(o, "Activity by tier\n");
-    ta_out_printf(o, "  thread caches      alloc misses (refills) %llu, free misses (flushes) %llu\n",
+    ta_out_printf(o, "  tier-1 caches      alloc misses (refills) %llu, free misses (flushes) %llu\n",
                (unsigned long long)s->cache_alloc_misses_total, (unsigned long long)s->cache_free_misses_total);
     ta_out_printf(o, "  transfer caches    hits %llu, misses %llu\n", (unsigned long long)s->transfer_hits_total,
                (unsigned long long)s->transfer_misses_total);

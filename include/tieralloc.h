@@ -63,7 +63,7 @@ int ta_owns(const void *p);
  *
  *   mapped_bytes - released_bytes ==
  *       inuse_bytes                  blocks the program holds (small + large)
- *     + thread_cache_bytes           free blocks in per-thread caches
+ *     + thread_cache_bytes           free blocks in tier-1 caches (per CPU, or per thread)
  *     + central_bytes                free blocks in central transfer caches
  *     + span_free_bytes              free blocks inside spans of size classes
  *     + span_tail_bytes              span ends too short for another block
@@ -130,7 +130,8 @@ struct ta_stats {
     uint64_t pageheap_coalesces_total;
     uint64_t os_mmap_total, os_munmap_total, os_madvise_total; /* system calls */
     uint64_t os_released_bytes_total; /* bytes given back with madvise, in all */
-    uint64_t threads;                 /* threads with a cache now */
+    uint64_t threads;                 /* tier-1 caches in use now: CPUs (per-CPU caches over
+                                         rseq, the default) or threads (TIERALLOC_PERCPU=0) */
     /* sampling (TIERALLOC_SAMPLE_BYTES) */
     uint64_t sample_rate;             /* mean bytes between samples; 0 = sampling off */
     uint64_t samples_total;           /* allocations sampled */
