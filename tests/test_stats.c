@@ -473,7 +473,7 @@ Test(stats, text_report_has_the_tiers_and_the_classes) {
     cr_assert_eq(number_after(text, "mapped from the OS"), a.mapped_bytes);
     cr_assert_eq(number_after(text, "= mapped - released"), a.mapped_bytes - a.released_bytes);
     cr_assert_eq(number_after(text, "metadata"), a.metadata_bytes);
-    const char *words[] = {"thread caches", "central transfer caches", "page heap", "Activity by tier",
+    const char *words[] = {"caches (", "central transfer caches", "page heap", "Activity by tier",
                            "transfer caches", "OS ", "sampling", "Size classes"};
     for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
         cr_assert_not_null(strstr(text, words[i]), "no \"%s\" in the report:\n%s", words[i], text);
