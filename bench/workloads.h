@@ -58,6 +58,7 @@ const char *bench_malloc_origin(void);
 void bench_register_single(void);   /* bench_single.c */
 void bench_register_threads(void);  /* bench_threads.c */
 void bench_register_memory(void);   /* bench_memory.c */
+void bench_register_shapes(void);   /* bench_shapes.c */
 void bench_register_arena(void);    /* arena_bench.c: only when tieralloc is preloaded */
 
 #endif
