@@ -92,6 +92,9 @@ Test(compare_args, bad_values_are_errors)
         { "--filter", "(", NULL, "regular expression" },
         { "--", NULL, NULL, "nothing after" },
         { "--allocators", ",", "--list", "empty" },
+        { "--suite", "nosuch", NULL, "invalid choice" },
+        { "--suite", "programs", "--bench=/bin/true", "runs its own programs" },
+        { "--workload-budget", "-1", NULL, "0 or more" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         tbu_result r = compare(NULL, cases[i].a, cases[i].b, cases[i].c, NULL);
@@ -393,6 +396,107 @@ Test(compare_allocators, a_known_name_can_be_given_another_library, .timeout = 1
     free(header);
     free(md);
     free(line);
+    tbu_result_free(&r);
+    tbu_rmtree(dir);
+    free(spec);
+    free(fake);
+    free(out);
+    free(dir);
+}
+
+Test(compare_runs, a_workload_over_its_budget_is_not_repeated, .timeout = 120)
+{
+    check_fake_built();
+    char *dir = tbu_tmpdir(), *out = tbu_fmt("%s/out", dir), *fake = fakealloc();
+    char *spec = tbu_fmt("fake=%s", fake), *log = tbu_fmt("%s/order.log", dir);
+    char *script = tbu_fmt("echo run >> %s", log);
+    tbu_result r = compare(NULL, "--alloc", spec, "--allocators", "glibc,fake",
+                           "--repetitions", "3", "--workload-budget", "0.000001", "--no-chart",
+                           "--out", out, "--", "/bin/sh", "-c", script, NULL);
+    ASSERT_EXIT(r, 0);
+    char *order = tbu_slurp(log);
+    cr_assert(order, "the program did not run");
+    cr_expect(strcmp(order, "run\nrun\n") == 0, "one run per allocator expected:\n%s", order);
+    char *md = slurp_in(out, "results.md");
+    cr_assert(md);
+    cr_expect(strstr(md, "Not repeated") && strstr(md, "(1 run)"), "%s", md);
+    char *v = tbu_md_cell(md, "Wall time", "sh -c", "fake");
+    cr_expect(v && strstr(v, "x)"), "cell %s", v ? v : "-");
+    free(v);
+    free(md);
+    free(order);
+    tbu_result_free(&r);
+    tbu_rmtree(dir);
+    free(script);
+    free(log);
+    free(spec);
+    free(fake);
+    free(out);
+    free(dir);
+}
+
+/* the programs suite, on two of its programs (sqlite3 and xz, installed by
+ * tools/quickstart), with the stand-in allocator given by --alloc: every run's
+ * output is checked by the tool, so a cell with a ratio is a checked run */
+Test(compare_programs, suite_runs_real_programs_and_checks_them, .timeout = 240)
+{
+    check_fake_built();
+    char *dir = tbu_tmpdir(), *out = tbu_fmt("%s/out", dir), *fake = fakealloc();
+    char *spec = tbu_fmt("fake=%s", fake);
+    tbu_result r = compare(NULL, "--suite", "programs", "--filter", "^(sqlite3|xz)$", "--alloc",
+                           spec, "--allocators", "glibc,fake", "--baseline", "glibc",
+                           "--repetitions", "1", "--out", out, NULL);
+    ASSERT_EXIT(r, 0);
+    char *md = slurp_in(out, "results.md");
+    cr_assert(md);
+    cr_expect(strstr(md, "Suite: real programs") != NULL, "%s", md);
+    cr_expect(strstr(md, "Failed runs") == NULL, "%s", md);
+    const char *rows[] = { "sqlite3: bulk insert, index, queries", "xz -T2 -1: 6 MiB of text" };
+    const char *tables[] = { "Wall time", "Peak RSS" };
+    for (int t = 0; t < 2; t++)
+        for (int i = 0; i < 2; i++) {
+            char *v = tbu_md_cell(md, tables[t], rows[i], "fake");
+            cr_expect(v && strstr(v, "x)"), "%s / %s: %s", tables[t], rows[i], v ? v : "-");
+            free(v);
+        }
+    /* the inputs were written where the report is */
+    char *sql = tbu_fmt("%s/inputs/bulk.sql", out);
+    cr_expect(access(sql, R_OK) == 0);
+    char *png = tbu_fmt("%s/compare.png", out);
+    cr_expect(tbu_is_png(png), "no chart:\n%s", r.err);
+    free(png);
+    free(sql);
+    free(md);
+    tbu_result_free(&r);
+    tbu_rmtree(dir);
+    free(spec);
+    free(fake);
+    free(out);
+    free(dir);
+}
+
+/* a program whose output is wrong fails its cell, with the reason */
+Test(compare_programs, a_wrong_output_fails_the_run, .timeout = 120)
+{
+    check_fake_built();
+    char *dir = tbu_tmpdir(), *out = tbu_fmt("%s/out", dir), *fake = fakealloc();
+    char *spec = tbu_fmt("fake=%s", fake);
+    /* under the stand-in, sqlite3 runs and exits 0 but its output is lost */
+    char *env[] = { "TB_FAKEALLOC=mute", NULL };
+    tbu_result r = compare(env, "--suite", "programs", "--filter", "^sqlite3$", "--alloc", spec,
+                           "--allocators", "glibc,fake", "--baseline", "glibc", "--repetitions",
+                           "1", "--no-chart", "--out", out, NULL);
+    ASSERT_EXIT(r, 0);
+    char *md = slurp_in(out, "results.md");
+    cr_assert(md);
+    char *v = tbu_md_cell(md, "Wall time", "sqlite3: bulk insert, index, queries", "fake");
+    cr_expect(v && strstr(v, "FAILED"), "fake: %s", v ? v : "-");
+    char *g = tbu_md_cell(md, "Wall time", "sqlite3: bulk insert, index, queries", "glibc");
+    cr_expect(g && strstr(g, "1.00x"), "glibc: %s", g ? g : "-");
+    cr_expect(strstr(md, "under fake: wrong output: expected") != NULL, "%s", md);
+    free(g);
+    free(v);
+    free(md);
     tbu_result_free(&r);
     tbu_rmtree(dir);
     free(spec);
