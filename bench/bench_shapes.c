@@ -109,11 +109,9 @@ static uint16_t ws_slots[BENCH_MAX_THREADS][WS_SIZES];
 static void bm_working_set(tb_state *st, void *arg)
 {
     (void)arg;
-    int t = tb_thread_index(st);
-    if (t >= BENCH_MAX_THREADS) {
-        tb_skip_with_error(st, "too many threads");
+    int t = bench_thread_slot(st);
+    if (t < 0)
         return;
-    }
     char **blocks = ws_blocks[t];
     uint16_t *sizes = ws_sizes[t], *slots = ws_slots[t];
     bench_rng r = { 300 + (uint64_t)t };
@@ -159,11 +157,9 @@ static char *rf_local[BENCH_MAX_THREADS][RF_LOCAL];
 static void bm_remote_frees(tb_state *st, void *arg)
 {
     (void)arg;
-    int t = tb_thread_index(st);
-    if (t >= BENCH_MAX_THREADS) {
-        tb_skip_with_error(st, "too many threads");
+    int t = bench_thread_slot(st);
+    if (t < 0)
         return;
-    }
     char **local = rf_local[t];
     bench_rng r = { 5000 + (uint64_t)t };
     while (tb_keep_running(st)) {

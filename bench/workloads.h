@@ -47,6 +47,11 @@ size_t bench_peak_rss(void);
 /* Reset VmHWM to the current RSS (Linux >= 4.0); 0 on success. */
 int bench_reset_peak_rss(void);
 
+/* This thread's index among the benchmark's threads, for per-thread arrays
+ * of BENCH_MAX_THREADS entries; -1 (the benchmark is skipped with an error)
+ * if there are more threads than that. */
+int bench_thread_slot(tb_state *st);
+
 /* Spin politely: a pause, and after a while a yield (the machine may have
  * fewer cores than the benchmark has threads). */
 void bench_backoff(unsigned *spins);

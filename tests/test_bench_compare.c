@@ -404,35 +404,68 @@ Test(compare_allocators, a_known_name_can_be_given_another_library, .timeout = 1
     free(dir);
 }
 
-Test(compare_runs, a_workload_over_its_budget_is_not_repeated, .timeout = 120)
+/* a temporary output directory and the stand-in allocator as --alloc fake=PATH */
+typedef struct {
+    char *dir, *out, *fake, *spec;
+} fixture;
+
+static fixture fixture_open(void)
 {
     check_fake_built();
-    char *dir = tbu_tmpdir(), *out = tbu_fmt("%s/out", dir), *fake = fakealloc();
-    char *spec = tbu_fmt("fake=%s", fake), *log = tbu_fmt("%s/order.log", dir);
-    char *script = tbu_fmt("echo run >> %s", log);
-    tbu_result r = compare(NULL, "--alloc", spec, "--allocators", "glibc,fake",
-                           "--repetitions", "3", "--workload-budget", "0.000001", "--no-chart",
-                           "--out", out, "--", "/bin/sh", "-c", script, NULL);
+    fixture f;
+    f.dir = tbu_tmpdir();
+    f.out = tbu_fmt("%s/out", f.dir);
+    f.fake = fakealloc();
+    f.spec = tbu_fmt("fake=%s", f.fake);
+    return f;
+}
+
+static void fixture_close(fixture *f)
+{
+    tbu_rmtree(f->dir);
+    free(f->spec);
+    free(f->fake);
+    free(f->out);
+    free(f->dir);
+}
+
+/* tools/tieralloc-compare --suite programs --filter FILTER on glibc and the
+ * stand-in, once each, with env extra entries; its exit checked; results.md */
+static char *run_programs(fixture *f, char *const *env, const char *filter)
+{
+    tbu_result r = compare(env, "--suite", "programs", "--filter", filter, "--alloc", f->spec,
+                           "--allocators", "glibc,fake", "--baseline", "glibc",
+                           "--repetitions", "1", "--out", f->out, NULL);
     ASSERT_EXIT(r, 0);
-    char *order = tbu_slurp(log);
-    cr_assert(order, "the program did not run");
-    cr_expect(strcmp(order, "run\nrun\n") == 0, "one run per allocator expected:\n%s", order);
-    char *md = slurp_in(out, "results.md");
+    char *md = slurp_in(f->out, "results.md");
+    cr_assert(md, "no results.md:\n%s", r.err);
+    tbu_result_free(&r);
+    return md;
+}
+
+Test(compare_runs, a_workload_over_its_budget_is_not_repeated, .timeout = 120)
+{
+    fixture f = fixture_open();
+    char *log = tbu_fmt("%s/runs.log", f.dir), *script = tbu_fmt("echo run >> %s", log);
+    tbu_result r = compare(NULL, "--alloc", f.spec, "--allocators", "glibc,fake",
+                           "--repetitions", "3", "--workload-budget", "0.000001", "--no-chart",
+                           "--out", f.out, "--", "/bin/sh", "-c", script, NULL);
+    ASSERT_EXIT(r, 0);
+    char *runs = tbu_slurp(log);
+    cr_assert(runs, "the program did not run");
+    cr_expect(strcmp(runs, "run\nrun\n") == 0, "one run per allocator expected:\n%s", runs);
+    char *md = slurp_in(f.out, "results.md");
     cr_assert(md);
     cr_expect(strstr(md, "Not repeated") && strstr(md, "(1 run)"), "%s", md);
     char *v = tbu_md_cell(md, "Wall time", "sh -c", "fake");
     cr_expect(v && strstr(v, "x)"), "cell %s", v ? v : "-");
     free(v);
     free(md);
-    free(order);
-    tbu_result_free(&r);
-    tbu_rmtree(dir);
+    free(runs);
     free(script);
     free(log);
-    free(spec);
-    free(fake);
-    free(out);
-    free(dir);
+    tbu_result_free(&r);
+    fixture_close(&f);
 }
 
 /* the programs suite, on two of its programs (sqlite3 and xz, installed by
@@ -440,15 +473,8 @@ Test(compare_runs, a_workload_over_its_budget_is_not_repeated, .timeout = 120)
  * output is checked by the tool, so a cell with a ratio is a checked run */
 Test(compare_programs, suite_runs_real_programs_and_checks_them, .timeout = 240)
 {
-    check_fake_built();
-    char *dir = tbu_tmpdir(), *out = tbu_fmt("%s/out", dir), *fake = fakealloc();
-    char *spec = tbu_fmt("fake=%s", fake);
-    tbu_result r = compare(NULL, "--suite", "programs", "--filter", "^(sqlite3|xz)$", "--alloc",
-                           spec, "--allocators", "glibc,fake", "--baseline", "glibc",
-                           "--repetitions", "1", "--out", out, NULL);
-    ASSERT_EXIT(r, 0);
-    char *md = slurp_in(out, "results.md");
-    cr_assert(md);
+    fixture f = fixture_open();
+    char *md = run_programs(&f, NULL, "^(sqlite3|xz)$");
     cr_expect(strstr(md, "Suite: real programs") != NULL, "%s", md);
     cr_expect(strstr(md, "Failed runs") == NULL, "%s", md);
     const char *rows[] = { "sqlite3: bulk insert, index, queries", "xz -T2 -1: 6 MiB of text" };
@@ -460,47 +486,29 @@ Test(compare_programs, suite_runs_real_programs_and_checks_them, .timeout = 240)
             free(v);
         }
     /* the inputs were written where the report is */
-    char *sql = tbu_fmt("%s/inputs/bulk.sql", out);
+    char *sql = tbu_fmt("%s/inputs/bulk.sql", f.out), *png = tbu_fmt("%s/compare.png", f.out);
     cr_expect(access(sql, R_OK) == 0);
-    char *png = tbu_fmt("%s/compare.png", out);
-    cr_expect(tbu_is_png(png), "no chart:\n%s", r.err);
+    cr_expect(tbu_is_png(png), "no chart");
     free(png);
     free(sql);
     free(md);
-    tbu_result_free(&r);
-    tbu_rmtree(dir);
-    free(spec);
-    free(fake);
-    free(out);
-    free(dir);
+    fixture_close(&f);
 }
 
 /* a program whose output is wrong fails its cell, with the reason */
 Test(compare_programs, a_wrong_output_fails_the_run, .timeout = 120)
 {
-    check_fake_built();
-    char *dir = tbu_tmpdir(), *out = tbu_fmt("%s/out", dir), *fake = fakealloc();
-    char *spec = tbu_fmt("fake=%s", fake);
+    fixture f = fixture_open();
     /* under the stand-in, sqlite3 runs and exits 0 but its output is lost */
     char *env[] = { "TB_FAKEALLOC=mute", NULL };
-    tbu_result r = compare(env, "--suite", "programs", "--filter", "^sqlite3$", "--alloc", spec,
-                           "--allocators", "glibc,fake", "--baseline", "glibc", "--repetitions",
-                           "1", "--no-chart", "--out", out, NULL);
-    ASSERT_EXIT(r, 0);
-    char *md = slurp_in(out, "results.md");
-    cr_assert(md);
-    char *v = tbu_md_cell(md, "Wall time", "sqlite3: bulk insert, index, queries", "fake");
+    char *md = run_programs(&f, env, "^sqlite3$");
+    const char *row = "sqlite3: bulk insert, index, queries";
+    char *v = tbu_md_cell(md, "Wall time", row, "fake"), *g = tbu_md_cell(md, "Wall time", row, "glibc");
     cr_expect(v && strstr(v, "FAILED"), "fake: %s", v ? v : "-");
-    char *g = tbu_md_cell(md, "Wall time", "sqlite3: bulk insert, index, queries", "glibc");
     cr_expect(g && strstr(g, "1.00x"), "glibc: %s", g ? g : "-");
     cr_expect(strstr(md, "under fake: wrong output: expected") != NULL, "%s", md);
     free(g);
     free(v);
     free(md);
-    tbu_result_free(&r);
-    tbu_rmtree(dir);
-    free(spec);
-    free(fake);
-    free(out);
-    free(dir);
+    fixture_close(&f);
 }
