@@ -302,7 +302,7 @@ static void bm_idle_threads(tb_state *st, void *arg)
 
 /* ---- many threads swap blocks into shared slots ----------------------------------- */
 #define SWAP_SLOTS 16384 /* a power of two */
-#define SWAP_TOTAL 24000 /* swaps per run, shared by the threads */
+#define SWAP_TOTAL 8000 /* swaps per run, shared by the threads */
 static char *_Atomic swap_slot[SWAP_SLOTS];
 
 /* 70% in [1, 264), 25% in [264, 8 KiB), 4.5% in [8 KiB, 264 KiB), 0.5% in [264 KiB, 2.25 MiB] */
