@@ -94,11 +94,9 @@ static uint32_t mt_order[BENCH_MAX_THREADS][MT_BLOCKS];
 static void bm_batch_mt(tb_state *st, void *arg)
 {
     (void)arg;
-    int t = tb_thread_index(st);
-    if (t >= BENCH_MAX_THREADS) {
-        tb_skip_with_error(st, "too many threads");
+    int t = bench_thread_slot(st);
+    if (t < 0)
         return;
-    }
     void **ptrs = mt_ptrs[t];
     uint32_t *sizes = mt_sizes[t], *order = mt_order[t];
     bench_rng r = { 7 + (uint64_t)t };

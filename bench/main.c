@@ -13,6 +13,7 @@ int main(int argc, char **argv)
     bench_register_single();
     bench_register_threads();
     bench_register_memory();
+    bench_register_shapes();
     bench_register_arena();
     tb_add_context("malloc_from", bench_malloc_origin());
     return tb_main(argc, argv);

@@ -87,6 +87,16 @@ int bench_reset_peak_rss(void)
     return n == 1 ? 0 : -1;
 }
 
+int bench_thread_slot(tb_state *st)
+{
+    int t = tb_thread_index(st);
+    if (t >= BENCH_MAX_THREADS) {
+        tb_skip_with_error(st, "too many threads");
+        return -1;
+    }
+    return t;
+}
+
 void bench_backoff(unsigned *spins)
 {
     if (++*spins < 64) {

@@ -47,6 +47,11 @@ size_t bench_peak_rss(void);
 /* Reset VmHWM to the current RSS (Linux >= 4.0); 0 on success. */
 int bench_reset_peak_rss(void);
 
+/* This thread's index among the benchmark's threads, for per-thread arrays
+ * of BENCH_MAX_THREADS entries; -1 (the benchmark is skipped with an error)
+ * if there are more threads than that. */
+int bench_thread_slot(tb_state *st);
+
 /* Spin politely: a pause, and after a while a yield (the machine may have
  * fewer cores than the benchmark has threads). */
 void bench_backoff(unsigned *spins);
@@ -58,6 +63,7 @@ const char *bench_malloc_origin(void);
 void bench_register_single(void);   /* bench_single.c */
 void bench_register_threads(void);  /* bench_threads.c */
 void bench_register_memory(void);   /* bench_memory.c */
+void bench_register_shapes(void);   /* bench_shapes.c */
 void bench_register_arena(void);    /* arena_bench.c: only when tieralloc is preloaded */
 
 #endif

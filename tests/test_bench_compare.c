@@ -92,6 +92,9 @@ Test(compare_args, bad_values_are_errors)
         { "--filter", "(", NULL, "regular expression" },
         { "--", NULL, NULL, "nothing after" },
         { "--allocators", ",", "--list", "empty" },
+        { "--suite", "nosuch", NULL, "invalid choice" },
+        { "--suite", "programs", "--bench=/bin/true", "runs its own programs" },
+        { "--workload-budget", "-1", NULL, "0 or more" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         tu_result_t r = compare(NULL, cases[i].a, cases[i].b, cases[i].c, NULL);
@@ -399,4 +402,115 @@ Test(compare_allocators, a_known_name_can_be_given_another_library, .timeout = 1
     free(fake);
     free(out);
     free(dir);
+}
+
+/* a temporary output directory and the stand-in allocator as --alloc fake=PATH */
+typedef struct {
+    char *dir, *out, *fake, *spec;
+} fixture;
+
+static fixture fixture_open(void)
+{
+    check_fake_built();
+    fixture f;
+    f.dir = tu_tmpdir();
+    f.out = tu_fmt("%s/out", f.dir);
+    f.fake = fakealloc();
+    f.spec = tu_fmt("fake=%s", f.fake);
+    return f;
+}
+
+static void fixture_close(fixture *f)
+{
+    tu_rmtree(f->dir);
+    free(f->spec);
+    free(f->fake);
+    free(f->out);
+    free(f->dir);
+}
+
+/* tools/tieralloc-compare --suite programs --filter FILTER on glibc and the
+ * stand-in, once each, with env extra entries; its exit checked; results.md */
+static char *run_programs(fixture *f, char *const *env, const char *filter)
+{
+    tu_result_t r = compare(env, "--suite", "programs", "--filter", filter, "--alloc", f->spec,
+                           "--allocators", "glibc,fake", "--baseline", "glibc",
+                           "--repetitions", "1", "--out", f->out, NULL);
+    ASSERT_EXIT(r, 0);
+    char *md = slurp_in(f->out, "results.md");
+    cr_assert(md, "no results.md:\n%s", r.err);
+    tu_result_free(&r);
+    return md;
+}
+
+Test(compare_runs, a_workload_over_its_budget_is_not_repeated, .timeout = 120)
+{
+    fixture f = fixture_open();
+    char *log = tu_fmt("%s/runs.log", f.dir), *var = tu_fmt("TB_RUNLOG=%s", log);
+    char *env[] = { var, NULL };
+    tu_result_t r = compare(env, "--alloc", f.spec, "--allocators", "glibc,fake",
+                           "--repetitions", "3", "--workload-budget", "0.000001", "--no-chart",
+                           "--out", f.out, "--", "/bin/sh", "-c", "echo run >> \"$TB_RUNLOG\"",
+                           NULL);
+    ASSERT_EXIT(r, 0);
+    char *runs = tu_slurp(log);
+    cr_assert(runs, "the program did not run");
+    cr_expect(strcmp(runs, "run\nrun\n") == 0, "one run per allocator expected:\n%s", runs);
+    char *md = slurp_in(f.out, "results.md");
+    cr_assert(md);
+    cr_expect(strstr(md, "Not repeated") && strstr(md, "(1 run)"), "%s", md);
+    char *v = tu_md_cell(md, "Wall time", "sh -c echo run >> \"$TB_RUNLOG\"", "fake");
+    cr_expect(v && strstr(v, "x)"), "cell %s", v ? v : "-");
+    free(v);
+    free(md);
+    free(runs);
+    free(var);
+    free(log);
+    tu_result_free(&r);
+    fixture_close(&f);
+}
+
+/* the programs suite, on two of its programs (sqlite3 and xz, installed by
+ * tools/quickstart), with the stand-in allocator given by --alloc: every run's
+ * output is checked by the tool, so a cell with a ratio is a checked run */
+Test(compare_programs, suite_runs_real_programs_and_checks_them, .timeout = 240)
+{
+    fixture f = fixture_open();
+    char *md = run_programs(&f, NULL, "^(sqlite3|xz)$");
+    cr_expect(strstr(md, "Suite: real programs") != NULL, "%s", md);
+    cr_expect(strstr(md, "Failed runs") == NULL, "%s", md);
+    const char *rows[] = { "sqlite3: bulk insert, index, queries", "xz -T2 -1: 6 MiB of text" };
+    const char *tables[] = { "Wall time", "Peak RSS" };
+    for (int t = 0; t < 2; t++)
+        for (int i = 0; i < 2; i++) {
+            char *v = tu_md_cell(md, tables[t], rows[i], "fake");
+            cr_expect(v && strstr(v, "x)"), "%s / %s: %s", tables[t], rows[i], v ? v : "-");
+            free(v);
+        }
+    /* the inputs were written where the report is */
+    char *sql = tu_fmt("%s/inputs/bulk.sql", f.out), *png = tu_fmt("%s/compare.png", f.out);
+    cr_expect(access(sql, R_OK) == 0);
+    cr_expect(tu_is_png(png), "no chart");
+    free(png);
+    free(sql);
+    free(md);
+    fixture_close(&f);
+}
+
+/* a program whose output is wrong fails its cell, with the reason */
+Test(compare_programs, a_wrong_output_fails_the_run, .timeout = 120)
+{
+    fixture f = fixture_open();
+    /* under the stand-in, sqlite3 runs and exits 0 but its output is lost */
+    char *env[] = { "TB_FAKEALLOC=mute", NULL };
+    char *md = run_programs(&f, env, "^sqlite3$");
+    const char *row = "sqlite3: bulk insert, index, queries";
+    char *v = tu_md_cell(md, "Wall time", row, "fake"), *g = tu_md_cell(md, "Wall time", row, "glibc");
+    cr_expect(v && strstr(v, "FAILED"), "fake: %s", v ? v : "-");
+    cr_expect(g && strstr(g, "1.00x"), "glibc: %s", g ? g : "-");
+    cr_expect(strstr(md, "under fake: wrong output: expected") != NULL, "%s", md);
+    free(g);
+    free(v);
+    free(md);
+    fixture_close(&f);
 }

@@ -7,9 +7,11 @@
  * misbehaves on request, read from TB_FAKEALLOC when it is loaded:
  *   crash   the process dies of SIGSEGV before main
  *   exit    the process exits with status 3 before main
+ *   mute    the process runs, but its standard output goes to /dev/null
  * Only processes that preload it are affected, so in a comparison the
  * workload fails under this allocator alone. */
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -43,5 +45,11 @@ __attribute__((constructor)) static void fakealloc_init(void)
         raise(SIGSEGV);
     } else if (strcmp(mode, "exit") == 0) {
         _exit(3);
+    } else if (strcmp(mode, "mute") == 0) {
+        int fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+        if (fd >= 0 && fd != 1) {
+            dup2(fd, 1);
+            close(fd);
+        }
     }
 }

@@ -6,6 +6,8 @@
  *  - the benchmark binary says which library answered malloc;
  *  - the memory workload's counters are consistent (the peak holds at least
  *    what was live), and the false-sharing counter is in its range;
+ *  - every idle thread allocated its MiB, and the resident set while they
+ *    wait is reported;
  *  - tools/tieralloc-compare on the benchmark binary writes the table (time
  *    per operation, peak RSS, geometric mean, counters) and the PNG chart.
  * Nothing is timed. */
@@ -21,6 +23,11 @@ static const char *const workloads[] = {
     "batch_mt/real_time/threads:2", "batch_mt/real_time/threads:4",
     "false_sharing/real_time/threads:2", "server/real_time/threads:2",
     "thread_churn/real_time", "memory/iterations:1",
+    /* bench_shapes.c */
+    "pipeline64/real_time/threads:2", "working_set/real_time/threads:2",
+    "remote_frees/real_time/threads:8", "remote_frees/real_time/threads:16",
+    "idle_threads/n:256/iterations:1/real_time", "idle_threads/n:2000/iterations:1/real_time",
+    "swap/iterations:500/real_time/threads:16", "swap/iterations:125/real_time/threads:64",
 };
 #define NWORKLOADS (sizeof workloads / sizeof workloads[0])
 
@@ -80,7 +87,7 @@ static char *run_suite(const char *preload)
     char *argv[] = { b, o, "--benchmark_out_format=json", "--benchmark_min_time=0.002", NULL };
     char *pre = preload ? tu_fmt("LD_PRELOAD=%s", preload) : NULL;
     char *env[] = { pre, NULL };
-    tu_result_t r = tu_run(argv, preload ? env : NULL, NULL, 120);
+    tu_result_t r = tu_run(argv, preload ? env : NULL, NULL, 290);
     ASSERT_EXIT0(r);
     char *text = tu_slurp(json);
     cr_assert(text, "no JSON report");
@@ -124,16 +131,26 @@ static void check_suite(const char *text, const char *malloc_lib)
     double shared = tu_json_number(tu_json_object(text, "false_sharing/real_time/threads:2"),
                                     "shared_lines");
     cr_expect(shared >= 0 && shared <= 16, "shared_lines %g (of 16 rounds)", shared);
+    const char *idle[] = { "idle_threads/n:256/iterations:1/real_time",
+                           "idle_threads/n:2000/iterations:1/real_time" };
+    for (int i = 0; i < 2; i++) {
+        const char *o = tu_json_object(text, idle[i]);
+        double each = tu_json_number(o, "allocated_per_thread");
+        double rss = tu_json_number(o, "rss_idle");
+        cr_expect(each >= 1048576 && each < 1048576 + 4096, "%s: allocated_per_thread %g", idle[i],
+                  each);
+        cr_expect(rss > 0, "%s: rss_idle %g", idle[i], rss);
+    }
 }
 
-Test(bench_binary, every_workload_runs_under_glibc, .timeout = 120)
+Test(bench_binary, every_workload_runs_under_glibc, .timeout = 300)
 {
     char *text = run_suite(NULL);
     check_suite(text, "libc.so");
     free(text);
 }
 
-Test(bench_binary, every_workload_runs_under_tieralloc, .timeout = 120)
+Test(bench_binary, every_workload_runs_under_tieralloc, .timeout = 300)
 {
     char *lib = tieralloc_lib();
     cr_assert(access(lib, R_OK) == 0, "%s is missing", lib);
