@@ -89,6 +89,7 @@ static ta_span_t *spare_take(void) {
 }
 
 static void free_insert(ta_span_t *s);
+static void put_back(ta_span_t *s);
 
 /* Can free span s merge with n, its free neighbour of the same kind?  A
  * resident neighbour that has been free for decay_ms is released instead (it
@@ -131,14 +132,7 @@ static void free_insert(ta_span_t *s) {
         ta_span_delete(next);
         ph_stats.n_coalesce++;
     }
-    register_ends(s);
-    ta_spanlist_push(free_list_for(s), s);
-    account_free(s, +1);
-    /* a free span is whole and registered at both ends; its neighbours of its
-     * own kind were merged */
-    TA_ASSERT(s->npages && (s->state == TA_SPAN_FREE || s->state == TA_SPAN_RELEASED));
-    TA_ASSERT(ta_pagemap_span(s->page) == s && ta_pagemap_span(s->page + s->npages - 1) == s);
-    TA_ASSERT(ta_pagemap_info(s->page) == 0);
+    put_back(s);
 }
 
 /* Smallest span of `kind` with at least n pages (lowest address among the

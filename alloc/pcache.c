@@ -85,6 +85,19 @@ static __thread bool thread_registered;      /* per-CPU mode: exit destructor se
     "shlq $20, %%rax\n\t"                                                                       \
     "addq %[base], %%rax\n\t"
 
+/* Copy %%r11d bytes between src and dst, 8 at a time; %%edx counts the bytes
+ * (from 0) and %%r9d the slab offset, both advancing. */
+#define TA_RSEQ_COPY(src, dst)                                                                    \
+    "6:\n\t"                                                                                      \
+    "cmpl %%r11d, %%edx\n\t"                                                                      \
+    "jae 7f\n\t"                                                                                  \
+    "movq " src ", %%r10\n\t"                                                                     \
+    "movq %%r10, " dst "\n\t"                                                                     \
+    "addl $8, %%r9d\n\t"                                                                          \
+    "addl $8, %%edx\n\t"                                                                          \
+    "jmp 6b\n\t"                                                                                  \
+    "7:\n\t"
+
 /* Take up to n objects off the top of cls's slots on CPU cpu into out: the
  * count, or -1 when the caller is not on that CPU. */
 static int rseq_take(int cpu, uint32_t cls, ta_slot_t *out, uint32_t n) {
@@ -103,15 +116,7 @@ static int rseq_take(int cpu, uint32_t cls, ta_slot_t *out, uint32_t n) {
                          "movl %%r8d, %%r11d\n\t"
                          "shll $4, %%r11d\n\t"     /* bytes to copy */
                          "xorl %%edx, %%edx\n\t"
-                         "6:\n\t"
-                         "cmpl %%r11d, %%edx\n\t"
-                         "jae 7f\n\t"
-                         "movq (%%rax,%%r9), %%r10\n\t"
-                         "movq %%r10, (%[out],%%rdx)\n\t"
-                         "addl $8, %%r9d\n\t"
-                         "addl $8, %%edx\n\t"
-                         "jmp 6b\n\t"
-                         "7:\n\t"
+                         TA_RSEQ_COPY("(%%rax,%%r9)", "(%[out],%%rdx)")
                          "movq %%r8, %[k]\n\t"
                          "movw %%cx, (%%rax,%[cls],8)\n\t" /* commit */
                          "4:\n\t"
@@ -139,15 +144,7 @@ static int rseq_put(int cpu, uint32_t cls, const ta_slot_t *in, uint32_t n) {
                          "shll $4, %%r9d\n\t"
                          "movl %%r8d, %%r11d\n\t"
                          "shll $4, %%r11d\n\t"
-                         "6:\n\t"
-                         "cmpl %%r11d, %%edx\n\t"
-                         "jae 7f\n\t"
-                         "movq (%[in],%%rdx), %%r10\n\t"
-                         "movq %%r10, (%%rax,%%r9)\n\t"
-                         "addl $8, %%r9d\n\t"
-                         "addl $8, %%edx\n\t"
-                         "jmp 6b\n\t"
-                         "7:\n\t"
+                         TA_RSEQ_COPY("(%[in],%%rdx)", "(%%rax,%%r9)")
                          "movq %%r8, %[k]\n\t"
                          "addl %%r8d, %%ecx\n\t"
                          "movw %%cx, (%%rax,%[cls],8)\n\t" /* commit */

@@ -140,6 +140,13 @@ static int file_sink(void *fp, const char *s, size_t n) {
     return fwrite(s, 1, n, fp) == n ? 0 : -1;
 }
 
+/* A writer into a caller's stdio stream. */
+static void out_to_file(ta_out_t *o, FILE *fp) {
+    ta_out_init(o, -1);
+    o->sink = file_sink;
+    o->sink_arg = fp;
+}
+
 /* s right-aligned in a field of w characters */
 static void out_col(ta_out_t *o, const char *s, int w) {
     int n = (int)strlen(s);
@@ -302,9 +309,7 @@ TA_EXPORT int ta_stats_print(FILE *fp, int flags) {
     struct ta_stats s;
     ta_snapshot(&s);
     ta_out_t o;
-    ta_out_init(&o, -1);
-    o.sink = file_sink;
-    o.sink_arg = fp;
+    out_to_file(&o, fp);
     if (flags & TA_STATS_JSON)
         write_json(&o, &s);
     else
@@ -349,9 +354,7 @@ int ta_stats_write_xml(FILE *fp) {
     struct ta_stats s;
     ta_snapshot(&s);
     ta_out_t o;
-    ta_out_init(&o, -1);
-    o.sink = file_sink;
-    o.sink_arg = fp;
+    out_to_file(&o, fp);
     ta_out_printf(&o,
         "<malloc version=\"tieralloc-%s\">\n"
         "<heap nr=\"0\">\n"
