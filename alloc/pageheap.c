@@ -241,17 +241,17 @@ static ta_span_t *find_largest(int kind) {
     return best;
 }
 
-static ta_span_t *alloc_span_locked(uintptr_t npages, uintptr_t align_pages, uint32_t cls, bool growable);
+static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t cls, bool growable);
 
 ta_span_t *ta_pageheap_alloc(uintptr_t npages, uintptr_t align_pages, uint32_t cls) {
-    return alloc_span_locked(npages, align_pages, cls, false);
+    return alloc_span(npages, align_pages, cls, false);
 }
 
 ta_span_t *ta_pageheap_alloc_growable(uintptr_t npages) {
-    return alloc_span_locked(npages, 1, 0, true);
+    return alloc_span(npages, 1, 0, true);
 }
 
-static ta_span_t *alloc_span_locked(uintptr_t npages, uintptr_t align_pages, uint32_t cls, bool growable) {
+static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t cls, bool growable) {
     if (align_pages < 1) align_pages = 1;
     uintptr_t want = npages + align_pages - 1;
     if (npages == 0 || want < npages || want > (TA_MAX_REQUEST >> TA_PAGE_SHIFT)) return NULL;
