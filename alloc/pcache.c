@@ -542,7 +542,16 @@ void *ta_pcache_alloc_slow(uint32_t cls) {
     if (got) {
         /* each with the address of its state byte: a pagemap read, not the object */
         ta_slot_t slots[MAX_BATCH];
-        for (uint32_t i = 0; i < got; i++) slots[i] = (ta_slot_t){buf[i], ta_state_of(buf[i], cls)};
+        uintptr_t page = 0;
+        uint64_t info = 0;
+        for (uint32_t i = 0; i < got; i++) { /* neighbours share a page: one lookup for them */
+            if ((uintptr_t)buf[i] >> TA_PAGE_SHIFT != page) {
+                page = (uintptr_t)buf[i] >> TA_PAGE_SHIFT;
+                info = ta_pagemap_info_known(page);
+            }
+            bool start;
+            slots[i] = (ta_slot_t){buf[i], ta_info_states(info) + ta_object_index(ta_info_offset(buf[i], info), cls, &start)};
+        }
         int k = slab_put(c, cls, slots, got);
         if (k < 0) k = 0; /* migrated to another CPU: the rest goes back */
         if ((uint32_t)k < got) ta_central_free(cls, buf + k, got - (uint32_t)k, c->shard);
