@@ -187,9 +187,11 @@ static int rseq_set_end(int cpu, uint32_t cls, uint32_t end) { (void)cpu; (void)
 static int current_cpu(void) { return 0; }
 #endif
 
-static void fence_cpu(int cpu) {
-    if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, MEMBARRIER_CMD_FLAG_CPU, cpu) != 0)
-        syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0);
+/* Restart whatever sequence runs on cpu; false if the kernel refused (a
+ * seccomp filter, say): then the CPU's slab must not be touched. */
+static bool fence_cpu(int cpu) {
+    return syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, MEMBARRIER_CMD_FLAG_CPU, cpu) == 0 ||
+           syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0;
 }
 
 /* ---- slab operations, for either kind of cache ----------------------------- */
@@ -417,7 +419,13 @@ static void release(ta_pcache_t *c, bool all, bool to_spans) {
             __atomic_store_n(&h[cls].begin, (uint16_t)0xffff, __ATOMIC_RELAXED);
             __atomic_store_n(&h[cls].end, (uint16_t)0, __ATOMIC_RELAXED);
         }
-        fence_cpu(c->cpu);
+        if (!fence_cpu(c->cpu)) { /* cannot take the slab: open it again as it was */
+            for (uint32_t cls = 1; cls < ta_nclasses; cls++) {
+                __atomic_store_n(&h[cls].begin, slot_begin[cls], __ATOMIC_RELAXED);
+                __atomic_store_n(&h[cls].end, end[cls], __ATOMIC_RELAXED);
+            }
+            return;
+        }
     }
     for (uint32_t cls = 1; cls < ta_nclasses; cls++) {
         uint32_t begin = slot_begin[cls], cur = __atomic_load_n(&h[cls].cur, __ATOMIC_RELAXED);
