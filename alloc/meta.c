@@ -50,12 +50,12 @@ void *ta_meta_alloc(size_t size) {
 }
 
 void *ta_meta_map(size_t size, size_t align) {
+    /* under the lock: a snapshot (which holds it) sees the mapping and its
+     * count together or neither */
+    ta_lock(&meta_lock);
     void *p = ta_os_map(size, align);
-    if (p) {
-        ta_lock(&meta_lock);
-        meta_total += size;
-        ta_unlock(&meta_lock);
-    }
+    if (p) meta_total += size;
+    ta_unlock(&meta_lock);
     return p;
 }
 
