@@ -6,8 +6,7 @@
  * (or ta_alloc_large) and every free ta_pcache_free_slow (or ta_free_slow),
  * which call in here.  With the option off nothing here runs.
  *
- * Objects are named by ids (address -> id in a sharded hash table kept in
- * memory mapped from the OS); records go into a per-thread buffer (mapped
+ * Objects are named by ids (address -> id in a side table mapped from the OS); records go into a per-thread buffer (mapped
  * too) that its thread writes to the file with one write(2) per chunk
  * (O_APPEND, so chunks of different threads never mix).  Nothing here calls
  * malloc. */
@@ -21,78 +20,44 @@
 bool ta_trace_on;
 __thread int ta_trace_busy __attribute__((tls_model("initial-exec")));
 
-/* ---- address -> id: 64 shards of open addressing (linear probing) --------- */
-#define SHARDS 64
-typedef struct { uintptr_t addr; uint64_t id; } entry_t;
-typedef struct {
-    ta_lock_t lock;
-    entry_t *tab;
-    size_t cap, n; /* cap: a power of two, or 0 */
-} shard_t;
-static shard_t shards[SHARDS];
+/* ---- address -> id: a side table indexed by address ------------------------
+ * One 64-bit id per 16 bytes of address space, in leaves of 16 MiB of address
+ * space (8 MiB, mapped sparse: only the pages written become memory) under a
+ * sparse root.  A block's slot is written by the thread that allocated it and
+ * cleared by the one that frees it; between the two the program itself orders
+ * them, so no lock is needed.  Neighbouring blocks have neighbouring slots. */
+#define LEAF_SHIFT 24
+#define ROOT_LEN ((size_t)1 << (48 - LEAF_SHIFT))
+static uint64_t *_Atomic *root;
+static uint64_t min_id; /* ids below it were the parent's (after fork) */
 
-static inline uint64_t hash_addr(uintptr_t a) { return (uint64_t)(a >> 4) * 0x9e3779b97f4a7c15ull; }
-
-static bool shard_grow(shard_t *s) {
-    size_t ncap = s->cap ? s->cap * 2 : 4096;
-    entry_t *nt = ta_os_map(ncap * sizeof(entry_t), 4096);
-    if (!nt) return false;
-    for (size_t i = 0; i < s->cap; i++) {
-        if (!s->tab[i].addr) continue;
-        size_t j = hash_addr(s->tab[i].addr) >> 32 & (ncap - 1);
-        while (nt[j].addr) j = (j + 1) & (ncap - 1);
-        nt[j] = s->tab[i];
+static uint64_t *slot_of(uintptr_t a, bool make) {
+    if (a >> 48) return NULL;
+    uint64_t *leaf = __atomic_load_n(&root[a >> LEAF_SHIFT], __ATOMIC_ACQUIRE);
+    if (!leaf && make) {
+        uint64_t *nl = ta_os_map_sparse((size_t)8 << (LEAF_SHIFT - 4), 4096);
+        if (!nl) return NULL;
+        if (__atomic_compare_exchange_n(&root[a >> LEAF_SHIFT], &leaf, nl, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            leaf = nl;
+        else
+            ta_os_unmap(nl, (size_t)8 << (LEAF_SHIFT - 4));
     }
-    if (s->tab) ta_os_unmap(s->tab, s->cap * sizeof(entry_t));
-    s->tab = nt;
-    s->cap = ncap;
-    return true;
+    return leaf ? &leaf[(a & (((uintptr_t)1 << LEAF_SHIFT) - 1)) >> 4] : NULL;
 }
 
 static bool map_put(uintptr_t a, uint64_t id) {
-    uint64_t h = hash_addr(a);
-    shard_t *s = &shards[h >> 58];
-    ta_lock(&s->lock);
-    if ((s->n + 1) * 2 > s->cap && !shard_grow(s)) {
-        ta_unlock(&s->lock);
-        return false;
-    }
-    size_t m = s->cap - 1, j = h >> 32 & m;
-    while (s->tab[j].addr && s->tab[j].addr != a) j = (j + 1) & m;
-    if (!s->tab[j].addr) s->n++;
-    s->tab[j].addr = a;
-    s->tab[j].id = id;
-    ta_unlock(&s->lock);
-    return true;
+    uint64_t *s = slot_of(a, true);
+    if (s) *s = id;
+    return s != NULL;
 }
 
-/* remove a's entry; its id, or 0 when a has none */
+/* clear a's slot; its id, or 0 when a has none */
 static uint64_t map_take(uintptr_t a) {
-    uint64_t h = hash_addr(a);
-    shard_t *s = &shards[h >> 58];
-    uint64_t id = 0;
-    ta_lock(&s->lock);
-    if (s->cap) {
-        size_t m = s->cap - 1, j = h >> 32 & m;
-        while (s->tab[j].addr && s->tab[j].addr != a) j = (j + 1) & m;
-        if (s->tab[j].addr) {
-            id = s->tab[j].id;
-            s->n--;
-            /* backward-shift deletion: no tombstones */
-            size_t hole = j;
-            for (size_t k = (j + 1) & m; s->tab[k].addr; k = (k + 1) & m) {
-                size_t home = hash_addr(s->tab[k].addr) >> 32 & m;
-                /* k's entry may move into the hole if its home is not in (hole, k] */
-                if ((k > hole) ? (home <= hole || home > k) : (home <= hole && home > k)) {
-                    s->tab[hole] = s->tab[k];
-                    hole = k;
-                }
-            }
-            s->tab[hole].addr = 0;
-        }
-    }
-    ta_unlock(&s->lock);
-    return id;
+    uint64_t *s = slot_of(a, false);
+    if (!s) return 0;
+    uint64_t id = *s;
+    *s = 0;
+    return id >= min_id ? id : 0;
 }
 
 /* ---- per-thread buffers ---------------------------------------------------- */
@@ -316,7 +281,8 @@ void ta_trace_init(void) {
     if (!ta_cfg.trace_path[0]) return;
     size_t n = strlen(ta_cfg.trace_path);
     memcpy(trace_path, ta_cfg.trace_path, n + 1);
-    for (int i = 0; i < SHARDS; i++) shards[i].lock = (ta_lock_t)TA_LOCK_INIT(TA_RANK_TRACE);
+    root = ta_os_map_sparse(ROOT_LEN * sizeof *root, 4096);
+    if (!root) return;
     if (open_trace(ta_cfg.trace_path)) ta_trace_on = true;
 }
 
@@ -342,7 +308,6 @@ __attribute__((destructor)) static void trace_at_exit(void) {
 
 void ta_trace_lock_all(void) {
     ta_lock(&list_lock);
-    for (int i = 0; i < SHARDS; i++) ta_lock(&shards[i].lock);
 }
 
 void ta_trace_unlock_all(bool child) {
@@ -354,13 +319,8 @@ void ta_trace_unlock_all(bool child) {
             b->len = HDR;
         }
         my_buf = NULL;
-        for (int i = 0; i < SHARDS; i++) {
-            if (shards[i].tab) ta_os_unmap(shards[i].tab, shards[i].cap * sizeof(entry_t));
-            shards[i].tab = NULL;
-            shards[i].cap = shards[i].n = 0;
-        }
+        min_id = id_seq;
     }
-    for (int i = SHARDS - 1; i >= 0; i--) ta_lock_after_fork(&shards[i].lock, child);
     ta_lock_after_fork(&list_lock, child);
     if (child && ta_trace_on) {
         close(trace_fd);

@@ -111,24 +111,32 @@ static uint32_t *id_slot(uint64_t id, bool *fresh) {
     return &idvals[j];
 }
 
-static uint32_t new_object(uint64_t id, const char *path) {
+static int pass; /* 0: register the objects the trace creates; 1: the rest */
+
+static uint32_t add_object(void) {
     if (nobjs == objs_cap) {
         objs_cap = objs_cap ? objs_cap * 2 : 1 << 16;
         objs = xrealloc(objs, objs_cap * sizeof *objs);
     }
     uint32_t k = (uint32_t)nobjs++;
     memset(&objs[k], 0, sizeof objs[k]);
-    if (id) { /* id 0: a block the recorder could not name */
-        bool fresh;
-        uint32_t *v = id_slot(id, &fresh);
-        if (!fresh) refuse(path, "object %" PRIu64 " allocated twice", id);
-        *v = k;
-    }
     return k;
+}
+
+/* the object a record creates: registered in pass 0, found in pass 1 (id 0:
+ * a block the recorder could not name, created in pass 1) */
+static uint32_t new_object(uint64_t id, const char *path) {
+    bool fresh;
+    if (!id) return pass ? add_object() : NONE;
+    uint32_t *v = id_slot(id, &fresh);
+    if (pass) return *v;
+    if (!fresh) refuse(path, "object %" PRIu64 " allocated twice", id);
+    return *v = add_object();
 }
 
 static uint32_t old_object(uint64_t id, const char *path) {
     bool fresh;
+    if (!pass) return NONE;
     if (!idcap) refuse(path, "free of object %" PRIu64 " that the trace never allocated (truncated?)", id);
     uint32_t *v = id_slot(id, &fresh);
     if (fresh) refuse(path, "free of object %" PRIu64 " that the trace never allocated (truncated?)", id);
@@ -183,6 +191,8 @@ static void load(const char *path) {
     }
     close(fd);
     if (len < 8 || memcmp(buf, "TATRACE1", 8) != 0) refuse(path, "no TATRACE1 header (not a tieralloc trace)");
+    for (pass = 0; pass < 2; pass++) {
+    for (size_t i = 0; i < nthrs; i++) thrs[i].prev_id = 0;
     size_t off = 8;
     while (off < len) {
         if (len - off < 16) refuse(path, "truncated chunk header at byte %zu", off);
@@ -204,16 +214,20 @@ static void load(const char *path) {
             if (op == OP_FREE) {
                 t->prev_id = unzig(t->prev_id, var(&r));
                 rc.a = old_object(t->prev_id, path);
-                if (objs[rc.a].ready) refuse(path, "object %" PRIu64 " freed twice", t->prev_id);
-                objs[rc.a].ready = 1;
-                want_live -= (int64_t)objs[rc.a].size;
+                if (pass) {
+                    if (objs[rc.a].ready) refuse(path, "object %" PRIu64 " freed twice", t->prev_id);
+                    objs[rc.a].ready = 1;
+                    want_live -= (int64_t)objs[rc.a].size;
+                }
             } else if (op == OP_REALLOC) {
                 if (!(ob & F_OLDNULL)) {
                     t->prev_id = unzig(t->prev_id, var(&r));
                     rc.a = old_object(t->prev_id, path);
-                    if (objs[rc.a].ready) refuse(path, "object %" PRIu64 " freed twice", t->prev_id);
-                    objs[rc.a].ready = 1;
-                    want_live -= (int64_t)objs[rc.a].size;
+                    if (pass) {
+                        if (objs[rc.a].ready) refuse(path, "object %" PRIu64 " freed twice", t->prev_id);
+                        objs[rc.a].ready = 1;
+                        want_live -= (int64_t)objs[rc.a].size;
+                    }
                 }
                 size = var(&r);
                 if (!(ob & F_NORESULT)) {
@@ -232,6 +246,7 @@ static void load(const char *path) {
             }
             if (r.bad) refuse(path, "a record runs past its chunk at byte %zu", off);
             if (size >> 48) refuse(path, "size %" PRIu64 " is implausible", size);
+            if (!pass) continue;
             uint32_t nw = op == OP_REALLOC ? rc.b : (op == OP_FREE || op >= OP_SCOPE_BEGIN) ? NONE : rc.a;
             if (nw != NONE) {
                 objs[nw].size = size;
@@ -248,6 +263,7 @@ static void load(const char *path) {
         }
         if (r.p != r.end) refuse(path, "chunk at byte %zu has bytes after its last record", off);
         off += 16 + n;
+    }
     }
     free(buf);
     free(idkeys);
