@@ -131,6 +131,19 @@ Test(trace, threads_and_cross_thread_frees) {
     cr_assert_geq(field("realloc"), 4 * 714, "%s", rp.out);
     cr_assert_geq(field("aligned_alloc"), 4 * 714, "%s", rp.out);
     cr_assert_geq(field("posix_memalign"), 4 * 714, "%s", rp.out);
+    /* tools/tieralloc-trace-report sees the consumer's frees as cross-thread */
+    char f[600];
+    snprintf(f, sizeof f, "%s/thr.bin", tmpdir);
+    char tool[4200];
+    snprintf(tool, sizeof tool, "%s/tools/tieralloc-trace-report", tu_src_dir());
+    char *rep[] = {"/usr/bin/env", "python3", tool, f, NULL};
+    tu_child_t c;
+    tu_run_exec(rep, env_with(NULL), 60000, &c);
+    cr_assert(c.exited && c.exit_code == 0, "trace-report: %s\n%s", tu_describe(&c), c.err);
+    const char *x = strstr(c.out, "frees of a block another thread allocated: ");
+    cr_assert_not_null(x, "%s", c.out);
+    cr_assert_geq(strtoull(x + 43, NULL, 10), 2000, "%s", c.out);
+    cr_assert_not_null(strstr(c.out, "aligned_alloc"), "%s", c.out);
 }
 
 Test(trace, thread_churn) {
