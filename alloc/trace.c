@@ -28,7 +28,7 @@ __thread int ta_trace_busy __attribute__((tls_model("initial-exec")));
  * them, so no lock is needed.  Neighbouring blocks have neighbouring slots. */
 #define LEAF_SHIFT 24
 #define ROOT_LEN ((size_t)1 << (48 - LEAF_SHIFT))
-static uint64_t *_Atomic *root;
+static uint64_t **root;
 static uint64_t min_id; /* ids below it were the parent's (after fork) */
 
 static uint64_t *slot_of(uintptr_t a, bool make) {
@@ -87,17 +87,22 @@ static tbuf_t *buf_new(void) {
     tbuf_t *b = NULL;
     ta_lock(&list_lock);
     for (tbuf_t *x = all_bufs; x; x = x->next_all)
-        if (!x->used) { b = x; break; }
+        if (!x->used) {
+            b = x;
+            b->used = true; /* taken under the lock: one thread per buffer */
+            break;
+        }
     ta_unlock(&list_lock);
     if (!b) {
         b = ta_os_map(BUF_BYTES, 4096);
         if (!b) return NULL;
+        b->used = true;
         ta_lock(&list_lock);
         b->next_all = all_bufs;
         all_bufs = b;
         ta_unlock(&list_lock);
     }
-    b->used = b->alive = true;
+    b->alive = true;
     b->thread = __atomic_add_fetch(&thread_seq, 1, __ATOMIC_RELAXED);
     b->nrec = 0;
     b->prev_id = b->next_id = b->id_end = 0;
@@ -292,7 +297,7 @@ void ta_trace_thread_exit(void) {
     buf_flush(b);
     my_buf = NULL;
     b->alive = false;
-    b->used = false; /* reusable by the next thread */
+    __atomic_store_n(&b->used, false, __ATOMIC_RELEASE); /* reusable by the next thread */
 }
 
 __attribute__((destructor)) static void trace_at_exit(void) {

@@ -143,6 +143,22 @@ static uint32_t old_object(uint64_t id, const char *path) {
     return *v;
 }
 
+static uint64_t unzig(uint64_t prev, uint64_t z);
+static int64_t want_live;
+
+/* the object a free (or realloc) of t names by zz; in pass 1, checked to be
+ * freed once and taken off the live bytes */
+static uint32_t freed_object(thr_t *t, uint64_t zz, const char *path) {
+    t->prev_id = unzig(t->prev_id, zz);
+    uint32_t k = old_object(t->prev_id, path);
+    if (pass) {
+        if (objs[k].ready) refuse(path, "object %" PRIu64 " freed twice", t->prev_id);
+        objs[k].ready = 1;
+        want_live -= (int64_t)objs[k].size;
+    }
+    return k;
+}
+
 static thr_t *thread_of(uint32_t num) {
     for (size_t i = 0; i < nthrs; i++)
         if (thrs[i].num == num) return &thrs[i];
@@ -170,7 +186,7 @@ static uint64_t unzig(uint64_t prev, uint64_t z) { return prev + (uint64_t)((int
 
 /* per-op counts and peak live bytes as the trace says, in file order */
 static uint64_t want[OP_N];
-static int64_t want_live, want_peak;
+static int64_t want_peak;
 
 static void load(const char *path) {
     int fd = open(path, O_RDONLY);
@@ -212,22 +228,10 @@ static void load(const char *path) {
             rec_t rc = {NONE, NONE, (uint64_t)op};
             uint64_t size = 0;
             if (op == OP_FREE) {
-                t->prev_id = unzig(t->prev_id, var(&r));
-                rc.a = old_object(t->prev_id, path);
-                if (pass) {
-                    if (objs[rc.a].ready) refuse(path, "object %" PRIu64 " freed twice", t->prev_id);
-                    objs[rc.a].ready = 1;
-                    want_live -= (int64_t)objs[rc.a].size;
-                }
+                rc.a = freed_object(t, var(&r), path);
             } else if (op == OP_REALLOC) {
                 if (!(ob & F_OLDNULL)) {
-                    t->prev_id = unzig(t->prev_id, var(&r));
-                    rc.a = old_object(t->prev_id, path);
-                    if (pass) {
-                        if (objs[rc.a].ready) refuse(path, "object %" PRIu64 " freed twice", t->prev_id);
-                        objs[rc.a].ready = 1;
-                        want_live -= (int64_t)objs[rc.a].size;
-                    }
+                    rc.a = freed_object(t, var(&r), path);
                 }
                 size = var(&r);
                 if (!(ob & F_NORESULT)) {
