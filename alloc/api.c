@@ -105,6 +105,10 @@ static void *alloc_span(size_t size, size_t align, bool zero) { return alloc_spa
 
 void *ta_alloc_large(size_t size, size_t align, bool zero) {
     void *p = alloc_span(size, align, zero);
+    if (TA_UNLIKELY(ta_trace_on)) { /* no sampling while tracing */
+        ta_trace_alloc(TA_TR_MALLOC, p, size, 0);
+        return p;
+    }
     /* sampling: the same countdown as the small fast path */
     if (p && TA_UNLIKELY((ta_tls.sample_left -= (int64_t)size) < 0) && ta_sample_tick(size))
         ta_sample_record(p, size, __builtin_frame_address(0));
@@ -114,6 +118,7 @@ void *ta_alloc_large(size_t size, size_t align, bool zero) {
 /* ---- small blocks: the slow paths ------------------------------------------ */
 TA_NOINLINE void *ta_alloc_small_slow(size_t n, uint32_t cls) {
     if (!ta_ensure_init()) return ta_boot_alloc(n, TA_ALIGN);
+    if (TA_UNLIKELY(ta_trace_on) && ta_tls.sample_left >= 0) return ta_alloc_sample_slow(n, cls); /* malloc(0) */
     if (!cls) cls = ta_size_to_class(n); /* tables were empty before init */
     uint8_t *state;
     void *p = ta_fe_pop(cls, &state); /* the cache may be another one now */
@@ -130,6 +135,12 @@ TA_NOINLINE void *ta_alloc_small_slow(size_t n, uint32_t cls) {
 TA_NOINLINE void *ta_alloc_sample_slow(size_t n, uint32_t cls) {
     if (!ta_ensure_init()) return ta_boot_alloc(n, TA_ALIGN);
     if (!cls) cls = ta_size_to_class(n); /* tables were empty before init */
+    if (TA_UNLIKELY(ta_trace_on)) { /* the countdown stays negative: every malloc comes here */
+        ta_tls.sample_left = INT64_MIN / 4;
+        void *p = ta_alloc_small_slow(n, cls);
+        ta_trace_alloc(TA_TR_MALLOC, p, n, 0);
+        return p;
+    }
     if (ta_sample_tick(n)) {
         void *p = alloc_span(n, 0, false);
         if (p) {
@@ -158,6 +169,7 @@ TA_NOINLINE void ta_free_slow(void *p, uint64_t info) {
         ta_arena_free(p, c.span); /* a no-op while its scope is open; aborts after */
         return;
     case PTR_LARGE: {
+        if (TA_UNLIKELY(ta_trace_on)) ta_trace_free(p);
         if (c.span->sample) ta_sample_free(p, c.span); /* the free hook */
         const char *err = ta_pageheap_free_large(c.span, p);
         if (err) bad_pointer(err, p);
@@ -168,6 +180,12 @@ TA_NOINLINE void ta_free_slow(void *p, uint64_t info) {
         bad_class(c.kind, p, NULL);
     }
 }
+
+/* the calls that are not malloc or free, recorded as themselves when tracing */
+#define TRACED(call) \
+    do { \
+        if (TA_UNLIKELY(ta_trace_on) && !ta_trace_busy) return call; \
+    } while (0)
 
 /* ---- internal allocation, for tier 0 ----------------------------------------- */
 void *ta_heap_alloc(size_t n, size_t align, bool zero) {
@@ -181,6 +199,7 @@ TA_EXPORT void *ta_malloc(size_t n) { return ta_do_malloc(n); }
 TA_EXPORT void ta_free(void *p) { ta_do_free(p); }
 
 void *ta_impl_calloc(size_t n, size_t size) {
+    TRACED(ta_trace_calloc(n, size));
     size_t total;
     if (__builtin_mul_overflow(n, size, &total)) return ta_fail_nomem();
     if (total > TA_MAX_SMALL) return ta_alloc_large(total, 0, true);
@@ -202,6 +221,7 @@ static void *realloc_move(void *p, size_t old, size_t n) {
 #define REALLOC_SPAN_MIN ((size_t)32 << 10)
 
 void *ta_impl_realloc(void *p, size_t n) {
+    TRACED(ta_trace_realloc(p, n));
     if (!p) return ta_do_malloc(n);
     if (n == 0) { /* glibc: frees and returns NULL */
         ta_do_free(p);
@@ -269,6 +289,7 @@ void *ta_alloc_aligned(size_t align, size_t n) {
 }
 
 void *ta_impl_memalign(size_t align, size_t n) {
+    TRACED(ta_trace_aligned(TA_TR_MEMALIGN, align, n));
     if (!ta_is_pow2(align)) {
         /* glibc rounds a non-power-of-two alignment up, and refuses one that
          * cannot be rounded (above 2^63) with EINVAL */
@@ -286,7 +307,8 @@ void *ta_impl_memalign(size_t align, size_t n) {
 int ta_impl_posix_memalign(void **out, size_t align, size_t n) {
     if (!ta_is_pow2(align) || align % sizeof(void *)) return EINVAL;
     int saved = errno;
-    void *p = ta_alloc_aligned(align, n);
+    void *p = TA_UNLIKELY(ta_trace_on) && !ta_trace_busy ? ta_trace_aligned(TA_TR_POSIX_MEMALIGN, align, n)
+                                                         : ta_alloc_aligned(align, n);
     if (!p) {
         errno = saved;
         return ENOMEM;
@@ -296,6 +318,7 @@ int ta_impl_posix_memalign(void **out, size_t align, size_t n) {
 }
 
 void *ta_impl_aligned_alloc(size_t align, size_t n) {
+    TRACED(ta_trace_aligned(TA_TR_ALIGNED_ALLOC, align, n));
     if (!ta_is_pow2(align)) {
         errno = EINVAL;
         return NULL;
@@ -303,9 +326,13 @@ void *ta_impl_aligned_alloc(size_t align, size_t n) {
     return ta_alloc_aligned(align, n);
 }
 
-void *ta_impl_valloc(size_t n) { return ta_alloc_aligned(OS_PAGE, n); }
+void *ta_impl_valloc(size_t n) {
+    TRACED(ta_trace_aligned(TA_TR_VALLOC, OS_PAGE, n));
+    return ta_alloc_aligned(OS_PAGE, n);
+}
 
 void *ta_impl_pvalloc(size_t n) {
+    TRACED(ta_trace_aligned(TA_TR_PVALLOC, OS_PAGE, n));
     if (n > TA_MAX_REQUEST) return ta_fail_nomem();
     n = n ? (n + OS_PAGE - 1) & ~(size_t)(OS_PAGE - 1) : OS_PAGE;
     return ta_alloc_aligned(OS_PAGE, n);

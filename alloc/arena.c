@@ -230,6 +230,7 @@ static inline char *cursor_pos(const arena_t *a) {
 
 TA_EXPORT ta_scope_t ta_scope_begin(void) {
     arena_t *a = &tls_arena;
+    if (TA_UNLIKELY(ta_trace_on)) ta_trace_mark(TA_TR_SCOPE_BEGIN);
     if (TA_UNLIKELY(a->state == AR_DEAD)) return (ta_scope_t){NULL, 0}; /* past thread exit */
     uint32_t serial = (a->serial + 1) & 0xffffff;
     if (TA_UNLIKELY(!a->serial)) /* first scope of the thread: start somewhere of its own */
@@ -252,6 +253,7 @@ TA_EXPORT ta_scope_t ta_scope_begin(void) {
 
 TA_EXPORT void ta_scope_end(ta_scope_t mark) {
     arena_t *a = &tls_arena;
+    if (TA_UNLIKELY(ta_trace_on)) ta_trace_mark(TA_TR_SCOPE_END);
     uint32_t depth = (uint32_t)mark.id_;
     uint32_t serial = (uint32_t)(mark.id_ >> 32);
     if (TA_UNLIKELY(depth == 0)) return; /* a mark from a thread past its exit */

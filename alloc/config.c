@@ -97,12 +97,14 @@ void ta_config_read(char **env, int ncpu, bool secure) {
     ta_cfg.stats = TA_CFG_STATS_OFF;
     ta_cfg.stats_json_path[0] = ta_cfg.profile_path[0] = '\0';
     ta_cfg.profile_set = false;
+    ta_cfg.trace_path[0] = '\0';
+    const char *tr = env_get(env, "TIERALLOC_TRACE");
     const char *st = env_get(env, "TIERALLOC_STATS");
     const char *prof = env_get(env, "TIERALLOC_PROFILE");
     if (secure) {
-        if ((st && *st) || (prof && *prof))
+        if ((st && *st) || (prof && *prof) || (tr && *tr))
             ta_printf_fd(2, "tieralloc: secure-execution mode (setuid, setgid or capabilities): "
-                            "TIERALLOC_STATS and TIERALLOC_PROFILE ignored\n");
+                            "TIERALLOC_STATS, TIERALLOC_PROFILE and TIERALLOC_TRACE ignored\n");
         return;
     }
     if (st && *st) {
@@ -117,6 +119,8 @@ void ta_config_read(char **env, int ncpu, bool secure) {
     }
     ta_cfg.profile_set = prof != NULL;
     if (prof && *prof) copy_path(ta_cfg.profile_path, prof, "TIERALLOC_PROFILE");
+    if (tr && *tr) copy_path(ta_cfg.trace_path, tr, "TIERALLOC_TRACE");
+    if (ta_cfg.trace_path[0]) ta_cfg.percpu = false; /* tracing runs on the per-thread slow paths */
 }
 
 void ta_config_init(void) {

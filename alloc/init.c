@@ -50,6 +50,7 @@ bool ta_init_slow(void) {
         ta_central_init();
         ta_pcache_init();
         ta_sample_init();
+        ta_trace_init();
         __atomic_store_n(&ta_inited, 1, __ATOMIC_RELEASE);
     }
     initialising = false;
@@ -63,11 +64,13 @@ static void fork_prepare(void) {
     ta_pcache_lock_all();
     ta_central_lock_all();
     ta_pageheap_lock_all();
+    ta_trace_lock_all();
     ta_meta_lock_all();
 }
 static void fork_after(bool child) {
     if (child) ta_witness_forget_all();
     ta_meta_unlock_all(child);
+    ta_trace_unlock_all(child);
     ta_pageheap_unlock_all(child);
     ta_central_unlock_all(child);
     ta_pcache_unlock_all(child);

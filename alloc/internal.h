@@ -48,6 +48,7 @@ enum ta_lock_rank {
     TA_RANK_CLASS,    /* central span lists */
     TA_RANK_PAGEHEAP,
     TA_RANK_PAGEMAP,
+    TA_RANK_TRACE,    /* trace.c: buffer list, address -> id shards */
     TA_RANK_META,
 };
 typedef struct ta_lock {
@@ -149,6 +150,7 @@ typedef struct ta_config {
     int stats;                /* TIERALLOC_STATS: TA_CFG_STATS_OFF, _TEXT (=1) or _JSON (=json:PATH) */
     char stats_json_path[TA_PATH_MAX]; /* the PATH of json:PATH ("" if none) */
     char profile_path[TA_PATH_MAX];    /* TIERALLOC_PROFILE ("" if none) */
+    char trace_path[TA_PATH_MAX];      /* TIERALLOC_TRACE ("" if none) */
 } ta_config_t;
 extern ta_config_t ta_cfg;
 /* Read the options (at init, once); ta_config_read does it from env, for a
@@ -522,5 +524,28 @@ uint64_t ta_arena_bytes(void); /* = held_bytes */
 /* malloc_trim: the calling thread's spare chunks go back to the page heap
  * (other threads' arenas are theirs alone; they go back when those exit) */
 void ta_arena_trim_current(void);
+
+/* ---- trace.c: TIERALLOC_TRACE, every allocation call recorded ------------- */
+/* Record kinds (docs/trace-format.md); the low 4 bits of a record's first byte. */
+enum {
+    TA_TR_MALLOC = 1, TA_TR_CALLOC, TA_TR_REALLOC, TA_TR_MEMALIGN, TA_TR_POSIX_MEMALIGN,
+    TA_TR_ALIGNED_ALLOC, TA_TR_VALLOC, TA_TR_PVALLOC, TA_TR_FREE, TA_TR_SCOPE_BEGIN, TA_TR_SCOPE_END
+};
+#define TA_TR_SEQ 0x10      /* the new id is the previous id + 1 (not written) */
+#define TA_TR_OLDNULL 0x20  /* realloc(NULL, n) */
+#define TA_TR_NORESULT 0x40 /* realloc returned NULL (n was 0) */
+#define TA_TRACE_MAGIC "TATRACE1"
+extern bool ta_trace_on;    /* set once at init; read only on slow paths */
+extern __thread int ta_trace_busy __attribute__((tls_model("initial-exec"))); /* inside a traced call */
+void ta_trace_init(void);
+void ta_trace_alloc(int op, void *p, size_t n, size_t align); /* p: the new block (NULL: nothing) */
+void ta_trace_free(void *p);                                   /* before p is handed back */
+void ta_trace_mark(int op);                                    /* scope begin / end */
+void *ta_trace_realloc(void *p, size_t n);
+void *ta_trace_calloc(size_t n, size_t size);
+void *ta_trace_aligned(int op, size_t align, size_t n);
+void ta_trace_thread_exit(void);
+void ta_trace_lock_all(void);
+void ta_trace_unlock_all(bool child);
 
 #endif

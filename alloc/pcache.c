@@ -500,7 +500,7 @@ static ta_pcache_t *thread_cache_create(void) {
     ta_unlock(&reg_lock);
     /* TLS first: if pthread_setspecific allocates, it finds the cache */
     ta_tls.cache = c;
-    ta_tls.slab = c->slab;
+    ta_tls.slab = ta_trace_on ? (ta_slot_t *)slab_none : c->slab; /* tracing: every call misses */
     pthread_setspecific(pcache_key, c);
     return c;
 }
@@ -571,6 +571,7 @@ void *ta_pcache_alloc_slow(uint32_t cls) {
 }
 
 void ta_pcache_free_slow(void *p, uint32_t cls) {
+    if (TA_UNLIKELY(ta_trace_on)) ta_trace_free(p);
     ta_pcache_t *c = ta_fe_percpu ? cpu_cache_lock() : thread_cache();
     if (TA_UNLIKELY(!c || c->state == TA_PC_DEAD)) {
         ta_central_free(cls, &p, 1, 0);
@@ -614,6 +615,7 @@ void ta_pcache_drain_all(void) {
 
 void ta_pcache_thread_exit(void *arg) {
     ta_pcache_t *c = arg;
+    if (ta_trace_on) ta_trace_thread_exit();
     if (!c || c->state != TA_PC_LIVE || c->cpu >= 0) {
         ta_sample_thread_exit();
         return;
