@@ -55,6 +55,7 @@ bool ta_init_slow(void) {
         ta_central_init();
         ta_pcache_init();
         ta_sample_init();
+        __atomic_store_n(&ta_pageheap_kick, ta_background_kick, __ATOMIC_RELAXED);
         __atomic_store_n(&ta_inited, 1, __ATOMIC_RELEASE);
     }
     initialising = false;

@@ -383,6 +383,9 @@ size_t ta_pageheap_decay(bool force);
 bool ta_pageheap_has_free(void);
 /* set while the background thread runs the decay (slow paths then do not) */
 extern bool ta_pageheap_bg_active;
+/* called with no lock held after a large block is freed, to start the
+ * background thread (set by init.c, which owns it) */
+extern void (*ta_pageheap_kick)(void);
 /* Try to grow an in-use large span in place to n pages; true on success. */
 bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages);
 /* Give the pages of in-use large span s beyond its first npages back to the

@@ -34,6 +34,7 @@ static bool ph_ready;
 static uint64_t ph_peak[PH_PEAK_SLOTS], ph_peak_cur, ph_peak_epoch;
 static uint64_t ph_ops_seen, ph_idle_since_ms; /* page-heap activity, for "idle" */
 bool ta_pageheap_bg_active;                    /* the background thread runs the decay */
+void (*ta_pageheap_kick)(void);                /* starts it (init.c sets it: calls go down only) */
 
 static inline void note_inuse(void) {
     if (ph_stats.inuse_bytes > ph_peak_cur) ph_peak_cur = ph_stats.inuse_bytes;
@@ -274,7 +275,7 @@ static ta_span_t *alloc_span_locked(uintptr_t npages, uintptr_t align_pages, uin
         ta_unlock(&ph_lock);
         return NULL;
     }
-    ta_span_t *s, *r;
+    ta_span_t *s;
     if (growable) {
         /* a block that is being grown goes at the start of the longest free
          * span, resident first: its next growth then happens in place */
@@ -282,13 +283,11 @@ static ta_span_t *alloc_span_locked(uintptr_t npages, uintptr_t align_pages, uin
         if (!s || s->npages < want) s = find_largest(1);
         if (s && s->npages < want) s = NULL;
     } else {
-        /* Resident free pages are reused first (no page faults), unless the
-         * request is a sliver of a big resident span and a released span fits
-         * it more than twice as tightly: cutting one page out of a big
-         * resident span would leave the next big request without room. */
+        /* Resident free pages are reused first (no page faults): the decay
+         * keeps about as many resident as the recent peak of demand needs,
+         * and released pages serve only what they cannot. */
         s = find_fit(0, want);
-        r = find_fit(1, want);
-        if (!s || (r && want * 8 <= s->npages && s->npages > 2 * r->npages)) s = r;
+        if (!s) s = find_fit(1, want);
     }
     if (!s) {
         /* a growing block gets as much address space again behind it (not
@@ -377,7 +376,13 @@ const char *ta_pageheap_free_large(ta_span_t *s, void *p) {
         err = "free of a pointer tieralloc never returned:";
     if (!err) free_locked(s, now);
     ta_unlock(&ph_lock);
-    if (!err) ta_pageheap_tick();
+    if (!err) {
+        ta_pageheap_tick();
+        /* no lock is held on this path (free of a large block): free pages
+         * now wait for the decay, the background thread may start */
+        void (*kick)(void) = __atomic_load_n(&ta_pageheap_kick, __ATOMIC_RELAXED);
+        if (kick && !__atomic_load_n(&ta_pageheap_bg_active, __ATOMIC_RELAXED)) kick();
+    }
     return err;
 }
 
