@@ -315,7 +315,9 @@ static inline uint8_t *ta_state_of(const void *p, uint32_t cls) {
 uint32_t ta_class_for_aligned(size_t n, size_t align);
 
 /* ---- pageheap.c: tier 3 --------------------------------------------------- */
-enum { TA_SPAN_FREE = 0, TA_SPAN_RELEASED = 1, TA_SPAN_INUSE = 2 };
+/* RELEASING: free, taken off the lists by a decay pass while its pages are
+ * madvised (for a free() it is freed, as FREE and RELEASED are) */
+enum { TA_SPAN_FREE = 0, TA_SPAN_RELEASED = 1, TA_SPAN_INUSE = 2, TA_SPAN_RELEASING = 3 };
 typedef struct ta_span {
     uintptr_t page;          /* first page number (address >> TA_PAGE_SHIFT) */
     uintptr_t npages;
@@ -379,7 +381,7 @@ void ta_pageheap_tick(void);
 /* one decay pass now (the background thread; force: ignore the demand peak);
  * returns the bytes released */
 size_t ta_pageheap_decay(bool force);
-/* resident free pages exist (a decay pass may have work) */
+/* the decay has work worth a background thread (resident free pages) */
 bool ta_pageheap_has_free(void);
 /* set while the background thread runs the decay (slow paths then do not) */
 extern bool ta_pageheap_bg_active;

@@ -33,6 +33,7 @@ static bool ph_ready;
 #define PH_PEAK_SLOTS 4
 static uint64_t ph_peak[PH_PEAK_SLOTS], ph_peak_cur, ph_peak_epoch;
 static uint64_t ph_ops_seen, ph_idle_since_ms; /* page-heap activity, for "idle" */
+static uint64_t ph_init_ms;
 bool ta_pageheap_bg_active;                    /* the background thread runs the decay */
 void (*ta_pageheap_kick)(void);                /* starts it (init.c sets it: calls go down only) */
 
@@ -53,6 +54,7 @@ void ta_pageheap_init(void) {
     ph_last_decay_ms = ta_os_now_ms();
     ph_peak_epoch = ph_last_decay_ms / (ta_cfg.decay_ms ? ta_cfg.decay_ms : 1);
     ph_idle_since_ms = ph_last_decay_ms;
+    ph_init_ms = ph_last_decay_ms;
     ph_ready = true;
 }
 
@@ -404,7 +406,8 @@ void ta_pageheap_free_arena(ta_span_t *s) {
 /* The free span starting exactly at page, of either kind, or NULL. */
 static ta_span_t *free_span_at(uintptr_t page) {
     ta_span_t *n = ta_pagemap_span(page);
-    return n && n->npages && n->state != TA_SPAN_INUSE && n->page == page ? n : NULL;
+    return n && n->npages && (n->state == TA_SPAN_FREE || n->state == TA_SPAN_RELEASED) && n->page == page ? n
+                                                                                                       : NULL;
 }
 
 bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages) {
@@ -538,7 +541,7 @@ size_t ta_pageheap_release(bool all) {
  *  - the spans are taken off their lists under the lock, sorted by address
  *    and released in one madvise per contiguous range with the lock let go;
  *    then they go back on the lists as RELEASED (and merge).  While they are
- *    out they count as released and look in use (nobody merges with or
+ *    out they count as released and are RELEASING (nobody merges with or
  *    takes them); a fork meanwhile gives the child's copy back as FREE. */
 #define PH_BATCH 64
 static ta_span_t *ph_flight[PH_BATCH];
@@ -575,7 +578,7 @@ static size_t flight_collect(uint64_t want, uint64_t now) {
             if (now - s->free_since_ms < ta_cfg.decay_ms) continue;
             free_remove(s);
             s->next = s->prev = NULL;
-            s->state = TA_SPAN_INUSE; /* out: no merge, no grow into it */
+            s->state = TA_SPAN_RELEASING; /* out: no merge, no grow into it */
             ph_stats.released_bytes += ta_span_bytes(s);
             got += ta_span_bytes(s);
             ph_flight[ph_nflight++] = s;
@@ -658,8 +661,14 @@ void ta_pageheap_tick(void) {
     decay_pass(now, false);
 }
 
-/* Is there anything a decay pass could give back (resident free pages)? */
-bool ta_pageheap_has_free(void) { return __atomic_load_n(&ph_stats.free_bytes, __ATOMIC_RELAXED) != 0; }
+/* Does the decay have work worth a thread: resident free pages, in a heap
+ * at least a quarter of a decay period old (the thread's own start-up
+ * allocates: a program that ends or measures itself within that never sees
+ * it)? */
+bool ta_pageheap_has_free(void) {
+    uint64_t f = __atomic_load_n(&ph_stats.free_bytes, __ATOMIC_RELAXED);
+    return f && ta_os_now_ms() - ph_init_ms >= ta_cfg.decay_ms / 4;
+}
 
 void ta_pageheap_stats(ta_pageheap_stats_t *out) {
     ta_lock(&ph_lock);

@@ -111,6 +111,7 @@ static void idle_returns(void) {
         cr_assert_not_null(big[i]);
     }
     write_all(big, BIG_BLOCKS * 2, BIG_SIZE, 3);
+    tu_sleep_ms(500); /* a process that has run a while (not a quarter-second one) */
     size_t total = (size_t)BIG_BLOCKS * 2 * BIG_SIZE, rss1 = tu_rss_bytes();
     cr_assert_geq(rss1, rss0 + total / 2, "RSS %zu → %zu after writing %zu bytes", rss0, rss1, total);
     for (int i = 0; i < BIG_BLOCKS * 2; i++) free(big[i]);
