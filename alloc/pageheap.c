@@ -107,6 +107,7 @@ static ta_span_t *spare_take(void) {
 }
 
 static void free_insert(ta_span_t *s);
+static void put_back(ta_span_t *s);
 
 /* Can free span s merge with n, its free neighbour of the same kind?  Always:
  * nothing is released on the paths that free (the decay pass does that, in
@@ -142,14 +143,7 @@ static void free_insert(ta_span_t *s) {
         ta_span_delete(next);
         ph_stats.n_coalesce++;
     }
-    register_ends(s);
-    ta_spanlist_push(free_list_for(s), s);
-    account_free(s, +1);
-    /* a free span is whole and registered at both ends; its neighbours of its
-     * own kind were merged */
-    TA_ASSERT(s->npages && (s->state == TA_SPAN_FREE || s->state == TA_SPAN_RELEASED));
-    TA_ASSERT(ta_pagemap_span(s->page) == s && ta_pagemap_span(s->page + s->npages - 1) == s);
-    TA_ASSERT(ta_pagemap_info(s->page) == 0);
+    put_back(s);
 }
 
 /* Smallest span of `kind` with at least n pages (lowest address among the
@@ -661,13 +655,13 @@ void ta_pageheap_tick(void) {
     decay_pass(now, false);
 }
 
-/* Does the decay have work worth a thread: resident free pages, in a heap
- * at least a quarter of a decay period old (the thread's own start-up
- * allocates: a program that ends or measures itself within that never sees
- * it)? */
+/* Does the decay have work worth a thread: resident free pages in a heap at
+ * least a decay period old, the first moment a free page can be due for
+ * release?  (The thread's start allocates its TLS: a program that ends or
+ * measures itself within a decay period never sees it.) */
 bool ta_pageheap_has_free(void) {
     uint64_t f = __atomic_load_n(&ph_stats.free_bytes, __ATOMIC_RELAXED);
-    return f && ta_os_now_ms() - ph_init_ms >= ta_cfg.decay_ms / 4;
+    return f && ta_os_now_ms() - ph_init_ms >= ta_cfg.decay_ms;
 }
 
 void ta_pageheap_stats(ta_pageheap_stats_t *out) {

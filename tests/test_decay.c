@@ -111,7 +111,7 @@ static void idle_returns(void) {
         cr_assert_not_null(big[i]);
     }
     write_all(big, BIG_BLOCKS * 2, BIG_SIZE, 3);
-    tu_sleep_ms(500); /* a process that has run a while (not a quarter-second one) */
+    tu_sleep_ms(1100); /* a process that has run a while (the thread starts in heaps a decay period old) */
     size_t total = (size_t)BIG_BLOCKS * 2 * BIG_SIZE, rss1 = tu_rss_bytes();
     cr_assert_geq(rss1, rss0 + total / 2, "RSS %zu → %zu after writing %zu bytes", rss0, rss1, total);
     for (int i = 0; i < BIG_BLOCKS * 2; i++) free(big[i]);
@@ -168,6 +168,7 @@ static void child_work(void *arg) {
 }
 
 Test(decay, background_thread_across_fork, .timeout = 120) {
+    tu_sleep_ms(1100); /* the thread starts in heaps a decay period old */
     char *p = malloc(8 << 20);
     cr_assert_not_null(p);
     memset(p, 1, 8 << 20);
