@@ -218,7 +218,7 @@ static void *realloc_move(void *p, size_t old, size_t n) {
 
 /* Below this a block belongs in a size class; growing past it, a block leaves
  * the classes for a span of its own that can grow in place. */
-#define REALLOC_SPAN_MIN ((size_t)32 << 10)
+#define REALLOC_SPAN_MIN ((size_t)4 << 10)
 
 void *ta_impl_realloc(void *p, size_t n) {
     TRACED(ta_trace_realloc(p, n));
@@ -235,11 +235,18 @@ void *ta_impl_realloc(void *p, size_t n) {
     if (c.kind == PTR_SMALL) {
         /* keep the block when the new size still fits and wastes < half */
         if (n <= old && n > old / 2) return p;
-        /* Growing past 32 KiB, a block leaves the size classes for a span of
-         * its own (page granular: under 25% waste there, and a growing buffer
-         * has headroom anyway), placed where it can keep growing in place: no
-         * more copies at every class boundary. */
-        if (n <= old || n <= REALLOC_SPAN_MIN) return realloc_move(p, old, n);
+        if (n <= old) return realloc_move(p, old, n);
+        /* A small block that grows moves to a class at least twice its size
+         * (up to REALLOC_SPAN_MIN): a buffer grown a little at a time is
+         * copied once per doubling, not at every class boundary.  Growing
+         * past REALLOC_SPAN_MIN, it leaves the classes for a span of its own
+         * (whole pages: a growing buffer has headroom anyway), placed where
+         * it can keep growing in place: no more copies. */
+        if (n <= REALLOC_SPAN_MIN) {
+            size_t want = old * 2 > n ? old * 2 : n;
+            if (want > REALLOC_SPAN_MIN) want = REALLOC_SPAN_MIN;
+            return realloc_move(p, old, want);
+        }
         void *q = alloc_span_for(n, 0, false, true);
         if (!q) return NULL;
         memcpy(q, p, old);
@@ -256,9 +263,10 @@ void *ta_impl_realloc(void *p, size_t n) {
         return p;
     }
     /* grow in place into the free pages that follow, by a quarter more when
-     * they allow it, so that a block grown step by step takes the page-heap
+     * they allow it (twice the size under 16 pages), so that a block grown step by step takes the page-heap
      * lock once every few steps rather than at each one */
-    if (ta_pageheap_grow(s, npages + npages / 4) || ta_pageheap_grow(s, npages)) return p;
+    uintptr_t more = npages < 16 ? npages : npages / 4; /* small spans double */
+    if (ta_pageheap_grow(s, npages + more) || ta_pageheap_grow(s, npages)) return p;
     /* otherwise move to the start of the longest free span, so that the
      * next growth happens in place */
     void *q = alloc_span_for(n, 0, false, true);

@@ -8,7 +8,12 @@
 #include "internal.h"
 #include "pcache.h"
 
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/auxv.h>
+#include <sys/prctl.h>
+#include <time.h>
 
 volatile int ta_inited;
 static ta_lock_t init_lock = TA_LOCK_INIT(TA_RANK_INIT);
@@ -51,11 +56,67 @@ bool ta_init_slow(void) {
         ta_pcache_init();
         ta_sample_init();
         ta_trace_init();
+        __atomic_store_n(&ta_pageheap_kick, ta_background_kick, __ATOMIC_RELAXED);
         __atomic_store_n(&ta_inited, 1, __ATOMIC_RELEASE);
     }
     initialising = false;
     ta_unlock(&init_lock);
     return true;
+}
+
+/* ---- the background thread --------------------------------------------------
+ * It takes each lock briefly and in the order above (the CPU caches, the
+ * transfer shards, the page heap), never holds one while it sleeps or while
+ * the page heap's pages are being madvised, so fork_prepare waits for it at
+ * most one short step.  A child of fork has no such thread (fork copies only
+ * the caller): fork_child clears the state and the child's next slow path
+ * that finds free pages starts its own. */
+enum { BG_NONE, BG_STARTING, BG_RUNNING, BG_FAILED };
+static int bg_state;
+
+static void *bg_main(void *arg) {
+    (void)arg;
+    prctl(PR_SET_NAME, "tieralloc-bg", 0, 0, 0);
+    __atomic_store_n(&ta_pageheap_bg_active, true, __ATOMIC_RELAXED);
+    __atomic_store_n(&bg_state, BG_RUNNING, __ATOMIC_RELEASE);
+    for (;;) {
+        uint64_t ms = ta_cfg.decay_ms / 4;
+        if (ms < 1) ms = 1;
+        if (ms > 60000) ms = 60000;
+        struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+        while (clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, &ts) == EINTR) {
+        }
+        ta_pcache_decay_tick(); /* idle caches drain (tiers 1 and 2) */
+        ta_pageheap_decay(false);
+    }
+    return NULL;
+}
+
+void ta_background_kick(void) {
+    if (!ta_cfg.background || __atomic_load_n(&bg_state, __ATOMIC_RELAXED) != BG_NONE) return;
+    if (!ta_pageheap_has_free()) return; /* no decay needed yet */
+    int none = BG_NONE;
+    if (!__atomic_compare_exchange_n(&bg_state, &none, BG_STARTING, false, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+        return;
+    /* the thread takes none of the program's signals; pthread_create may call
+     * malloc (the thread's TLS): no lock of ours is held here */
+    int saved = errno;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_attr_t a;
+    pthread_t t;
+    int rc = pthread_attr_init(&a);
+    if (!rc) {
+        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&a, 64 << 10);
+        rc = pthread_create(&t, &a, bg_main, NULL);
+        pthread_attr_destroy(&a);
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    /* no thread (resource limits): the slow paths go on running the decay */
+    if (rc) __atomic_store_n(&bg_state, BG_FAILED, __ATOMIC_RELEASE);
+    errno = saved;
 }
 
 static void fork_prepare(void) {
@@ -68,7 +129,10 @@ static void fork_prepare(void) {
     ta_meta_lock_all();
 }
 static void fork_after(bool child) {
-    if (child) ta_witness_forget_all();
+    if (child) {
+        ta_witness_forget_all();
+        bg_state = BG_NONE; /* started again lazily (the page heap forgets it too) */
+    }
     ta_meta_unlock_all(child);
     ta_trace_unlock_all(child);
     ta_pageheap_unlock_all(child);

@@ -142,6 +142,7 @@ typedef struct ta_config {
     uint64_t thread_cache_max;/* most one thread's cache may hold */
     int ncpu;                 /* CPUs this process may run on */
     bool percpu;              /* TIERALLOC_PERCPU (default 1): per-CPU caches where rseq allows */
+    bool background;          /* TIERALLOC_BACKGROUND (default 1): a thread runs the decay */
     uint64_t cpu_cache_bytes; /* TIERALLOC_CPU_CACHE_BYTES: capacity of one CPU's cache */
     uint64_t sample_bytes;    /* TIERALLOC_SAMPLE_BYTES: mean bytes between samples (0: off) */
     bool sample_set;          /* TIERALLOC_SAMPLE_BYTES is in the environment */
@@ -156,6 +157,14 @@ extern ta_config_t ta_cfg;
 /* Read the options (at init, once); ta_config_read does it from env, for a
  * process in secure-execution mode when secure is true (tests call it). */
 void ta_config_init(void);
+/* ---- init.c: the background thread ----------------------------------------
+ * Started lazily (ta_background_kick, from tier 1's slow path with no lock
+ * held) the first time free pages wait for the decay; every decay_ms / 4 it
+ * lets idle caches drain and runs the page heap's decay pass.  Not in a
+ * child after fork: the child starts its own when it needs one. */
+void ta_background_kick(void);
+/* the decay work of tiers 1 and 2 (pcache.c), for the background thread */
+void ta_pcache_decay_tick(void);
 void ta_config_read(char **env, int ncpu, bool secure);
 /* value of environment variable `name` without allocating, or NULL */
 const char *ta_getenv(const char *name);
@@ -308,7 +317,9 @@ static inline uint8_t *ta_state_of(const void *p, uint32_t cls) {
 uint32_t ta_class_for_aligned(size_t n, size_t align);
 
 /* ---- pageheap.c: tier 3 --------------------------------------------------- */
-enum { TA_SPAN_FREE = 0, TA_SPAN_RELEASED = 1, TA_SPAN_INUSE = 2 };
+/* RELEASING: free, taken off the lists by a decay pass while its pages are
+ * madvised (for a free() it is freed, as FREE and RELEASED are) */
+enum { TA_SPAN_FREE = 0, TA_SPAN_RELEASED = 1, TA_SPAN_INUSE = 2, TA_SPAN_RELEASING = 3 };
 typedef struct ta_span {
     uintptr_t page;          /* first page number (address >> TA_PAGE_SHIFT) */
     uintptr_t npages;
@@ -369,6 +380,16 @@ ta_span_t *ta_pageheap_alloc_arena(uintptr_t npages, uintptr_t align_pages);
 void ta_pageheap_free_arena(ta_span_t *s);
 /* run the decay clock (called from slow paths) */
 void ta_pageheap_tick(void);
+/* one decay pass now (the background thread; force: ignore the demand peak);
+ * returns the bytes released */
+size_t ta_pageheap_decay(bool force);
+/* the decay has work worth a background thread (resident free pages) */
+bool ta_pageheap_has_free(void);
+/* set while the background thread runs the decay (slow paths then do not) */
+extern bool ta_pageheap_bg_active;
+/* called with no lock held after a large block is freed, to start the
+ * background thread (set by init.c, which owns it) */
+extern void (*ta_pageheap_kick)(void);
 /* Try to grow an in-use large span in place to n pages; true on success. */
 bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages);
 /* Give the pages of in-use large span s beyond its first npages back to the

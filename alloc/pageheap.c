@@ -26,6 +26,21 @@ static uint64_t ph_class_spans[TA_MAX_CLASSES]; /* in-use spans of each size cla
 static uint64_t ph_last_decay_ms;
 static bool ph_ready;
 
+/* Demand: the most bytes in use in each of the last PH_PEAK_SLOTS decay
+ * periods (a ring; ph_peak_cur is the current period's).  The decay keeps
+ * free pages resident up to the recent peak: a program whose demand
+ * oscillates does not fault its pages back in at every swing. */
+#define PH_PEAK_SLOTS 4
+static uint64_t ph_peak[PH_PEAK_SLOTS], ph_peak_cur, ph_peak_epoch;
+static uint64_t ph_ops_seen, ph_idle_since_ms; /* page-heap activity, for "idle" */
+static uint64_t ph_init_ms;
+bool ta_pageheap_bg_active;                    /* the background thread runs the decay */
+void (*ta_pageheap_kick)(void);                /* starts it (init.c sets it: calls go down only) */
+
+static inline void note_inuse(void) {
+    if (ph_stats.inuse_bytes > ph_peak_cur) ph_peak_cur = ph_stats.inuse_bytes;
+}
+
 
 static ta_span_t *free_list_for(const ta_span_t *s) {
     int kind = s->state == TA_SPAN_RELEASED;
@@ -37,6 +52,9 @@ void ta_pageheap_init(void) {
     for (int k = 0; k < 2; k++)
         for (int i = 0; i <= PH_EXACT; i++) ta_spanlist_init(&ph_list[k][i]);
     ph_last_decay_ms = ta_os_now_ms();
+    ph_peak_epoch = ph_last_decay_ms / (ta_cfg.decay_ms ? ta_cfg.decay_ms : 1);
+    ph_idle_since_ms = ph_last_decay_ms;
+    ph_init_ms = ph_last_decay_ms;
     ph_ready = true;
 }
 
@@ -91,19 +109,12 @@ static ta_span_t *spare_take(void) {
 static void free_insert(ta_span_t *s);
 static void put_back(ta_span_t *s);
 
-/* Can free span s merge with n, its free neighbour of the same kind?  A
- * resident neighbour that has been free for decay_ms is released instead (it
- * merges with released spans then): merged, its age would be lost, and pages
- * next to a block freed over and over would never decay. */
+/* Can free span s merge with n, its free neighbour of the same kind?  Always:
+ * nothing is released on the paths that free (the decay pass does that, in
+ * batches, off the allocation path).  The merged span keeps the older age, so
+ * pages next to a block freed over and over still decay. */
 static bool merge_ok(ta_span_t *n, const ta_span_t *s) {
-    if (s->state == TA_SPAN_FREE && s->free_since_ms > n->free_since_ms &&
-        s->free_since_ms - n->free_since_ms >= ta_cfg.decay_ms) {
-        free_remove(n);
-        ta_os_release(ta_span_addr(n), ta_span_bytes(n));
-        n->state = TA_SPAN_RELEASED;
-        free_insert(n); /* does not merge with s, which is FREE */
-        return false;
-    }
+    (void)n, (void)s;
     return true;
 }
 
@@ -228,7 +239,6 @@ static ta_span_t *split_head(ta_span_t *s, uintptr_t lead) {
     return t;
 }
 
-static void decay_maybe(uint64_t now);
 
 /* The longest span of `kind` (lowest address among equals). */
 static ta_span_t *find_largest(int kind) {
@@ -261,7 +271,7 @@ static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t c
         ta_unlock(&ph_lock);
         return NULL;
     }
-    ta_span_t *s, *r;
+    ta_span_t *s;
     if (growable) {
         /* a block that is being grown goes at the start of the longest free
          * span, resident first: its next growth then happens in place */
@@ -269,13 +279,11 @@ static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t c
         if (!s || s->npages < want) s = find_largest(1);
         if (s && s->npages < want) s = NULL;
     } else {
-        /* Resident free pages are reused first (no page faults), unless the
-         * request is a sliver of a big resident span and a released span fits
-         * it more than twice as tightly: cutting one page out of a big
-         * resident span would leave the next big request without room. */
+        /* Resident free pages are reused first (no page faults): the decay
+         * keeps about as many resident as the recent peak of demand needs,
+         * and released pages serve only what they cannot. */
         s = find_fit(0, want);
-        r = find_fit(1, want);
-        if (!s || (r && want * 8 <= s->npages && s->npages > 2 * r->npages)) s = r;
+        if (!s) s = find_fit(1, want);
     }
     if (!s) {
         /* a growing block gets as much address space again behind it (not
@@ -316,6 +324,7 @@ static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t c
         ph_stats.large_count++;
     }
     ph_stats.inuse_bytes += ta_span_bytes(s);
+    note_inuse();
     ph_stats.n_alloc++;
     ta_unlock(&ph_lock);
     return s;
@@ -349,8 +358,8 @@ void ta_pageheap_free(ta_span_t *s) {
     uint64_t now = ta_os_now_ms();
     ta_lock(&ph_lock);
     free_locked(s, now);
-    decay_maybe(now);
     ta_unlock(&ph_lock);
+    ta_pageheap_tick();
 }
 
 const char *ta_pageheap_free_large(ta_span_t *s, void *p) {
@@ -361,11 +370,15 @@ const char *ta_pageheap_free_large(ta_span_t *s, void *p) {
         err = "double free of"; /* freed meanwhile */
     else if (s->cls || ta_span_addr(s) != p)
         err = "free of a pointer tieralloc never returned:";
-    if (!err) {
-        free_locked(s, now);
-        decay_maybe(now);
-    }
+    if (!err) free_locked(s, now);
     ta_unlock(&ph_lock);
+    if (!err) {
+        ta_pageheap_tick();
+        /* no lock is held on this path (free of a large block): free pages
+         * now wait for the decay, the background thread may start */
+        void (*kick)(void) = __atomic_load_n(&ta_pageheap_kick, __ATOMIC_RELAXED);
+        if (kick && !__atomic_load_n(&ta_pageheap_bg_active, __ATOMIC_RELAXED)) kick();
+    }
     return err;
 }
 
@@ -387,7 +400,8 @@ void ta_pageheap_free_arena(ta_span_t *s) {
 /* The free span starting exactly at page, of either kind, or NULL. */
 static ta_span_t *free_span_at(uintptr_t page) {
     ta_span_t *n = ta_pagemap_span(page);
-    return n && n->npages && n->state != TA_SPAN_INUSE && n->page == page ? n : NULL;
+    return n && n->npages && (n->state == TA_SPAN_FREE || n->state == TA_SPAN_RELEASED) && n->page == page ? n
+                                                                                                       : NULL;
 }
 
 bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages) {
@@ -414,7 +428,11 @@ bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages) {
         s->npages += n->npages;
         ta_span_delete(n);
     }
-    if (ok) register_ends(s);
+    if (ok) {
+        register_ends(s);
+        note_inuse();
+        ph_stats.n_alloc++; /* activity: the heap is not idle */
+    }
     ta_unlock(&ph_lock);
     return ok;
 }
@@ -494,13 +512,6 @@ static size_t give_back_locked(void) {
     return unmap_released_locked(1);
 }
 
-static void decay_maybe(uint64_t now) {
-    uint64_t period = ta_cfg.decay_ms / 4;
-    if (now - ph_last_decay_ms < period) return;
-    ph_last_decay_ms = now;
-    release_locked(false, now);
-}
-
 size_t ta_pageheap_release(bool all) {
     uint64_t now = ta_os_now_ms();
     ta_lock(&ph_lock);
@@ -513,12 +524,144 @@ size_t ta_pageheap_release(bool all) {
     return n;
 }
 
+/* ---- decay ------------------------------------------------------------------
+ * A pass (every decay_ms / 4, from the background thread, or from slow paths
+ * when there is none) releases free pages that stayed unused:
+ *  - the resident free bytes kept are those the recent peak of demand may need
+ *    again (peak in use over the last PH_PEAK_SLOTS periods minus in use now);
+ *    only what lies beyond goes, and only spans free for decay_ms;
+ *  - a heap with no page-heap activity for decay_ms is idle: every free page
+ *    free for decay_ms goes back (an idle process returns its memory);
+ *  - the spans are taken off their lists under the lock, sorted by address
+ *    and released in one madvise per contiguous range with the lock let go;
+ *    then they go back on the lists as RELEASED (and merge).  While they are
+ *    out they count as released and are RELEASING (nobody merges with or
+ *    takes them); a fork meanwhile gives the child's copy back as FREE. */
+#define PH_BATCH 64
+static ta_span_t *ph_flight[PH_BATCH];
+static int ph_nflight;
+static bool ph_decaying; /* a pass has spans out (one pass at a time) */
+
+static void peak_rotate(uint64_t now) {
+    uint64_t period = ta_cfg.decay_ms ? ta_cfg.decay_ms : 1;
+    uint64_t epoch = now / period;
+    if (epoch == ph_peak_epoch) return;
+    uint64_t steps = epoch - ph_peak_epoch;
+    /* the period that ended keeps its peak; the ones skipped had none */
+    ph_peak[ph_peak_epoch % PH_PEAK_SLOTS] = ph_peak_cur;
+    for (uint64_t i = 1; i <= steps && i <= PH_PEAK_SLOTS; i++) ph_peak[(ph_peak_epoch + i) % PH_PEAK_SLOTS] = 0;
+    ph_peak_epoch = epoch;
+    ph_peak_cur = ph_stats.inuse_bytes;
+}
+
+static uint64_t peak_recent(void) {
+    uint64_t m = ph_peak_cur;
+    for (int i = 0; i < PH_PEAK_SLOTS; i++)
+        if (ph_peak[i] > m) m = ph_peak[i];
+    return m;
+}
+
+/* Take up to PH_BATCH FREE spans free for decay_ms, largest first, totalling
+ * at least `want` bytes if there are enough; under ph_lock. */
+static size_t flight_collect(uint64_t want, uint64_t now) {
+    size_t got = 0;
+    for (int i = 0; i <= PH_EXACT && got < want && ph_nflight < PH_BATCH; i++) {
+        ta_span_t *h = &ph_list[0][i ? PH_EXACT + 1 - i : 0];
+        for (ta_span_t *s = h->next, *nx; s != h && got < want && ph_nflight < PH_BATCH; s = nx) {
+            nx = s->next;
+            if (now - s->free_since_ms < ta_cfg.decay_ms) continue;
+            free_remove(s);
+            s->next = s->prev = NULL;
+            s->state = TA_SPAN_RELEASING; /* out: no merge, no grow into it */
+            ph_stats.released_bytes += ta_span_bytes(s);
+            got += ta_span_bytes(s);
+            ph_flight[ph_nflight++] = s;
+        }
+    }
+    return got;
+}
+
+static void flight_return(int state, uint64_t now) {
+    for (int i = 0; i < ph_nflight; i++) {
+        ta_span_t *s = ph_flight[i];
+        ph_stats.released_bytes -= ta_span_bytes(s);
+        s->state = (uint8_t)state;
+        s->free_since_ms = now;
+        free_insert(s);
+        ph_flight[i] = NULL;
+    }
+    ph_nflight = 0;
+}
+
+/* One decay pass; returns the bytes released.  force: every free page free
+ * for decay_ms, whatever the demand (tests, and an idle heap). */
+static size_t decay_pass(uint64_t now, bool force) {
+    size_t total = 0;
+    ta_lock(&ph_lock);
+    if (ph_decaying) {
+        ta_unlock(&ph_lock);
+        return 0;
+    }
+    ph_last_decay_ms = now;
+    peak_rotate(now);
+    uint64_t ops = ph_stats.n_alloc + ph_stats.n_free;
+    if (ops != ph_ops_seen) {
+        ph_ops_seen = ops;
+        ph_idle_since_ms = now;
+    }
+    bool idle = force || now - ph_idle_since_ms >= ta_cfg.decay_ms;
+    uint64_t peak = peak_recent(), inuse = ph_stats.inuse_bytes;
+    uint64_t keep = idle || peak <= inuse ? 0 : peak - inuse;
+    uint64_t want = ph_stats.free_bytes > keep ? ph_stats.free_bytes - keep : 0;
+    while (want) {
+        size_t got = flight_collect(want, now);
+        if (!got) break;
+        ph_decaying = true;
+        /* by address, then one madvise per contiguous range */
+        for (int i = 1; i < ph_nflight; i++)
+            for (int j = i; j > 0 && ph_flight[j - 1]->page > ph_flight[j]->page; j--) {
+                ta_span_t *t = ph_flight[j];
+                ph_flight[j] = ph_flight[j - 1];
+                ph_flight[j - 1] = t;
+            }
+        ta_span_t *batch[PH_BATCH];
+        int n = ph_nflight;
+        for (int i = 0; i < n; i++) batch[i] = ph_flight[i];
+        ta_unlock(&ph_lock);
+        for (int i = 0; i < n;) {
+            uintptr_t page = batch[i]->page, end = page + batch[i]->npages;
+            for (i++; i < n && batch[i]->page == end; i++) end += batch[i]->npages;
+            ta_os_release((void *)(page << TA_PAGE_SHIFT), (end - page) << TA_PAGE_SHIFT);
+        }
+        ta_lock(&ph_lock);
+        /* a fork in between handed the child's copy back; here the spans are ours */
+        flight_return(TA_SPAN_RELEASED, now);
+        ph_decaying = false;
+        total += got;
+        want = got >= want ? 0 : want - got;
+    }
+    ta_unlock(&ph_lock);
+    return total;
+}
+
+size_t ta_pageheap_decay(bool force) { return decay_pass(ta_os_now_ms(), force); }
+
+/* From slow paths and frees: with no background thread, a pass once per
+ * decay_ms / 4. */
 void ta_pageheap_tick(void) {
+    if (__atomic_load_n(&ta_pageheap_bg_active, __ATOMIC_RELAXED)) return;
     uint64_t now = ta_os_now_ms();
     if (now - __atomic_load_n(&ph_last_decay_ms, __ATOMIC_RELAXED) < ta_cfg.decay_ms / 4) return;
-    ta_lock(&ph_lock);
-    decay_maybe(now);
-    ta_unlock(&ph_lock);
+    decay_pass(now, false);
+}
+
+/* Does the decay have work worth a thread: resident free pages in a heap at
+ * least a decay period old, the first moment a free page can be due for
+ * release?  (The thread's start allocates its TLS: a program that ends or
+ * measures itself within a decay period never sees it.) */
+bool ta_pageheap_has_free(void) {
+    uint64_t f = __atomic_load_n(&ph_stats.free_bytes, __ATOMIC_RELAXED);
+    return f && ta_os_now_ms() - ph_init_ms >= ta_cfg.decay_ms;
 }
 
 void ta_pageheap_stats(ta_pageheap_stats_t *out) {
@@ -535,5 +678,12 @@ void ta_pageheap_stats_locked(ta_pageheap_stats_t *out, uint64_t *class_spans) {
 
 void ta_pageheap_lock_all(void) { ta_lock(&ph_lock); }
 void ta_pageheap_unlock_all(bool child) {
+    if (child) {
+        /* spans a decay pass had out: the parent releases them; the child's
+         * copies may or may not have been madvised, so they come back FREE */
+        if (ph_nflight) flight_return(TA_SPAN_FREE, ta_os_now_ms());
+        ph_decaying = false;
+        ta_pageheap_bg_active = false; /* no background thread in the child */
+    }
     ta_lock_after_fork(&ph_lock, child);
 }

@@ -468,7 +468,10 @@ static void tick(ta_pcache_t *own) {
         release(own, false, false);
     }
     ta_central_tick();
+    if (own) ta_background_kick();
 }
+
+void ta_pcache_decay_tick(void) { tick(NULL); }
 
 /* ---- finding the caller's cache ------------------------------------------------ */
 static ta_pcache_t *thread_cache_create(void) {

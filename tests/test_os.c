@@ -20,7 +20,8 @@
 
 #define OS_PAGE 4096
 
-TestSuite(os, .init = ta_ensure_init, .timeout = 30);
+static void tu_init_allocator(void) { ta_ensure_init(); }
+TestSuite(os, .init = tu_init_allocator, .timeout = 30);
 
 /* /proc/self/statm fields (in OS pages) without allocating: 0 = size, 1 = resident */
 static long statm_field(int field) {

@@ -15,7 +15,8 @@
 #define LEAF_PAGES ((uintptr_t)1 << TA_PM_LEAF_BITS)
 #define MAX_PAGES ((uintptr_t)1 << (TA_PM_ROOT_BITS + TA_PM_LEAF_BITS)) /* 2^35 */
 
-TestSuite(pagemap, .init = ta_ensure_init, .timeout = 30);
+static void tu_init_allocator(void) { ta_ensure_init(); }
+TestSuite(pagemap, .init = tu_init_allocator, .timeout = 30);
 
 static ta_span_t fake[8];
 
