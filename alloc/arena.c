@@ -196,9 +196,10 @@ static chunk_t *chunk_get(arena_t *a, size_t need, size_t target) {
     chunk_t **best = NULL, **fallback = NULL;
     for (chunk_t **pp = &a->spare; *pp; pp = &(*pp)->link) {
         size_t sz = chunk_size(*pp);
+        if (sz < need) continue; /* never a chunk the block does not fit */
         if (sz >= target) {
             if (!best || sz < chunk_size(*best)) best = pp;
-        } else if (sz >= need) {
+        } else {
             if (!fallback || sz > chunk_size(*fallback)) fallback = pp;
         }
     }

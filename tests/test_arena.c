@@ -835,3 +835,25 @@ static void end_in_other_thread(void *arg) {
     ta_scope_end(mine);
 }
 Test(arena_misuse, ending_another_threads_scope) { expect_abort(end_in_other_thread, "not open"); }
+
+/* Found by the fuzzer: a spare chunk at least the geometric target but
+ * smaller than a big request was reused for it, so the scoped block ran past
+ * the chunk's end over a live heap block. */
+Test(arena, a_spare_chunk_smaller_than_the_block_is_not_reused) {
+    ta_scope_t m = ta_scope_begin();
+    cr_assert_not_null(ta_scope_alloc_aligned(1, 32768));
+    cr_assert_not_null(ta_scope_alloc_aligned(1, 32768));
+    char *h = ta_malloc(33); /* a live heap block */
+    memset(h, 7, 33);
+    ta_scope_end(m);
+    m = ta_scope_begin();
+    size_t n = 876688;
+    char *s = ta_scope_alloc(n);
+    cr_assert_not_null(s);
+    cr_assert(h + 33 <= s || h >= s + n, "the scoped block %p..%p covers the live heap block %p", (void *)s,
+              (void *)(s + n), (void *)h);
+    memset(s, 1, n);
+    for (int i = 0; i < 33; i++) cr_assert_eq(h[i], 7, "the heap block was overwritten");
+    ta_scope_end(m);
+    ta_free(h);
+}
