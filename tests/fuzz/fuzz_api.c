@@ -91,8 +91,18 @@ static size_t align_arg(void) {
     return (size_t)1 << shift;
 }
 
+/* ---- tracing: FUZZ_TRACE=1 prints every call as a line of C (s[] = slots, m[] = scopes),
+ * to turn a crash into a stand-alone reproduction */
+static int tracing = -1;
+#define TR(...)                                                                     \
+    do {                                                                            \
+        if (tracing < 0) tracing = getenv("FUZZ_TRACE") != NULL;                    \
+        if (tracing) dprintf(2, __VA_ARGS__);                                       \
+    } while (0)
+
 /* ---- failures ------------------------------------------------------------- */
 static void fail(const char *what, const struct block *b, size_t at) {
+    TR("/* fails here */\n");
     fprintf(stderr, "fuzz_api: %s: block %p size %zu align %zu kind %u depth %u seed %u, offset %zu\n", what,
             b ? (void *)b->p : NULL, b ? b->size : 0, b ? b->align : 0, b ? b->kind : 0,
             b ? b->depth : 0, b ? b->seed : 0, at);
@@ -197,6 +207,7 @@ static void release(int s) {
     struct block *b = &slots[s];
     if (b->kind == FREE_SLOT) return;
     check(b);
+    TR("ta_free(s[%d]);\n", s);
     ta_free(b->p); /* a scoped block: a no-op while its scope is open */
     forget(s);
 }
@@ -209,6 +220,7 @@ static void end_scopes(unsigned d) {
             check(&slots[i]);
             forget(i);
         }
+    TR("ta_scope_end(m[%u]);\n", d);
     ta_scope_end(marks[d]);
     depth = d;
     if (ta_scope_depth() != d) fail("ta_scope_depth after ta_scope_end", NULL, ta_scope_depth());
@@ -226,6 +238,7 @@ static void reset(void) {
 static void op_malloc(void) {
     int s = take(slot_arg());
     size_t n = size_arg();
+    TR("s[%d] = ta_malloc(%zu);\n", s, n);
     void *p = ta_malloc(n);
     if (!p) fail("malloc returned NULL", NULL, n);
     adopt(s, p, n, 16, HEAP, 0);
@@ -234,6 +247,7 @@ static void op_malloc(void) {
 static void op_calloc(void) {
     int s = take(slot_arg());
     size_t n = (byte() & 15) + 1, size = size_arg() / n;
+    TR("s[%d] = ta_calloc(%zu, %zu);\n", s, n, size);
     void *p = ta_calloc(n, size);
     if (!p) fail("calloc returned NULL", NULL, n * size);
     adopt(s, p, n * size, 16, HEAP, 1);
@@ -244,6 +258,7 @@ static void op_realloc(void) {
     size_t n = size_arg();
     struct block *b = &slots[s];
     if (b->kind == FREE_SLOT) { /* realloc(NULL, n) is malloc(n) */
+        TR("s[%d] = ta_realloc(NULL, %zu);\n", s, n);
         void *p = ta_realloc(NULL, n);
         if (!p) fail("realloc(NULL) returned NULL", NULL, n);
         adopt(s, p, n, 16, HEAP, 0);
@@ -251,6 +266,7 @@ static void op_realloc(void) {
     }
     check(b);
     struct block old = *b;
+    TR("s[%d] = ta_realloc(s[%d], %zu);\n", s, s, n);
     void *p = ta_realloc(b->p, n);
     if (!p) {
         if (n == 0) { /* realloc(p, 0) may free p and return NULL */
@@ -273,6 +289,7 @@ static void op_free_sized(void) {
     struct block *b = &slots[s];
     if (b->kind != HEAP) return;
     check(b);
+    TR("ta_free_sized(s[%d], %zu);\n", s, b->size);
     ta_free_sized(b->p, b->size);
     forget(s);
 }
@@ -282,15 +299,17 @@ static void op_memalign(unsigned how) {
     size_t a = align_arg(), n = size_arg();
     void *p = NULL;
     switch (how) {
-    case 0: p = ta_memalign(a, n); break;
+    case 0: TR("s[%d] = ta_memalign(%zu, %zu);\n", s, a, n); p = ta_memalign(a, n); break;
     case 1: {
         if (a < sizeof(void *)) a = sizeof(void *);
+        TR("ta_posix_memalign(&s[%d], %zu, %zu);\n", s, a, n);
         int rc = ta_posix_memalign(&p, a, n);
         if (rc) fail("posix_memalign failed", NULL, (size_t)rc);
         break;
     }
     default:
         n = (n + a - 1) & ~(a - 1); /* C11 wants a multiple (tieralloc does not) */
+        TR("s[%d] = ta_aligned_alloc(%zu, %zu);\n", s, a, n);
         p = ta_aligned_alloc(a, n);
         break;
     }
@@ -316,6 +335,7 @@ static void op_rewrite(void) {
 
 static void op_scope_begin(void) {
     if (depth == MAX_DEPTH) return;
+    TR("m[%u] = ta_scope_begin();\n", depth);
     marks[depth++] = ta_scope_begin();
     if (ta_scope_depth() != depth) fail("ta_scope_depth after ta_scope_begin", NULL, ta_scope_depth());
 }
@@ -331,15 +351,17 @@ static void op_scope_alloc(unsigned how) {
     void *p;
     int zeroed = 0;
     switch (how) {
-    case 0: p = ta_scope_alloc(n); break;
+    case 0: TR("s[%d] = ta_scope_alloc(%zu);\n", s, n); p = ta_scope_alloc(n); break;
     case 1:
         a = align_arg();
         if (a > 4096) a = 4096;
+        TR("s[%d] = ta_scope_alloc_aligned(%zu, %zu);\n", s, a, n);
         p = ta_scope_alloc_aligned(a, n);
         break;
     default: {
         size_t k = (byte() & 7) + 1;
         n /= k;
+        TR("s[%d] = ta_scope_calloc(%zu, %zu);\n", s, k, n);
         p = ta_scope_calloc(k, n);
         n *= k;
         zeroed = 1;
@@ -356,6 +378,7 @@ static void op_escape(void) {
     struct block *b = &slots[s];
     if (b->kind == FREE_SLOT) return;
     check(b);
+    TR("e = ta_escape(s[%d]);\n", s);
     void *p = ta_escape(b->p);
     if (!p) fail("ta_escape returned NULL", b, 0);
     if (b->kind == HEAP) {
@@ -369,6 +392,7 @@ static void op_escape(void) {
     for (int i = 0; i < SLOTS; i++)
         if (slots[i].kind == FREE_SLOT) { t = i; break; }
     if (t < 0) { t = s; forget(s); }
+    TR("s[%d] = e;\n", t);
     adopt(t, p, old.size, 16, HEAP, 0);
 }
 
@@ -410,7 +434,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         case 14: op_scope_end(); break;
         case 15: case 16: op_scope_alloc((op / 20) % 3); break;
         case 17: op_escape(); break;
-        case 18: if ((op / 20) % 4 == 0) ta_malloc_trim(0); else op_invalid(); break;
+        case 18: if ((op / 20) % 4 == 0) { TR("ta_malloc_trim(0);\n"); ta_malloc_trim(0); } else op_invalid(); break;
         default: op_free(); break;
         }
     }
