@@ -114,33 +114,30 @@ static inline unsigned char pat(uint32_t seed, size_t i) {
     return (unsigned char)(seed ^ (i * 0x9d) ^ (i >> 8) ^ (seed >> 8));
 }
 
-static void fill_range(const struct block *b, size_t from, size_t to) {
-    for (size_t i = from; i < to; i++) b->p[i] = pat(b->seed, i);
+/* write (or check) the pattern over [from, to) */
+static void range(const struct block *b, size_t from, size_t to, int write) {
+    for (size_t i = from; i < to; i++) {
+        if (write)
+            b->p[i] = pat(b->seed, i);
+        else if (b->p[i] != pat(b->seed, i))
+            fail("contents changed", b, i);
+    }
 }
 
-static void check_range(const struct block *b, size_t from, size_t to) {
-    for (size_t i = from; i < to; i++)
-        if (b->p[i] != pat(b->seed, i)) fail("contents changed", b, i);
-}
+static void check_range(const struct block *b, size_t from, size_t to) { range(b, from, to, 0); }
 
 /* the parts of a block that carry the pattern: all of it, or its two ends */
-static void fill(const struct block *b) {
+static void parts(const struct block *b, int write) {
     if (b->size <= 2 * CHECK_SPAN) {
-        fill_range(b, 0, b->size);
+        range(b, 0, b->size, write);
     } else {
-        fill_range(b, 0, CHECK_SPAN);
-        fill_range(b, b->size - CHECK_SPAN, b->size);
+        range(b, 0, CHECK_SPAN, write);
+        range(b, b->size - CHECK_SPAN, b->size, write);
     }
 }
 
-static void check(const struct block *b) {
-    if (b->size <= 2 * CHECK_SPAN) {
-        check_range(b, 0, b->size);
-    } else {
-        check_range(b, 0, CHECK_SPAN);
-        check_range(b, b->size - CHECK_SPAN, b->size);
-    }
-}
+static void fill(const struct block *b) { parts(b, 1); }
+static void check(const struct block *b) { parts(b, 0); }
 
 /* check what was written of the first n bytes (what realloc keeps) */
 static void check_prefix(const struct block *b, size_t n) {
