@@ -189,9 +189,8 @@ TA_NOINLINE void ta_free_slow(void *p, uint64_t info) {
 
 /* ---- internal allocation, for tier 0 ----------------------------------------- */
 void *ta_heap_alloc(size_t n, size_t align, bool zero) {
-    void *p = align > TA_ALIGN ? ta_alloc_aligned(align, n) : ta_do_malloc(n);
-    if (p && zero && n <= TA_MAX_SMALL) memset(p, 0, n);
-    return p;
+    if (zero) return ta_impl_calloc(n, 1); /* (zeroed blocks are asked for unaligned only) */
+    return align > TA_ALIGN ? ta_alloc_aligned(align, n) : ta_do_malloc(n);
 }
 
 /* ---- the public operations ------------------------------------------------ */

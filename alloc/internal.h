@@ -505,7 +505,8 @@ void *ta_boot_alloc(size_t n, size_t align);
 size_t ta_boot_size(const void *p);
 
 /* ---- api.c: for tier 0 --------------------------------------------------- */
-/* A heap block of n bytes (align: 0 or a power of two; zero: cleared), as the
+/* A heap block of n bytes (align: 0 or a power of two; zero: cleared, then
+ * align is not used), as the
  * arena's fallback when no scope is open and for escaping blocks. */
 void *ta_heap_alloc(size_t n, size_t align, bool zero);
 

@@ -857,3 +857,18 @@ Test(arena, a_spare_chunk_smaller_than_the_block_is_not_reused) {
     ta_scope_end(m);
     ta_free(h);
 }
+
+/* Found by the fuzzer: ta_scope_calloc with no scope open returned a large
+ * heap block that was not zeroed. */
+Test(arena, scope_calloc_outside_a_scope_zeroes_large_blocks) {
+    size_t n = (size_t)1 << 20;
+    for (int round = 0; round < 4; round++) {
+        char *d = ta_malloc(n); /* dirty pages that a later block may reuse */
+        memset(d, 0xa5, n);
+        ta_free(d);
+        unsigned char *p = ta_scope_calloc(1, n);
+        cr_assert_not_null(p);
+        for (size_t i = 0; i < n; i += 512) cr_assert_eq(p[i], 0, "byte %zu of a calloc'd block is %#x", i, p[i]);
+        ta_free(p);
+    }
+}
