@@ -219,7 +219,7 @@ void ta_central_free_spans(uint32_t cls, void *const *objs, uint32_t n) {
     free_to_spans(cls, objs, n);
 }
 
-/* Take `keep_half ? half : all` of a transfer cache's objects back to spans. */
+/* Move half (or, without `half`, all) of a transfer cache's objects back to their spans. */
 static void transfer_release(uint32_t sh, uint32_t c, bool half) {
     transfer_t *t = &transfer[sh][c];
     void *buf[256];

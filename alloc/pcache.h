@@ -25,16 +25,12 @@
 #include "internal.h"
 
 #define TA_SLAB_SHIFT 20 /* a slab is 1 MiB of address space: 64 Ki slots of 16 bytes */
-#define TA_SLAB_SLOTS ((size_t)1 << (TA_SLAB_SHIFT - 4))
 #define TA_SLAB_HDR_SLOTS (TA_MAX_CLASSES * 8 / 16) /* the headers take the first slots */
 
 typedef struct ta_slot {
     void *obj;
     uint8_t *state;
 } ta_slot_t;
-#define TA_HDR_CUR 0 /* byte offsets in a header */
-#define TA_HDR_BEGIN 2
-#define TA_HDR_END 4
 
 typedef union ta_slab_hdr {
     uint64_t word;
