@@ -7,9 +7,15 @@
  * at a time up to the class's slot range.  Frees alone grow it to one batch at
  * most, so a thread or CPU that frees what others allocated flushes in batches
  * but does not hoard.  The sum over classes of capacity x size never exceeds
- * the cache's budget: a CPU has a fixed one (TIERALLOC_CPU_CACHE_BYTES), a
- * thread draws its own from a global pool (TIERALLOC_CACHE_BYTES); past it, a
- * class takes capacity from the others (round-robin, halving them).
+ * the cache's budget: a thread draws its own from a global pool
+ * (TIERALLOC_CACHE_BYTES), up to 8 MiB; a CPU has a base
+ * (TIERALLOC_CPU_CACHE_BYTES) and borrows more from the same pool, up to what a
+ * thread may have, only while few threads use it (CPU_OWNERS in this period and
+ * the last): one program thread with a large working set gets the cache a
+ * thread cache would give it, while thousands of threads sharing a CPU get no
+ * more than the base.  The borrowed budget goes back when a CPU becomes
+ * crowded or its classes shrink by decay.  Past the budget, a class takes
+ * capacity from the others (round-robin, halving them).
  *
  * Per-CPU caches.  A slow path works on the CPU it runs on, holding that
  * CPU's lock, and changes the slab only through restartable sequences that
@@ -44,7 +50,12 @@ typedef struct ta_pcache {
     uint32_t state;           /* TA_PC_* (thread caches) */
     struct ta_pcache *next_all, *prev_all; /* registry of live thread caches */
     uint64_t n_alloc_miss, n_free_miss;
+    /* per-CPU: threads seen on the slow paths in this decay period */
+    uint32_t owners[4];
+    uint32_t nowners;
+    bool crowded, was_crowded; /* more than CPU_OWNERS threads: this period, the last */
 } ta_pcache_t;
+#define CPU_OWNERS 4
 enum { TA_PC_EMPTY = 0, TA_PC_LIVE = 1, TA_PC_DEAD = 2 };
 
 /* headers only, all zero: every operation misses (a new thread, an exited one) */
@@ -348,9 +359,9 @@ void ta_pcache_init(void) {
 }
 
 /* ---- capacity ---------------------------------------------------------------- */
-/* Take budget for `need` more bytes of capacity from the global pool (threads). */
+/* Take budget for `need` more bytes of capacity from the global pool. */
 static bool take_budget(ta_pcache_t *c, uint64_t need) {
-    if (c->cpu >= 0) return false; /* a CPU's budget is fixed */
+    if (c->cpu >= 0 && (c->crowded || c->was_crowded)) return false; /* shared: the base only */
     uint64_t want = need < BUDGET_STEP ? BUDGET_STEP : need;
     if (c->budget + want > ta_cfg.thread_cache_max) return false;
     if (__atomic_sub_fetch(&budget_pool, (int64_t)want, __ATOMIC_RELAXED) < 0 &&
@@ -369,6 +380,37 @@ static bool shrink(ta_pcache_t *c, uint32_t cls, uint32_t slots) {
     if (!slab_set_capacity(c, cls, cap - slots)) return false;
     c->committed -= (uint64_t)slots * ta_class[cls].size;
     return true;
+}
+
+/* A CPU's budget above its base and above what its classes use goes back to
+ * the pool (in steps, so that a busy CPU does not bounce at the limit). */
+static void return_borrowed(ta_pcache_t *c) {
+    uint64_t keep = c->committed > ta_cfg.cpu_cache_bytes ? c->committed : ta_cfg.cpu_cache_bytes;
+    if (c->cpu < 0 || c->budget <= keep) return;
+    uint64_t give = (c->budget - keep) / BUDGET_STEP * BUDGET_STEP;
+    c->budget -= give;
+    __atomic_add_fetch(&budget_pool, (int64_t)give, __ATOMIC_RELAXED);
+}
+
+/* The calling thread uses CPU cache c (its lock held, running on it): note it;
+ * when it is one thread too many, give up what was borrowed, largest classes
+ * first. */
+static void note_owner(ta_pcache_t *c) {
+    static uint32_t last_id;
+    static __thread uint32_t my_id; /* not the TLS address: a new thread may reuse an old one's */
+    if (TA_UNLIKELY(!my_id)) my_id = __atomic_add_fetch(&last_id, 1, __ATOMIC_RELAXED) | 1u << 31;
+    uint32_t me = my_id;
+    for (uint32_t i = 0; i < c->nowners; i++)
+        if (c->owners[i] == me) return;
+    if (c->nowners < CPU_OWNERS) {
+        c->owners[c->nowners++] = me;
+        return;
+    }
+    if (c->crowded) return;
+    c->crowded = true;
+    for (uint32_t cls = ta_nclasses - 1; cls >= 1 && c->committed > ta_cfg.cpu_cache_bytes; cls--)
+        if (!shrink(c, cls, capacity(c, cls))) break; /* migrated: the next slow path goes on */
+    return_borrowed(c);
 }
 
 /* Move capacity to cls from the other classes, round-robin, halving them. */
@@ -459,6 +501,10 @@ static void tick(ta_pcache_t *own) {
                 ta_pcache_t *c = &cpus[i];
                 if (!__atomic_load_n(&c->ready, __ATOMIC_ACQUIRE) || !ta_trylock(&c->lock)) continue;
                 release(c, false, false);
+                return_borrowed(c);
+                c->was_crowded = c->crowded;
+                c->crowded = false;
+                c->nowners = 0;
                 ta_unlock(&c->lock);
             }
         }
@@ -467,6 +513,11 @@ static void tick(ta_pcache_t *own) {
         own->scavenged_ms = now;
         release(own, false, false);
     }
+    /* the tiers below decay at most every quarter period: look at most that often */
+    static uint64_t lower_ms;
+    uint64_t lower = __atomic_load_n(&lower_ms, __ATOMIC_RELAXED);
+    if (now - lower < ta_cfg.decay_ms / 4 && now >= lower) return;
+    __atomic_store_n(&lower_ms, now, __ATOMIC_RELAXED);
     ta_central_tick();
     if (own) ta_background_kick();
 }
@@ -527,6 +578,7 @@ static ta_pcache_t *cpu_cache_lock(void) {
     ta_pcache_t *c = &cpus[(uint32_t)cpu < ncpus ? (uint32_t)cpu : 0];
     ta_lock(&c->lock);
     if (!c->ready) layout_headers(c);
+    note_owner(c);
     return c;
 }
 

@@ -451,6 +451,44 @@ Test(pcache, budget_moves_to_the_classes_in_use) {
                  r.nsizes * r.nobj);
 }
 
+/* A CPU used by one thread lends it the budget of a thread cache: a working
+ * set of 4 MiB (twice the base budget of a CPU) stops missing; once more than
+ * CPU_OWNERS threads use that CPU, it gives the borrowed budget back and
+ * holds no more than its base.  (The six-classes tests keep thread_cache_max
+ * at 1 MiB, below the CPU base: no borrowing there.) */
+static struct growth_report lone_thread;
+static void *crowd_member(void *arg) {
+    pin(*(int *)arg);
+    enum { N = 3000 }; /* more than a class keeps: this thread takes slow paths */
+    static __thread void *p[N];
+    for (int i = 0; i < N; i++) p[i] = malloc(48);
+    for (int i = 0; i < N; i++) free(p[i]);
+    return NULL;
+}
+Test(pcache, a_cpu_used_by_one_thread_borrows_budget_and_a_crowded_one_returns_it) {
+    NEED_PERCPU();
+    lone_thread = (struct growth_report){.cpu = first_cpu(), .size = {768, 1024, 1536, 2048}, .nsizes = 4,
+                                         .nobj = 1024, .rounds = 6};
+    run_thread(grow_classes, &lone_thread);
+    const uint64_t base = ta_cfg.cpu_cache_bytes;
+    cr_log_info("one thread: misses first round %lu, last %lu; cache held at most %lu bytes (base %lu)",
+                (unsigned long)lone_thread.miss_first, (unsigned long)lone_thread.miss_last,
+                (unsigned long)lone_thread.worst_cache_bytes, (unsigned long)base);
+    cr_assert_null(lone_thread.slab_error, "%s", lone_thread.slab_error);
+    cr_assert_gt(lone_thread.worst_cache_bytes, base, "a CPU with one thread held %lu bytes, no more than its base %lu",
+                 (unsigned long)lone_thread.worst_cache_bytes, (unsigned long)base);
+    cr_assert_leq(lone_thread.worst_committed, ta_cfg.thread_cache_max, "capacity %lu above a thread's most",
+                  (unsigned long)lone_thread.worst_committed);
+    cr_assert_lt(lone_thread.miss_last, (uint64_t)lone_thread.nobj * lone_thread.nsizes / 8,
+                 "the 4 MiB working set still misses %lu times a round", (unsigned long)lone_thread.miss_last);
+    for (int i = 0; i < 8; i++) run_thread(crowd_member, &lone_thread.cpu);
+    uint64_t held_after = slab_bytes(cpu_slab(lone_thread.cpu), false);
+    uint64_t cap_after = slab_bytes(cpu_slab(lone_thread.cpu), true);
+    cr_assert_leq(cap_after, base, "after 9 threads the CPU's capacity is %lu bytes, base %lu", (unsigned long)cap_after,
+                  (unsigned long)base);
+    cr_assert_leq(held_after, base);
+}
+
 /* A class nobody uses any more gives back half of what it holds (and as much
  * capacity) once per decay period, from the slow paths of other classes: the
  * thread's own (per thread) or any CPU's (per CPU: every CPU is scanned).
