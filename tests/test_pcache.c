@@ -481,10 +481,10 @@ Test(pcache, a_cpu_used_by_one_thread_borrows_budget_and_a_crowded_one_returns_i
                   (unsigned long)lone_thread.worst_committed);
     cr_assert_lt(lone_thread.miss_last, (uint64_t)lone_thread.nobj * lone_thread.nsizes / 8,
                  "the 4 MiB working set still misses %lu times a round", (unsigned long)lone_thread.miss_last);
-    for (int i = 0; i < 8; i++) run_thread(crowd_member, &lone_thread.cpu);
+    for (int i = 0; i < 12; i++) run_thread(crowd_member, &lone_thread.cpu);
     uint64_t held_after = slab_bytes(cpu_slab(lone_thread.cpu), false);
     uint64_t cap_after = slab_bytes(cpu_slab(lone_thread.cpu), true);
-    cr_assert_leq(cap_after, base, "after 9 threads the CPU's capacity is %lu bytes, base %lu", (unsigned long)cap_after,
+    cr_assert_leq(cap_after, base, "after 13 threads the CPU's capacity is %lu bytes, base %lu", (unsigned long)cap_after,
                   (unsigned long)base);
     cr_assert_leq(held_after, base);
 }
