@@ -180,9 +180,9 @@ uint32_t ta_central_alloc(uint32_t cls, void **out, uint32_t want, uint32_t shar
             continue;
         }
         ta_lock(&t->lock);
-        uint32_t k = t->n < want - got ? t->n : want - got;
-        t->n -= k;
-        memcpy(out + got, t->slots + t->n, k * sizeof(void *));
+        uint32_t n = t->n, k = n < want - got ? n : want - got;
+        __atomic_store_n(&t->n, n - k, __ATOMIC_RELAXED); /* read unlocked above */
+        memcpy(out + got, t->slots + (n - k), k * sizeof(void *));
         if (k) t->hits++;
         ta_unlock(&t->lock);
         got += k;
@@ -207,7 +207,7 @@ void ta_central_free(uint32_t cls, void *const *objs, uint32_t n, uint32_t shard
         ta_lock(&t->lock);
         k = tc_cap[cls] - t->n < n ? tc_cap[cls] - t->n : n;
         memcpy(t->slots + t->n, objs, k * sizeof(void *));
-        t->n += k;
+        __atomic_store_n(&t->n, t->n + k, __ATOMIC_RELAXED); /* read unlocked by the others */
         TA_ASSERT(t->n <= tc_cap[cls]);
         ta_unlock(&t->lock);
     }
@@ -226,10 +226,10 @@ static void transfer_release(uint32_t sh, uint32_t c, bool half) {
     for (;;) {
         if (!__atomic_load_n(&t->n, __ATOMIC_RELAXED)) return;
         ta_lock(&t->lock);
-        uint32_t k = half ? (t->n + 1) / 2 : t->n;
+        uint32_t n = t->n, k = half ? (n + 1) / 2 : n;
         if (k > 256) k = 256;
-        t->n -= k;
-        memcpy(buf, t->slots + t->n, k * sizeof(void *));
+        __atomic_store_n(&t->n, n - k, __ATOMIC_RELAXED);
+        memcpy(buf, t->slots + (n - k), k * sizeof(void *));
         ta_unlock(&t->lock);
         free_to_spans(c, buf, k);
         if (half) return;
