@@ -945,7 +945,8 @@ static void *trimmer(void *arg) {
         }
         snapshots++;
         uint64_t sum = st.inuse_bytes + st.thread_cache_bytes + st.central_bytes + st.span_free_bytes +
-                       st.span_tail_bytes + st.pageheap_free_bytes + st.arena_bytes + st.metadata_bytes;
+                       st.span_tail_bytes + st.pageheap_free_bytes + st.arena_bytes + st.metadata_bytes +
+                       st.guard_bytes;
         if (st.mapped_bytes - st.released_bytes != sum) {
             snprintf(trim_err, sizeof trim_err, "stats identity broken: mapped-released %lu, parts %lu",
                      (unsigned long)(st.mapped_bytes - st.released_bytes), (unsigned long)sum);
