@@ -53,6 +53,7 @@ static ptr_class_t classify_info(const void *p, uint64_t info) {
     r.span = s;
     if (s->state != TA_SPAN_INUSE) r.kind = PTR_FREED;
     else if (s->cls == TA_SPAN_ARENA) r.kind = PTR_SCOPED;
+    else if (TA_GUARD_PAGES && s->cls && page == s->page + s->npages - 1) r.kind = PTR_FOREIGN; /* its guard */
     else if (s->cls) r.kind = PTR_FREED; /* a page of a small span since freed */
     else r.kind = ta_span_addr(s) == p ? PTR_LARGE : PTR_INTERIOR;
     return r;
@@ -77,7 +78,7 @@ TA_COLD static void bad_class(ptr_kind_t k, const void *p, const char *op) {
 static size_t block_size(const void *p, ptr_class_t c, const char *op) {
     switch (c.kind) {
     case PTR_SMALL: return ta_class[c.cls].size;
-    case PTR_LARGE: return ta_span_bytes(c.span);
+    case PTR_LARGE: return ta_span_usable(c.span); /* up to the guard page in the hardened build */
     case PTR_SCOPED: return ta_arena_usable_size(p, c.span);
     default:
         if (c.kind == PTR_FOREIGN && ta_boot_size(p)) return ta_boot_size(p);
@@ -162,7 +163,7 @@ TA_NOINLINE void ta_free_slow(void *p, uint64_t info) {
     case PTR_SMALL: { /* a live block (a race moved it off the fast path) */
         uint8_t *state = ta_state_of(p, c.cls);
         *state = TA_OBJ_FREE;
-        if (!ta_fe_push(p, state, c.cls)) ta_pcache_free_slow(p, c.cls);
+        ta_free_small(p, state, c.cls);
         return;
     }
     case PTR_SCOPED:
@@ -361,6 +362,9 @@ void ta_impl_free_aligned_sized(void *p, size_t align, size_t size) {
 int ta_impl_malloc_trim(size_t pad) {
     (void)pad;
     if (!ta_ensure_init()) return 0;
+#ifdef TA_HARDENED
+    ta_quarantine_drain(); /* the blocks it held go to tier 1, flushed below */
+#endif
     ta_arena_trim_current();
     ta_pcache_flush_current();
     ta_pcache_drain_all();

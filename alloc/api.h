@@ -35,6 +35,17 @@ TA_ALWAYS_INLINE void *ta_do_malloc(size_t n) {
     return ta_alloc_large(n, 0, false);
 }
 
+/* A small block just marked FREE goes back: to tier 1, or in the hardened
+ * build to the quarantine first (quarantine.c). */
+TA_ALWAYS_INLINE void ta_free_small(void *p, uint8_t *state, uint32_t cls) {
+#ifdef TA_HARDENED
+    ta_quarantine_put(p, state, cls);
+#else
+    if (TA_LIKELY(ta_fe_push(p, state, cls))) return;
+    ta_pcache_free_slow(p, cls);
+#endif
+}
+
 TA_ALWAYS_INLINE void ta_do_free(void *p) {
     uint64_t info = ta_pagemap_info((uintptr_t)p >> TA_PAGE_SHIFT);
     if (TA_LIKELY(info)) {
@@ -45,8 +56,7 @@ TA_ALWAYS_INLINE void ta_do_free(void *p) {
          * handed out) both go to the slow path, which says which */
         if (TA_LIKELY(start && *state == TA_OBJ_LIVE)) {
             *state = TA_OBJ_FREE;
-            if (TA_LIKELY(ta_fe_push(p, state, cls))) return;
-            ta_pcache_free_slow(p, cls);
+            ta_free_small(p, state, cls);
             return;
         }
     }

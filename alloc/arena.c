@@ -136,12 +136,12 @@ static chunk_t *chunk_from_heap(arena_t *a, size_t bytes, uintptr_t align_pages)
     c->magic = CHUNK_MAGIC ^ (uintptr_t)c;
     c->owner = a;
     c->span = s;
-    c->end = (char *)c + ta_span_bytes(s);
+    c->end = (char *)c + ta_span_usable(s); /* (hardened build: the guard page follows) */
     c->link = NULL;
     c->used = NULL;
     c->state = 0;
     c->depth = 0;
-    ST_ADD(held_bytes, ta_span_bytes(s));
+    ST_ADD(held_bytes, ta_span_usable(s));
     ST_ADD(held_chunks, 1);
     ST_ADD(n_from_heap, 1);
     arena_register(a);

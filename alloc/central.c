@@ -18,6 +18,9 @@ typedef struct central_class {
     uint64_t spans;         /* spans of this class */
     uint64_t free_objects;  /* free objects inside those spans (incl. uncarved) */
     uint64_t to_caches, from_caches; /* objects out of / back into central (relaxed atomics, stats) */
+#ifdef TA_HARDENED
+    uint64_t rng;           /* the class's generator for shuffling fresh spans (under lock) */
+#endif
 } __attribute__((aligned(64))) central_class_t;
 
 /* A transfer cache: an array of free objects, its lock and counts in one cache
@@ -45,6 +48,9 @@ void ta_central_init(void) {
         central[c].lock.rank = TA_RANK_CLASS;
         for (uint32_t sh = 0; sh < MAX_SHARDS; sh++) transfer[sh][c].lock.rank = TA_RANK_TRANSFER;
         ta_spanlist_init(&central[c].nonempty);
+#ifdef TA_HARDENED
+        central[c].rng = link_key ^ ((uint64_t)c * 0xd1b54a32d192ed03ull);
+#endif
         if (!c || c >= ta_nclasses) continue;
         size_t cap = TC_BYTES / ta_class[c].size;
         if (cap < 2 * ta_class[c].batch) cap = 2 * ta_class[c].batch;
@@ -80,6 +86,43 @@ static inline void *link_get(const ta_span_t *s, uint32_t cls, const void *obj) 
     return (void *)next;
 }
 
+#ifdef TA_HARDENED
+/* ---- shuffled fresh spans (hardened build) ------------------------------------
+ * A fresh span hands out its objects in a random order: all of them are linked
+ * into its free list at once, in a Fisher-Yates permutation drawn from the
+ * class's generator (splitmix64, seeded from the link secret: no system call),
+ * so that consecutive mallocs are not neighbours and an overflow's victim is
+ * not predictable. */
+static uint64_t next_random(uint64_t *state) {
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static void shuffle_fresh(central_class_t *cc, ta_span_t *s, uint32_t cls) {
+    uint32_t n = ta_class[cls].objects, size = ta_class[cls].size;
+    uint16_t order[TA_STATES_MAX];
+    TA_ASSERT(n <= TA_STATES_MAX);
+    for (uint32_t i = 0; i < n; i++) order[i] = (uint16_t)i;
+    for (uint32_t i = n - 1; i > 0; i--) {
+        uint32_t j = (uint32_t)(((next_random(&cc->rng) >> 32) * (uint64_t)(i + 1)) >> 32);
+        uint16_t t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+    char *base = ta_span_addr(s);
+    void *head = NULL;
+    for (uint32_t i = n; i-- > 0;) {
+        void *obj = base + (size_t)order[i] * size;
+        link_set(obj, head);
+        head = obj;
+    }
+    s->freelist = head;
+    s->carve = base + (size_t)n * size; /* nothing left to carve */
+}
+#endif
+
 static void span_list_push(central_class_t *cc, ta_span_t *s) {
     ta_spanlist_push(&cc->nonempty, s);
     s->in_list = 1;
@@ -110,6 +153,9 @@ static uint32_t alloc_from_spans(uint32_t cls, void **out, uint32_t want) {
             s->allocated = 0;
             cc->spans++;
             cc->free_objects += ta_class[cls].objects;
+#ifdef TA_HARDENED
+            shuffle_fresh(cc, s, cls);
+#endif
             span_list_push(cc, s);
         }
         char *carve_end = (char *)ta_span_addr(s) + span_objs_bytes;

@@ -96,6 +96,8 @@ void ta_config_read(char **env, int ncpu, bool secure) {
     const char *bg = env_get(env, "TIERALLOC_BACKGROUND");
     ta_cfg.background = bg && bg[0] == '1' && !bg[1];
     ta_cfg.cpu_cache_bytes = ta_parse_size(env_get(env, "TIERALLOC_CPU_CACHE_BYTES"), (uint64_t)3 << 19);
+    /* hardened build only: what each quarantine shard holds (0: no quarantine) */
+    ta_cfg.quarantine_bytes = ta_parse_size(env_get(env, "TIERALLOC_QUARANTINE_BYTES"), (uint64_t)256 << 10);
     const char *rate = env_get(env, "TIERALLOC_SAMPLE_BYTES");
     ta_cfg.sample_set = rate != NULL;
     ta_cfg.sample_bytes = ta_parse_size(rate, TA_DEFAULT_SAMPLE_BYTES);

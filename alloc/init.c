@@ -2,7 +2,8 @@
  * and the library constructor); calls every tier's init downwards.
  *
  * The lock order, the one every path follows and fork takes in full:
- *   init → sample → thread-cache registry → CPU caches → transfer shards →
+ *   init → sample → quarantine shards (hardened build) → thread-cache registry →
+ *   CPU caches → transfer shards →
  *   class (span list) locks → page heap → pagemap → metadata
  * A path that holds a lock takes only locks to its right. */
 #include "internal.h"
@@ -54,6 +55,9 @@ bool ta_init_slow(void) {
         ta_pageheap_init();
         ta_central_init();
         ta_pcache_init();
+#ifdef TA_HARDENED
+        ta_quarantine_init();
+#endif
         ta_sample_init();
         ta_trace_init();
         __atomic_store_n(&ta_pageheap_kick, ta_background_kick, __ATOMIC_RELAXED);
@@ -122,6 +126,9 @@ void ta_background_kick(void) {
 static void fork_prepare(void) {
     ta_lock(&init_lock);
     ta_sample_lock_all();
+#ifdef TA_HARDENED
+    ta_quarantine_lock_all();
+#endif
     ta_pcache_lock_all();
     ta_central_lock_all();
     ta_pageheap_lock_all();
@@ -138,6 +145,9 @@ static void fork_after(bool child) {
     ta_pageheap_unlock_all(child);
     ta_central_unlock_all(child);
     ta_pcache_unlock_all(child);
+#ifdef TA_HARDENED
+    ta_quarantine_unlock_all(child);
+#endif
     ta_sample_unlock_all(child);
     ta_lock_after_fork(&init_lock, child);
 }

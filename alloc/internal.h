@@ -31,6 +31,17 @@
  * page arithmetic can never overflow. */
 #define TA_MAX_REQUEST (((size_t)1 << 47) - ((size_t)1 << 30))
 
+/* ---- the hardened build (./configure --enable-hardened) ------------------------
+ * Every span in use ends with a guard page (PROT_NONE, never resident) that is
+ * not part of its blocks; fresh spans hand out their objects in a shuffled
+ * order; freed small blocks wait in a quarantine before they can be reused.
+ * In the default build TA_GUARD_PAGES is 0 and none of it is compiled. */
+#ifdef TA_HARDENED
+#define TA_GUARD_PAGES 1
+#else
+#define TA_GUARD_PAGES 0
+#endif
+
 /* ---- locks ----------------------------------------------------------------- */
 /* A lock that spins briefly before it sleeps: the central and transfer locks
  * are held for a few hundred cycles, so a waiter that sleeps at once (futex)
@@ -42,6 +53,7 @@
 enum ta_lock_rank {
     TA_RANK_INIT = 1,
     TA_RANK_SAMPLE,
+    TA_RANK_QUARANTINE, /* quarantine shards (hardened build) */
     TA_RANK_REGISTRY, /* thread-cache registry */
     TA_RANK_CPU,      /* a CPU's cache */
     TA_RANK_TRANSFER, /* transfer cache shards */
@@ -144,6 +156,7 @@ typedef struct ta_config {
     bool percpu;              /* TIERALLOC_PERCPU (default 1): per-CPU caches where rseq allows */
     bool background;          /* TIERALLOC_BACKGROUND (default 1): a thread runs the decay */
     uint64_t cpu_cache_bytes; /* TIERALLOC_CPU_CACHE_BYTES: capacity of one CPU's cache */
+    uint64_t quarantine_bytes;/* TIERALLOC_QUARANTINE_BYTES: freed small blocks held per shard (hardened build) */
     uint64_t sample_bytes;    /* TIERALLOC_SAMPLE_BYTES: mean bytes between samples (0: off) */
     bool sample_set;          /* TIERALLOC_SAMPLE_BYTES is in the environment */
     bool profile_set;         /* TIERALLOC_PROFILE is in the environment (and honoured) */
@@ -188,6 +201,9 @@ void *ta_os_map_near(void *hint, size_t size, size_t align);
 void *ta_os_map_sparse(size_t size, size_t align);
 /* false when the kernel refused (a split past vm.max_map_count) */
 bool ta_os_unmap(void *p, size_t size);
+/* Make whole OS pages inaccessible (access false: PROT_NONE) or readable and
+ * writable again; false when the kernel refused (vm.max_map_count). */
+bool ta_os_protect(void *p, size_t size, bool access);
 /* Give the pages back to the OS (they read as zero afterwards). */
 void ta_os_release(void *p, size_t size);
 uint64_t ta_os_now_ms(void);
@@ -342,6 +358,9 @@ typedef struct ta_span {
 } ta_span_t;
 static inline void *ta_span_addr(const ta_span_t *s) { return (void *)(s->page << TA_PAGE_SHIFT); }
 static inline size_t ta_span_bytes(const ta_span_t *s) { return s->npages << TA_PAGE_SHIFT; }
+/* The bytes of a span in use that hold blocks: all but its guard page
+ * (hardened build), which is its last page. */
+static inline size_t ta_span_usable(const ta_span_t *s) { return (s->npages - TA_GUARD_PAGES) << TA_PAGE_SHIFT; }
 /* Intrusive circular lists of spans through next/prev, with a sentinel head
  * (the page heap's free lists, central's lists of spans with free objects). */
 static inline void ta_spanlist_init(ta_span_t *h) { h->next = h->prev = h; }
@@ -365,7 +384,9 @@ void ta_pageheap_init(void);
 /* A span of n pages (n >= 1) aligned to align_pages (a power of two), marked in use
  * with class cls (registered in the pagemap on every page when cls != 0, on the
  * first and last page otherwise). NULL when the OS refuses memory or metadata
- * (the heap is then as it was). */
+ * (the heap is then as it was).  In the hardened build the span gets one page
+ * more, its guard (s->npages is n + TA_GUARD_PAGES; ta_span_usable is n pages);
+ * the page counts of ta_pageheap_alloc*, _grow and _shrink are usable pages. */
 ta_span_t *ta_pageheap_alloc(uintptr_t npages, uintptr_t align_pages, uint32_t cls);
 /* A large span for a block that is growing (realloc): placed at the start of
  * the longest free span, so that ta_pageheap_grow can extend it in place. */
@@ -408,6 +429,8 @@ typedef struct ta_pageheap_stats {
     uint64_t large_count;
     uint64_t n_alloc, n_free, n_grow_os, n_coalesce;
     uint64_t unmapped_bytes, n_unmap_os; /* released spans given back with munmap (cumulative) */
+    uint64_t guard_bytes;     /* guard pages of spans in use (hardened build; in inuse_bytes,
+                               * not in large_bytes) */
 } ta_pageheap_stats_t;
 void ta_pageheap_stats(ta_pageheap_stats_t *out);
 /* The same with the lock already held (ta_pageheap_lock_all, for a consistent
@@ -446,6 +469,23 @@ void ta_central_lock_all(void);
 void ta_central_unlock_all(bool child);
 
 /* ---- pcache.c: tier 1 (its interface is pcache.h) ------------------------- */
+
+/* ---- quarantine.c: delayed reuse (hardened build) ---------------------------
+ * A freed small block (already FREE by its state byte, so a second free is
+ * caught) is filled with TA_QUARANTINE_FILL and queued in a FIFO shard, which
+ * holds at most ta_cfg.quarantine_bytes; the oldest blocks leave when it is
+ * over, are checked (a changed byte: "write after free of 0x..."), and go to
+ * tier 1.  Shards are per thread slot (threads are dealt to them round-robin),
+ * one per CPU. */
+#ifdef TA_HARDENED
+#define TA_QUARANTINE_FILL 0xdf
+void ta_quarantine_init(void);
+void ta_quarantine_put(void *p, uint8_t *state, uint32_t cls);
+void ta_quarantine_drain(void);                /* malloc_trim: every shard empties */
+void ta_quarantine_counts(uint64_t *objects);  /* += objects held per class (read racily) */
+void ta_quarantine_lock_all(void);             /* fork */
+void ta_quarantine_unlock_all(bool child);
+#endif
 
 /* ---- stats.c -------------------------------------------------------------- */
 /* A consistent snapshot of every tier, as the public struct ta_stats

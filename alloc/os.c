@@ -83,6 +83,13 @@ bool ta_os_unmap(void *p, size_t size) {
     return ok;
 }
 
+bool ta_os_protect(void *p, size_t size, bool access) {
+    int saved = errno;
+    bool ok = mprotect(p, size, access ? PROT_READ | PROT_WRITE : PROT_NONE) == 0;
+    errno = saved;
+    return ok;
+}
+
 void ta_os_release(void *p, size_t size) {
     int saved = errno;
     /* MADV_DONTNEED drops the pages at once, so RSS tells the truth (MADV_FREE

@@ -253,6 +253,41 @@ static ta_span_t *find_largest(int kind) {
 
 static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t cls, bool growable);
 
+/* ---- guard pages (hardened build) ---------------------------------------------
+ * Every span in use ends with a guard page: its last page, PROT_NONE, so a
+ * linear overflow off the end of a large block or of a small span's last
+ * object faults before it reaches the next span.  The page is in the span
+ * (it moves with the span when realloc grows or shrinks it in place) but
+ * holds no block; it is madvised away before it is protected (never resident)
+ * and made accessible again when the span is freed, so free spans, coalescing,
+ * decay, trim and unmapping never see a protected page.  Counted in
+ * ph_stats.guard_bytes.  A guard that the kernel refuses (vm.max_map_count:
+ * each one splits a mapping) fails the allocation. */
+#if TA_GUARD_PAGES
+TA_COLD static void guard_failed(uintptr_t page) {
+    ta_fatal("mprotect failed for the guard page at %p", (void *)(page << TA_PAGE_SHIFT));
+}
+
+/* page becomes a guard; resident: it may hold memory (it is dropped first) */
+static bool guard_on(uintptr_t page, bool resident) {
+    void *a = (void *)(page << TA_PAGE_SHIFT);
+    if (resident) ta_os_release(a, TA_PAGE_SIZE);
+    return ta_os_protect(a, TA_PAGE_SIZE, false);
+}
+
+/* page, a guard, becomes an ordinary page (zero, not resident) */
+static void guard_off(uintptr_t page) {
+    /* merging the page back into its neighbours' mapping cannot need a new one */
+    if (!ta_os_protect((void *)(page << TA_PAGE_SHIFT), TA_PAGE_SIZE, true)) guard_failed(page);
+}
+
+/* s grew or shrank in place: old_last stops being its guard, its last page becomes it */
+static void guard_move(ta_span_t *s, uintptr_t old_last) {
+    guard_off(old_last); /* first: the kernel merges the mapping back, so the next one cannot run out */
+    if (!guard_on(s->page + s->npages - 1, true)) guard_failed(s->page + s->npages - 1);
+}
+#endif
+
 ta_span_t *ta_pageheap_alloc(uintptr_t npages, uintptr_t align_pages, uint32_t cls) {
     return alloc_span(npages, align_pages, cls, false);
 }
@@ -265,6 +300,8 @@ static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t c
     if (align_pages < 1) align_pages = 1;
     uintptr_t want = npages + align_pages - 1;
     if (npages == 0 || want < npages || want > (TA_MAX_REQUEST >> TA_PAGE_SHIFT)) return NULL;
+    npages += TA_GUARD_PAGES;
+    want += TA_GUARD_PAGES;
     ta_lock(&ph_lock);
     /* records for a new mapping, a head and a tail */
     if (!spare_fill(3)) {
@@ -307,6 +344,15 @@ static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t c
         ta_unlock(&ph_lock);
         return NULL;
     }
+#if TA_GUARD_PAGES
+    if (!guard_on(s->page + s->npages - 1, s->state != TA_SPAN_RELEASED)) {
+        if (states) ta_meta_states_delete(states, ta_class[cls].objects);
+        free_insert(s);
+        ta_unlock(&ph_lock);
+        return NULL;
+    }
+    ph_stats.guard_bytes += (uint64_t)TA_GUARD_PAGES << TA_PAGE_SHIFT;
+#endif
     s->zeroed = s->state == TA_SPAN_RELEASED;
     s->state = TA_SPAN_INUSE;
     s->freelist = NULL; /* clears the union: no free list, no sample record */
@@ -315,12 +361,13 @@ static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t c
     s->cls = (uint8_t)cls;
     s->next = s->prev = NULL;
     if (cls) {
-        for (uintptr_t i = 0; i < npages; i++)
+        for (uintptr_t i = 0; i < npages - TA_GUARD_PAGES; i++)
             ta_pagemap_set(s->page + i, s, TA_INFO(cls, i) | TA_INFO_STATES_MAKE(states));
+        if (TA_GUARD_PAGES) ta_pagemap_set(s->page + npages - 1, s, 0); /* the guard: no objects */
         if (cls < TA_MAX_CLASSES) ph_class_spans[cls]++;
     } else {
         register_ends(s);
-        ph_stats.large_bytes += ta_span_bytes(s);
+        ph_stats.large_bytes += ta_span_usable(s);
         ph_stats.large_count++;
     }
     ph_stats.inuse_bytes += ta_span_bytes(s);
@@ -334,6 +381,10 @@ static void free_locked(ta_span_t *s, uint64_t now) {
     TA_ASSERT(s->state == TA_SPAN_INUSE && s->npages && !s->next);
     TA_ASSERT(!s->cls || s->allocated == 0); /* a small span comes back with no object handed out */
     ph_stats.inuse_bytes -= ta_span_bytes(s);
+#if TA_GUARD_PAGES
+    guard_off(s->page + s->npages - 1);
+    ph_stats.guard_bytes -= (uint64_t)TA_GUARD_PAGES << TA_PAGE_SHIFT;
+#endif
     if (s->cls) {
         /* info 0 on every page: a later free() of one of its objects takes the
          * slow path and is seen as a double free */
@@ -342,7 +393,7 @@ static void free_locked(ta_span_t *s, uint64_t now) {
         if (states && s->cls < TA_MAX_CLASSES) ta_meta_states_delete(states, ta_class[s->cls].objects);
         if (s->cls < TA_MAX_CLASSES) ph_class_spans[s->cls]--;
     } else {
-        ph_stats.large_bytes -= ta_span_bytes(s);
+        ph_stats.large_bytes -= ta_span_usable(s);
         ph_stats.large_count--;
     }
     s->state = TA_SPAN_FREE;
@@ -405,6 +456,7 @@ static ta_span_t *free_span_at(uintptr_t page) {
 }
 
 bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages) {
+    npages += TA_GUARD_PAGES;
     if (npages <= s->npages) return true;
     ta_lock(&ph_lock);
     if (!spare_fill(1)) { /* the last free span taken may be cut */
@@ -429,6 +481,9 @@ bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages) {
         ta_span_delete(n);
     }
     if (ok) {
+#if TA_GUARD_PAGES
+        guard_move(s, end - 1);
+#endif
         register_ends(s);
         note_inuse();
         ph_stats.n_alloc++; /* activity: the heap is not idle */
@@ -438,6 +493,7 @@ bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages) {
 }
 
 bool ta_pageheap_shrink(ta_span_t *s, uintptr_t npages, bool untouched) {
+    npages += TA_GUARD_PAGES;
     if (npages >= s->npages) return true;
     uint64_t now = ta_os_now_ms();
     ta_lock(&ph_lock);
@@ -453,6 +509,9 @@ bool ta_pageheap_shrink(ta_span_t *s, uintptr_t npages, bool untouched) {
     t->state = untouched && s->zeroed ? TA_SPAN_RELEASED : TA_SPAN_FREE;
     t->free_since_ms = now;
     s->npages = npages;
+#if TA_GUARD_PAGES
+    guard_move(s, t->page + t->npages - 1);
+#endif
     register_ends(s);
     ph_stats.inuse_bytes -= ta_span_bytes(t);
     ph_stats.large_bytes -= ta_span_bytes(t);

@@ -55,6 +55,10 @@ void ta_snapshot(struct ta_stats *st) {
     ta_pageheap_stats_locked(&ph, class_spans);
     for (uint32_t c = 1; c < ta_nclasses; c++) ta_central_stats_locked(c, &cs[c]);
     ta_pcache_stats_locked(&pc);
+    uint64_t quarantined[TA_MAX_CLASSES] = {0};
+#ifdef TA_HARDENED
+    ta_quarantine_counts(quarantined); /* read racily, as the caches are */
+#endif
     uint64_t meta = ta_meta_bytes() + ta_pagemap_bytes();
     ta_arena_stats(&ar);
     ta_meta_unlock_all(false);
@@ -78,7 +82,9 @@ void ta_snapshot(struct ta_stats *st) {
         int64_t left = (int64_t)(k->spans * k->objects_per_span);
         k->span_free_objects = take(&left, (int64_t)(cs[c].span_free_bytes / ci->size));
         k->central_objects = take(&left, (int64_t)(cs[c].transfer_bytes / ci->size));
-        k->cache_objects = take(&left, (int64_t)pc.objects[c]);
+        /* the quarantine counts as tier 1: freed blocks on their way back to it */
+        k->cache_objects = take(&left, (int64_t)(pc.objects[c] + quarantined[c]));
+        st->quarantine_bytes += (quarantined[c] < k->cache_objects ? quarantined[c] : k->cache_objects) * ci->size;
         k->inuse_objects = (uint64_t)left;
         k->inuse_bytes = k->inuse_objects * k->size;
         k->to_caches_total = cs[c].to_caches;
@@ -106,6 +112,7 @@ void ta_snapshot(struct ta_stats *st) {
     st->released_bytes = ph.released_bytes;
     st->pageheap_free_bytes = ph.free_bytes;
     st->metadata_bytes = meta;
+    st->guard_bytes = ph.guard_bytes;
 
     st->cache_alloc_misses_total = pc.alloc_misses;
     st->cache_free_misses_total = pc.free_misses;
@@ -194,12 +201,14 @@ static void write_text(ta_out_t *o, const struct ta_stats *s) {
     else
         ta_format(name, sizeof name, "thread caches (%llu threads)", (unsigned long long)s->threads);
     mem_row(o, name, s->thread_cache_bytes);
+    if (s->quarantine_bytes) mem_row(o, "  of which in quarantine", s->quarantine_bytes);
     mem_row(o, "central transfer caches", s->central_bytes);
     mem_row(o, "free in spans of size classes", s->span_free_bytes);
     mem_row(o, "span tails", s->span_tail_bytes);
     mem_row(o, "page heap free (resident)", s->pageheap_free_bytes);
     mem_row(o, "scoped arenas", s->arena_bytes);
     mem_row(o, "metadata", s->metadata_bytes);
+    if (s->guard_bytes) mem_row(o, "guard pages (never resident)", s->guard_bytes);
     mem_row(o, "= mapped - released", s->mapped_bytes - s->released_bytes);
     mem_row(o, "released to the OS (free)", s->released_bytes);
     mem_row(o, "mapped from the OS", s->mapped_bytes);
@@ -264,7 +273,7 @@ static const struct {
     J(transfer_hits_total), J(transfer_misses_total), J(pageheap_allocs_total), J(pageheap_frees_total),
     J(pageheap_grows_total), J(pageheap_coalesces_total), J(os_mmap_total), J(os_munmap_total),
     J(os_madvise_total), J(os_released_bytes_total), J(threads), J(sample_rate), J(samples_total),
-    J(sampled_live_blocks), J(sampled_live_bytes),
+    J(sampled_live_blocks), J(sampled_live_bytes), J(guard_bytes), J(quarantine_bytes),
 };
 #undef J
 #define K(name) {#name, offsetof(struct ta_class_stats, name)}

@@ -70,6 +70,7 @@ int ta_owns(const void *p);
  *     + pageheap_free_bytes          free pages still resident
  *     + arena_bytes                  scoped-arena chunks (tier 0)
  *     + metadata_bytes               span records, caches, pagemap, samples
+ *     + guard_bytes                  guard pages (hardened build; 0 otherwise)
  *
  * It holds exactly in every snapshot, even while other threads allocate.  The
  * split between inuse_bytes and thread_cache_bytes is exact once the other
@@ -82,7 +83,7 @@ int ta_owns(const void *p);
  * or ta_stats_read does); the library fills at most that many bytes and sets
  * version and size to what it filled.  New fields are only ever added at the
  * end, so a program built against an older header keeps working. */
-#define TA_STATS_VERSION 1
+#define TA_STATS_VERSION 2 /* 2: guard_bytes and quarantine_bytes */
 #define TA_STATS_CLASSES 128
 
 struct ta_class_stats {
@@ -141,6 +142,11 @@ struct ta_stats {
     uint32_t nclasses;
     uint32_t reserved_;
     struct ta_class_stats cls[TA_STATS_CLASSES];
+    /* version 2: the hardened build (./configure --enable-hardened); 0 otherwise */
+    uint64_t guard_bytes;      /* the guard page after every span in use: mapped, never
+                                  resident, holding no block (a term of the identity) */
+    uint64_t quarantine_bytes; /* of thread_cache_bytes: freed small blocks waiting in the
+                                  quarantine before they can be handed out again */
 };
 #ifndef __cplusplus
 #define TA_STATS_INIT {.version = TA_STATS_VERSION, .size = (uint32_t)sizeof(struct ta_stats)}

@@ -19,6 +19,17 @@
 #include "internal.h"
 
 #define PG TA_PAGE_SIZE
+/* the hardened build's guard page after every span in use (0 or 1): a span
+ * asked for n pages has n + G; its blocks have the first n */
+#define G TA_GUARD_PAGES
+
+/* Cases that check the default build's layout page by page (which span lands
+ * where, how many pages merge) skip in the hardened build; test_hardened
+ * checks the guard pages themselves. */
+#define SKIP_IF_GUARDED()                                                                         \
+    do {                                                                                          \
+        if (G) cr_skip_test("page-exact layout of the default build (the hardened build adds guard pages)"); \
+    } while (0)
 
 /* Free spans decay only when a test says so: no release depends on timing. */
 static void setup(void) {
@@ -31,7 +42,7 @@ static long rss_pages(void) { return (long)(tu_rss_bytes() / 4096); }
 
 static bool span_is_zero(const ta_span_t *s) {
     const uint64_t *w = ta_span_addr(s);
-    for (size_t i = 0; i < ta_span_bytes(s) / 8; i++)
+    for (size_t i = 0; i < ta_span_usable(s) / 8; i++)
         if (w[i]) return false;
     return true;
 }
@@ -50,7 +61,7 @@ static bool get_run(uintptr_t k, int count, ta_span_t **out) {
         if (np < count) continue;
         found = true;
         for (int i = np - count + 1; i < np; i++)
-            if (pool[i]->page != pool[i - 1]->page + k) found = false;
+            if (pool[i]->page != pool[i - 1]->page + k + G) found = false;
         if (found) break;
     }
     int keep_from = found ? np - count : np;
@@ -86,23 +97,23 @@ Test(pageheap, large_spans_are_registered_at_both_ends) {
         ta_span_t *s = ta_pageheap_alloc(n, 1, 0);
         ta_pageheap_stats(&b);
         cr_assert_not_null(s, "alloc of %lu pages failed", (unsigned long)n);
-        cr_assert_eq(s->npages, n);
+        cr_assert_eq(s->npages, n + G);
         cr_assert_eq(s->state, TA_SPAN_INUSE);
         cr_assert_eq(s->cls, 0);
         cr_assert_eq((uintptr_t)ta_span_addr(s) % PG, 0u);
         cr_assert_eq((uintptr_t)ta_span_addr(s) >> TA_PAGE_SHIFT, s->page);
         cr_assert_eq(ta_pagemap_span(s->page), s);
-        cr_assert_eq(ta_pagemap_span(s->page + n - 1), s);
+        cr_assert_eq(ta_pagemap_span(s->page + n + G - 1), s);
         cr_assert_eq(ta_pagemap_info(s->page), 0u);
-        cr_assert_eq(ta_pagemap_info(s->page + n - 1), 0u);
+        cr_assert_eq(ta_pagemap_info(s->page + n + G - 1), 0u);
         /* the neighbours are not this span */
         cr_assert_neq(ta_pagemap_span(s->page - 1), s);
-        cr_assert_neq(ta_pagemap_span(s->page + n), s);
-        cr_assert_eq(b.inuse_bytes - a.inuse_bytes, n * PG);
+        cr_assert_neq(ta_pagemap_span(s->page + n + G), s);
+        cr_assert_eq(b.inuse_bytes - a.inuse_bytes, (n + G) * PG);
         cr_assert_eq(b.large_bytes - a.large_bytes, n * PG);
         cr_assert_eq(b.large_count - a.large_count, 1u);
         cr_assert_eq(b.n_alloc - a.n_alloc, 1u);
-        memset(ta_span_addr(s), 0xab, ta_span_bytes(s)); /* all of it is ours */
+        memset(ta_span_addr(s), 0xab, ta_span_usable(s)); /* all of it is ours */
 
         ta_pageheap_free(s);
         ta_pageheap_stats(&b);
@@ -122,7 +133,7 @@ Test(pageheap, small_class_spans_register_every_page) {
         ta_span_t *s = ta_pageheap_alloc(n, 1, c);
         ta_pageheap_stats(&b);
         cr_assert_not_null(s);
-        cr_assert_eq(s->npages, n);
+        cr_assert_eq(s->npages, n + G);
         cr_assert_eq(s->cls, c);
         cr_assert_eq(s->state, TA_SPAN_INUSE);
         for (uintptr_t i = 0; i < n; i++) {
@@ -132,7 +143,11 @@ Test(pageheap, small_class_spans_register_every_page) {
                          (unsigned long long)info);
             cr_assert_neq(ta_info_states(info), NULL, "class %u page %lu: no object states", c, (unsigned long)i);
         }
-        cr_assert_eq(b.inuse_bytes - a.inuse_bytes, n * PG);
+        if (G) { /* the guard page: the span's, but no objects (info 0) */
+            cr_assert_eq(ta_pagemap_span(s->page + n), s);
+            cr_assert_eq(ta_pagemap_info(s->page + n), 0u);
+        }
+        cr_assert_eq(b.inuse_bytes - a.inuse_bytes, (n + G) * PG);
         cr_assert_eq(b.large_bytes, a.large_bytes, "a small span counted as large");
         cr_assert_eq(b.large_count, a.large_count);
         uintptr_t first = s->page;
@@ -140,8 +155,8 @@ Test(pageheap, small_class_spans_register_every_page) {
         /* no page of a freed span still claims a class: a late free() of one
          * of its objects must not look like a live small block */
         for (uintptr_t i = 0; i < n; i++)
-            cr_assert_eq(ta_pagemap_info(first + i), 0u, "class %u: freed page %lu keeps info %#x", c,
-                         (unsigned long)i, ta_pagemap_info(first + i));
+            cr_assert_eq(ta_pagemap_info(first + i), 0u, "class %u: freed page %lu keeps info %#llx", c,
+                         (unsigned long)i, (unsigned long long)ta_pagemap_info(first + i));
     }
 }
 
@@ -155,10 +170,10 @@ Test(pageheap, align_pages_is_honoured) {
             cr_assert_not_null(s);
             cr_assert_eq(s->page % align, 0u, "alloc(%lu, align %lu) at page %#lx", (unsigned long)ns[j],
                          (unsigned long)align, (unsigned long)s->page);
-            cr_assert_eq(s->npages, ns[j]);
+            cr_assert_eq(s->npages, ns[j] + G);
             cr_assert_eq(ta_pagemap_span(s->page), s);
             cr_assert_eq(ta_pagemap_span(s->page + s->npages - 1), s);
-            memset(ta_span_addr(s), j, ta_span_bytes(s));
+            memset(ta_span_addr(s), j, ta_span_usable(s));
             live[nl++] = s;
         }
     }
@@ -189,6 +204,7 @@ Test(pageheap, free_then_alloc_reuses_the_pages) {
 }
 
 Test(pageheap, freed_neighbours_coalesce) {
+    SKIP_IF_GUARDED();
     const uintptr_t k = 9;
     ta_span_t *run[5]; /* guard, A, B, C, guard */
     cr_assert(get_run(k, 5, run));
@@ -222,7 +238,7 @@ Test(pageheap, freed_neighbours_coalesce) {
     ta_span_t *s = ta_pageheap_alloc(3 * k, 1, 0);
     cr_assert_not_null(s);
     cr_assert_eq(s->page, a, "alloc of A+B+C pages at %#lx, A was %#lx", (unsigned long)s->page, (unsigned long)a);
-    memset(ta_span_addr(s), 1, ta_span_bytes(s));
+    memset(ta_span_addr(s), 1, ta_span_usable(s));
     ta_pageheap_free(s);
     ta_pageheap_free(run[0]);
     ta_pageheap_free(run[4]);
@@ -232,6 +248,7 @@ Test(pageheap, freed_neighbours_coalesce) {
 /* Freed spans merge with the free space on both sides into one span that a
  * single alloc of the combined size gets back. */
 Test(pageheap, many_frees_in_any_order_merge_into_one) {
+    SKIP_IF_GUARDED();
     enum { N = 24 };
     const uintptr_t k = 4;
     ta_span_t *run[N + 2];
@@ -255,7 +272,7 @@ Test(pageheap, release_all_moves_free_to_released_and_drops_rss) {
     const uintptr_t n = 1024; /* 8 MiB */
     ta_span_t *s = ta_pageheap_alloc(n, 1, 0);
     cr_assert_not_null(s);
-    memset(ta_span_addr(s), 0xee, ta_span_bytes(s));
+    memset(ta_span_addr(s), 0xee, ta_span_usable(s));
     ta_pageheap_free(s);
 
     ta_pageheap_stats_t a, b;
@@ -294,7 +311,7 @@ Test(pageheap, released_pages_come_back_zeroed) {
     ta_span_t *s = ta_pageheap_alloc(n, 1, 0);
     cr_assert_not_null(s);
     if (s->zeroed) cr_assert(span_is_zero(s), "span marked zeroed holds data");
-    memset(ta_span_addr(s), 0x42, ta_span_bytes(s));
+    memset(ta_span_addr(s), 0x42, ta_span_usable(s));
     ta_pageheap_free(s);
     ta_pageheap_release(true);
     /* only released spans are free now: whatever we get is zero and says so */
@@ -303,7 +320,7 @@ Test(pageheap, released_pages_come_back_zeroed) {
         cr_assert_not_null(t);
         cr_assert(t->zeroed, "span from released pages not marked zeroed");
         cr_assert(span_is_zero(t), "span from released pages holds data");
-        memset(ta_span_addr(t), 0x43, ta_span_bytes(t));
+        memset(ta_span_addr(t), 0x43, ta_span_usable(t));
         ta_pageheap_free(t);
         ta_pageheap_release(true);
     }
@@ -325,20 +342,21 @@ Test(pageheap, release_honours_decay) {
     ta_pageheap_stats_t b;
     ta_pageheap_stats(&b);
     ta_cfg.decay_ms = saved;
-    cr_assert_eq(a.free_bytes, 20 * PG);
+    cr_assert_eq(a.free_bytes, (20 + G) * PG);
     cr_assert_eq(r1, 0u, "release(false) released %zu bytes of young spans", r1);
-    cr_assert_eq(r2, 20 * PG, "release(false) with decay 0 released %zu bytes", r2);
+    cr_assert_eq(r2, (20 + G) * PG, "release(false) with decay 0 released %zu bytes", r2);
     cr_assert_eq(b.free_bytes, 0u);
     ta_pageheap_free(run[0]);
     ta_pageheap_free(run[2]);
 }
 
 Test(pageheap, grow_in_place_into_free_neighbour) {
+    SKIP_IF_GUARDED();
     ta_span_t *run[3]; /* S, N, guard */
     cr_assert(get_run(6, 3, run));
     ta_span_t *s = run[0];
     uintptr_t page = s->page;
-    memset(ta_span_addr(s), 7, ta_span_bytes(s));
+    memset(ta_span_addr(s), 7, ta_span_usable(s));
     ta_pageheap_free(run[1]);
 
     cr_assert(ta_pageheap_grow(s, 4), "shrinking request must succeed trivially");
@@ -393,6 +411,7 @@ Test(pageheap, grow_in_place_into_free_neighbour) {
 }
 
 Test(pageheap, grow_into_released_neighbour) {
+    SKIP_IF_GUARDED();
     ta_span_t *run[3];
     cr_assert(get_run(5, 3, run));
     ta_pageheap_free(run[1]);
@@ -411,6 +430,7 @@ Test(pageheap, grow_into_released_neighbour) {
 /* S, then a resident free span, then a released one, then a guard: growth
  * may use both free spans together. */
 Test(pageheap, grow_across_resident_and_released_neighbours) {
+    SKIP_IF_GUARDED();
     ta_span_t *run[4];
     cr_assert(get_run(4, 4, run));
     ta_span_t *s = run[0];
@@ -437,6 +457,7 @@ Test(pageheap, grow_across_resident_and_released_neighbours) {
 }
 
 Test(pageheap, shrink_gives_the_tail_back) {
+    SKIP_IF_GUARDED();
     ta_span_t *run[2]; /* S, guard */
     cr_assert(get_run(8, 2, run));
     ta_span_t *s = run[0];
@@ -463,6 +484,7 @@ Test(pageheap, shrink_gives_the_tail_back) {
 }
 
 Test(pageheap, growable_spans_start_the_longest_free_span) {
+    SKIP_IF_GUARDED();
     ta_span_t *x = ta_pageheap_alloc(64, 1, 0);
     cr_assert_not_null(x);
     uintptr_t page = x->page;
@@ -487,6 +509,7 @@ Test(pageheap, growable_spans_start_the_longest_free_span) {
 /* Span records of spans that are gone come back to the OS on trim, whole
  * slabs at a time, and are reused afterwards. */
 Test(pageheap, trim_gives_back_free_span_record_slabs) {
+    SKIP_IF_GUARDED();
     enum { N = 3000 };
     static ta_span_t *sp[N];
     for (int i = 0; i < N; i++) {
@@ -540,7 +563,7 @@ Test(pageheap, stats_track_a_random_workload) {
         int i = (x >> 8) % SLOTS;
         if (slot[i]) {
             live -= ta_span_bytes(slot[i]);
-            if (!slot[i]->cls) live_large -= ta_span_bytes(slot[i]), nlarge--;
+            if (!slot[i]->cls) live_large -= ta_span_usable(slot[i]), nlarge--;
             ta_pageheap_free(slot[i]);
             slot[i] = NULL;
         } else {
@@ -560,7 +583,7 @@ Test(pageheap, stats_track_a_random_workload) {
                 }
             }
             live += ta_span_bytes(slot[i]);
-            if (!cls) live_large += ta_span_bytes(slot[i]), nlarge++;
+            if (!cls) live_large += ta_span_usable(slot[i]), nlarge++;
         }
         if (step % 500 == 499) ta_pageheap_release(step % 1000 == 999);
         ta_pageheap_stats(&now);
@@ -592,14 +615,14 @@ static void *span_worker(void *arg) {
         if (slot[i]) {
             uint64_t *w = ta_span_addr(slot[i]);
             uint64_t want = (id << 56) | (uintptr_t)slot[i];
-            if (w[0] != want || w[ta_span_bytes(slot[i]) / 8 - 1] != want) return (void *)1;
+            if (w[0] != want || w[ta_span_usable(slot[i]) / 8 - 1] != want) return (void *)1;
             ta_pageheap_free(slot[i]);
             slot[i] = NULL;
         } else {
             slot[i] = ta_pageheap_alloc(1 + (x >> 20) % 12, 1, (x >> 5) % 3 ? 0 : 3);
             if (!slot[i]) return (void *)2;
             uint64_t *w = ta_span_addr(slot[i]);
-            w[0] = w[ta_span_bytes(slot[i]) / 8 - 1] = (id << 56) | (uintptr_t)slot[i];
+            w[0] = w[ta_span_usable(slot[i]) / 8 - 1] = (id << 56) | (uintptr_t)slot[i];
         }
     }
     for (int i = 0; i < SLOTS; i++)
@@ -642,12 +665,13 @@ static long resident(void *p, size_t size) {
  * the span's pages must still go back to the OS (the merge used to give the
  * whole span the block's fresh age, so they never did). */
 Test(pageheap, pages_next_to_a_recycled_block_still_decay) {
+    SKIP_IF_GUARDED();
     enum { A = 1024, B = 4096 }; /* an 8 MiB block, 32 MiB free behind it */
     ta_pageheap_release(true);   /* no resident free span anywhere else */
     ta_span_t *x = ta_pageheap_alloc(A + B, 1, 0);
     cr_assert_not_null(x);
     uintptr_t page = x->page;
-    memset(ta_span_addr(x), 1, ta_span_bytes(x));
+    memset(ta_span_addr(x), 1, ta_span_usable(x));
     cr_assert(ta_pageheap_shrink(x, A, false)); /* B: free and resident */
     char *b = (char *)ta_span_addr(x) + A * PG;
     long b_res0 = resident(b, B * PG);
@@ -660,7 +684,7 @@ Test(pageheap, pages_next_to_a_recycled_block_still_decay) {
         x = ta_pageheap_alloc(A, 1, 0);
         if (!x) break;
         moved += x->page != page;
-        memset(ta_span_addr(x), 2, ta_span_bytes(x)); /* the block is in use */
+        memset(ta_span_addr(x), 2, ta_span_usable(x)); /* the block is in use */
     }
     size_t rss1 = tu_rss_bytes();
     long b_res1 = resident(b, B * PG);
@@ -679,6 +703,7 @@ Test(pageheap, pages_next_to_a_recycled_block_still_decay) {
 /* A merged span keeps the older of the two ages: the part freed long ago
  * decays on time even when something was freed next to it just now. */
 Test(pageheap, merged_spans_keep_the_older_age) {
+    SKIP_IF_GUARDED();
     ta_span_t *run[4]; /* A, B, C, guard */
     cr_assert(get_run(8, 4, run));
     uintptr_t a = run[0]->page;
@@ -698,13 +723,15 @@ Test(pageheap, merged_spans_keep_the_older_age) {
 /* Growth leaves no holes: spans from successive new mappings are adjacent, so
  * that freed they merge into one span that a larger request can use. */
 Test(pageheap, growth_leaves_no_holes) {
+    SKIP_IF_GUARDED();
     enum { N = 8, K = 256 }; /* 2 MiB each: one new mapping each */
     ta_pageheap_release(true); /* no released span of 2 MiB or more left */
     ta_span_t *sp[N];
     for (int i = 0; i < N; i++) sp[i] = ta_pageheap_alloc(K, 1, 0);
     int adjacent = 0;
     for (int i = 0; i < N; i++) cr_assert_not_null(sp[i]);
-    for (int i = 1; i < N; i++) adjacent += sp[i]->page + K == sp[i - 1]->page || sp[i - 1]->page + K == sp[i]->page;
+    for (int i = 1; i < N; i++)
+        adjacent += sp[i]->page + K + G == sp[i - 1]->page || sp[i - 1]->page + K + G == sp[i]->page;
     uintptr_t lowest = sp[N - 1]->page;
     for (int i = 0; i < N; i++) ta_pageheap_free(sp[i]);
     /* (metadata chunks, a thread-cache slab or a pagemap leaf may land between
@@ -745,7 +772,7 @@ Test(pageheap, trim_unmaps_free_address_space) {
     s = ta_pageheap_alloc(n, 1, 0);
     cr_assert_not_null(s);
     cr_assert(s->zeroed);
-    memset(ta_span_addr(s), 6, ta_span_bytes(s));
+    memset(ta_span_addr(s), 6, ta_span_usable(s));
     ta_pageheap_free(s);
     check_totals("after a new mapping");
 }

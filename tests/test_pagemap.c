@@ -23,8 +23,8 @@ static ta_span_t fake[8];
 static void check_empty(uintptr_t page) {
     cr_assert_null(ta_pagemap_span(page), "page %#lx: unexpected span %p", (unsigned long)page,
                    (void *)ta_pagemap_span(page));
-    cr_assert_eq(ta_pagemap_info(page), 0u, "page %#lx: unexpected info %#x", (unsigned long)page,
-                 ta_pagemap_info(page));
+    cr_assert_eq(ta_pagemap_info(page), 0u, "page %#lx: unexpected info %#llx", (unsigned long)page,
+                 (unsigned long long)ta_pagemap_info(page));
 }
 
 static size_t missing_leaves(uintptr_t first, uintptr_t n) {

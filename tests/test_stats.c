@@ -28,7 +28,7 @@ static void snap(struct ta_stats *st) {
 /* Everything but the in-use bytes: what the tiers hold. */
 static uint64_t tiers_sum(const struct ta_stats *s) {
     return s->inuse_bytes + s->thread_cache_bytes + s->central_bytes + s->span_free_bytes +
-           s->span_tail_bytes + s->pageheap_free_bytes + s->arena_bytes + s->metadata_bytes;
+           s->span_tail_bytes + s->pageheap_free_bytes + s->arena_bytes + s->metadata_bytes + s->guard_bytes;
 }
 
 /* The identity and its per-class form; returns NULL or what is wrong. */
@@ -421,7 +421,7 @@ Test(stats, mallinfo2_and_malloc_info_agree_with_the_snapshot) {
     cr_assert_eq(mi.hblkhd, s.large_inuse_bytes);
     cr_assert_eq(mi.hblks, s.large_inuse_blocks);
     cr_assert_eq(mi.keepcost, s.released_bytes);
-    cr_assert_eq(mi.uordblks + mi.fordblks + s.metadata_bytes, s.mapped_bytes - s.released_bytes,
+    cr_assert_eq(mi.uordblks + mi.fordblks + s.metadata_bytes + s.guard_bytes, s.mapped_bytes - s.released_bytes,
                  "mallinfo2: in use + free + metadata != mapped - released");
 
     char buf[4096];
@@ -502,7 +502,8 @@ static int python_check_json(const char *path) {
         "import json, sys\n"
         "d = json.load(open(sys.argv[1]))\n"
         "held = sum(d[k] for k in ('inuse_bytes', 'thread_cache_bytes', 'central_bytes', 'span_free_bytes',\n"
-        "                          'span_tail_bytes', 'pageheap_free_bytes', 'arena_bytes', 'metadata_bytes'))\n"
+        "                          'span_tail_bytes', 'pageheap_free_bytes', 'arena_bytes', 'metadata_bytes',\n"
+        "                          'guard_bytes'))\n"
         "assert held == d['mapped_bytes'] - d['released_bytes'], (held, d['mapped_bytes'], d['released_bytes'])\n"
         "assert d['version'] >= 1 and d['pid'] > 0\n"
         "cl = d['classes']\n"
