@@ -41,6 +41,87 @@ static inline void note_inuse(void) {
     if (ph_stats.inuse_bytes > ph_peak_cur) ph_peak_cur = ph_stats.inuse_bytes;
 }
 
+/* a recent block's pages are resident free bytes */
+static inline void account_free_recent(const ta_span_t *s, int sign) {
+    ph_stats.free_bytes += sign * (uint64_t)ta_span_bytes(s);
+}
+
+
+/* ---- recently freed large blocks ---------------------------------------------
+ * A program that frees a large block and asks for one of the same size again
+ * (a buffer per request, a scratch block per iteration) gets the same pages
+ * back, resident, without the work of splitting, registering and merging: the
+ * last PH_RECENT large blocks freed are kept whole, off the free lists, in
+ * state RECENT (counted as free bytes; nothing merges with or grows into them;
+ * a free of one is a double free).  A request of cls 0 takes one whose length
+ * is between its own and an eighth more (the extra pages are the block's
+ * usable size).  Each decay pass, trim and the out-of-memory path put them on
+ * the free lists, where they merge and decay like any free span. */
+#define PH_RECENT 8
+static ta_span_t *ph_recent[PH_RECENT]; /* oldest first; NULL past ph_nrecent */
+static int ph_nrecent;
+
+static void free_insert(ta_span_t *s);
+
+/* Recent blocks are not stamped when freed (no clock read on that path):
+ * every decay pass empties the cache, so a block found in it was freed after
+ * the previous pass, ph_last_decay_ms: its age counts from then. */
+static void recent_to_lists(ta_span_t *s) {
+    account_free_recent(s, -1);
+    s->state = TA_SPAN_FREE;
+    s->free_since_ms = ph_last_decay_ms;
+    free_insert(s);
+}
+
+static void recent_flush_locked(void) {
+    int n = ph_nrecent;
+    ph_nrecent = 0;
+    for (int i = 0; i < n; i++) {
+        ta_span_t *s = ph_recent[i];
+        ph_recent[i] = NULL;
+        recent_to_lists(s);
+    }
+}
+
+/* Keep freed block s (its accounting done) as recent; the
+ * oldest recent block goes to the free lists when there is no room. */
+static void recent_put_locked(ta_span_t *s) {
+    s->state = TA_SPAN_RECENT; /* first: the oldest may be its neighbour */
+    s->next = s->prev = NULL;
+    if (ph_nrecent == PH_RECENT) {
+        ta_span_t *old = ph_recent[0];
+        memmove(ph_recent, ph_recent + 1, (PH_RECENT - 1) * sizeof *ph_recent);
+        ph_nrecent--;
+        recent_to_lists(old);
+    }
+    account_free_recent(s, +1);
+    ph_recent[ph_nrecent++] = s;
+}
+
+/* Take recent block s out of the cache (it stays counted as free). */
+static void recent_remove_locked(ta_span_t *s) {
+    for (int i = 0; i < ph_nrecent; i++)
+        if (ph_recent[i] == s) {
+            for (int j = i; j + 1 < ph_nrecent; j++) ph_recent[j] = ph_recent[j + 1];
+            ph_recent[--ph_nrecent] = NULL;
+            return;
+        }
+    TA_ASSERT(!"a recent span not in the cache");
+}
+
+/* A recent block of npages .. npages + npages/8 pages starting on a multiple
+ * of align_pages (the newest such), taken out; NULL if none. */
+static ta_span_t *recent_take_locked(uintptr_t npages, uintptr_t align_pages) {
+    uintptr_t most = npages + npages / 8;
+    for (int i = ph_nrecent - 1; i >= 0; i--) {
+        ta_span_t *s = ph_recent[i];
+        if (s->npages < npages || s->npages > most || (s->page & (align_pages - 1))) continue;
+        recent_remove_locked(s);
+        account_free_recent(s, -1);
+        return s;
+    }
+    return NULL;
+}
 
 static ta_span_t *free_list_for(const ta_span_t *s) {
     int kind = s->state == TA_SPAN_RELEASED;
@@ -108,6 +189,7 @@ static ta_span_t *spare_take(void) {
 
 static void free_insert(ta_span_t *s);
 static void put_back(ta_span_t *s);
+static void tick_at(uint64_t now);
 
 /* Can free span s merge with n, its free neighbour of the same kind?  Always:
  * nothing is released on the paths that free (the decay pass does that, in
@@ -266,15 +348,21 @@ static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t c
     uintptr_t want = npages + align_pages - 1;
     if (npages == 0 || want < npages || want > (TA_MAX_REQUEST >> TA_PAGE_SHIFT)) return NULL;
     ta_lock(&ph_lock);
+    ta_span_t *s;
+    uint8_t *states = NULL;
+    bool recent = !cls && !growable && ph_nrecent && (s = recent_take_locked(npages, align_pages));
+    if (recent) goto found;
     /* records for a new mapping, a head and a tail */
     if (!spare_fill(3)) {
         ta_unlock(&ph_lock);
         return NULL;
     }
-    ta_span_t *s;
     if (growable) {
         /* a block that is being grown goes at the start of the longest free
-         * span, resident first: its next growth then happens in place */
+         * span, resident first: its next growth then happens in place (the
+         * recent blocks first merge with their neighbours: the buffer grown
+         * last time may be one of them) */
+        recent_flush_locked();
         s = find_largest(0);
         if (!s || s->npages < want) s = find_largest(1);
         if (s && s->npages < want) s = NULL;
@@ -301,12 +389,12 @@ static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t c
     uintptr_t lead = ((s->page + align_pages - 1) & ~(align_pages - 1)) - s->page;
     if (lead) s = split_head(s, lead);
     split_tail(s, npages);
-    uint8_t *states = NULL;
     if (cls && cls < TA_MAX_CLASSES && !(states = ta_meta_states_new(ta_class[cls].objects))) {
         free_insert(s); /* no metadata for it: the request fails, the heap stays whole */
         ta_unlock(&ph_lock);
         return NULL;
     }
+found:
     s->zeroed = s->state == TA_SPAN_RELEASED;
     s->state = TA_SPAN_INUSE;
     s->freelist = NULL; /* clears the union: no free list, no sample record */
@@ -319,7 +407,7 @@ static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t c
             ta_pagemap_set(s->page + i, s, TA_INFO(cls, i) | TA_INFO_STATES_MAKE(states));
         if (cls < TA_MAX_CLASSES) ph_class_spans[cls]++;
     } else {
-        register_ends(s);
+        if (!recent) register_ends(s); /* (a recent block is registered as it was) */
         ph_stats.large_bytes += ta_span_bytes(s);
         ph_stats.large_count++;
     }
@@ -330,7 +418,8 @@ static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t c
     return s;
 }
 
-static void free_locked(ta_span_t *s, uint64_t now) {
+/* recent: a large block, kept whole for the next request of its size */
+static void free_locked(ta_span_t *s, uint64_t now, bool recent) {
     TA_ASSERT(s->state == TA_SPAN_INUSE && s->npages && !s->next);
     TA_ASSERT(!s->cls || s->allocated == 0); /* a small span comes back with no object handed out */
     ph_stats.inuse_bytes -= ta_span_bytes(s);
@@ -351,29 +440,37 @@ static void free_locked(ta_span_t *s, uint64_t now) {
     s->allocated = 0;
     s->free_since_ms = now; /* (the union: freelist and sample record are gone) */
     ph_stats.n_free++;
-    free_insert(s);
+    if (recent)
+        recent_put_locked(s);
+    else
+        free_insert(s);
 }
 
 void ta_pageheap_free(ta_span_t *s) {
     uint64_t now = ta_os_now_ms();
     ta_lock(&ph_lock);
-    free_locked(s, now);
+    free_locked(s, now, false);
     ta_unlock(&ph_lock);
-    ta_pageheap_tick();
+    tick_at(now);
 }
 
+/* Large frees between two looks at the clock (the decay's tick): a block
+ * goes to the recent cache without one. */
+#define PH_TICK_FREES 32
+static uint32_t ph_large_frees;
+
 const char *ta_pageheap_free_large(ta_span_t *s, void *p) {
-    uint64_t now = ta_os_now_ms();
     ta_lock(&ph_lock);
     const char *err = NULL;
     if (s->state != TA_SPAN_INUSE)
         err = "double free of"; /* freed meanwhile */
     else if (s->cls || ta_span_addr(s) != p)
         err = "free of a pointer tieralloc never returned:";
-    if (!err) free_locked(s, now);
+    if (!err) free_locked(s, 0, true);
+    bool tick = !err && ++ph_large_frees % PH_TICK_FREES == 0;
     ta_unlock(&ph_lock);
+    if (tick) tick_at(ta_os_now_ms());
     if (!err) {
-        ta_pageheap_tick();
         /* no lock is held on this path (free of a large block): free pages
          * now wait for the decay, the background thread may start */
         void (*kick)(void) = __atomic_load_n(&ta_pageheap_kick, __ATOMIC_RELAXED);
@@ -397,11 +494,14 @@ void ta_pageheap_free_arena(ta_span_t *s) {
     ta_pageheap_free(s);
 }
 
-/* The free span starting exactly at page, of either kind, or NULL. */
+/* The free span starting exactly at page, of either kind or recent, or NULL. */
 static ta_span_t *free_span_at(uintptr_t page) {
     ta_span_t *n = ta_pagemap_span(page);
-    return n && n->npages && (n->state == TA_SPAN_FREE || n->state == TA_SPAN_RELEASED) && n->page == page ? n
-                                                                                                       : NULL;
+    return n && n->npages &&
+                   (n->state == TA_SPAN_FREE || n->state == TA_SPAN_RELEASED || n->state == TA_SPAN_RECENT) &&
+                   n->page == page
+               ? n
+               : NULL;
 }
 
 bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages) {
@@ -418,8 +518,20 @@ bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages) {
     bool ok = end + have >= s->page + npages;
     while (ok && s->page + s->npages < s->page + npages) {
         ta_span_t *n = free_span_at(s->page + s->npages);
-        free_remove(n);
-        split_tail(n, s->page + npages - n->page < n->npages ? s->page + npages - n->page : n->npages);
+        uintptr_t take = s->page + npages - n->page < n->npages ? s->page + npages - n->page : n->npages;
+        if (n->state == TA_SPAN_RECENT) { /* a block freed just now: free pages like the others */
+            recent_remove_locked(n);
+            account_free_recent(n, -1);
+            n->state = TA_SPAN_FREE;
+            if (take < n->npages) { /* its rest: a free span that may have free neighbours */
+                ta_span_t *t = split(n, take);
+                n->state = TA_SPAN_INUSE; /* part of s: no merge with it */
+                free_insert(t);
+            }
+        } else {
+            free_remove(n);
+            split_tail(n, take);
+        }
         /* n now covers exactly the pages s takes from it */
         ph_stats.inuse_bytes += ta_span_bytes(n);
         ph_stats.large_bytes += ta_span_bytes(n);
@@ -464,6 +576,7 @@ bool ta_pageheap_shrink(ta_span_t *s, uintptr_t npages, bool untouched) {
 /* Release FREE spans idle for decay_ms (all of them when all is set). */
 static size_t release_locked(bool all, uint64_t now) {
     size_t released = 0;
+    recent_flush_locked();
     for (int i = 0; i <= PH_EXACT; i++) {
         ta_span_t *h = &ph_list[0][i];
         for (ta_span_t *s = h->next, *nx; s != h; s = nx) {
@@ -602,6 +715,7 @@ static size_t decay_pass(uint64_t now, bool force) {
         ta_unlock(&ph_lock);
         return 0;
     }
+    recent_flush_locked(); /* blocks not asked for again since the last pass */
     ph_last_decay_ms = now;
     peak_rotate(now);
     uint64_t ops = ph_stats.n_alloc + ph_stats.n_free;
@@ -648,11 +762,15 @@ size_t ta_pageheap_decay(bool force) { return decay_pass(ta_os_now_ms(), force);
 
 /* From slow paths and frees: with no background thread, a pass once per
  * decay_ms / 4. */
-void ta_pageheap_tick(void) {
+static void tick_at(uint64_t now) {
     if (__atomic_load_n(&ta_pageheap_bg_active, __ATOMIC_RELAXED)) return;
-    uint64_t now = ta_os_now_ms();
     if (now - __atomic_load_n(&ph_last_decay_ms, __ATOMIC_RELAXED) < ta_cfg.decay_ms / 4) return;
     decay_pass(now, false);
+}
+
+void ta_pageheap_tick(void) {
+    if (__atomic_load_n(&ta_pageheap_bg_active, __ATOMIC_RELAXED)) return;
+    tick_at(ta_os_now_ms());
 }
 
 /* Does the decay have work worth a thread: resident free pages in a heap at
