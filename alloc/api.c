@@ -218,6 +218,7 @@ static void *realloc_move(void *p, size_t old, size_t n) {
 /* Below this a block belongs in a size class; growing past it, a block leaves
  * the classes for a span of its own that can grow in place. */
 #define REALLOC_SPAN_MIN ((size_t)4 << 10)
+#define REALLOC_SLACK ((size_t)128 << 10)
 
 void *ta_impl_realloc(void *p, size_t n) {
     TRACED(ta_trace_realloc(p, n));
@@ -254,9 +255,11 @@ void *ta_impl_realloc(void *p, size_t n) {
     }
     ta_span_t *s = c.span;
     uintptr_t npages = (n + TA_PAGE_SIZE - 1) >> TA_PAGE_SHIFT;
-    /* a block with a span of its own */
+    /* a block with a span of its own; a tail of up to REALLOC_SLACK stays:
+     * a buffer that grows may have been given that much room (see
+     * ta_pageheap_alloc_growable) */
     if (n <= old) {
-        if (n > old / 2) return p;
+        if (n > old / 2 || old - n <= REALLOC_SLACK) return p;
         if (n <= REALLOC_SPAN_MIN) return realloc_move(p, old, n);
         ta_pageheap_shrink(s, npages, false); /* the tail goes back to the heap */
         return p;

@@ -58,6 +58,7 @@ static inline void account_free_recent(const ta_span_t *s, int sign) {
  * usable size).  Each decay pass, trim and the out-of-memory path put them on
  * the free lists, where they merge and decay like any free span. */
 #define PH_RECENT 8
+#define PH_GROW_SLACK 16 /* pages a growing buffer may keep beyond its size (128 KiB) */
 static ta_span_t *ph_recent[PH_RECENT]; /* oldest first; NULL past ph_nrecent */
 static int ph_nrecent;
 
@@ -109,10 +110,9 @@ static void recent_remove_locked(ta_span_t *s) {
     TA_ASSERT(!"a recent span not in the cache");
 }
 
-/* A recent block of npages .. npages + npages/8 pages starting on a multiple
- * of align_pages (the newest such), taken out; NULL if none. */
-static ta_span_t *recent_take_locked(uintptr_t npages, uintptr_t align_pages) {
-    uintptr_t most = npages + npages / 8;
+/* A recent block of npages .. most pages starting on a multiple of
+ * align_pages (the newest such), taken out; NULL if none. */
+static ta_span_t *recent_take_locked(uintptr_t npages, uintptr_t most, uintptr_t align_pages) {
     for (int i = ph_nrecent - 1; i >= 0; i--) {
         ta_span_t *s = ph_recent[i];
         if (s->npages < npages || s->npages > most || (s->page & (align_pages - 1))) continue;
@@ -350,12 +350,26 @@ static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t c
     ta_lock(&ph_lock);
     ta_span_t *s;
     uint8_t *states = NULL;
-    bool recent = !cls && !growable && ph_nrecent && (s = recent_take_locked(npages, align_pages));
+    bool recent = !cls && !growable && ph_nrecent &&
+                  (s = recent_take_locked(npages, npages + npages / 8, align_pages));
     if (recent) goto found;
     /* records for a new mapping, a head and a tail */
     if (!spare_fill(3)) {
         ta_unlock(&ph_lock);
         return NULL;
+    }
+    if (growable && ph_nrecent && (s = recent_take_locked(npages, UINTPTR_MAX, 1))) {
+        /* A buffer that grows by realloc, in the pages of one freed just now
+         * (likely the last one this program grew): resident, and with room
+         * to grow in place, up to PH_GROW_SLACK pages of it; the rest goes
+         * back as free pages (right behind it: the next growth may take them). */
+        if (s->npages > npages + PH_GROW_SLACK) {
+            ta_span_t *t = split(s, npages + PH_GROW_SLACK);
+            t->state = TA_SPAN_FREE;
+            t->free_since_ms = ph_last_decay_ms;
+            free_insert(t); /* (s is still RECENT: t does not merge with it) */
+        }
+        goto found;
     }
     if (growable) {
         /* a block that is being grown goes at the start of the longest free
