@@ -116,7 +116,8 @@ static ta_span_t *recent_take_locked(uintptr_t npages, uintptr_t most, uintptr_t
     for (int i = ph_nrecent - 1; i >= 0; i--) {
         ta_span_t *s = ph_recent[i];
         if (s->npages < npages || s->npages > most || (s->page & (align_pages - 1))) continue;
-        recent_remove_locked(s);
+        for (int j = i; j + 1 < ph_nrecent; j++) ph_recent[j] = ph_recent[j + 1];
+        ph_recent[--ph_nrecent] = NULL;
         account_free_recent(s, -1);
         return s;
     }

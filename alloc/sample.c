@@ -7,9 +7,8 @@
  * distribution of mean `rate` bytes: allocations are picked by a Poisson
  * process over the allocated bytes, so one of n bytes is picked with
  * probability 1 - exp(-n/rate) and stands for 1/(1 - exp(-n/rate)) such
- * allocations.  With sampling off (rate 0) the count still runs (in 16 MiB
- * steps), and while nobody looks in steps of exactly `rate`; both feed the
- * allocated-bytes total.
+ * allocations.  With sampling off (rate 0), or while nobody looks, the count
+ * still runs, in 16 MiB steps, and feeds the allocated-bytes total.
  *
  * Serving.  api.c gives a sampled small allocation a page-heap span of its own
  * and calls ta_sample_record(); the span points to the sample's record, and
@@ -135,10 +134,10 @@ static bool sample_active;
 
 static int64_t next_step(void) {
     if (!sample_rate) return OFF_STEP;
-    /* nothing is recorded: the countdown only counts bytes, and the next
-     * sample, once somebody looks, comes within `rate` bytes (no random draw:
-     * a program of large blocks runs out of the countdown at every call) */
-    if (!__atomic_load_n(&sample_active, __ATOMIC_RELAXED)) return (int64_t)sample_rate;
+    /* nothing is recorded: the countdown only counts bytes, in long steps
+     * without a random draw (a program of large blocks would otherwise run
+     * out of it at nearly every call); ta_hooks_set restarts the caller's */
+    if (!__atomic_load_n(&sample_active, __ATOMIC_RELAXED)) return OFF_STEP;
     double u = (double)((rng_next() >> 11) + 1) * 0x1.0p-53; /* (0, 1] */
     double x = -ln01(u) * (double)sample_rate;
     if (x < 1) return 1;
@@ -379,7 +378,14 @@ TA_EXPORT int ta_hooks_set(const struct ta_hooks *h, struct ta_hooks *old) {
     if (old) *old = hooks;
     if (h) {
         hooks = *h;
-        if (h->on_alloc || h->on_free) __atomic_store_n(&sample_active, true, __ATOMIC_RELAXED);
+        if ((h->on_alloc || h->on_free) && !__atomic_load_n(&sample_active, __ATOMIC_RELAXED)) {
+            __atomic_store_n(&sample_active, true, __ATOMIC_RELAXED);
+            if (tls.started) { /* the caller's countdown, in a step of the sampling rate from now on */
+                count_done((uint64_t)(tls.step - ta_tls.sample_left));
+                tls.step = next_step();
+                ta_tls.sample_left = tls.step;
+            }
+        }
     } else {
         memset(&hooks, 0, sizeof hooks);
     }
