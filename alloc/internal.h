@@ -410,7 +410,7 @@ const char *ta_pageheap_free_large(ta_span_t *s, void *p);
 ta_span_t *ta_pageheap_alloc_arena(uintptr_t npages, uintptr_t align_pages);
 void ta_pageheap_free_arena(ta_span_t *s);
 /* run the decay clock (called from slow paths) */
-void ta_pageheap_tick(void);
+void ta_pageheap_tick(uint64_t now); /* now: ta_os_now_ms(), read once by the caller */
 /* one decay pass now (the background thread; force: ignore the demand peak);
  * returns the bytes released */
 size_t ta_pageheap_decay(bool force);
@@ -460,7 +460,7 @@ void ta_central_free(uint32_t cls, void *const *objs, uint32_t n, uint32_t shard
 void ta_central_free_spans(uint32_t cls, void *const *objs, uint32_t n);
 /* Called from tier 1's slow paths: once per decay period, half of every
  * transfer cache goes back to its spans; then the page heap's decay. */
-void ta_central_tick(void);
+void ta_central_tick(uint64_t now);
 /* Move everything in the transfer caches back to spans (malloc_trim). */
 void ta_central_drain(void);
 typedef struct ta_central_stats {

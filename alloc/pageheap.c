@@ -21,6 +21,10 @@
 
 static ta_lock_t ph_lock = TA_LOCK_INIT(TA_RANK_PAGEHEAP);
 static ta_span_t ph_list[2][PH_EXACT + 1]; /* [kind][npages or 0 for larger]; sentinels */
+/* bit i of ph_nonempty[kind]: exact list i (1..PH_EXACT) holds a span, so that
+ * a fit is found without looking at every list head */
+#define PH_WORDS (PH_EXACT / 64 + 1)
+static uint64_t ph_nonempty[2][PH_WORDS];
 static ta_pageheap_stats_t ph_stats;
 static uint64_t ph_class_spans[TA_MAX_CLASSES]; /* in-use spans of each size class (stats) */
 static uint64_t ph_last_decay_ms;
@@ -59,7 +63,12 @@ static inline void account_free_recent(const ta_span_t *s, int sign) {
  * the free lists, where they merge and decay like any free span. */
 #define PH_RECENT 8
 #define PH_GROW_SLACK 16 /* pages a growing buffer may keep beyond its size (128 KiB) */
-static ta_span_t *ph_recent[PH_RECENT]; /* oldest first; NULL past ph_nrecent */
+/* oldest first; each with its length and page, so that a look for a fit
+ * reads this array only */
+static struct ph_recent {
+    ta_span_t *s;
+    uintptr_t page, npages;
+} ph_recent[PH_RECENT];
 static int ph_nrecent;
 
 static void free_insert(ta_span_t *s);
@@ -77,11 +86,15 @@ static void recent_to_lists(ta_span_t *s) {
 static void recent_flush_locked(void) {
     int n = ph_nrecent;
     ph_nrecent = 0;
-    for (int i = 0; i < n; i++) {
-        ta_span_t *s = ph_recent[i];
-        ph_recent[i] = NULL;
-        recent_to_lists(s);
-    }
+    for (int i = 0; i < n; i++) recent_to_lists(ph_recent[i].s);
+}
+
+/* Take entry i out of the cache (its block stays counted as free). */
+static ta_span_t *recent_drop(int i) {
+    ta_span_t *s = ph_recent[i].s;
+    for (int j = i; j + 1 < ph_nrecent; j++) ph_recent[j] = ph_recent[j + 1];
+    ph_nrecent--;
+    return s;
 }
 
 /* Keep freed block s (its accounting done) as recent; the
@@ -89,22 +102,16 @@ static void recent_flush_locked(void) {
 static void recent_put_locked(ta_span_t *s) {
     s->state = TA_SPAN_RECENT; /* first: the oldest may be its neighbour */
     s->next = s->prev = NULL;
-    if (ph_nrecent == PH_RECENT) {
-        ta_span_t *old = ph_recent[0];
-        memmove(ph_recent, ph_recent + 1, (PH_RECENT - 1) * sizeof *ph_recent);
-        ph_nrecent--;
-        recent_to_lists(old);
-    }
+    if (ph_nrecent == PH_RECENT) recent_to_lists(recent_drop(0));
     account_free_recent(s, +1);
-    ph_recent[ph_nrecent++] = s;
+    ph_recent[ph_nrecent++] = (struct ph_recent){s, s->page, s->npages};
 }
 
 /* Take recent block s out of the cache (it stays counted as free). */
 static void recent_remove_locked(ta_span_t *s) {
     for (int i = 0; i < ph_nrecent; i++)
-        if (ph_recent[i] == s) {
-            for (int j = i; j + 1 < ph_nrecent; j++) ph_recent[j] = ph_recent[j + 1];
-            ph_recent[--ph_nrecent] = NULL;
+        if (ph_recent[i].s == s) {
+            recent_drop(i);
             return;
         }
     TA_ASSERT(!"a recent span not in the cache");
@@ -114,10 +121,9 @@ static void recent_remove_locked(ta_span_t *s) {
  * align_pages (the newest such), taken out; NULL if none. */
 static ta_span_t *recent_take_locked(uintptr_t npages, uintptr_t most, uintptr_t align_pages) {
     for (int i = ph_nrecent - 1; i >= 0; i--) {
-        ta_span_t *s = ph_recent[i];
-        if (s->npages < npages || s->npages > most || (s->page & (align_pages - 1))) continue;
-        for (int j = i; j + 1 < ph_nrecent; j++) ph_recent[j] = ph_recent[j + 1];
-        ph_recent[--ph_nrecent] = NULL;
+        const struct ph_recent *r = &ph_recent[i];
+        if (r->npages < npages || r->npages > most || (r->page & (align_pages - 1))) continue;
+        ta_span_t *s = recent_drop(i);
         account_free_recent(s, -1);
         return s;
     }
@@ -157,6 +163,11 @@ static void account_free(const ta_span_t *s, int sign) {
 static void free_remove(ta_span_t *s) {
     TA_ASSERT(s->state != TA_SPAN_INUSE && s->next && s->prev);
     ta_spanlist_remove(s);
+    if (s->npages <= PH_EXACT) {
+        int kind = s->state == TA_SPAN_RELEASED;
+        if (ta_spanlist_empty(&ph_list[kind][s->npages]))
+            ph_nonempty[kind][s->npages >> 6] &= ~((uint64_t)1 << (s->npages & 63));
+    }
     account_free(s, -1);
 }
 
@@ -232,8 +243,11 @@ static void free_insert(ta_span_t *s) {
 /* Smallest span of `kind` with at least n pages (lowest address among the
  * large ones of equal size, to keep the heap compact). */
 static ta_span_t *find_fit(int kind, uintptr_t n) {
-    for (uintptr_t i = n; i <= PH_EXACT; i++)
-        if (!ta_spanlist_empty(&ph_list[kind][i])) return ph_list[kind][i].next;
+    for (uintptr_t w = n >> 6; n <= PH_EXACT && w < PH_WORDS; w++) {
+        uint64_t m = ph_nonempty[kind][w];
+        if (w == n >> 6) m &= ~(uint64_t)0 << (n & 63);
+        if (m) return ph_list[kind][w * 64 + (uintptr_t)__builtin_ctzll(m)].next;
+    }
     ta_span_t *best = NULL, *h = &ph_list[kind][0];
     for (ta_span_t *s = h->next; s != h; s = s->next)
         if (s->npages >= n && (!best || s->npages < best->npages ||
@@ -302,6 +316,8 @@ static ta_span_t *split(ta_span_t *s, uintptr_t n) {
 static void put_back(ta_span_t *s) {
     register_ends(s);
     ta_spanlist_push(free_list_for(s), s);
+    if (s->npages <= PH_EXACT)
+        ph_nonempty[s->state == TA_SPAN_RELEASED][s->npages >> 6] |= (uint64_t)1 << (s->npages & 63);
     account_free(s, +1);
     /* a free span is whole and registered at both ends; its neighbours of its
      * own kind were merged */
@@ -329,8 +345,8 @@ static ta_span_t *find_largest(int kind) {
     for (ta_span_t *s = h->next; s != h; s = s->next)
         if (!best || s->npages > best->npages || (s->npages == best->npages && s->page < best->page))
             best = s;
-    for (uintptr_t i = PH_EXACT; !best && i >= 1; i--)
-        if (!ta_spanlist_empty(&ph_list[kind][i])) best = ph_list[kind][i].next;
+    for (int w = PH_WORDS - 1; !best && w >= 0; w--)
+        if (ph_nonempty[kind][w]) best = ph_list[kind][w * 64 + 63 - __builtin_clzll(ph_nonempty[kind][w])].next;
     return best;
 }
 
@@ -783,10 +799,7 @@ static void tick_at(uint64_t now) {
     decay_pass(now, false);
 }
 
-void ta_pageheap_tick(void) {
-    if (__atomic_load_n(&ta_pageheap_bg_active, __ATOMIC_RELAXED)) return;
-    tick_at(ta_os_now_ms());
-}
+void ta_pageheap_tick(uint64_t now) { tick_at(now); }
 
 /* Does the decay have work worth a thread: resident free pages in a heap at
  * least a decay period old, the first moment a free page can be due for

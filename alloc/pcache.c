@@ -467,7 +467,7 @@ static void tick(ta_pcache_t *own) {
         own->scavenged_ms = now;
         release(own, false, false);
     }
-    ta_central_tick();
+    ta_central_tick(now);
     if (own) ta_background_kick();
 }
 
