@@ -88,13 +88,15 @@ static size_t block_size(const void *p, ptr_class_t c, const char *op) {
 
 /* ---- large blocks ---------------------------------------------------------- */
 /* A large block; growable: it is being grown by realloc (see ta_pageheap_alloc_growable). */
-static void *alloc_span_for(size_t size, size_t align, bool zero, bool growable) {
+TA_ALWAYS_INLINE void *alloc_span_for(size_t size, size_t align, bool zero, bool growable) {
     if (!ta_ensure_init()) return ta_boot_alloc(size, align);
     if (size > TA_MAX_REQUEST || align > TA_MAX_REQUEST) return ta_fail_nomem();
     uintptr_t npages = (size + TA_PAGE_SIZE - 1) >> TA_PAGE_SHIFT;
     if (!npages) npages = 1;
     uintptr_t align_pages = align > TA_PAGE_SIZE ? align >> TA_PAGE_SHIFT : 1;
-    ta_span_t *s = growable ? ta_pageheap_alloc_growable(npages) : ta_pageheap_alloc(npages, align_pages, 0);
+    ta_span_t *s = growable           ? ta_pageheap_alloc_growable(npages)
+                   : align_pages == 1 ? ta_pageheap_alloc_large(npages)
+                                      : ta_pageheap_alloc(npages, align_pages, 0);
     if (!s) return ta_fail_nomem();
     void *p = ta_span_addr(s);
     if (zero && !s->zeroed) memset(p, 0, size);

@@ -410,6 +410,7 @@ const char *ta_pageheap_free_large(ta_span_t *s, void *p);
 ta_span_t *ta_pageheap_alloc_arena(uintptr_t npages, uintptr_t align_pages);
 void ta_pageheap_free_arena(ta_span_t *s);
 /* run the decay clock (called from slow paths) */
+ta_span_t *ta_pageheap_alloc_large(uintptr_t npages); /* class 0, page aligned; recent blocks first */
 void ta_pageheap_tick(uint64_t now); /* now: ta_os_now_ms(), read once by the caller */
 /* one decay pass now (the background thread; force: ignore the demand peak);
  * returns the bytes released */

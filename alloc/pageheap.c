@@ -356,6 +356,31 @@ ta_span_t *ta_pageheap_alloc(uintptr_t npages, uintptr_t align_pages, uint32_t c
     return alloc_span(npages, align_pages, cls, false);
 }
 
+/* A large block (class 0, page aligned): a recent block of npages ..
+ * npages + npages/8 pages when there is one (the newest), with no more work
+ * than its counters; otherwise the general path. */
+ta_span_t *ta_pageheap_alloc_large(uintptr_t npages) {
+    ta_lock(&ph_lock);
+    for (int i = ph_nrecent - 1; i >= 0; i--) {
+        if (ph_recent[i].npages - npages > npages / 8) continue; /* (unsigned: shorter ones too) */
+        ta_span_t *s = recent_drop(i);
+        uint64_t b = ta_span_bytes(s);
+        s->state = TA_SPAN_INUSE; /* registered, cls 0, no free list, not zero: as it was freed */
+        s->zeroed = 0;
+        s->sample = NULL;
+        ph_stats.free_bytes -= b;
+        ph_stats.large_bytes += b;
+        ph_stats.large_count++;
+        ph_stats.inuse_bytes += b;
+        note_inuse();
+        ph_stats.n_alloc++;
+        ta_unlock(&ph_lock);
+        return s;
+    }
+    ta_unlock(&ph_lock);
+    return alloc_span(npages, 1, 0, false);
+}
+
 ta_span_t *ta_pageheap_alloc_growable(uintptr_t npages) {
     return alloc_span(npages, 1, 0, true);
 }
@@ -449,8 +474,7 @@ found:
     return s;
 }
 
-/* recent: a large block, kept whole for the next request of its size */
-static void free_locked(ta_span_t *s, uint64_t now, bool recent) {
+static void free_locked(ta_span_t *s, uint64_t now) {
     TA_ASSERT(s->state == TA_SPAN_INUSE && s->npages && !s->next);
     TA_ASSERT(!s->cls || s->allocated == 0); /* a small span comes back with no object handed out */
     ph_stats.inuse_bytes -= ta_span_bytes(s);
@@ -471,16 +495,13 @@ static void free_locked(ta_span_t *s, uint64_t now, bool recent) {
     s->allocated = 0;
     s->free_since_ms = now; /* (the union: freelist and sample record are gone) */
     ph_stats.n_free++;
-    if (recent)
-        recent_put_locked(s);
-    else
-        free_insert(s);
+    free_insert(s);
 }
 
 void ta_pageheap_free(ta_span_t *s) {
     uint64_t now = ta_os_now_ms();
     ta_lock(&ph_lock);
-    free_locked(s, now, false);
+    free_locked(s, now);
     ta_unlock(&ph_lock);
     tick_at(now);
 }
@@ -497,7 +518,15 @@ const char *ta_pageheap_free_large(ta_span_t *s, void *p) {
         err = "double free of"; /* freed meanwhile */
     else if (s->cls || ta_span_addr(s) != p)
         err = "free of a pointer tieralloc never returned:";
-    if (!err) free_locked(s, 0, true);
+    if (!err) { /* free_locked's work for a large block, which goes to the recent ones */
+        uint64_t b = ta_span_bytes(s);
+        ph_stats.inuse_bytes -= b;
+        ph_stats.large_bytes -= b;
+        ph_stats.large_count--;
+        ph_stats.n_free++;
+        s->free_since_ms = 0; /* (the union: the sample record is gone) */
+        recent_put_locked(s);
+    }
     bool tick = !err && ++ph_large_frees % PH_TICK_FREES == 0;
     ta_unlock(&ph_lock);
     if (tick) tick_at(ta_os_now_ms());
@@ -505,7 +534,7 @@ const char *ta_pageheap_free_large(ta_span_t *s, void *p) {
         /* no lock is held on this path (free of a large block): free pages
          * now wait for the decay, the background thread may start */
         void (*kick)(void) = __atomic_load_n(&ta_pageheap_kick, __ATOMIC_RELAXED);
-        if (kick && !__atomic_load_n(&ta_pageheap_bg_active, __ATOMIC_RELAXED)) kick();
+        if (kick && ta_cfg.background && !__atomic_load_n(&ta_pageheap_bg_active, __ATOMIC_RELAXED)) kick();
     }
     return err;
 }
