@@ -358,11 +358,19 @@ ta_span_t *ta_pageheap_alloc(uintptr_t npages, uintptr_t align_pages, uint32_t c
 
 /* A large block (class 0, page aligned): a recent block of npages ..
  * npages + npages/8 pages when there is one (the newest), with no more work
- * than its counters; otherwise the general path. */
+ * than its counters; else the head of the shortest longer one (its pages were
+ * used last: resident), the rest going to the free lists; else the recent
+ * blocks go to the free lists, where they merge, and the general path serves
+ * (so that pages freed just now are reused before untouched ones). */
 ta_span_t *ta_pageheap_alloc_large(uintptr_t npages) {
     ta_lock(&ph_lock);
+    int longer = -1;
     for (int i = ph_nrecent - 1; i >= 0; i--) {
-        if (ph_recent[i].npages - npages > npages / 8) continue; /* (unsigned: shorter ones too) */
+        if (ph_recent[i].npages - npages > npages / 8) { /* (unsigned: shorter ones too) */
+            if (ph_recent[i].npages > npages && (longer < 0 || ph_recent[i].npages < ph_recent[longer].npages))
+                longer = i;
+            continue;
+        }
         ta_span_t *s = recent_drop(i);
         uint64_t b = ta_span_bytes(s);
         s->state = TA_SPAN_INUSE; /* registered, cls 0, no free list, not zero: as it was freed */
@@ -377,6 +385,26 @@ ta_span_t *ta_pageheap_alloc_large(uintptr_t npages) {
         ta_unlock(&ph_lock);
         return s;
     }
+    if (longer >= 0 && spare_fill(1)) {
+        ta_span_t *s = recent_drop(longer);
+        account_free_recent(s, -1);
+        ta_span_t *t = split(s, npages);
+        s->state = TA_SPAN_INUSE; /* first: t must not merge with it */
+        t->state = TA_SPAN_FREE;
+        t->free_since_ms = ph_last_decay_ms;
+        free_insert(t);
+        s->zeroed = 0;
+        s->sample = NULL;
+        register_ends(s);
+        ph_stats.large_bytes += ta_span_bytes(s);
+        ph_stats.large_count++;
+        ph_stats.inuse_bytes += ta_span_bytes(s);
+        note_inuse();
+        ph_stats.n_alloc++;
+        ta_unlock(&ph_lock);
+        return s;
+    }
+    recent_flush_locked();
     ta_unlock(&ph_lock);
     return alloc_span(npages, 1, 0, false);
 }
