@@ -46,8 +46,10 @@ static inline void note_inuse(void) {
 }
 
 /* a recent block's pages are resident free bytes */
+static uint64_t ph_recent_bytes; /* of the recent blocks (part of free_bytes) */
 static inline void account_free_recent(const ta_span_t *s, int sign) {
     ph_stats.free_bytes += sign * (uint64_t)ta_span_bytes(s);
+    ph_recent_bytes += sign * (uint64_t)ta_span_bytes(s);
 }
 
 
@@ -376,7 +378,7 @@ ta_span_t *ta_pageheap_alloc_large(uintptr_t npages) {
         s->state = TA_SPAN_INUSE; /* registered, cls 0, no free list, not zero: as it was freed */
         s->zeroed = 0;
         s->sample = NULL;
-        ph_stats.free_bytes -= b;
+        account_free_recent(s, -1);
         ph_stats.large_bytes += b;
         ph_stats.large_count++;
         ph_stats.inuse_bytes += b;
@@ -537,6 +539,9 @@ void ta_pageheap_free(ta_span_t *s) {
 /* Large frees between two looks at the clock (the decay's tick): a block
  * goes to the recent cache without one. */
 #define PH_TICK_FREES 32
+/* ... unless the heap holds more free pages than this besides the recent
+ * blocks: then every large free looks (pages worth giving back wait for it) */
+#define PH_TICK_FREE_BYTES ((uint64_t)8 << 20)
 static uint32_t ph_large_frees;
 
 const char *ta_pageheap_free_large(ta_span_t *s, void *p) {
@@ -555,7 +560,8 @@ const char *ta_pageheap_free_large(ta_span_t *s, void *p) {
         s->free_since_ms = 0; /* (the union: the sample record is gone) */
         recent_put_locked(s);
     }
-    bool tick = !err && ++ph_large_frees % PH_TICK_FREES == 0;
+    bool tick = !err && (++ph_large_frees % PH_TICK_FREES == 0 ||
+                         ph_stats.free_bytes - ph_recent_bytes > PH_TICK_FREE_BYTES);
     ta_unlock(&ph_lock);
     if (tick) tick_at(ta_os_now_ms());
     if (!err) {
