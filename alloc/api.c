@@ -89,13 +89,15 @@ static size_t block_size(const void *p, ptr_class_t c, const char *op) {
 
 /* ---- large blocks ---------------------------------------------------------- */
 /* A large block; growable: it is being grown by realloc (see ta_pageheap_alloc_growable). */
-static void *alloc_span_for(size_t size, size_t align, bool zero, bool growable) {
+TA_ALWAYS_INLINE void *alloc_span_for(size_t size, size_t align, bool zero, bool growable) {
     if (!ta_ensure_init()) return ta_boot_alloc(size, align);
     if (size > TA_MAX_REQUEST || align > TA_MAX_REQUEST) return ta_fail_nomem();
     uintptr_t npages = (size + TA_PAGE_SIZE - 1) >> TA_PAGE_SHIFT;
     if (!npages) npages = 1;
     uintptr_t align_pages = align > TA_PAGE_SIZE ? align >> TA_PAGE_SHIFT : 1;
-    ta_span_t *s = growable ? ta_pageheap_alloc_growable(npages) : ta_pageheap_alloc(npages, align_pages, 0);
+    ta_span_t *s = growable           ? ta_pageheap_alloc_growable(npages)
+                   : align_pages == 1 ? ta_pageheap_alloc_large(npages)
+                                      : ta_pageheap_alloc(npages, align_pages, 0);
     if (!s) return ta_fail_nomem();
     void *p = ta_span_addr(s);
     if (zero && !s->zeroed) memset(p, 0, size);
@@ -219,6 +221,7 @@ static void *realloc_move(void *p, size_t old, size_t n) {
 /* Below this a block belongs in a size class; growing past it, a block leaves
  * the classes for a span of its own that can grow in place. */
 #define REALLOC_SPAN_MIN ((size_t)4 << 10)
+#define REALLOC_SLACK ((size_t)128 << 10)
 
 void *ta_impl_realloc(void *p, size_t n) {
     TRACED(ta_trace_realloc(p, n));
@@ -255,9 +258,11 @@ void *ta_impl_realloc(void *p, size_t n) {
     }
     ta_span_t *s = c.span;
     uintptr_t npages = (n + TA_PAGE_SIZE - 1) >> TA_PAGE_SHIFT;
-    /* a block with a span of its own */
+    /* a block with a span of its own; a tail of up to REALLOC_SLACK stays:
+     * a buffer that grows may have been given that much room (see
+     * ta_pageheap_alloc_growable) */
     if (n <= old) {
-        if (n > old / 2) return p;
+        if (n > old / 2 || old - n <= REALLOC_SLACK) return p;
         if (n <= REALLOC_SPAN_MIN) return realloc_move(p, old, n);
         ta_pageheap_shrink(s, npages, false); /* the tail goes back to the heap */
         return p;

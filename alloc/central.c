@@ -286,15 +286,15 @@ static void transfer_release(uint32_t sh, uint32_t c, bool half) {
  * spans: a cache that is in use refills, one that is not drains away and its
  * spans can go back to the page heap (and from there to the OS).  Then the
  * page heap's own decay. */
-void ta_central_tick(void) {
+void ta_central_tick(uint64_t now) {
     static uint64_t last_ms;
-    uint64_t now = ta_os_now_ms(), last = __atomic_load_n(&last_ms, __ATOMIC_RELAXED);
+    uint64_t last = __atomic_load_n(&last_ms, __ATOMIC_RELAXED);
     if (now - last >= ta_cfg.decay_ms &&
         __atomic_compare_exchange_n(&last_ms, &last, now, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
         for (uint32_t sh = 0; sh < nshards; sh++)
             for (uint32_t c = 1; c < ta_nclasses; c++) transfer_release(sh, c, true);
     }
-    ta_pageheap_tick();
+    ta_pageheap_tick(now);
 }
 
 void ta_central_drain(void) {

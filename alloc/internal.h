@@ -79,20 +79,50 @@ void ta_witness_forget_all(void); /* fork child: every lock was started afresh *
 #define ta_witness_release(l) ((void)0)
 #define ta_witness_forget_all() ((void)0)
 #endif
+/* While the process has one thread (glibc's __libc_single_threaded: true at
+ * start, false from the first pthread_create on, before the new thread runs)
+ * nobody can contend for a lock: it is taken and let go with plain stores, as
+ * glibc does for its arenas.  No lock is ever held across the creation of a
+ * thread, so a lock taken that way is let go before a second thread exists. */
+#if defined(__has_include)
+#if __has_include(<sys/single_threaded.h>)
+#include <sys/single_threaded.h>
+#define TA_HAVE_SINGLE_THREADED 1
+#endif
+#endif
+static inline bool ta_single_threaded(void) {
+#ifdef TA_HAVE_SINGLE_THREADED
+    return __atomic_load_n(&__libc_single_threaded, __ATOMIC_RELAXED);
+#else
+    return false;
+#endif
+}
 static inline void ta_lock(ta_lock_t *l) {
     ta_witness_acquire(l, false);
+    if (ta_single_threaded() && !__atomic_load_n(&l->state, __ATOMIC_RELAXED)) {
+        __atomic_store_n(&l->state, 1, __ATOMIC_RELAXED);
+        return;
+    }
     int z = 0;
     if (TA_UNLIKELY(!__atomic_compare_exchange_n(&l->state, &z, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)))
         ta_lock_wait(l);
 }
 static inline bool ta_trylock(ta_lock_t *l) {
     int z = 0;
-    if (!__atomic_compare_exchange_n(&l->state, &z, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) return false;
+    if (ta_single_threaded()) {
+        if (__atomic_load_n(&l->state, __ATOMIC_RELAXED)) return false;
+        __atomic_store_n(&l->state, 1, __ATOMIC_RELAXED);
+    } else if (!__atomic_compare_exchange_n(&l->state, &z, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+        return false;
     ta_witness_acquire(l, true);
     return true;
 }
 static inline void ta_unlock(ta_lock_t *l) {
     ta_witness_release(l);
+    if (ta_single_threaded()) { /* nobody waits: the state is 1 */
+        __atomic_store_n(&l->state, 0, __ATOMIC_RELAXED);
+        return;
+    }
     if (TA_UNLIKELY(__atomic_exchange_n(&l->state, 0, __ATOMIC_RELEASE) == 2)) ta_lock_wake(l);
 }
 /* after fork: the parent unlocks what fork_prepare locked; the child, whose
@@ -335,7 +365,8 @@ uint32_t ta_class_for_aligned(size_t n, size_t align);
 /* ---- pageheap.c: tier 3 --------------------------------------------------- */
 /* RELEASING: free, taken off the lists by a decay pass while its pages are
  * madvised (for a free() it is freed, as FREE and RELEASED are) */
-enum { TA_SPAN_FREE = 0, TA_SPAN_RELEASED = 1, TA_SPAN_INUSE = 2, TA_SPAN_RELEASING = 3 };
+enum { TA_SPAN_FREE = 0, TA_SPAN_RELEASED = 1, TA_SPAN_INUSE = 2, TA_SPAN_RELEASING = 3,
+       TA_SPAN_RECENT = 4 /* a freed large block kept whole for the next request of its size */ };
 typedef struct ta_span {
     uintptr_t page;          /* first page number (address >> TA_PAGE_SHIFT) */
     uintptr_t npages;
@@ -400,7 +431,8 @@ const char *ta_pageheap_free_large(ta_span_t *s, void *p);
 ta_span_t *ta_pageheap_alloc_arena(uintptr_t npages, uintptr_t align_pages);
 void ta_pageheap_free_arena(ta_span_t *s);
 /* run the decay clock (called from slow paths) */
-void ta_pageheap_tick(void);
+ta_span_t *ta_pageheap_alloc_large(uintptr_t npages); /* class 0, page aligned; recent blocks first */
+void ta_pageheap_tick(uint64_t now); /* now: ta_os_now_ms(), read once by the caller */
 /* one decay pass now (the background thread; force: ignore the demand peak);
  * returns the bytes released */
 size_t ta_pageheap_decay(bool force);
@@ -452,7 +484,7 @@ void ta_central_free(uint32_t cls, void *const *objs, uint32_t n, uint32_t shard
 void ta_central_free_spans(uint32_t cls, void *const *objs, uint32_t n);
 /* Called from tier 1's slow paths: once per decay period, half of every
  * transfer cache goes back to its spans; then the page heap's decay. */
-void ta_central_tick(void);
+void ta_central_tick(uint64_t now);
 /* Move everything in the transfer caches back to spans (malloc_trim). */
 void ta_central_drain(void);
 typedef struct ta_central_stats {

@@ -21,6 +21,10 @@
 
 static ta_lock_t ph_lock = TA_LOCK_INIT(TA_RANK_PAGEHEAP);
 static ta_span_t ph_list[2][PH_EXACT + 1]; /* [kind][npages or 0 for larger]; sentinels */
+/* bit i of ph_nonempty[kind]: exact list i (1..PH_EXACT) holds a span, so that
+ * a fit is found without looking at every list head */
+#define PH_WORDS (PH_EXACT / 64 + 1)
+static uint64_t ph_nonempty[2][PH_WORDS];
 static ta_pageheap_stats_t ph_stats;
 static uint64_t ph_class_spans[TA_MAX_CLASSES]; /* in-use spans of each size class (stats) */
 static uint64_t ph_last_decay_ms;
@@ -41,6 +45,92 @@ static inline void note_inuse(void) {
     if (ph_stats.inuse_bytes > ph_peak_cur) ph_peak_cur = ph_stats.inuse_bytes;
 }
 
+/* a recent block's pages are resident free bytes */
+static uint64_t ph_recent_bytes; /* of the recent blocks (part of free_bytes) */
+static inline void account_free_recent(const ta_span_t *s, int sign) {
+    ph_stats.free_bytes += sign * (uint64_t)ta_span_bytes(s);
+    ph_recent_bytes += sign * (uint64_t)ta_span_bytes(s);
+}
+
+
+/* ---- recently freed large blocks ---------------------------------------------
+ * A program that frees a large block and asks for one of the same size again
+ * (a buffer per request, a scratch block per iteration) gets the same pages
+ * back, resident, without the work of splitting, registering and merging: the
+ * last PH_RECENT large blocks freed are kept whole, off the free lists, in
+ * state RECENT (counted as free bytes; nothing merges with or grows into them;
+ * a free of one is a double free).  A request of cls 0 takes one whose length
+ * is between its own and an eighth more (the extra pages are the block's
+ * usable size).  Each decay pass, trim and the out-of-memory path put them on
+ * the free lists, where they merge and decay like any free span. */
+#define PH_RECENT 8
+#define PH_GROW_SLACK 16 /* pages a growing buffer may keep beyond its size (128 KiB) */
+/* oldest first; each with its length and page, so that a look for a fit
+ * reads this array only */
+static struct ph_recent {
+    ta_span_t *s;
+    uintptr_t page, npages;
+} ph_recent[PH_RECENT];
+static int ph_nrecent;
+
+static void free_insert(ta_span_t *s);
+
+/* Recent blocks are not stamped when freed (no clock read on that path):
+ * every decay pass empties the cache, so a block found in it was freed after
+ * the previous pass, ph_last_decay_ms: its age counts from then. */
+static void recent_to_lists(ta_span_t *s) {
+    account_free_recent(s, -1);
+    s->state = TA_SPAN_FREE;
+    s->free_since_ms = ph_last_decay_ms;
+    free_insert(s);
+}
+
+static void recent_flush_locked(void) {
+    int n = ph_nrecent;
+    ph_nrecent = 0;
+    for (int i = 0; i < n; i++) recent_to_lists(ph_recent[i].s);
+}
+
+/* Take entry i out of the cache (its block stays counted as free). */
+static ta_span_t *recent_drop(int i) {
+    ta_span_t *s = ph_recent[i].s;
+    for (int j = i; j + 1 < ph_nrecent; j++) ph_recent[j] = ph_recent[j + 1];
+    ph_nrecent--;
+    return s;
+}
+
+/* Keep freed block s (its accounting done) as recent; the
+ * oldest recent block goes to the free lists when there is no room. */
+static void recent_put_locked(ta_span_t *s) {
+    s->state = TA_SPAN_RECENT; /* first: the oldest may be its neighbour */
+    s->next = s->prev = NULL;
+    if (ph_nrecent == PH_RECENT) recent_to_lists(recent_drop(0));
+    account_free_recent(s, +1);
+    ph_recent[ph_nrecent++] = (struct ph_recent){s, s->page, s->npages};
+}
+
+/* Take recent block s out of the cache (it stays counted as free). */
+static void recent_remove_locked(ta_span_t *s) {
+    for (int i = 0; i < ph_nrecent; i++)
+        if (ph_recent[i].s == s) {
+            recent_drop(i);
+            return;
+        }
+    TA_ASSERT(!"a recent span not in the cache");
+}
+
+/* A recent block of npages .. most pages starting on a multiple of
+ * align_pages (the newest such), taken out; NULL if none. */
+static ta_span_t *recent_take_locked(uintptr_t npages, uintptr_t most, uintptr_t align_pages) {
+    for (int i = ph_nrecent - 1; i >= 0; i--) {
+        const struct ph_recent *r = &ph_recent[i];
+        if (r->npages < npages || r->npages > most || (r->page & (align_pages - 1))) continue;
+        ta_span_t *s = recent_drop(i);
+        account_free_recent(s, -1);
+        return s;
+    }
+    return NULL;
+}
 
 static ta_span_t *free_list_for(const ta_span_t *s) {
     int kind = s->state == TA_SPAN_RELEASED;
@@ -75,6 +165,11 @@ static void account_free(const ta_span_t *s, int sign) {
 static void free_remove(ta_span_t *s) {
     TA_ASSERT(s->state != TA_SPAN_INUSE && s->next && s->prev);
     ta_spanlist_remove(s);
+    if (s->npages <= PH_EXACT) {
+        int kind = s->state == TA_SPAN_RELEASED;
+        if (ta_spanlist_empty(&ph_list[kind][s->npages]))
+            ph_nonempty[kind][s->npages >> 6] &= ~((uint64_t)1 << (s->npages & 63));
+    }
     account_free(s, -1);
 }
 
@@ -108,6 +203,7 @@ static ta_span_t *spare_take(void) {
 
 static void free_insert(ta_span_t *s);
 static void put_back(ta_span_t *s);
+static void tick_at(uint64_t now);
 
 /* Can free span s merge with n, its free neighbour of the same kind?  Always:
  * nothing is released on the paths that free (the decay pass does that, in
@@ -149,8 +245,11 @@ static void free_insert(ta_span_t *s) {
 /* Smallest span of `kind` with at least n pages (lowest address among the
  * large ones of equal size, to keep the heap compact). */
 static ta_span_t *find_fit(int kind, uintptr_t n) {
-    for (uintptr_t i = n; i <= PH_EXACT; i++)
-        if (!ta_spanlist_empty(&ph_list[kind][i])) return ph_list[kind][i].next;
+    for (uintptr_t w = n >> 6; n <= PH_EXACT && w < PH_WORDS; w++) {
+        uint64_t m = ph_nonempty[kind][w];
+        if (w == n >> 6) m &= ~(uint64_t)0 << (n & 63);
+        if (m) return ph_list[kind][w * 64 + (uintptr_t)__builtin_ctzll(m)].next;
+    }
     ta_span_t *best = NULL, *h = &ph_list[kind][0];
     for (ta_span_t *s = h->next; s != h; s = s->next)
         if (s->npages >= n && (!best || s->npages < best->npages ||
@@ -219,6 +318,8 @@ static ta_span_t *split(ta_span_t *s, uintptr_t n) {
 static void put_back(ta_span_t *s) {
     register_ends(s);
     ta_spanlist_push(free_list_for(s), s);
+    if (s->npages <= PH_EXACT)
+        ph_nonempty[s->state == TA_SPAN_RELEASED][s->npages >> 6] |= (uint64_t)1 << (s->npages & 63);
     account_free(s, +1);
     /* a free span is whole and registered at both ends; its neighbours of its
      * own kind were merged */
@@ -246,8 +347,8 @@ static ta_span_t *find_largest(int kind) {
     for (ta_span_t *s = h->next; s != h; s = s->next)
         if (!best || s->npages > best->npages || (s->npages == best->npages && s->page < best->page))
             best = s;
-    for (uintptr_t i = PH_EXACT; !best && i >= 1; i--)
-        if (!ta_spanlist_empty(&ph_list[kind][i])) best = ph_list[kind][i].next;
+    for (int w = PH_WORDS - 1; !best && w >= 0; w--)
+        if (ph_nonempty[kind][w]) best = ph_list[kind][w * 64 + 63 - __builtin_clzll(ph_nonempty[kind][w])].next;
     return best;
 }
 
@@ -292,6 +393,59 @@ ta_span_t *ta_pageheap_alloc(uintptr_t npages, uintptr_t align_pages, uint32_t c
     return alloc_span(npages, align_pages, cls, false);
 }
 
+/* A large block (class 0, page aligned): a recent block of npages ..
+ * npages + npages/8 pages when there is one (the newest), with no more work
+ * than its counters; else the head of the shortest longer one (its pages were
+ * used last: resident), the rest going to the free lists; else the recent
+ * blocks go to the free lists, where they merge, and the general path serves
+ * (so that pages freed just now are reused before untouched ones). */
+ta_span_t *ta_pageheap_alloc_large(uintptr_t npages) {
+    ta_lock(&ph_lock);
+    int longer = -1;
+    for (int i = ph_nrecent - 1; i >= 0; i--) {
+        if (ph_recent[i].npages - npages > npages / 8) { /* (unsigned: shorter ones too) */
+            if (ph_recent[i].npages > npages && (longer < 0 || ph_recent[i].npages < ph_recent[longer].npages))
+                longer = i;
+            continue;
+        }
+        ta_span_t *s = recent_drop(i);
+        uint64_t b = ta_span_bytes(s);
+        s->state = TA_SPAN_INUSE; /* registered, cls 0, no free list, not zero: as it was freed */
+        s->zeroed = 0;
+        s->sample = NULL;
+        account_free_recent(s, -1);
+        ph_stats.large_bytes += b;
+        ph_stats.large_count++;
+        ph_stats.inuse_bytes += b;
+        note_inuse();
+        ph_stats.n_alloc++;
+        ta_unlock(&ph_lock);
+        return s;
+    }
+    if (longer >= 0 && spare_fill(1)) {
+        ta_span_t *s = recent_drop(longer);
+        account_free_recent(s, -1);
+        ta_span_t *t = split(s, npages);
+        s->state = TA_SPAN_INUSE; /* first: t must not merge with it */
+        t->state = TA_SPAN_FREE;
+        t->free_since_ms = ph_last_decay_ms;
+        free_insert(t);
+        s->zeroed = 0;
+        s->sample = NULL;
+        register_ends(s);
+        ph_stats.large_bytes += ta_span_bytes(s);
+        ph_stats.large_count++;
+        ph_stats.inuse_bytes += ta_span_bytes(s);
+        note_inuse();
+        ph_stats.n_alloc++;
+        ta_unlock(&ph_lock);
+        return s;
+    }
+    recent_flush_locked();
+    ta_unlock(&ph_lock);
+    return alloc_span(npages, 1, 0, false);
+}
+
 ta_span_t *ta_pageheap_alloc_growable(uintptr_t npages) {
     return alloc_span(npages, 1, 0, true);
 }
@@ -303,15 +457,35 @@ static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t c
     npages += TA_GUARD_PAGES;
     want += TA_GUARD_PAGES;
     ta_lock(&ph_lock);
+    ta_span_t *s;
+    uint8_t *states = NULL;
+    bool recent = !cls && !growable && ph_nrecent &&
+                  (s = recent_take_locked(npages, npages + npages / 8, align_pages));
+    if (recent) goto found;
     /* records for a new mapping, a head and a tail */
     if (!spare_fill(3)) {
         ta_unlock(&ph_lock);
         return NULL;
     }
-    ta_span_t *s;
+    if (growable && ph_nrecent && (s = recent_take_locked(npages, UINTPTR_MAX, 1))) {
+        /* A buffer that grows by realloc, in the pages of one freed just now
+         * (likely the last one this program grew): resident, and with room
+         * to grow in place, up to PH_GROW_SLACK pages of it; the rest goes
+         * back as free pages (right behind it: the next growth may take them). */
+        if (s->npages > npages + PH_GROW_SLACK) {
+            ta_span_t *t = split(s, npages + PH_GROW_SLACK);
+            t->state = TA_SPAN_FREE;
+            t->free_since_ms = ph_last_decay_ms;
+            free_insert(t); /* (s is still RECENT: t does not merge with it) */
+        }
+        goto found;
+    }
     if (growable) {
         /* a block that is being grown goes at the start of the longest free
-         * span, resident first: its next growth then happens in place */
+         * span, resident first: its next growth then happens in place (the
+         * recent blocks first merge with their neighbours: the buffer grown
+         * last time may be one of them) */
+        recent_flush_locked();
         s = find_largest(0);
         if (!s || s->npages < want) s = find_largest(1);
         if (s && s->npages < want) s = NULL;
@@ -338,7 +512,6 @@ static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t c
     uintptr_t lead = ((s->page + align_pages - 1) & ~(align_pages - 1)) - s->page;
     if (lead) s = split_head(s, lead);
     split_tail(s, npages);
-    uint8_t *states = NULL;
     if (cls && cls < TA_MAX_CLASSES && !(states = ta_meta_states_new(ta_class[cls].objects))) {
         free_insert(s); /* no metadata for it: the request fails, the heap stays whole */
         ta_unlock(&ph_lock);
@@ -353,6 +526,7 @@ static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t c
     }
     ph_stats.guard_bytes += (uint64_t)TA_GUARD_PAGES << TA_PAGE_SHIFT;
 #endif
+found: /* (the hardened build keeps no recent blocks: a guard is on from here) */
     s->zeroed = s->state == TA_SPAN_RELEASED;
     s->state = TA_SPAN_INUSE;
     s->freelist = NULL; /* clears the union: no free list, no sample record */
@@ -366,7 +540,7 @@ static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t c
         if (TA_GUARD_PAGES) ta_pagemap_set(s->page + npages - 1, s, 0); /* the guard: no objects */
         if (cls < TA_MAX_CLASSES) ph_class_spans[cls]++;
     } else {
-        register_ends(s);
+        if (!recent) register_ends(s); /* (a recent block is registered as it was) */
         ph_stats.large_bytes += ta_span_usable(s);
         ph_stats.large_count++;
     }
@@ -410,25 +584,47 @@ void ta_pageheap_free(ta_span_t *s) {
     ta_lock(&ph_lock);
     free_locked(s, now);
     ta_unlock(&ph_lock);
-    ta_pageheap_tick();
+    tick_at(now);
 }
 
+/* Large frees between two looks at the clock (the decay's tick): a block
+ * goes to the recent cache without one. */
+#define PH_TICK_FREES 32
+/* ... unless the heap holds more free pages than this besides the recent
+ * blocks: then every large free looks (pages worth giving back wait for it) */
+#define PH_TICK_FREE_BYTES ((uint64_t)8 << 20)
+static uint32_t ph_large_frees;
+
 const char *ta_pageheap_free_large(ta_span_t *s, void *p) {
-    uint64_t now = ta_os_now_ms();
     ta_lock(&ph_lock);
     const char *err = NULL;
     if (s->state != TA_SPAN_INUSE)
         err = "double free of"; /* freed meanwhile */
     else if (s->cls || ta_span_addr(s) != p)
         err = "free of a pointer tieralloc never returned:";
-    if (!err) free_locked(s, now);
+#if TA_GUARD_PAGES
+    /* hardened: no recent blocks (each freed block gives up its guard page) */
+    if (!err) free_locked(s, ta_os_now_ms());
+#else
+    if (!err) { /* free_locked's work for a large block, which goes to the recent ones */
+        uint64_t b = ta_span_bytes(s);
+        ph_stats.inuse_bytes -= b;
+        ph_stats.large_bytes -= b;
+        ph_stats.large_count--;
+        ph_stats.n_free++;
+        s->free_since_ms = 0; /* (the union: the sample record is gone) */
+        recent_put_locked(s);
+    }
+#endif
+    bool tick = !err && (++ph_large_frees % PH_TICK_FREES == 0 ||
+                         ph_stats.free_bytes - ph_recent_bytes > PH_TICK_FREE_BYTES);
     ta_unlock(&ph_lock);
+    if (tick) tick_at(ta_os_now_ms());
     if (!err) {
-        ta_pageheap_tick();
         /* no lock is held on this path (free of a large block): free pages
          * now wait for the decay, the background thread may start */
         void (*kick)(void) = __atomic_load_n(&ta_pageheap_kick, __ATOMIC_RELAXED);
-        if (kick && !__atomic_load_n(&ta_pageheap_bg_active, __ATOMIC_RELAXED)) kick();
+        if (kick && ta_cfg.background && !__atomic_load_n(&ta_pageheap_bg_active, __ATOMIC_RELAXED)) kick();
     }
     return err;
 }
@@ -448,11 +644,14 @@ void ta_pageheap_free_arena(ta_span_t *s) {
     ta_pageheap_free(s);
 }
 
-/* The free span starting exactly at page, of either kind, or NULL. */
+/* The free span starting exactly at page, of either kind or recent, or NULL. */
 static ta_span_t *free_span_at(uintptr_t page) {
     ta_span_t *n = ta_pagemap_span(page);
-    return n && n->npages && (n->state == TA_SPAN_FREE || n->state == TA_SPAN_RELEASED) && n->page == page ? n
-                                                                                                       : NULL;
+    return n && n->npages &&
+                   (n->state == TA_SPAN_FREE || n->state == TA_SPAN_RELEASED || n->state == TA_SPAN_RECENT) &&
+                   n->page == page
+               ? n
+               : NULL;
 }
 
 bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages) {
@@ -470,8 +669,20 @@ bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages) {
     bool ok = end + have >= s->page + npages;
     while (ok && s->page + s->npages < s->page + npages) {
         ta_span_t *n = free_span_at(s->page + s->npages);
-        free_remove(n);
-        split_tail(n, s->page + npages - n->page < n->npages ? s->page + npages - n->page : n->npages);
+        uintptr_t take = s->page + npages - n->page < n->npages ? s->page + npages - n->page : n->npages;
+        if (n->state == TA_SPAN_RECENT) { /* a block freed just now: free pages like the others */
+            recent_remove_locked(n);
+            account_free_recent(n, -1);
+            n->state = TA_SPAN_FREE;
+            if (take < n->npages) { /* its rest: a free span that may have free neighbours */
+                ta_span_t *t = split(n, take);
+                n->state = TA_SPAN_INUSE; /* part of s: no merge with it */
+                free_insert(t);
+            }
+        } else {
+            free_remove(n);
+            split_tail(n, take);
+        }
         /* n now covers exactly the pages s takes from it */
         ph_stats.inuse_bytes += ta_span_bytes(n);
         ph_stats.large_bytes += ta_span_bytes(n);
@@ -523,6 +734,7 @@ bool ta_pageheap_shrink(ta_span_t *s, uintptr_t npages, bool untouched) {
 /* Release FREE spans idle for decay_ms (all of them when all is set). */
 static size_t release_locked(bool all, uint64_t now) {
     size_t released = 0;
+    recent_flush_locked();
     for (int i = 0; i <= PH_EXACT; i++) {
         ta_span_t *h = &ph_list[0][i];
         for (ta_span_t *s = h->next, *nx; s != h; s = nx) {
@@ -661,6 +873,7 @@ static size_t decay_pass(uint64_t now, bool force) {
         ta_unlock(&ph_lock);
         return 0;
     }
+    recent_flush_locked(); /* blocks not asked for again since the last pass */
     ph_last_decay_ms = now;
     peak_rotate(now);
     uint64_t ops = ph_stats.n_alloc + ph_stats.n_free;
@@ -707,12 +920,13 @@ size_t ta_pageheap_decay(bool force) { return decay_pass(ta_os_now_ms(), force);
 
 /* From slow paths and frees: with no background thread, a pass once per
  * decay_ms / 4. */
-void ta_pageheap_tick(void) {
+static void tick_at(uint64_t now) {
     if (__atomic_load_n(&ta_pageheap_bg_active, __ATOMIC_RELAXED)) return;
-    uint64_t now = ta_os_now_ms();
     if (now - __atomic_load_n(&ph_last_decay_ms, __ATOMIC_RELAXED) < ta_cfg.decay_ms / 4) return;
     decay_pass(now, false);
 }
+
+void ta_pageheap_tick(uint64_t now) { tick_at(now); }
 
 /* Does the decay have work worth a thread: resident free pages in a heap at
  * least a decay period old, the first moment a free page can be due for

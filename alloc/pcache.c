@@ -513,12 +513,7 @@ static void tick(ta_pcache_t *own) {
         own->scavenged_ms = now;
         release(own, false, false);
     }
-    /* the tiers below decay at most every quarter period: look at most that often */
-    static uint64_t lower_ms;
-    uint64_t lower = __atomic_load_n(&lower_ms, __ATOMIC_RELAXED);
-    if (now - lower < ta_cfg.decay_ms / 4 && now >= lower) return;
-    __atomic_store_n(&lower_ms, now, __ATOMIC_RELAXED);
-    ta_central_tick();
+    ta_central_tick(now);
     if (own) ta_background_kick();
 }
 

@@ -7,8 +7,8 @@
  * distribution of mean `rate` bytes: allocations are picked by a Poisson
  * process over the allocated bytes, so one of n bytes is picked with
  * probability 1 - exp(-n/rate) and stands for 1/(1 - exp(-n/rate)) such
- * allocations.  With sampling off the count still runs (in 16 MiB steps) and
- * feeds the allocated-bytes total.
+ * allocations.  With sampling off (rate 0), or while nobody looks, the count
+ * still runs, in 16 MiB steps, and feeds the allocated-bytes total.
  *
  * Serving.  api.c gives a sampled small allocation a page-heap span of its own
  * and calls ta_sample_record(); the span points to the sample's record, and
@@ -127,8 +127,17 @@ static uint64_t rng_next(void) {
     return mix64(tls.rng);
 }
 
+/* Whether samples are recorded.  Until somebody looks (a profile asked for in
+ * the environment, an explicit sampling rate, or a hook), the countdown only
+ * counts bytes: sampling then costs a decrement and nothing more. */
+static bool sample_active;
+
 static int64_t next_step(void) {
     if (!sample_rate) return OFF_STEP;
+    /* nothing is recorded: the countdown only counts bytes, in long steps
+     * without a random draw (a program of large blocks would otherwise run
+     * out of it at nearly every call); ta_hooks_set restarts the caller's */
+    if (!__atomic_load_n(&sample_active, __ATOMIC_RELAXED)) return OFF_STEP;
     double u = (double)((rng_next() >> 11) + 1) * 0x1.0p-53; /* (0, 1] */
     double x = -ln01(u) * (double)sample_rate;
     if (x < 1) return 1;
@@ -155,11 +164,6 @@ static void find_own_code(void) {
 #endif
 }
 
-/* Whether samples are recorded.  Until somebody looks (a profile asked for in
- * the environment, an explicit sampling rate, or a hook), the countdown only
- * counts bytes: sampling then costs a decrement and nothing more. */
-static bool sample_active;
-
 void ta_sample_init(void) {
     sample_active = ta_cfg.sample_set || ta_cfg.profile_set;
     sample_rate = ta_cfg.sample_bytes;
@@ -167,6 +171,14 @@ void ta_sample_init(void) {
 }
 
 /* ---- the countdown -------------------------------------------------------------- */
+/* bytes of a finished step into the total (one thread: no atomic needed) */
+static inline void count_done(uint64_t n) {
+    if (ta_single_threaded())
+        __atomic_store_n(&allocated_done, __atomic_load_n(&allocated_done, __ATOMIC_RELAXED) + n, __ATOMIC_RELAXED);
+    else
+        __atomic_add_fetch(&allocated_done, n, __ATOMIC_RELAXED);
+}
+
 bool ta_sample_tick(size_t n) {
     if (TA_UNLIKELY(!tls.started)) {
         /* first allocation of this thread: start the countdown as if it had
@@ -177,7 +189,7 @@ bool ta_sample_tick(size_t n) {
         ta_tls.sample_left = tls.step - (int64_t)n;
         if (ta_tls.sample_left >= 0) return false;
     }
-    __atomic_add_fetch(&allocated_done, (uint64_t)(tls.step - ta_tls.sample_left), __ATOMIC_RELAXED);
+    count_done((uint64_t)(tls.step - ta_tls.sample_left));
     tls.step = next_step();
     ta_tls.sample_left = tls.step;
     return sample_rate && __atomic_load_n(&sample_active, __ATOMIC_RELAXED) && !tls.in_hook;
@@ -186,7 +198,7 @@ bool ta_sample_tick(size_t n) {
 /* Count the bytes of the current step (thread exit). */
 void ta_sample_thread_exit(void) {
     if (!tls.started) return;
-    __atomic_add_fetch(&allocated_done, (uint64_t)(tls.step - ta_tls.sample_left), __ATOMIC_RELAXED);
+    count_done((uint64_t)(tls.step - ta_tls.sample_left));
     tls.step = ta_tls.sample_left;
 }
 
@@ -366,7 +378,14 @@ TA_EXPORT int ta_hooks_set(const struct ta_hooks *h, struct ta_hooks *old) {
     if (old) *old = hooks;
     if (h) {
         hooks = *h;
-        if (h->on_alloc || h->on_free) __atomic_store_n(&sample_active, true, __ATOMIC_RELAXED);
+        if ((h->on_alloc || h->on_free) && !__atomic_load_n(&sample_active, __ATOMIC_RELAXED)) {
+            __atomic_store_n(&sample_active, true, __ATOMIC_RELAXED);
+            if (tls.started) { /* the caller's countdown, in a step of the sampling rate from now on */
+                count_done((uint64_t)(tls.step - ta_tls.sample_left));
+                tls.step = next_step();
+                ta_tls.sample_left = tls.step;
+            }
+        }
     } else {
         memset(&hooks, 0, sizeof hooks);
     }

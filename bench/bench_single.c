@@ -4,12 +4,18 @@
  *   fastpath_random    the same at random sizes in 1 .. 1024 B
  *   batch/blocks:N     N live blocks of mixed sizes, freed in random order
  *   realloc_growth     one block grown by realloc from 16 B to 4 MiB
+ *   realloc_growth_64k one block grown by a quarter at a time from 16 B to
+ *                      64 KiB, every new byte written, then freed
  *   large/size:N       malloc(N) with N in 64 KiB .. 8 MiB, every page touched, free
+ *   large_ends/size:N  malloc(N) with N in 64 KiB .. 4 MiB, first and last page
+ *                      touched, free
+ *   large_ends_mixed   the same with N cycling through 64 KiB .. 4 MiB
  *
- * One operation is one malloc+free pair (one realloc call for realloc_growth);
+ * One operation is one malloc+free pair (one realloc call for the realloc rows);
  * items_per_second is operations per second, so 1/items_per_second is the time
  * per operation. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "workloads.h"
 
@@ -126,6 +132,44 @@ static void bm_realloc_growth(tb_state *st, void *arg)
     tb_set_items_processed(st, calls);
 }
 
+/* A buffer that appends: grown by a quarter (at least 16 bytes) per realloc
+ * from 16 B to 64 KiB, every new byte written, then freed: 29 reallocs. */
+#define GROW64_MAX (64u << 10)
+static void bm_realloc_growth_64k(tb_state *st, void *arg)
+{
+    (void)arg;
+    int64_t calls = 0;
+    unsigned char v = 0;
+    while (tb_keep_running(st)) {
+        unsigned char *p = NULL;
+        size_t old = 0;
+        for (size_t n = 16;; n += n / 4 > 16 ? n / 4 : 16) {
+            if (n > GROW64_MAX)
+                n = GROW64_MAX;
+            unsigned char *q = realloc(p, n);
+            if (!q) {
+                tb_skip_with_error(st, "realloc returned NULL");
+                break;
+            }
+            p = q;
+            if (old && (q[0] != v || q[old - 1] != (unsigned char)(v + 1))) {
+                tb_skip_with_error(st, "realloc lost the contents");
+                break;
+            }
+            memset(q + old, v, n - old);
+            q[n - 1] = (unsigned char)(v + 1);
+            old = n;
+            calls++;
+            if (n == GROW64_MAX)
+                break;
+        }
+        tb_do_not_optimize(p);
+        free(p);
+        v++;
+    }
+    tb_set_items_processed(st, calls);
+}
+
 static void bm_large(tb_state *st, void *arg)
 {
     (void)arg;
@@ -143,6 +187,58 @@ static void bm_large(tb_state *st, void *arg)
     tb_set_items_processed(st, tb_iterations(st));
 }
 
+/* malloc(n), first and last page written, free */
+static int large_ends_once(size_t n, unsigned v)
+{
+    volatile char *p = malloc(n);
+    if (!p)
+        return -1;
+    p[0] = (char)v;
+    p[n - 1] = (char)v;
+    tb_do_not_optimize((void *)p);
+    free((void *)p);
+    return 0;
+}
+
+static void bm_large_ends(tb_state *st, void *arg)
+{
+    (void)arg;
+    size_t n = (size_t)tb_range(st, 0);
+    unsigned v = 0;
+    while (tb_keep_running(st)) {
+        for (int i = 0; i < 16; i++)
+            if (large_ends_once(n, v++)) {
+                tb_skip_with_error(st, "malloc returned NULL");
+                return;
+            }
+    }
+    tb_set_items_processed(st, tb_iterations(st) * 16);
+}
+
+/* sizes from 64 KiB to 4 MiB, a few per power of two, in a fixed shuffled order */
+static void bm_large_ends_mixed(tb_state *st, void *arg)
+{
+    (void)arg;
+    enum { NSIZES = 64 };
+    static size_t sizes[NSIZES];
+    bench_rng r = { 11 };
+    for (size_t i = 0; i < NSIZES; i++) {
+        unsigned shift = 16 + (unsigned)(i % 7); /* 64 KiB .. 4 MiB */
+        size_t base = (size_t)1 << shift;
+        sizes[i] = shift == 22 ? base : bench_rand_range(&r, base, 2 * base);
+    }
+    size_t k = 0;
+    unsigned v = 0;
+    while (tb_keep_running(st)) {
+        for (int i = 0; i < 16; i++)
+            if (large_ends_once(sizes[k++ % NSIZES], v++)) {
+                tb_skip_with_error(st, "malloc returned NULL");
+                return;
+            }
+    }
+    tb_set_items_processed(st, tb_iterations(st) * 16);
+}
+
 void bench_register_single(void)
 {
     static const int64_t fast_sizes[] = { 16, 64, 256, 1024, 4096, 32768 };
@@ -155,9 +251,16 @@ void bench_register_single(void)
     tb_bench_arg(tb_bench_arg_name(tb_register("batch", bm_batch, NULL), "blocks"), 4096);
 
     tb_bench_unit(tb_register("realloc_growth", bm_realloc_growth, NULL), TB_US);
+    tb_register("realloc_growth_64k", bm_realloc_growth_64k, NULL);
 
     static const int64_t large_sizes[] = { 64 << 10, 512 << 10, 8 << 20 };
     b = tb_bench_unit(tb_bench_arg_name(tb_register("large", bm_large, NULL), "size"), TB_US);
     for (size_t i = 0; i < sizeof large_sizes / sizeof large_sizes[0]; i++)
         tb_bench_arg(b, large_sizes[i]);
+
+    static const int64_t ends_sizes[] = { 64 << 10, 256 << 10, 1 << 20, 4 << 20 };
+    b = tb_bench_arg_name(tb_register("large_ends", bm_large_ends, NULL), "size");
+    for (size_t i = 0; i < sizeof ends_sizes / sizeof ends_sizes[0]; i++)
+        tb_bench_arg(b, ends_sizes[i]);
+    tb_register("large_ends_mixed", bm_large_ends_mixed, NULL);
 }

@@ -457,6 +457,53 @@ Test(api, realloc_growth_happens_in_place) {
     free(p);
 }
 
+/* A buffer grown by realloc a quarter at a time to 64 KiB, freed, then grown
+ * again (a program that builds one buffer per request): the second one,
+ * once it leaves the size classes, takes the pages the first one was freed
+ * from, with room to reach 64 KiB where it is (no copy, no page-heap call). */
+static unsigned char *grow_buffer(size_t to, unsigned char **first_span, size_t *usable_then) {
+    unsigned char *p = NULL;
+    size_t n = 0;
+    *first_span = NULL;
+    for (size_t m = 16;; m += m / 4 > 16 ? m / 4 : 16) {
+        if (m > to) m = to;
+        unsigned char *q = realloc(p, m);
+        if (!q) return NULL;
+        for (size_t i = 0; i < n; i++)
+            if (q[i] != (unsigned char)i) return NULL;
+        for (size_t i = n; i < m; i++) q[i] = (unsigned char)i;
+        if (m > 4096 && !*first_span) {
+            *first_span = q;
+            *usable_then = malloc_usable_size(q);
+        }
+        if (*first_span && q != *first_span) *first_span = (unsigned char *)1; /* moved */
+        p = q;
+        n = m;
+        if (m == to) return p;
+    }
+}
+
+Test(api, regrown_buffer_starts_in_the_pages_of_the_last_one) {
+    const size_t to = (size_t)64 << 10;
+    bool ok = false;
+    size_t usable = 0;
+    unsigned char *last = NULL, *span = NULL;
+    /* a decay pass may run between the free and the growth (it puts the freed
+     * block among the free pages): three tries */
+    for (int attempt = 0; attempt < 3 && !ok; attempt++) {
+        unsigned char *p = grow_buffer(to, &span, &usable);
+        cr_assert_not_null(p, "the first buffer lost its contents or could not grow");
+        free(p);
+        last = p;
+        p = grow_buffer(to, &span, &usable);
+        cr_assert_not_null(p, "the second buffer lost its contents or could not grow");
+        ok = span == last && usable >= to;
+        free(p);
+    }
+    cr_assert(ok, "the regrown buffer left the classes at %p with %zu usable bytes (the last one was at %p; %s)",
+              (void *)span, usable, (void *)last, span == (unsigned char *)1 ? "it moved later" : "");
+}
+
 /* The fast paths stay short: the instructions from the entry of malloc and of
  * free to their first ret (the cache hit) in the built library, counted with
  * objdump, stay under a ceiling (gcc today: 34 and 52 with per-CPU caches,

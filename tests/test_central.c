@@ -344,9 +344,9 @@ Test(central, transfer_caches_decay_by_half) {
     ta_central_stats(c, &s0);
     cr_assert_eq(s0.transfer_bytes, (uint64_t)K * batch * size);
     ta_cfg.decay_ms = 0; /* every call is a new period */
-    ta_central_tick();
+    ta_central_tick(ta_os_now_ms());
     ta_central_stats(c, &s1);
-    ta_central_tick();
+    ta_central_tick(ta_os_now_ms());
     ta_central_stats(c, &s2);
     ta_cfg.decay_ms = (uint64_t)1 << 40;
     uint64_t n0 = (uint64_t)K * batch, h = (n0 + 1) / 2 > 256 ? 256 : (n0 + 1) / 2, n1 = n0 - h;

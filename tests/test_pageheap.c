@@ -506,6 +506,79 @@ Test(pageheap, growable_spans_start_the_longest_free_span) {
     check_totals("after growable");
 }
 
+/* A freed large block is kept whole for the next request of its size (up to
+ * an eighth smaller): the same pages and record come back without a split,
+ * a merge or a new mapping; it counts as free meanwhile; a second free of it
+ * is a double free; trim puts it back on the free lists and releases it. */
+Test(pageheap, freed_large_block_comes_back_whole) {
+    ta_span_t *run[3];
+    cr_assert(get_run(64, 3, run)); /* run[1] between two blocks in use: no free neighbour */
+    ta_span_t *s = run[1];
+    uintptr_t page = s->page;
+    memset(ta_span_addr(s), 0x3c, 64 * PG);
+    ta_pageheap_stats_t a, b, c;
+    ta_pageheap_stats(&a);
+    cr_assert_null(ta_pageheap_free_large(s, ta_span_addr(s)));
+    ta_pageheap_stats(&b);
+    const char *again = ta_pageheap_free_large(s, ta_span_addr(s));
+    ta_span_t *t = ta_pageheap_alloc(57, 1, 0); /* 57 + 57/8 = 64 */
+    ta_pageheap_stats(&c);
+    cr_assert_str_eq(again ? again : "(accepted)", "double free of");
+    cr_assert_eq(b.free_bytes, a.free_bytes + 64 * PG, "a freed block counts as free");
+    cr_assert_eq(b.inuse_bytes, a.inuse_bytes - 64 * PG);
+    cr_assert_eq(b.large_count, a.large_count - 1);
+    cr_assert_eq(t, s, "the freed block's record did not come back");
+    cr_assert_eq(t->page, page);
+    cr_assert_eq(t->npages, 64u, "the block was cut to %lu pages", (unsigned long)t->npages);
+    cr_assert_eq(c.n_coalesce, a.n_coalesce, "the block merged on its way");
+    cr_assert_eq(c.n_grow_os, a.n_grow_os);
+    cr_assert_eq(c.free_bytes, a.free_bytes);
+    cr_assert_eq(((unsigned char *)ta_span_addr(t))[5 * PG], 0x3c, "the pages were not the same resident ones");
+    cr_assert_not(t->zeroed);
+    check_totals("recent block reused");
+    /* too small a request (less than 8/9 of it) does not take it whole */
+    cr_assert_null(ta_pageheap_free_large(t, ta_span_addr(t)));
+    ta_span_t *u = ta_pageheap_alloc(40, 1, 0);
+    cr_assert_not_null(u);
+    cr_assert(u != t || u->npages == 40, "a 40-page request took %lu pages", (unsigned long)u->npages);
+    ta_pageheap_free(u);
+    /* trim: the recent blocks go back to the lists, merge and are released */
+    ta_pageheap_free(run[0]);
+    ta_pageheap_free(run[2]);
+    ta_pageheap_release(true);
+    ta_pageheap_stats(&c);
+    cr_assert_eq(c.free_bytes, 0u, "%lu free bytes left resident after trim", (unsigned long)c.free_bytes);
+    ta_span_t *whole = ta_pagemap_span(page); /* released, or unmapped with its neighbours */
+    cr_assert(!whole || (whole->state == TA_SPAN_RELEASED && whole->page <= page - 64 &&
+                         whole->page + whole->npages >= page + 128),
+              "the three blocks' pages did not merge into one released span");
+    check_totals("after trim");
+}
+
+/* A block grown by realloc starts in the pages of the large block freed just
+ * before it, keeping up to 16 pages of them as room to grow; the rest goes
+ * back behind it as free pages. */
+Test(pageheap, growable_block_takes_a_freed_block) {
+    ta_span_t *run[3];
+    cr_assert(get_run(40, 3, run));
+    ta_span_t *s = run[1];
+    uintptr_t page = s->page;
+    cr_assert_null(ta_pageheap_free_large(s, ta_span_addr(s)));
+    ta_span_t *g = ta_pageheap_alloc_growable(2);
+    cr_assert_not_null(g);
+    cr_assert_eq(g->page, page, "the growing block went to page %#lx, not to the freed block's %#lx",
+                 (unsigned long)g->page, (unsigned long)page);
+    cr_assert_eq(g->npages, 18u, "%lu pages kept (2 asked + 16 of room)", (unsigned long)g->npages);
+    ta_span_t *rest = ta_pagemap_span(page + 18);
+    cr_assert(rest && rest->state == TA_SPAN_FREE && rest->page == page + 18 && rest->npages == 22,
+              "the rest of the freed block is not a free span behind the growing one");
+    cr_assert(ta_pageheap_grow(g, 40), "the growing block could not take the rest in place");
+    check_totals("growable from a recent block");
+    ta_pageheap_free(g);
+    ta_pageheap_free(run[0]);
+    ta_pageheap_free(run[2]);
+}
+
 /* Span records of spans that are gone come back to the OS on trim, whole
  * slabs at a time, and are reused afterwards. */
 Test(pageheap, trim_gives_back_free_span_record_slabs) {
