@@ -101,7 +101,7 @@ static ta_span_t *recent_drop(int i) {
 
 /* Keep freed block s (its accounting done) as recent; the
  * oldest recent block goes to the free lists when there is no room. */
-static void recent_put_locked(ta_span_t *s) {
+__attribute__((unused)) /* (not in the hardened build) */ static void recent_put_locked(ta_span_t *s) {
     s->state = TA_SPAN_RECENT; /* first: the oldest may be its neighbour */
     s->next = s->prev = NULL;
     if (ph_nrecent == PH_RECENT) recent_to_lists(recent_drop(0));
