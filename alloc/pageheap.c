@@ -26,21 +26,40 @@ static uint64_t ph_class_spans[TA_MAX_CLASSES]; /* in-use spans of each size cla
 static uint64_t ph_last_decay_ms;
 static bool ph_ready;
 
-/* Demand: the most bytes in use in each of the last PH_PEAK_SLOTS decay
- * periods (a ring; ph_peak_cur is the current period's).  The decay keeps
- * free pages resident up to the recent peak: a program whose demand
- * oscillates does not fault its pages back in at every swing. */
+/* Demand, by decay period (rings of the last periods; `cur` is the current
+ * period's):
+ *  - in use: the most bytes in use.  The decay keeps free pages resident up to
+ *    the recent peak: a program whose demand oscillates does not fault its
+ *    pages back in at every swing.
+ *  - resident: the heap's resident bytes (in use + free resident) each time a
+ *    request had to take released pages because no resident free span fitted.
+ *    Free pages are scattered among the spans in use, so a busy heap needs
+ *    more resident than its peak in use; when the decay gave back pages the
+ *    program then faulted in again, this peak says how much it needed, and the
+ *    decay keeps that much resident for a longer window (a churning heap
+ *    would otherwise be released and faulted back every few periods). */
 #define PH_PEAK_SLOTS 4
-static uint64_t ph_peak[PH_PEAK_SLOTS], ph_peak_cur, ph_peak_epoch;
+#define PH_RES_SLOTS 16
+typedef struct {
+    uint64_t slot[PH_RES_SLOTS];
+    uint64_t cur;
+} ph_ring_t;
+static ph_ring_t ph_inuse_peak, ph_res_peak;
+static uint64_t ph_peak_epoch;
 static uint64_t ph_ops_seen, ph_idle_since_ms; /* page-heap activity, for "idle" */
 static uint64_t ph_init_ms;
 bool ta_pageheap_bg_active;                    /* the background thread runs the decay */
 void (*ta_pageheap_kick)(void);                /* starts it (init.c sets it: calls go down only) */
 
 static inline void note_inuse(void) {
-    if (ph_stats.inuse_bytes > ph_peak_cur) ph_peak_cur = ph_stats.inuse_bytes;
+    if (ph_stats.inuse_bytes > ph_inuse_peak.cur) ph_inuse_peak.cur = ph_stats.inuse_bytes;
 }
 
+/* released pages were just handed out (s->zeroed): how much was resident then */
+static inline void note_refault(void) {
+    uint64_t r = ph_stats.inuse_bytes + ph_stats.free_bytes;
+    if (r > ph_res_peak.cur) ph_res_peak.cur = r;
+}
 
 static ta_span_t *free_list_for(const ta_span_t *s) {
     int kind = s->state == TA_SPAN_RELEASED;
@@ -325,6 +344,7 @@ static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t c
     }
     ph_stats.inuse_bytes += ta_span_bytes(s);
     note_inuse();
+    if (s->zeroed) note_refault();
     ph_stats.n_alloc++;
     ta_unlock(&ph_lock);
     return s;
@@ -415,9 +435,10 @@ bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages) {
      * the extra pages together */
     uintptr_t end = s->page + s->npages, have = 0;
     for (ta_span_t *n; end + have < s->page + npages && (n = free_span_at(end + have));) have += n->npages;
-    bool ok = end + have >= s->page + npages;
+    bool ok = end + have >= s->page + npages, refault = false;
     while (ok && s->page + s->npages < s->page + npages) {
         ta_span_t *n = free_span_at(s->page + s->npages);
+        refault |= n->state == TA_SPAN_RELEASED;
         free_remove(n);
         split_tail(n, s->page + npages - n->page < n->npages ? s->page + npages - n->page : n->npages);
         /* n now covers exactly the pages s takes from it */
@@ -431,6 +452,7 @@ bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages) {
     if (ok) {
         register_ends(s);
         note_inuse();
+        if (refault) note_refault();
         ph_stats.n_alloc++; /* activity: the heap is not idle */
     }
     ta_unlock(&ph_lock);
@@ -542,23 +564,28 @@ static ta_span_t *ph_flight[PH_BATCH];
 static int ph_nflight;
 static bool ph_decaying; /* a pass has spans out (one pass at a time) */
 
+static void ring_rotate(ph_ring_t *r, int nslots, uint64_t epoch, uint64_t now_value) {
+    /* the period that ended keeps its peak; the ones skipped had none */
+    r->slot[ph_peak_epoch % (uint64_t)nslots] = r->cur;
+    for (uint64_t i = 1; i <= epoch - ph_peak_epoch && i <= (uint64_t)nslots; i++)
+        r->slot[(ph_peak_epoch + i) % (uint64_t)nslots] = 0;
+    r->cur = now_value;
+}
+
+static uint64_t ring_max(const ph_ring_t *r, int nslots) {
+    uint64_t m = r->cur;
+    for (int i = 0; i < nslots; i++)
+        if (r->slot[i] > m) m = r->slot[i];
+    return m;
+}
+
 static void peak_rotate(uint64_t now) {
     uint64_t period = ta_cfg.decay_ms ? ta_cfg.decay_ms : 1;
     uint64_t epoch = now / period;
     if (epoch == ph_peak_epoch) return;
-    uint64_t steps = epoch - ph_peak_epoch;
-    /* the period that ended keeps its peak; the ones skipped had none */
-    ph_peak[ph_peak_epoch % PH_PEAK_SLOTS] = ph_peak_cur;
-    for (uint64_t i = 1; i <= steps && i <= PH_PEAK_SLOTS; i++) ph_peak[(ph_peak_epoch + i) % PH_PEAK_SLOTS] = 0;
+    ring_rotate(&ph_inuse_peak, PH_PEAK_SLOTS, epoch, ph_stats.inuse_bytes);
+    ring_rotate(&ph_res_peak, PH_RES_SLOTS, epoch, 0);
     ph_peak_epoch = epoch;
-    ph_peak_cur = ph_stats.inuse_bytes;
-}
-
-static uint64_t peak_recent(void) {
-    uint64_t m = ph_peak_cur;
-    for (int i = 0; i < PH_PEAK_SLOTS; i++)
-        if (ph_peak[i] > m) m = ph_peak[i];
-    return m;
 }
 
 /* Take up to PH_BATCH FREE spans free for decay_ms, largest first, totalling
@@ -610,9 +637,13 @@ static size_t decay_pass(uint64_t now, bool force) {
         ph_idle_since_ms = now;
     }
     bool idle = force || now - ph_idle_since_ms >= ta_cfg.decay_ms;
-    uint64_t peak = peak_recent(), inuse = ph_stats.inuse_bytes;
-    uint64_t keep = idle || peak <= inuse ? 0 : peak - inuse;
-    uint64_t want = ph_stats.free_bytes > keep ? ph_stats.free_bytes - keep : 0;
+    /* resident bytes to keep: the recent peak in use, or more when the heap
+     * recently needed more resident (see note_refault) */
+    uint64_t target = ring_max(&ph_inuse_peak, PH_PEAK_SLOTS), res = ring_max(&ph_res_peak, PH_RES_SLOTS);
+    if (res > target) target = res;
+    uint64_t resident = ph_stats.inuse_bytes + ph_stats.free_bytes;
+    uint64_t want = idle ? ph_stats.free_bytes : resident > target ? resident - target : 0;
+    if (want > ph_stats.free_bytes) want = ph_stats.free_bytes;
     while (want) {
         size_t got = flight_collect(want, now);
         if (!got) break;
