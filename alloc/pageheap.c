@@ -47,13 +47,17 @@ typedef struct {
 static ph_ring_t ph_inuse_peak, ph_res_peak;
 static uint64_t ph_peak_epoch;
 static uint64_t ph_ops_seen, ph_idle_since_ms; /* page-heap activity, for "idle" */
-static uint64_t ph_init_ms;
+static uint64_t ph_fork_ms; /* when this process was forked (a child of fork: ph_forked) */
+static bool ph_forked;
 bool ta_pageheap_bg_active;                    /* the background thread runs the decay */
-void (*ta_pageheap_kick)(void);                /* starts it (init.c sets it: calls go down only) */
 
 static inline void note_inuse(void) {
     if (ph_stats.inuse_bytes > ph_inuse_peak.cur) ph_inuse_peak.cur = ph_stats.inuse_bytes;
 }
+
+/* the period of the decay's last release (ph_decay_released: there was one) */
+static uint64_t ph_decay_epoch;
+static bool ph_decay_released;
 
 /* released pages were just handed out (s->zeroed): how much was resident then */
 static inline void note_refault(void) {
@@ -73,7 +77,6 @@ void ta_pageheap_init(void) {
     ph_last_decay_ms = ta_os_now_ms();
     ph_peak_epoch = ph_last_decay_ms / (ta_cfg.decay_ms ? ta_cfg.decay_ms : 1);
     ph_idle_since_ms = ph_last_decay_ms;
-    ph_init_ms = ph_last_decay_ms;
     ph_ready = true;
 }
 
@@ -392,13 +395,7 @@ const char *ta_pageheap_free_large(ta_span_t *s, void *p) {
         err = "free of a pointer tieralloc never returned:";
     if (!err) free_locked(s, now);
     ta_unlock(&ph_lock);
-    if (!err) {
-        ta_pageheap_tick();
-        /* no lock is held on this path (free of a large block): free pages
-         * now wait for the decay, the background thread may start */
-        void (*kick)(void) = __atomic_load_n(&ta_pageheap_kick, __ATOMIC_RELAXED);
-        if (kick && !__atomic_load_n(&ta_pageheap_bg_active, __ATOMIC_RELAXED)) kick();
-    }
+    if (!err) ta_pageheap_tick();
     return err;
 }
 
@@ -572,10 +569,13 @@ static void ring_rotate(ph_ring_t *r, int nslots, uint64_t epoch, uint64_t now_v
     r->cur = now_value;
 }
 
-static uint64_t ring_max(const ph_ring_t *r, int nslots) {
+/* the peak of the current period and the `last` ones before it */
+static uint64_t ring_max(const ph_ring_t *r, int nslots, int last) {
     uint64_t m = r->cur;
-    for (int i = 0; i < nslots; i++)
-        if (r->slot[i] > m) m = r->slot[i];
+    for (int i = 1; i <= last; i++) {
+        uint64_t v = r->slot[(ph_peak_epoch - (uint64_t)i) % (uint64_t)nslots];
+        if (v > m) m = v;
+    }
     return m;
 }
 
@@ -639,7 +639,13 @@ static size_t decay_pass(uint64_t now, bool force) {
     bool idle = force || now - ph_idle_since_ms >= ta_cfg.decay_ms;
     /* resident bytes to keep: the recent peak in use, or more when the heap
      * recently needed more resident (see note_refault) */
-    uint64_t target = ring_max(&ph_inuse_peak, PH_PEAK_SLOTS), res = ring_max(&ph_res_peak, PH_RES_SLOTS);
+    /* the resident peak counts for PH_PEAK_SLOTS periods, like the one in use
+     * (a heap that grew faulted in new pages, not ones it lost), and for
+     * PH_RES_SLOTS once the decay has given pages back in that window (pages
+     * faulted in since then may be the same ones) */
+    bool lost = ph_decay_released && ph_peak_epoch - ph_decay_epoch < PH_RES_SLOTS;
+    uint64_t target = ring_max(&ph_inuse_peak, PH_PEAK_SLOTS, PH_PEAK_SLOTS);
+    uint64_t res = ring_max(&ph_res_peak, PH_RES_SLOTS, lost ? PH_RES_SLOTS - 1 : PH_PEAK_SLOTS);
     if (res > target) target = res;
     uint64_t resident = ph_stats.inuse_bytes + ph_stats.free_bytes;
     uint64_t want = idle ? ph_stats.free_bytes : resident > target ? resident - target : 0;
@@ -668,6 +674,8 @@ static size_t decay_pass(uint64_t now, bool force) {
         /* a fork in between handed the child's copy back; here the spans are ours */
         flight_return(TA_SPAN_RELEASED, now);
         ph_decaying = false;
+        ph_decay_released = true;
+        ph_decay_epoch = ph_peak_epoch;
         total += got;
         want = got >= want ? 0 : want - got;
     }
@@ -686,13 +694,15 @@ void ta_pageheap_tick(void) {
     decay_pass(now, false);
 }
 
-/* Does the decay have work worth a thread: resident free pages in a heap at
- * least a decay period old, the first moment a free page can be due for
- * release?  (The thread's start allocates its TLS: a program that ends or
- * measures itself within a decay period never sees it.) */
-bool ta_pageheap_has_free(void) {
-    uint64_t f = __atomic_load_n(&ph_stats.free_bytes, __ATOMIC_RELAXED);
-    return f && ta_os_now_ms() - ph_init_ms >= ta_cfg.decay_ms;
+/* Is the heap worth a background thread: at least PH_BG_MIN_BYTES resident
+ * (a small heap has little to give back: small programs never start one),
+ * and, in a child of fork, a decay period old (a child that goes on to exec
+ * never starts one)? */
+#define PH_BG_MIN_BYTES ((uint64_t)4 << 20)
+bool ta_pageheap_bg_due(void) {
+    uint64_t r = __atomic_load_n(&ph_stats.inuse_bytes, __ATOMIC_RELAXED) +
+                 __atomic_load_n(&ph_stats.free_bytes, __ATOMIC_RELAXED);
+    return r >= PH_BG_MIN_BYTES && (!ph_forked || ta_os_now_ms() - ph_fork_ms >= ta_cfg.decay_ms);
 }
 
 void ta_pageheap_stats(ta_pageheap_stats_t *out) {
@@ -715,6 +725,10 @@ void ta_pageheap_unlock_all(bool child) {
         if (ph_nflight) flight_return(TA_SPAN_FREE, ta_os_now_ms());
         ph_decaying = false;
         ta_pageheap_bg_active = false; /* no background thread in the child */
+        /* a background thread starts only in a child that lives a decay
+         * period (not in one that goes on to exec) */
+        ph_fork_ms = ta_os_now_ms();
+        ph_forked = true;
     }
     ta_lock_after_fork(&ph_lock, child);
 }

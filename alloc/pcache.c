@@ -449,7 +449,7 @@ static void release(ta_pcache_t *c, bool all, bool to_spans) {
 
 /* Once per decay period, from a slow path: idle classes of every CPU (or of
  * the calling thread) give back half, then the tiers below run their decay. */
-static void tick(ta_pcache_t *own) {
+static void tick(ta_pcache_t *own, bool may_start) {
     static uint64_t last_ms;
     uint64_t now = ta_os_now_ms(), last = __atomic_load_n(&last_ms, __ATOMIC_RELAXED);
     if (now - last >= ta_cfg.decay_ms &&
@@ -468,10 +468,10 @@ static void tick(ta_pcache_t *own) {
         release(own, false, false);
     }
     ta_central_tick();
-    if (own) ta_background_kick();
+    if (may_start) ta_background_kick();
 }
 
-void ta_pcache_decay_tick(void) { tick(NULL); }
+void ta_pcache_decay_tick(void) { tick(NULL, false); }
 
 /* ---- finding the caller's cache ------------------------------------------------ */
 static ta_pcache_t *thread_cache_create(void) {
@@ -569,7 +569,7 @@ void *ta_pcache_alloc_slow(uint32_t cls) {
     }
     check_cache(c, cls);
     cache_unlock(c);
-    tick(c);
+    tick(c, true); /* malloc: the background thread may start (never from free) */
     return p;
 }
 
@@ -598,7 +598,7 @@ void ta_pcache_free_slow(void *p, uint32_t cls) {
     }
     check_cache(c, cls);
     cache_unlock(c);
-    tick(c);
+    tick(c, false);
 }
 
 void ta_pcache_flush_current(void) {
