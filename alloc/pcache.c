@@ -447,12 +447,15 @@ static void release(ta_pcache_t *c, bool all, bool to_spans) {
     }
 }
 
-/* Once per decay period, from a slow path: idle classes of every CPU (or of
- * the calling thread) give back half, then the tiers below run their decay. */
+/* Once per decay period: idle classes of every CPU (or of the calling
+ * thread) give back half, then the tiers below run their decay.  From the
+ * background thread (own NULL) when it runs; a slow path then does only what
+ * no other thread may do, its own thread cache. */
 static void tick(ta_pcache_t *own, bool may_start) {
     static uint64_t last_ms;
+    bool bg = own && __atomic_load_n(&ta_pageheap_bg_active, __ATOMIC_RELAXED);
     uint64_t now = ta_os_now_ms(), last = __atomic_load_n(&last_ms, __ATOMIC_RELAXED);
-    if (now - last >= ta_cfg.decay_ms &&
+    if (!bg && now - last >= ta_cfg.decay_ms &&
         __atomic_compare_exchange_n(&last_ms, &last, now, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
         if (ta_fe_percpu) {
             for (uint32_t i = 0; i < ncpus; i++) {
@@ -467,7 +470,7 @@ static void tick(ta_pcache_t *own, bool may_start) {
         own->scavenged_ms = now;
         release(own, false, false);
     }
-    ta_central_tick();
+    if (!bg) ta_central_tick();
     if (may_start) ta_background_kick();
 }
 
