@@ -101,6 +101,7 @@ TA_ALWAYS_INLINE void *alloc_span_for(size_t size, size_t align, bool zero, bool
     if (!s) return ta_fail_nomem();
     void *p = ta_span_addr(s);
     if (zero && !s->zeroed) memset(p, 0, size);
+    ta_background_kick(); /* no lock held, a malloc: see init.c */
     return p;
 }
 

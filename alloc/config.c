@@ -25,7 +25,7 @@ ta_config_t ta_cfg = {
     .thread_cache_max = 8 << 20,
     .ncpu = 1,
     .percpu = true,
-    .background = false,
+    .background = true,
     .cpu_cache_bytes = (uint64_t)3 << 19,
     .sample_bytes = TA_DEFAULT_SAMPLE_BYTES,
 };
@@ -89,12 +89,12 @@ void ta_config_read(char **env, int ncpu, bool secure) {
      * per-thread caches), each with this much capacity */
     const char *pc = env_get(env, "TIERALLOC_PERCPU");
     ta_cfg.percpu = !(pc && pc[0] == '0' && !pc[1]);
-    /* TIERALLOC_BACKGROUND=1: a background thread releases free pages, so an
-     * idle process gives them back; off by default until its start from a
-     * malloc slow path (pthread_create) is proven safe against a concurrent
-     * fork: the slow paths run the same decay passes */
+    /* a background thread releases free pages, so an idle process gives them
+     * back and busy threads never madvise (started from a malloc only, see
+     * init.c); TIERALLOC_BACKGROUND=0: none, the slow paths run the same
+     * decay passes */
     const char *bg = env_get(env, "TIERALLOC_BACKGROUND");
-    ta_cfg.background = bg && bg[0] == '1' && !bg[1];
+    ta_cfg.background = !(bg && bg[0] == '0' && !bg[1]);
     ta_cfg.cpu_cache_bytes = ta_parse_size(env_get(env, "TIERALLOC_CPU_CACHE_BYTES"), (uint64_t)3 << 19);
     /* hardened build only: what each quarantine shard holds (0: no quarantine) */
     ta_cfg.quarantine_bytes = ta_parse_size(env_get(env, "TIERALLOC_QUARANTINE_BYTES"), (uint64_t)256 << 10);

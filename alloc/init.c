@@ -60,7 +60,6 @@ bool ta_init_slow(void) {
 #endif
         ta_sample_init();
         ta_trace_init();
-        __atomic_store_n(&ta_pageheap_kick, ta_background_kick, __ATOMIC_RELAXED);
         __atomic_store_n(&ta_inited, 1, __ATOMIC_RELEASE);
     }
     initialising = false;
@@ -71,10 +70,23 @@ bool ta_init_slow(void) {
 /* ---- the background thread --------------------------------------------------
  * It takes each lock briefly and in the order above (the CPU caches, the
  * transfer shards, the page heap), never holds one while it sleeps or while
- * the page heap's pages are being madvised, so fork_prepare waits for it at
- * most one short step.  A child of fork has no such thread (fork copies only
- * the caller): fork_child clears the state and the child's next slow path
- * that finds free pages starts its own. */
+ * the page heap's pages are being madvised, so fork_prepare, which takes them
+ * all, parks it within one short step.
+ *
+ * Where it is started matters more than what it does.  pthread_create takes
+ * glibc's stack-cache lock, and glibc frees memory while it holds that lock
+ * (a joined thread's TLS vector, in __nptl_deallocate_stack): a start from a
+ * free path would wait for a lock its own thread holds, with every signal
+ * blocked.  So it starts only from a malloc (tier 1's refill, a large block),
+ * never from a free, never re-entered (pthread_create's own allocations find
+ * bg_state STARTING), with no lock of ours held, and only in a heap of a few
+ * MiB (small programs never see it) and, in a child of fork, after a decay
+ * period (children that go on to exec never see it).  The start holds init_lock, which fork_prepare
+ * takes first: a fork waits until pthread_create has returned, so a child
+ * never inherits a half-created thread.  A child of fork has no such thread
+ * (fork copies only the caller): fork_child clears the state, the page heap
+ * counts the child's heap as new, and a child that lives a decay period
+ * starts its own. */
 enum { BG_NONE, BG_STARTING, BG_RUNNING, BG_FAILED };
 static int bg_state;
 
@@ -82,7 +94,6 @@ static void *bg_main(void *arg) {
     (void)arg;
     prctl(PR_SET_NAME, "tieralloc-bg", 0, 0, 0);
     __atomic_store_n(&ta_pageheap_bg_active, true, __ATOMIC_RELAXED);
-    __atomic_store_n(&bg_state, BG_RUNNING, __ATOMIC_RELEASE);
     for (;;) {
         uint64_t ms = ta_cfg.decay_ms / 4;
         if (ms < 1) ms = 1;
@@ -97,14 +108,17 @@ static void *bg_main(void *arg) {
 }
 
 void ta_background_kick(void) {
-    if (!ta_cfg.background || __atomic_load_n(&bg_state, __ATOMIC_RELAXED) != BG_NONE) return;
-    if (!ta_pageheap_has_free()) return; /* no decay needed yet */
-    int none = BG_NONE;
-    if (!__atomic_compare_exchange_n(&bg_state, &none, BG_STARTING, false, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
-        return;
-    /* the thread takes none of the program's signals; pthread_create may call
-     * malloc (the thread's TLS): no lock of ours is held here */
+    if (TA_LIKELY(!ta_cfg.background || __atomic_load_n(&bg_state, __ATOMIC_RELAXED) != BG_NONE)) return;
+    if (!ta_pageheap_bg_due()) return; /* a small heap, or a child of fork that may exec */
     int saved = errno;
+    ta_lock(&init_lock);
+    if (bg_state != BG_NONE) { /* another thread started it meanwhile */
+        ta_unlock(&init_lock);
+        return;
+    }
+    __atomic_store_n(&bg_state, BG_STARTING, __ATOMIC_RELAXED);
+    /* the thread takes none of the program's signals; pthread_create may call
+     * malloc (the thread's TLS vector): that malloc sees BG_STARTING */
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -119,7 +133,8 @@ void ta_background_kick(void) {
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     /* no thread (resource limits): the slow paths go on running the decay */
-    if (rc) __atomic_store_n(&bg_state, BG_FAILED, __ATOMIC_RELEASE);
+    __atomic_store_n(&bg_state, rc ? BG_FAILED : BG_RUNNING, __ATOMIC_RELEASE);
+    ta_unlock(&init_lock);
     errno = saved;
 }
 

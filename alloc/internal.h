@@ -201,10 +201,11 @@ extern ta_config_t ta_cfg;
  * process in secure-execution mode when secure is true (tests call it). */
 void ta_config_init(void);
 /* ---- init.c: the background thread ----------------------------------------
- * Started lazily (ta_background_kick, from tier 1's slow path with no lock
- * held) the first time free pages wait for the decay; every decay_ms / 4 it
- * lets idle caches drain and runs the page heap's decay pass.  Not in a
- * child after fork: the child starts its own when it needs one. */
+ * Started lazily (ta_background_kick, from a malloc's slow path with no lock
+ * held, never from a free) the first time free pages wait for the decay in a
+ * heap a decay period old; every decay_ms / 4 it lets idle caches drain and
+ * runs the page heap's decay pass.  Not in a child after fork: a child that
+ * lives a decay period starts its own. */
 void ta_background_kick(void);
 /* the decay work of tiers 1 and 2 (pcache.c), for the background thread */
 void ta_pcache_decay_tick(void);
@@ -436,13 +437,11 @@ void ta_pageheap_tick(uint64_t now); /* now: ta_os_now_ms(), read once by the ca
 /* one decay pass now (the background thread; force: ignore the demand peak);
  * returns the bytes released */
 size_t ta_pageheap_decay(bool force);
-/* the decay has work worth a background thread (resident free pages) */
-bool ta_pageheap_has_free(void);
+/* the heap is worth a background thread (a few MiB; in a child of fork, a
+ * decay period old) */
+bool ta_pageheap_bg_due(void);
 /* set while the background thread runs the decay (slow paths then do not) */
 extern bool ta_pageheap_bg_active;
-/* called with no lock held after a large block is freed, to start the
- * background thread (set by init.c, which owns it) */
-extern void (*ta_pageheap_kick)(void);
 /* Try to grow an in-use large span in place to n pages; true on success. */
 bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages);
 /* Give the pages of in-use large span s beyond its first npages back to the

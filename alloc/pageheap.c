@@ -30,19 +30,33 @@ static uint64_t ph_class_spans[TA_MAX_CLASSES]; /* in-use spans of each size cla
 static uint64_t ph_last_decay_ms;
 static bool ph_ready;
 
-/* Demand: the most bytes in use in each of the last PH_PEAK_SLOTS decay
- * periods (a ring; ph_peak_cur is the current period's).  The decay keeps
- * free pages resident up to the recent peak: a program whose demand
- * oscillates does not fault its pages back in at every swing. */
+/* Demand, by decay period (rings of the last periods; `cur` is the current
+ * period's):
+ *  - in use: the most bytes in use.  The decay keeps free pages resident up to
+ *    the recent peak: a program whose demand oscillates does not fault its
+ *    pages back in at every swing.
+ *  - resident: the heap's resident bytes (in use + free resident) each time a
+ *    request had to take released pages because no resident free span fitted.
+ *    Free pages are scattered among the spans in use, so a busy heap needs
+ *    more resident than its peak in use; when the decay gave back pages the
+ *    program then faulted in again, this peak says how much it needed, and the
+ *    decay keeps that much resident for a longer window (a churning heap
+ *    would otherwise be released and faulted back every few periods). */
 #define PH_PEAK_SLOTS 4
-static uint64_t ph_peak[PH_PEAK_SLOTS], ph_peak_cur, ph_peak_epoch;
+#define PH_RES_SLOTS 16
+typedef struct {
+    uint64_t slot[PH_RES_SLOTS];
+    uint64_t cur;
+} ph_ring_t;
+static ph_ring_t ph_inuse_peak, ph_res_peak;
+static uint64_t ph_peak_epoch;
 static uint64_t ph_ops_seen, ph_idle_since_ms; /* page-heap activity, for "idle" */
-static uint64_t ph_init_ms;
+static uint64_t ph_fork_ms; /* when this process was forked (a child of fork: ph_forked) */
+static bool ph_forked;
 bool ta_pageheap_bg_active;                    /* the background thread runs the decay */
-void (*ta_pageheap_kick)(void);                /* starts it (init.c sets it: calls go down only) */
 
 static inline void note_inuse(void) {
-    if (ph_stats.inuse_bytes > ph_peak_cur) ph_peak_cur = ph_stats.inuse_bytes;
+    if (ph_stats.inuse_bytes > ph_inuse_peak.cur) ph_inuse_peak.cur = ph_stats.inuse_bytes;
 }
 
 /* a recent block's pages are resident free bytes */
@@ -132,6 +146,16 @@ static ta_span_t *recent_take_locked(uintptr_t npages, uintptr_t most, uintptr_t
     return NULL;
 }
 
+/* the period of the decay's last release (ph_decay_released: there was one) */
+static uint64_t ph_decay_epoch;
+static bool ph_decay_released;
+
+/* released pages were just handed out (s->zeroed): how much was resident then */
+static inline void note_refault(void) {
+    uint64_t r = ph_stats.inuse_bytes + ph_stats.free_bytes;
+    if (r > ph_res_peak.cur) ph_res_peak.cur = r;
+}
+
 static ta_span_t *free_list_for(const ta_span_t *s) {
     int kind = s->state == TA_SPAN_RELEASED;
     return &ph_list[kind][s->npages <= PH_EXACT ? s->npages : 0];
@@ -144,7 +168,6 @@ void ta_pageheap_init(void) {
     ph_last_decay_ms = ta_os_now_ms();
     ph_peak_epoch = ph_last_decay_ms / (ta_cfg.decay_ms ? ta_cfg.decay_ms : 1);
     ph_idle_since_ms = ph_last_decay_ms;
-    ph_init_ms = ph_last_decay_ms;
     ph_ready = true;
 }
 
@@ -546,6 +569,7 @@ found: /* (the hardened build keeps no recent blocks: a guard is on from here) *
     }
     ph_stats.inuse_bytes += ta_span_bytes(s);
     note_inuse();
+    if (s->zeroed) note_refault();
     ph_stats.n_alloc++;
     ta_unlock(&ph_lock);
     return s;
@@ -620,12 +644,6 @@ const char *ta_pageheap_free_large(ta_span_t *s, void *p) {
                          ph_stats.free_bytes - ph_recent_bytes > PH_TICK_FREE_BYTES);
     ta_unlock(&ph_lock);
     if (tick) tick_at(ta_os_now_ms());
-    if (!err) {
-        /* no lock is held on this path (free of a large block): free pages
-         * now wait for the decay, the background thread may start */
-        void (*kick)(void) = __atomic_load_n(&ta_pageheap_kick, __ATOMIC_RELAXED);
-        if (kick && ta_cfg.background && !__atomic_load_n(&ta_pageheap_bg_active, __ATOMIC_RELAXED)) kick();
-    }
     return err;
 }
 
@@ -666,9 +684,10 @@ bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages) {
      * the extra pages together */
     uintptr_t end = s->page + s->npages, have = 0;
     for (ta_span_t *n; end + have < s->page + npages && (n = free_span_at(end + have));) have += n->npages;
-    bool ok = end + have >= s->page + npages;
+    bool ok = end + have >= s->page + npages, refault = false;
     while (ok && s->page + s->npages < s->page + npages) {
         ta_span_t *n = free_span_at(s->page + s->npages);
+        refault |= n->state == TA_SPAN_RELEASED;
         uintptr_t take = s->page + npages - n->page < n->npages ? s->page + npages - n->page : n->npages;
         if (n->state == TA_SPAN_RECENT) { /* a block freed just now: free pages like the others */
             recent_remove_locked(n);
@@ -697,6 +716,7 @@ bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages) {
 #endif
         register_ends(s);
         note_inuse();
+        if (refault) note_refault();
         ph_stats.n_alloc++; /* activity: the heap is not idle */
     }
     ta_unlock(&ph_lock);
@@ -813,23 +833,31 @@ static ta_span_t *ph_flight[PH_BATCH];
 static int ph_nflight;
 static bool ph_decaying; /* a pass has spans out (one pass at a time) */
 
+static void ring_rotate(ph_ring_t *r, int nslots, uint64_t epoch, uint64_t now_value) {
+    /* the period that ended keeps its peak; the ones skipped had none */
+    r->slot[ph_peak_epoch % (uint64_t)nslots] = r->cur;
+    for (uint64_t i = 1; i <= epoch - ph_peak_epoch && i <= (uint64_t)nslots; i++)
+        r->slot[(ph_peak_epoch + i) % (uint64_t)nslots] = 0;
+    r->cur = now_value;
+}
+
+/* the peak of the current period and the `last` ones before it */
+static uint64_t ring_max(const ph_ring_t *r, int nslots, int last) {
+    uint64_t m = r->cur;
+    for (int i = 1; i <= last; i++) {
+        uint64_t v = r->slot[(ph_peak_epoch - (uint64_t)i) % (uint64_t)nslots];
+        if (v > m) m = v;
+    }
+    return m;
+}
+
 static void peak_rotate(uint64_t now) {
     uint64_t period = ta_cfg.decay_ms ? ta_cfg.decay_ms : 1;
     uint64_t epoch = now / period;
     if (epoch == ph_peak_epoch) return;
-    uint64_t steps = epoch - ph_peak_epoch;
-    /* the period that ended keeps its peak; the ones skipped had none */
-    ph_peak[ph_peak_epoch % PH_PEAK_SLOTS] = ph_peak_cur;
-    for (uint64_t i = 1; i <= steps && i <= PH_PEAK_SLOTS; i++) ph_peak[(ph_peak_epoch + i) % PH_PEAK_SLOTS] = 0;
+    ring_rotate(&ph_inuse_peak, PH_PEAK_SLOTS, epoch, ph_stats.inuse_bytes);
+    ring_rotate(&ph_res_peak, PH_RES_SLOTS, epoch, 0);
     ph_peak_epoch = epoch;
-    ph_peak_cur = ph_stats.inuse_bytes;
-}
-
-static uint64_t peak_recent(void) {
-    uint64_t m = ph_peak_cur;
-    for (int i = 0; i < PH_PEAK_SLOTS; i++)
-        if (ph_peak[i] > m) m = ph_peak[i];
-    return m;
 }
 
 /* Take up to PH_BATCH FREE spans free for decay_ms, largest first, totalling
@@ -882,9 +910,19 @@ static size_t decay_pass(uint64_t now, bool force) {
         ph_idle_since_ms = now;
     }
     bool idle = force || now - ph_idle_since_ms >= ta_cfg.decay_ms;
-    uint64_t peak = peak_recent(), inuse = ph_stats.inuse_bytes;
-    uint64_t keep = idle || peak <= inuse ? 0 : peak - inuse;
-    uint64_t want = ph_stats.free_bytes > keep ? ph_stats.free_bytes - keep : 0;
+    /* resident bytes to keep: the recent peak in use, or more when the heap
+     * recently needed more resident (see note_refault) */
+    /* the resident peak counts for PH_PEAK_SLOTS periods, like the one in use
+     * (a heap that grew faulted in new pages, not ones it lost), and for
+     * PH_RES_SLOTS once the decay has given pages back in that window (pages
+     * faulted in since then may be the same ones) */
+    bool lost = ph_decay_released && ph_peak_epoch - ph_decay_epoch < PH_RES_SLOTS;
+    uint64_t target = ring_max(&ph_inuse_peak, PH_PEAK_SLOTS, PH_PEAK_SLOTS);
+    uint64_t res = ring_max(&ph_res_peak, PH_RES_SLOTS, lost ? PH_RES_SLOTS - 1 : PH_PEAK_SLOTS);
+    if (res > target) target = res;
+    uint64_t resident = ph_stats.inuse_bytes + ph_stats.free_bytes;
+    uint64_t want = idle ? ph_stats.free_bytes : resident > target ? resident - target : 0;
+    if (want > ph_stats.free_bytes) want = ph_stats.free_bytes;
     while (want) {
         size_t got = flight_collect(want, now);
         if (!got) break;
@@ -909,6 +947,8 @@ static size_t decay_pass(uint64_t now, bool force) {
         /* a fork in between handed the child's copy back; here the spans are ours */
         flight_return(TA_SPAN_RELEASED, now);
         ph_decaying = false;
+        ph_decay_released = true;
+        ph_decay_epoch = ph_peak_epoch;
         total += got;
         want = got >= want ? 0 : want - got;
     }
@@ -928,13 +968,15 @@ static void tick_at(uint64_t now) {
 
 void ta_pageheap_tick(uint64_t now) { tick_at(now); }
 
-/* Does the decay have work worth a thread: resident free pages in a heap at
- * least a decay period old, the first moment a free page can be due for
- * release?  (The thread's start allocates its TLS: a program that ends or
- * measures itself within a decay period never sees it.) */
-bool ta_pageheap_has_free(void) {
-    uint64_t f = __atomic_load_n(&ph_stats.free_bytes, __ATOMIC_RELAXED);
-    return f && ta_os_now_ms() - ph_init_ms >= ta_cfg.decay_ms;
+/* Is the heap worth a background thread: at least PH_BG_MIN_BYTES resident
+ * (a small heap has little to give back: small programs never start one),
+ * and, in a child of fork, a decay period old (a child that goes on to exec
+ * never starts one)? */
+#define PH_BG_MIN_BYTES ((uint64_t)4 << 20)
+bool ta_pageheap_bg_due(void) {
+    uint64_t r = __atomic_load_n(&ph_stats.inuse_bytes, __ATOMIC_RELAXED) +
+                 __atomic_load_n(&ph_stats.free_bytes, __ATOMIC_RELAXED);
+    return r >= PH_BG_MIN_BYTES && (!ph_forked || ta_os_now_ms() - ph_fork_ms >= ta_cfg.decay_ms);
 }
 
 void ta_pageheap_stats(ta_pageheap_stats_t *out) {
@@ -957,6 +999,10 @@ void ta_pageheap_unlock_all(bool child) {
         if (ph_nflight) flight_return(TA_SPAN_FREE, ta_os_now_ms());
         ph_decaying = false;
         ta_pageheap_bg_active = false; /* no background thread in the child */
+        /* a background thread starts only in a child that lives a decay
+         * period (not in one that goes on to exec) */
+        ph_fork_ms = ta_os_now_ms();
+        ph_forked = true;
     }
     ta_lock_after_fork(&ph_lock, child);
 }

@@ -489,12 +489,15 @@ static void release(ta_pcache_t *c, bool all, bool to_spans) {
     }
 }
 
-/* Once per decay period, from a slow path: idle classes of every CPU (or of
- * the calling thread) give back half, then the tiers below run their decay. */
-static void tick(ta_pcache_t *own) {
+/* Once per decay period: idle classes of every CPU (or of the calling
+ * thread) give back half, then the tiers below run their decay.  From the
+ * background thread (own NULL) when it runs; a slow path then does only what
+ * no other thread may do, its own thread cache. */
+static void tick(ta_pcache_t *own, bool may_start) {
     static uint64_t last_ms;
+    bool bg = own && __atomic_load_n(&ta_pageheap_bg_active, __ATOMIC_RELAXED);
     uint64_t now = ta_os_now_ms(), last = __atomic_load_n(&last_ms, __ATOMIC_RELAXED);
-    if (now - last >= ta_cfg.decay_ms &&
+    if (!bg && now - last >= ta_cfg.decay_ms &&
         __atomic_compare_exchange_n(&last_ms, &last, now, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
         if (ta_fe_percpu) {
             for (uint32_t i = 0; i < ncpus; i++) {
@@ -513,11 +516,11 @@ static void tick(ta_pcache_t *own) {
         own->scavenged_ms = now;
         release(own, false, false);
     }
-    ta_central_tick(now);
-    if (own) ta_background_kick();
+    if (!bg) ta_central_tick(now);
+    if (may_start) ta_background_kick();
 }
 
-void ta_pcache_decay_tick(void) { tick(NULL); }
+void ta_pcache_decay_tick(void) { tick(NULL, false); }
 
 /* ---- finding the caller's cache ------------------------------------------------ */
 static ta_pcache_t *thread_cache_create(void) {
@@ -616,7 +619,7 @@ void *ta_pcache_alloc_slow(uint32_t cls) {
     }
     check_cache(c, cls);
     cache_unlock(c);
-    tick(c);
+    tick(c, true); /* malloc: the background thread may start (never from free) */
     return p;
 }
 
@@ -645,7 +648,7 @@ void ta_pcache_free_slow(void *p, uint32_t cls) {
     }
     check_cache(c, cls);
     cache_unlock(c);
-    tick(c);
+    tick(c, false);
 }
 
 void ta_pcache_flush_current(void) {

@@ -29,7 +29,8 @@ static const char *const workloads[] = {
     "pipeline64/real_time/threads:2", "working_set/real_time/threads:2",
     "remote_frees/real_time/threads:8", "remote_frees/real_time/threads:16",
     "idle_threads/n:256/iterations:1/real_time", "idle_threads/n:2000/iterations:1/real_time",
-    "swap/iterations:500/real_time/threads:16", "swap/iterations:125/real_time/threads:64",
+    "swap/iterations:20000/real_time/threads:16", "swap/iterations:5000/real_time/threads:64",
+    "swap/iterations:1250/real_time/threads:256",
 };
 #define NWORKLOADS (sizeof workloads / sizeof workloads[0])
 

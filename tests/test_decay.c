@@ -16,7 +16,6 @@
  * polling loops only bound how long a broken build makes the test wait. */
 #include "testutil.h"
 
-#include <dirent.h>
 #include <malloc.h>
 #include <pthread.h>
 
@@ -33,27 +32,6 @@ static long minflt(void) {
 static void write_all(char **b, int n, size_t size, int v) {
     for (int i = 0; i < n; i++)
         for (size_t j = 0; j < size; j += PAGE) b[i][j] = (char)(v + i);
-}
-
-/* Does the process have a thread named tieralloc-bg? */
-static bool has_bg_thread(void) {
-    DIR *d = opendir("/proc/self/task");
-    if (!d) return false;
-    bool found = false;
-    struct dirent *e;
-    while (!found && (e = readdir(d))) {
-        if (e->d_name[0] == '.') continue;
-        char path[128], name[64] = "";
-        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0) continue;
-        ssize_t k = read(fd, name, sizeof name - 1);
-        close(fd);
-        if (k > 0) name[k] = '\0';
-        found = strncmp(name, "tieralloc-bg", 12) == 0;
-    }
-    closedir(d);
-    return found;
 }
 
 /* The small phase: a few MiB in use, and page-heap activity (a large block
@@ -124,14 +102,14 @@ static void idle_returns(void) {
         rss = tu_rss_bytes();
     }
     cr_assert_lt(rss, rss0 + total / 4, "idle: RSS still %zu (%zu before the heap, %zu with it)", rss, rss0, rss1);
-    cr_assert(has_bg_thread(), "no tieralloc-bg thread");
+    cr_assert(tu_has_bg_thread(), "no tieralloc-bg thread");
 }
 
 Test(decay, idle_process_returns_its_pages, .timeout = 60) { idle_returns(); }
 
 /* the thread runs in the parent; the child of fork (which has none: fork
- * copies only the caller) allocates, frees, trims, starts its own thread when
- * free pages wait for the decay, forks again and exits cleanly */
+ * copies only the caller) allocates, frees, trims, starts its own thread once
+ * it has lived a decay period, forks again and exits cleanly */
 static void child_work(void *arg) {
     (void)arg;
     static char *b[64];
@@ -144,13 +122,16 @@ static void child_work(void *arg) {
         for (int i = 0; i < 64; i++) free(b[i]);
     }
     malloc_trim(0); /* releases at once */
-    /* a large block freed: the child starts its own thread */
+    /* a child that lives a decay period starts its own thread at its next
+     * malloc (one that would exec right away never does) */
+    TU_CHILD_CHECK(!tu_has_bg_thread(), "a background thread in the child at once");
+    tu_sleep_ms(1100);
     char *p = malloc(4 << 20);
     TU_CHILD_CHECK(p != NULL, "malloc failed");
     memset(p, 1, 4 << 20);
     free(p);
-    for (int i = 0; i < 100 && !has_bg_thread(); i++) tu_sleep_ms(20);
-    TU_CHILD_CHECK(has_bg_thread(), "the child never started a background thread");
+    for (int i = 0; i < 100 && !tu_has_bg_thread(); i++) tu_sleep_ms(20);
+    TU_CHILD_CHECK(tu_has_bg_thread(), "the child never started a background thread");
     /* and forks again while it runs */
     pid_t pid = fork();
     TU_CHILD_CHECK(pid >= 0, "fork");
@@ -168,13 +149,12 @@ static void child_work(void *arg) {
 }
 
 Test(decay, background_thread_across_fork, .timeout = 120) {
-    tu_sleep_ms(1100); /* the thread starts in heaps a decay period old */
-    char *p = malloc(8 << 20);
+    char *p = malloc(8 << 20); /* a heap of a few MiB: the thread starts */
     cr_assert_not_null(p);
     memset(p, 1, 8 << 20);
     free(p);
-    for (int i = 0; i < 100 && !has_bg_thread(); i++) tu_sleep_ms(20);
-    cr_assert(has_bg_thread(), "no background thread after a large free");
+    for (int i = 0; i < 100 && !tu_has_bg_thread(); i++) tu_sleep_ms(20);
+    cr_assert(tu_has_bg_thread(), "no background thread after a large malloc");
     /* fork while the thread may be mid-pass, many times */
     for (int i = 0; i < 8; i++) {
         static tu_child_t c;

@@ -1,0 +1,265 @@
+/* bg_prog: programs for tests/test_background.c, with the shared library
+ * linked in (the background thread on, its default).  Each prints one line
+ * of figures and exits 0 when its own checks hold.
+ *
+ *   bg_prog join         a heap of 4 MiB with free pages a decay period old
+ *                        (when the old start, from a free, became due), then the
+ *                        join of a thread that ran on a stack of the caller's
+ *                        (pthread_attr_setstack): glibc frees the thread's TLS
+ *                        vector while it holds its stack-cache lock.  A
+ *                        background thread started from that free would wait
+ *                        for that lock forever (the test runs it with a CPU
+ *                        cache of 0 bytes so that every free takes the slow
+ *                        path).  Prints "joined".
+ *   bg_prog forks N      a parent with 2 threads that allocate, free and
+ *                        create threads, forks N children one after another;
+ *                        each child allocates with 2 threads of its own while
+ *                        it forks a grandchild, lives until its background
+ *                        thread has started (or 2 s), and exits.  A child or
+ *                        grandchild not done within 20 s counts as hung.
+ *                        Prints "forks N hung H failed F with_thread T".
+ *   bg_prog churn T      T threads swap fresh blocks (the bench's swap sizes,
+ *                        up to 2.25 MiB, every byte written) into 4096 shared
+ *                        slots: a warm-up, then `busy` more swaps over many
+ *                        decay periods; then every block is freed and the
+ *                        process waits, idle, for its resident set to fall.
+ *                        Prints "churn warm_faults W busy_faults B rss_busy R
+ *                        rss_idle I" (minor faults; RSS in KiB). */
+#include "testutil.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/wait.h>
+
+static long minflt(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_minflt;
+}
+
+static uint64_t rng(uint64_t *s) {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+/* the bench's swap sizes: 70% < 264 B, 25% < 8 KiB, 4.5% < 264 KiB, 0.5% up to 2.25 MiB */
+static size_t swap_size(uint64_t *s) {
+    unsigned pick = (unsigned)(rng(s) % 1000);
+    uint64_t r = rng(s);
+    if (pick < 700) return 1 + r % 263;
+    if (pick < 950) return 264 + r % ((8 << 10) - 264);
+    if (pick < 995) return (8 << 10) + r % ((264 << 10) - (8 << 10));
+    return (264 << 10) + r % ((2u << 20) + (256 << 10) - (264 << 10));
+}
+
+/* allocate, write and free `rounds` blocks of mixed sizes (large ones too) */
+static void churn_some(uint64_t seed, int rounds) {
+    void *b[32] = {0};
+    seed |= 1;
+    for (int r = 0; r < rounds; r++) {
+        int i = (int)(rng(&seed) & 31);
+        free(b[i]);
+        size_t n = swap_size(&seed);
+        if (rng(&seed) % 8 == 0) n += 300 << 10;
+        b[i] = malloc(n);
+        if (!b[i]) abort();
+        memset(b[i], 1, n < 8192 ? n : 8192);
+    }
+    for (int i = 0; i < 32; i++) free(b[i]);
+}
+
+/* ---- join ------------------------------------------------------------------ */
+static void *idle_body(void *a) {
+    tu_sleep_ms(1300);
+    return a;
+}
+
+static int run_join(void) {
+    char *big = malloc(4 << 20); /* free pages in the heap */
+    if (!big) return 1;
+    memset(big, 1, 4 << 20);
+    free(big);
+    size_t sz = 1 << 20;
+    void *stack = NULL;
+    if (posix_memalign(&stack, 4096, sz)) return 1;
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setstack(&a, stack, sz);
+    pthread_t t;
+    if (pthread_create(&t, &a, idle_body, NULL)) return 1;
+    /* at about 1.3 s, the heap a decay period old: the join frees the
+     * thread's TLS vector under glibc's stack-cache lock */
+    pthread_join(t, NULL);
+    pthread_attr_destroy(&a);
+    free(stack);
+    printf("joined\n");
+    return 0;
+}
+
+/* ---- forks ----------------------------------------------------------------- */
+static atomic_int stop;
+
+static void *short_body(void *a) {
+    churn_some((uint64_t)(uintptr_t)a, 40);
+    return NULL;
+}
+
+static void *parent_worker(void *a) {
+    uint64_t s = (uint64_t)(uintptr_t)a;
+    while (!atomic_load(&stop)) {
+        churn_some(s++, 100);
+        pthread_t t; /* thread creation racing the forks */
+        if (pthread_create(&t, NULL, short_body, (void *)(uintptr_t)s) == 0) pthread_join(t, NULL);
+    }
+    return NULL;
+}
+
+/* exit status of pid, -1 when it is not done within secs */
+static int wait_for(pid_t pid, int secs) {
+    for (int i = 0; i < secs * 500; i++) {
+        int st;
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        if (r < 0) return 127;
+        tu_sleep_ms(2);
+    }
+    return -1;
+}
+
+/* exit 0: done, with a background thread; 5: done, without one */
+static void fork_child(int k) {
+    pthread_t t[2];
+    int made[2];
+    churn_some((uint64_t)k * 7919, 60);
+    for (int i = 0; i < 2; i++) made[i] = !pthread_create(&t[i], NULL, short_body, (void *)(uintptr_t)(k * 31 + i));
+    pid_t g = fork(); /* while the child's threads allocate (and its thread may be starting) */
+    if (g == 0) {
+        churn_some((uint64_t)k * 104729, 60);
+        _exit(0);
+    }
+    for (int i = 0; i < 2; i++)
+        if (made[i]) pthread_join(t[i], NULL);
+    int rc = g > 0 ? wait_for(g, 20) : 1;
+    if (rc) {
+        fprintf(stderr, "bg_prog: grandchild %d of child %d: %s %d\n", (int)g, (int)getpid(),
+                rc < 0 ? "hung" : "exit", rc);
+        if (rc < 0) kill(g, SIGKILL);
+        exit(3);
+    }
+    /* live until the child's own thread has started (a decay period of a heap
+     * with free pages, then a malloc), 2 s at most */
+    uint64_t end = tu_now_ms() + 2000;
+    int bg;
+    while (!(bg = tu_has_bg_thread()) && tu_now_ms() < end) {
+        churn_some((uint64_t)k * 13 + tu_now_ms(), 20);
+        tu_sleep_ms(5);
+    }
+    exit(bg ? 0 : 5);
+}
+
+static int run_forks(int n) {
+    pthread_t w[2];
+    for (int i = 0; i < 2; i++) pthread_create(&w[i], NULL, parent_worker, (void *)(uintptr_t)(i * 1000 + 1));
+    int hung = 0, failed = 0, with_thread = 0;
+    for (int k = 0; k < n && !hung; k++) {
+        churn_some((uint64_t)k * 13 + 5, 20);
+        pid_t pid = fork();
+        if (pid == 0) fork_child(k);
+        if (pid < 0) {
+            failed++;
+            continue;
+        }
+        int rc = wait_for(pid, 20);
+        if (rc < 0) {
+            /* left for a debugger for a while, then killed */
+            fprintf(stderr, "bg_prog: child %d (fork %d) hung\n", (int)pid, k);
+            hung++;
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+        } else if (rc == 0) {
+            with_thread++;
+        } else if (rc != 5) {
+            fprintf(stderr, "bg_prog: child %d (fork %d) exit %d\n", (int)pid, k, rc);
+            failed++;
+        }
+    }
+    atomic_store(&stop, 1);
+    for (int i = 0; i < 2; i++) pthread_join(w[i], NULL);
+    printf("forks %d hung %d failed %d with_thread %d\n", n, hung, failed, with_thread);
+    return hung || failed;
+}
+
+/* ---- churn ----------------------------------------------------------------- */
+#define CHURN_SLOTS 4096
+static char *_Atomic slot[CHURN_SLOTS];
+static atomic_long swaps_left;
+
+static void *churn_worker(void *a) {
+    uint64_t s = (uint64_t)(uintptr_t)a * 0x9e3779b97f4a7c15ull | 1;
+    while (atomic_fetch_sub_explicit(&swaps_left, 1, memory_order_relaxed) > 0) {
+        size_t n = swap_size(&s);
+        char *p = malloc(n);
+        if (!p) abort();
+        memset(p, (int)n, n);
+        char *old = atomic_exchange(&slot[rng(&s) & (CHURN_SLOTS - 1)], p);
+        free(old);
+    }
+    return NULL;
+}
+
+static void churn_phase(int threads, long swaps) {
+    pthread_t *t = calloc((size_t)threads, sizeof *t);
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setstacksize(&a, 64 << 10);
+    atomic_store(&swaps_left, swaps);
+    for (int i = 0; i < threads; i++)
+        if (pthread_create(&t[i], &a, churn_worker, (void *)(uintptr_t)(i + 1))) abort();
+    for (int i = 0; i < threads; i++) pthread_join(t[i], NULL);
+    pthread_attr_destroy(&a);
+    free(t);
+}
+
+static int run_churn(int threads) {
+    uint64_t s = 4242;
+    for (int i = 0; i < CHURN_SLOTS; i++) {
+        size_t n = swap_size(&s);
+        char *p = malloc(n);
+        if (!p) abort();
+        memset(p, 1, n);
+        slot[i] = p;
+    }
+    long f0 = minflt();
+    churn_phase(threads, 40000); /* warm: the heap reaches its working size */
+    long f1 = minflt();
+    /* busy: as many again, then more, over at least 10 decay periods */
+    uint64_t decay = 1000;
+    const char *d = getenv("TIERALLOC_DECAY_MS");
+    if (d) decay = strtoull(d, NULL, 10);
+    uint64_t end = tu_now_ms() + 10 * decay;
+    int rounds = 0;
+    do {
+        churn_phase(threads, 20000);
+        rounds++;
+    } while (tu_now_ms() < end || rounds < 2);
+    long f2 = minflt();
+    size_t rss_busy = (tu_rss_bytes() >> 10);
+    for (int i = 0; i < CHURN_SLOTS; i++) free(atomic_exchange(&slot[i], NULL));
+    /* idle: up to 20 decay periods (and 2 s at least) for the pages to go back */
+    uint64_t wait = 20 * decay < 2000 ? 2000 : 20 * decay;
+    size_t rss = (tu_rss_bytes() >> 10);
+    for (uint64_t t0 = tu_now_ms(); tu_now_ms() - t0 < wait && rss > rss_busy / 4; rss = (tu_rss_bytes() >> 10)) tu_sleep_ms(50);
+    printf("churn warm_faults %ld busy_faults %ld busy_rounds %d rss_busy %zu rss_idle %zu\n", f1 - f0, f2 - f1,
+           rounds, rss_busy, rss);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 2 && strcmp(argv[1], "join") == 0) return run_join();
+    if (argc >= 3 && strcmp(argv[1], "forks") == 0) return run_forks(atoi(argv[2]));
+    if (argc >= 3 && strcmp(argv[1], "churn") == 0) return run_churn(atoi(argv[2]));
+    fprintf(stderr, "usage: bg_prog join | forks N | churn THREADS\n");
+    return 2;
+}

@@ -1,0 +1,85 @@
+/* test_background.c: the background thread's start and the decay under many
+ * threads, as programs see them (tests/bg_prog, the shared library linked in,
+ * the thread on as by default).
+ *
+ *  - Started from a free, the thread would deadlock the program: glibc frees a
+ *    joined thread's TLS vector while it holds the lock pthread_create takes.
+ *    A join at the moment the thread becomes due must return.
+ *  - Fork: a threaded parent (its threads allocate and create threads) forks
+ *    200 children; each starts its own background thread while its threads
+ *    allocate and it forks a grandchild.  None may hang or fail, and the
+ *    children must really have started their threads (the test is not vacuous).
+ *  - 256 threads churn blocks of up to 2.25 MiB over many decay periods: once
+ *    warm, the heap stays resident (few page faults while busy), and when the
+ *    process goes idle its pages go back.
+ *
+ * The checks are on outcomes, faults and memory, never on time; the timeouts
+ * only bound how long a broken build makes the test wait. */
+#include "testutil.h"
+
+static tu_result_t run_prog(char **args, char **env, int timeout_s) {
+    char *argv[8] = {(char *)tu_build_path("tests/bg_prog")};
+    for (int i = 0; args[i] && i < 6; i++) argv[i + 1] = args[i];
+    return tu_run(argv, env, NULL, timeout_s);
+}
+
+#define ASSERT_RAN(r)                                                                                     \
+    cr_assert(!(r).timed_out && !(r).signaled && (r).exit_code == 0,                                      \
+              "exit %d signal %d timed out %d\nstdout: %.2000s\nstderr: %.2000s", (r).exit_code, (r).signo, \
+              (int)(r).timed_out, (r).out, (r).err)
+
+/* every free takes the slow path (no CPU or thread cache), where the old
+ * start sat; both kinds of tier 1 */
+Test(background, a_join_when_the_thread_is_due_returns, .timeout = 120) {
+    char *env_cpu[] = {"TIERALLOC_BACKGROUND=1", "TIERALLOC_CPU_CACHE_BYTES=0", NULL};
+    char *env_thread[] = {"TIERALLOC_BACKGROUND=1", "TIERALLOC_PERCPU=0", "TIERALLOC_CACHE_BYTES=0", NULL};
+    char **envs[] = {env_cpu, env_thread};
+    for (int i = 0; i < 2; i++) {
+        char *args[] = {"join", NULL};
+        tu_result_t r = run_prog(args, envs[i], 30);
+        ASSERT_RAN(r);
+        cr_assert(strstr(r.out, "joined") != NULL, "%s", r.out);
+        tu_result_free(&r);
+    }
+}
+
+Test(background, two_hundred_forks_of_a_threaded_parent, .timeout = 300) {
+    char *env[] = {"TIERALLOC_BACKGROUND=1", "TIERALLOC_DECAY_MS=20", NULL};
+    char *args[] = {"forks", "200", NULL};
+    tu_result_t r = run_prog(args, env, 280);
+    ASSERT_RAN(r);
+    int forks = -1, hung = -1, failed = -1, with = -1;
+    cr_assert(sscanf(r.out, "forks %d hung %d failed %d with_thread %d", &forks, &hung, &failed, &with) == 4, "%s",
+              r.out);
+    cr_assert_eq(forks, 200);
+    cr_assert_eq(hung, 0, "%s%s", r.out, r.err);
+    cr_assert_eq(failed, 0, "%s%s", r.out, r.err);
+    /* the children started their threads: the start raced the forks */
+    cr_assert_geq(with, 150, "only %d of 200 children started a background thread", with);
+    tu_result_free(&r);
+}
+
+/* decay 100 ms: the busy phase spans at least 10 periods */
+Test(background, churn_of_256_threads_keeps_its_heap_while_busy_and_returns_it_idle, .timeout = 300) {
+    char *env[] = {"TIERALLOC_BACKGROUND=1", "TIERALLOC_DECAY_MS=100", NULL};
+    char *args[] = {"churn", "256", NULL};
+    tu_result_t r = run_prog(args, env, 280);
+    ASSERT_RAN(r);
+    long warm = -1, busy = -1;
+    int rounds = 0;
+    size_t rss_busy = 0, rss_idle = 0;
+    cr_assert(sscanf(r.out, "churn warm_faults %ld busy_faults %ld busy_rounds %d rss_busy %zu rss_idle %zu", &warm,
+                     &busy, &rounds, &rss_busy, &rss_idle) == 5,
+              "%s", r.out);
+    /* the warm-up faults the heap in (the measure is not vacuous) */
+    cr_assert_geq(warm, 5000, "%s", r.out);
+    /* busy, at least as many swaps again over 10 periods and more: the decay
+     * gave back little the program needed again.  The first release after
+     * the heap stops growing may be faulted back once (about a fifth of the
+     * warm-up's faults here); the old policy, keyed to the peak in use only,
+     * faulted back most of the heap (busy 0.8-0.9 x warm-up). */
+    cr_assert_lt(busy, warm / 2, "busy: %ld faults, warm-up %ld (%s)", busy, warm, r.out);
+    /* idle: most of it goes back without malloc_trim */
+    cr_assert_lt(rss_idle, rss_busy / 2, "%s", r.out);
+    tu_result_free(&r);
+}
