@@ -36,6 +36,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#define CPU_OWNERS 8 /* threads a CPU's cache may serve and still borrow budget */
 typedef struct ta_pcache {
     ta_slot_t *slab;          /* its slab (pcache.h) */
     int cpu;                  /* the CPU it belongs to, -1 for a thread's cache */
@@ -51,11 +52,10 @@ typedef struct ta_pcache {
     struct ta_pcache *next_all, *prev_all; /* registry of live thread caches */
     uint64_t n_alloc_miss, n_free_miss;
     /* per-CPU: threads seen on the slow paths in this decay period */
-    uint32_t owners[8];
+    uint32_t owners[CPU_OWNERS];
     uint32_t nowners;
     bool crowded, was_crowded; /* more than CPU_OWNERS threads: this period, the last */
 } ta_pcache_t;
-#define CPU_OWNERS 8
 enum { TA_PC_EMPTY = 0, TA_PC_LIVE = 1, TA_PC_DEAD = 2 };
 
 /* headers only, all zero: every operation misses (a new thread, an exited one) */
