@@ -3,6 +3,7 @@
  * usually running on the other core, and only then sleeps on a futex. */
 #include "internal.h"
 
+#include <errno.h>
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -23,12 +24,20 @@ void ta_lock_wait(ta_lock_t *l) {
             __atomic_compare_exchange_n(&l->state, &z, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
             return;
     }
-    /* sleep: mark the lock contended, so the holder's unlock wakes us */
+    /* sleep: mark the lock contended, so the holder's unlock wakes us.  A
+     * FUTEX_WAIT that finds the word changed fails with EAGAIN: the caller's
+     * errno is kept (free and friends must not change it). */
+    int saved = errno;
     while (__atomic_exchange_n(&l->state, 2, __ATOMIC_ACQUIRE) != 0)
         syscall(SYS_futex, &l->state, FUTEX_WAIT_PRIVATE, 2, NULL, NULL, 0);
+    errno = saved;
 }
 
-void ta_lock_wake(ta_lock_t *l) { syscall(SYS_futex, &l->state, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0); }
+void ta_lock_wake(ta_lock_t *l) {
+    int saved = errno;
+    syscall(SYS_futex, &l->state, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+    errno = saved;
+}
 
 #ifdef TA_DEBUG
 /* The lock-rank witness: the locks a thread holds.  A lock taken while one of

@@ -26,6 +26,12 @@ static ta_span_t ph_list[2][PH_EXACT + 1]; /* [kind][npages or 0 for larger]; se
 #define PH_WORDS (PH_EXACT / 64 + 1)
 static uint64_t ph_nonempty[2][PH_WORDS];
 static ta_pageheap_stats_t ph_stats;
+/* inuse_bytes and free_bytes change under ph_lock but are read without it
+ * (ta_pageheap_bg_due): written with relaxed atomic stores, which cost what a
+ * plain store does, so the unlocked read is not a data race. */
+static inline void ph_stat_add(uint64_t *field, uint64_t delta) {
+    __atomic_store_n(field, __atomic_load_n(field, __ATOMIC_RELAXED) + delta, __ATOMIC_RELAXED);
+}
 static uint64_t ph_class_spans[TA_MAX_CLASSES]; /* in-use spans of each size class (stats) */
 static uint64_t ph_last_decay_ms;
 static bool ph_ready;
@@ -38,12 +44,17 @@ static bool ph_ready;
  *  - resident: the heap's resident bytes (in use + free resident) each time a
  *    request had to take released pages because no resident free span fitted.
  *    Free pages are scattered among the spans in use, so a busy heap needs
- *    more resident than its peak in use; when the decay gave back pages the
- *    program then faulted in again, this peak says how much it needed, and the
- *    decay keeps that much resident for a longer window (a churning heap
- *    would otherwise be released and faulted back every few periods). */
+ *    more resident than its peak in use: this peak says how much it needed
+ *    (when it grew, or faulted back pages the decay gave it), and the decay
+ *    keeps that much resident for a longer window (a churning heap would
+ *    otherwise be released and faulted back every few periods): 16 periods,
+ *    doubled (up to 64) each time pages released after such a window are
+ *    faulted back again, and back to 16 once the heap went idle. */
 #define PH_PEAK_SLOTS 4
-#define PH_RES_SLOTS 16
+#define PH_RES_MIN 16 /* periods the resident peak is held */
+#define PH_RES_SLOTS 64
+static unsigned ph_res_window = PH_RES_MIN;
+static bool ph_refault_seen; /* since the decay's last release */
 typedef struct {
     uint64_t slot[PH_RES_SLOTS];
     uint64_t cur;
@@ -62,7 +73,7 @@ static inline void note_inuse(void) {
 /* a recent block's pages are resident free bytes */
 static uint64_t ph_recent_bytes; /* of the recent blocks (part of free_bytes) */
 static inline void account_free_recent(const ta_span_t *s, int sign) {
-    ph_stats.free_bytes += sign * (uint64_t)ta_span_bytes(s);
+    ph_stat_add(&ph_stats.free_bytes, sign * (uint64_t)ta_span_bytes(s));
     ph_recent_bytes += sign * (uint64_t)ta_span_bytes(s);
 }
 
@@ -146,14 +157,18 @@ static ta_span_t *recent_take_locked(uintptr_t npages, uintptr_t most, uintptr_t
     return NULL;
 }
 
-/* the period of the decay's last release (ph_decay_released: there was one) */
-static uint64_t ph_decay_epoch;
+/* the decay has released pages (since the start or the last idle release) */
 static bool ph_decay_released;
 
 /* released pages were just handed out (s->zeroed): how much was resident then */
 static inline void note_refault(void) {
     uint64_t r = ph_stats.inuse_bytes + ph_stats.free_bytes;
     if (r > ph_res_peak.cur) ph_res_peak.cur = r;
+    /* the first since a release: the heap needed what went back; hold longer */
+    if (ph_decay_released && !ph_refault_seen) {
+        ph_refault_seen = true;
+        if (ph_res_window < PH_RES_SLOTS) ph_res_window *= 2;
+    }
 }
 
 static ta_span_t *free_list_for(const ta_span_t *s) {
@@ -182,7 +197,7 @@ static void account_free(const ta_span_t *s, int sign) {
     if (s->state == TA_SPAN_RELEASED)
         ph_stats.released_bytes += sign * b;
     else
-        ph_stats.free_bytes += sign * b;
+        ph_stat_add(&ph_stats.free_bytes, sign * b);
 }
 
 static void free_remove(ta_span_t *s) {
@@ -439,7 +454,7 @@ ta_span_t *ta_pageheap_alloc_large(uintptr_t npages) {
         account_free_recent(s, -1);
         ph_stats.large_bytes += b;
         ph_stats.large_count++;
-        ph_stats.inuse_bytes += b;
+        ph_stat_add(&ph_stats.inuse_bytes, b);
         note_inuse();
         ph_stats.n_alloc++;
         ta_unlock(&ph_lock);
@@ -458,7 +473,7 @@ ta_span_t *ta_pageheap_alloc_large(uintptr_t npages) {
         register_ends(s);
         ph_stats.large_bytes += ta_span_bytes(s);
         ph_stats.large_count++;
-        ph_stats.inuse_bytes += ta_span_bytes(s);
+        ph_stat_add(&ph_stats.inuse_bytes, ta_span_bytes(s));
         note_inuse();
         ph_stats.n_alloc++;
         ta_unlock(&ph_lock);
@@ -567,7 +582,7 @@ found: /* (the hardened build keeps no recent blocks: a guard is on from here) *
         ph_stats.large_bytes += ta_span_usable(s);
         ph_stats.large_count++;
     }
-    ph_stats.inuse_bytes += ta_span_bytes(s);
+    ph_stat_add(&ph_stats.inuse_bytes, ta_span_bytes(s));
     note_inuse();
     if (s->zeroed) note_refault();
     ph_stats.n_alloc++;
@@ -578,7 +593,7 @@ found: /* (the hardened build keeps no recent blocks: a guard is on from here) *
 static void free_locked(ta_span_t *s, uint64_t now) {
     TA_ASSERT(s->state == TA_SPAN_INUSE && s->npages && !s->next);
     TA_ASSERT(!s->cls || s->allocated == 0); /* a small span comes back with no object handed out */
-    ph_stats.inuse_bytes -= ta_span_bytes(s);
+    ph_stat_add(&ph_stats.inuse_bytes, -(ta_span_bytes(s)));
 #if TA_GUARD_PAGES
     guard_off(s->page + s->npages - 1);
     ph_stats.guard_bytes -= (uint64_t)TA_GUARD_PAGES << TA_PAGE_SHIFT;
@@ -632,7 +647,7 @@ const char *ta_pageheap_free_large(ta_span_t *s, void *p) {
 #else
     if (!err) { /* free_locked's work for a large block, which goes to the recent ones */
         uint64_t b = ta_span_bytes(s);
-        ph_stats.inuse_bytes -= b;
+        ph_stat_add(&ph_stats.inuse_bytes, -(b));
         ph_stats.large_bytes -= b;
         ph_stats.large_count--;
         ph_stats.n_free++;
@@ -703,7 +718,7 @@ bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages) {
             split_tail(n, take);
         }
         /* n now covers exactly the pages s takes from it */
-        ph_stats.inuse_bytes += ta_span_bytes(n);
+        ph_stat_add(&ph_stats.inuse_bytes, ta_span_bytes(n));
         ph_stats.large_bytes += ta_span_bytes(n);
         ta_pagemap_set(n->page, s, 0);
         if (n->npages > 1) ta_pagemap_set(n->page + n->npages - 1, s, 0);
@@ -744,7 +759,7 @@ bool ta_pageheap_shrink(ta_span_t *s, uintptr_t npages, bool untouched) {
     guard_move(s, t->page + t->npages - 1);
 #endif
     register_ends(s);
-    ph_stats.inuse_bytes -= ta_span_bytes(t);
+    ph_stat_add(&ph_stats.inuse_bytes, -(ta_span_bytes(t)));
     ph_stats.large_bytes -= ta_span_bytes(t);
     free_insert(t);
     ta_unlock(&ph_lock);
@@ -910,16 +925,15 @@ static size_t decay_pass(uint64_t now, bool force) {
         ph_idle_since_ms = now;
     }
     bool idle = force || now - ph_idle_since_ms >= ta_cfg.decay_ms;
-    /* resident bytes to keep: the recent peak in use, or more when the heap
-     * recently needed more resident (see note_refault) */
-    /* the resident peak counts for PH_PEAK_SLOTS periods, like the one in use
-     * (a heap that grew faulted in new pages, not ones it lost), and for
-     * PH_RES_SLOTS once the decay has given pages back in that window (pages
-     * faulted in since then may be the same ones) */
-    bool lost = ph_decay_released && ph_peak_epoch - ph_decay_epoch < PH_RES_SLOTS;
+    /* resident bytes to keep: the peak in use of the last PH_PEAK_SLOTS
+     * periods, or more when the heap needed more resident within the last
+     * ph_res_window periods (see note_refault): a heap that just grew keeps
+     * what it grew to while it stays busy, as one that lost pages to the
+     * decay and faulted them back does.  Not when demand fell to under a
+     * quarter of that: the program is done with most of it. */
     uint64_t target = ring_max(&ph_inuse_peak, PH_PEAK_SLOTS, PH_PEAK_SLOTS);
-    uint64_t res = ring_max(&ph_res_peak, PH_RES_SLOTS, lost ? PH_RES_SLOTS - 1 : PH_PEAK_SLOTS);
-    if (res > target) target = res;
+    uint64_t res = ring_max(&ph_res_peak, PH_RES_SLOTS, (int)ph_res_window - 1);
+    if (res > target && target >= res / 4) target = res;
     uint64_t resident = ph_stats.inuse_bytes + ph_stats.free_bytes;
     uint64_t want = idle ? ph_stats.free_bytes : resident > target ? resident - target : 0;
     if (want > ph_stats.free_bytes) want = ph_stats.free_bytes;
@@ -948,7 +962,8 @@ static size_t decay_pass(uint64_t now, bool force) {
         flight_return(TA_SPAN_RELEASED, now);
         ph_decaying = false;
         ph_decay_released = true;
-        ph_decay_epoch = ph_peak_epoch;
+        ph_refault_seen = false;
+        if (idle) ph_res_window = PH_RES_MIN; /* demand ended, not a swing */
         total += got;
         want = got >= want ? 0 : want - got;
     }

@@ -201,8 +201,11 @@ static int current_cpu(void) { return 0; }
 /* Restart whatever sequence runs on cpu; false if the kernel refused (a
  * seccomp filter, say): then the CPU's slab must not be touched. */
 static bool fence_cpu(int cpu) {
-    return syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, MEMBARRIER_CMD_FLAG_CPU, cpu) == 0 ||
-           syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0;
+    int saved = errno; /* a refusal must not show in the caller's errno */
+    bool ok = syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, MEMBARRIER_CMD_FLAG_CPU, cpu) == 0 ||
+              syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0;
+    errno = saved;
+    return ok;
 }
 
 /* ---- slab operations, for either kind of cache ----------------------------- */

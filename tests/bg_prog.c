@@ -20,11 +20,12 @@
  *                        Prints "forks N hung H failed F with_thread T".
  *   bg_prog churn T      T threads swap fresh blocks (the bench's swap sizes,
  *                        up to 2.25 MiB, every byte written) into 4096 shared
- *                        slots: a warm-up, then `busy` more swaps over many
- *                        decay periods; then every block is freed and the
+ *                        slots: a warm-up of 40 000 swaps, then twice as many
+ *                        by the same threads in bursts, one per decay period
+ *                        for 12 periods; then every block is freed and the
  *                        process waits, idle, for its resident set to fall.
- *                        Prints "churn warm_faults W busy_faults B rss_busy R
- *                        rss_idle I" (minor faults; RSS in KiB). */
+ *                        Prints "churn warm_faults W busy_faults B busy_swaps S
+ *                        rss_busy R rss_idle I" (minor faults; RSS in KiB). */
 #include "testutil.h"
 
 #include <pthread.h>
@@ -195,29 +196,63 @@ static int run_forks(int n) {
 #define CHURN_SLOTS 4096
 static char *_Atomic slot[CHURN_SLOTS];
 static atomic_long swaps_left;
+static int churn_periods;            /* bursts of the phase (1: one run, no pacing) */
+static pthread_barrier_t burst_start, burst_end;
 
-static void *churn_worker(void *a) {
-    uint64_t s = (uint64_t)(uintptr_t)a * 0x9e3779b97f4a7c15ull | 1;
+static void swap_until_done(uint64_t *s) {
     while (atomic_fetch_sub_explicit(&swaps_left, 1, memory_order_relaxed) > 0) {
-        size_t n = swap_size(&s);
+        size_t n = swap_size(s);
         char *p = malloc(n);
         if (!p) abort();
         memset(p, (int)n, n);
-        char *old = atomic_exchange(&slot[rng(&s) & (CHURN_SLOTS - 1)], p);
+        char *old = atomic_exchange(&slot[rng(s) & (CHURN_SLOTS - 1)], p);
         free(old);
+    }
+}
+
+static void *churn_worker(void *a) {
+    uint64_t s = (uint64_t)(uintptr_t)a * 0x9e3779b97f4a7c15ull | 1;
+    if (churn_periods == 1) {
+        swap_until_done(&s);
+        return NULL;
+    }
+    for (int i = 0; i < churn_periods; i++) {
+        pthread_barrier_wait(&burst_start);
+        swap_until_done(&s);
+        pthread_barrier_wait(&burst_end);
     }
     return NULL;
 }
 
-static void churn_phase(int threads, long swaps) {
+/* swaps by `threads` threads; with periods > 1, the same threads do them in
+ * that many bursts, one at the start of each period of period_ms (the rest
+ * of each period they wait) */
+static void churn_phase(int threads, long swaps, int periods, uint64_t period_ms) {
     pthread_t *t = calloc((size_t)threads, sizeof *t);
     pthread_attr_t a;
     pthread_attr_init(&a);
     pthread_attr_setstacksize(&a, 64 << 10);
-    atomic_store(&swaps_left, swaps);
+    churn_periods = periods;
+    if (periods == 1) atomic_store(&swaps_left, swaps);
+    if (periods > 1) {
+        pthread_barrier_init(&burst_start, NULL, (unsigned)threads + 1);
+        pthread_barrier_init(&burst_end, NULL, (unsigned)threads + 1);
+    }
     for (int i = 0; i < threads; i++)
         if (pthread_create(&t[i], &a, churn_worker, (void *)(uintptr_t)(i + 1))) abort();
+    for (int i = 0; periods > 1 && i < periods; i++) {
+        uint64_t t0 = tu_now_ms();
+        atomic_store(&swaps_left, swaps / periods);
+        pthread_barrier_wait(&burst_start);
+        pthread_barrier_wait(&burst_end);
+        uint64_t took = tu_now_ms() - t0;
+        if (took < period_ms) tu_sleep_ms(period_ms - took);
+    }
     for (int i = 0; i < threads; i++) pthread_join(t[i], NULL);
+    if (periods > 1) {
+        pthread_barrier_destroy(&burst_start);
+        pthread_barrier_destroy(&burst_end);
+    }
     pthread_attr_destroy(&a);
     free(t);
 }
@@ -232,18 +267,15 @@ static int run_churn(int threads) {
         slot[i] = p;
     }
     long f0 = minflt();
-    churn_phase(threads, 40000); /* warm: the heap reaches its working size */
+    churn_phase(threads, 40000, 1, 0); /* warm: the heap reaches its working size */
     long f1 = minflt();
-    /* busy: as many again, then more, over at least 10 decay periods */
+    /* busy: the same threads swap twice as many again in bursts, one in each
+     * of 12 decay periods (their own start-up faults count once) */
     uint64_t decay = 1000;
     const char *d = getenv("TIERALLOC_DECAY_MS");
     if (d) decay = strtoull(d, NULL, 10);
-    uint64_t end = tu_now_ms() + 10 * decay;
-    int rounds = 0;
-    do {
-        churn_phase(threads, 20000);
-        rounds++;
-    } while (tu_now_ms() < end || rounds < 2);
+    long busy_swaps = 12 * 6667;
+    churn_phase(threads, busy_swaps, 12, decay);
     long f2 = minflt();
     size_t rss_busy = (tu_rss_bytes() >> 10);
     for (int i = 0; i < CHURN_SLOTS; i++) free(atomic_exchange(&slot[i], NULL));
@@ -251,8 +283,8 @@ static int run_churn(int threads) {
     uint64_t wait = 20 * decay < 2000 ? 2000 : 20 * decay;
     size_t rss = (tu_rss_bytes() >> 10);
     for (uint64_t t0 = tu_now_ms(); tu_now_ms() - t0 < wait && rss > rss_busy / 4; rss = (tu_rss_bytes() >> 10)) tu_sleep_ms(50);
-    printf("churn warm_faults %ld busy_faults %ld busy_rounds %d rss_busy %zu rss_idle %zu\n", f1 - f0, f2 - f1,
-           rounds, rss_busy, rss);
+    printf("churn warm_faults %ld busy_faults %ld busy_swaps %ld rss_busy %zu rss_idle %zu\n", f1 - f0, f2 - f1,
+           busy_swaps, rss_busy, rss);
     return 0;
 }
 

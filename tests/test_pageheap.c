@@ -514,6 +514,7 @@ Test(pageheap, growable_spans_start_the_longest_free_span) {
  * a merge or a new mapping; it counts as free meanwhile; a second free of it
  * is a double free; trim puts it back on the free lists and releases it. */
 Test(pageheap, freed_large_block_comes_back_whole) {
+    SKIP_IF_GUARDED(); /* the hardened build keeps no recent blocks */
     ta_span_t *run[3];
     cr_assert(get_run(64, 3, run)); /* run[1] between two blocks in use: no free neighbour */
     ta_span_t *s = run[1];
@@ -562,6 +563,7 @@ Test(pageheap, freed_large_block_comes_back_whole) {
  * before it, keeping up to 16 pages of them as room to grow; the rest goes
  * back behind it as free pages. */
 Test(pageheap, growable_block_takes_a_freed_block) {
+    SKIP_IF_GUARDED(); /* the hardened build keeps no recent blocks */
     ta_span_t *run[3];
     cr_assert(get_run(40, 3, run));
     ta_span_t *s = run[1];
