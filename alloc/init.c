@@ -101,8 +101,10 @@ static void *bg_main(void *arg) {
         struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
         while (clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, &ts) == EINTR) {
         }
+        ta_solo_pause(); /* the program thread takes locks with atomics meanwhile */
         ta_pcache_decay_tick(); /* idle caches drain (tiers 1 and 2) */
         ta_pageheap_decay(false);
+        ta_solo_resume();
     }
     return NULL;
 }
@@ -124,6 +126,7 @@ void ta_background_kick(void) {
     pthread_sigmask(SIG_SETMASK, &all, &old);
     pthread_attr_t a;
     pthread_t t;
+    ta_solo_start(); /* the program's one thread goes on taking locks without atomics */
     int rc = pthread_attr_init(&a);
     if (!rc) {
         pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
@@ -152,6 +155,7 @@ static void fork_prepare(void) {
 }
 static void fork_after(bool child) {
     if (child) {
+        ta_solo_after_fork(true);
         ta_witness_forget_all();
         bg_state = BG_NONE; /* started again lazily (the page heap forgets it too) */
     }

@@ -97,12 +97,57 @@ static inline bool ta_single_threaded(void) {
     return false;
 #endif
 }
+/* Solo mode (lock.c): while the program has one thread of its own (the solo
+ * thread) besides tieralloc's background thread, the solo thread takes locks
+ * with plain stores too, as if the process had one thread.  It counts the
+ * locks it holds so in ta_solo_held (a plain store, then a compiler fence,
+ * then a look at ta_solo_suspend); any other thread that needs a lock first
+ * raises ta_solo_suspend, makes every running thread pass a memory barrier
+ * (membarrier) and waits until ta_solo_held is 0: from then on the solo
+ * thread uses atomics.  The background thread does so around each of its
+ * passes and lets go after; any other thread ends solo mode for good. */
+extern int ta_solo_mode;    /* 1: solo mode on (ta_solo_me names the thread) */
+extern int ta_solo_suspend; /* > 0: someone else may take locks (the solo thread uses atomics) */
+extern int ta_solo_held;    /* locks the solo thread holds in solo mode (written by it only) */
+extern __thread bool ta_solo_me __attribute__((tls_model("initial-exec")));
+extern __thread int ta_solo_window __attribute__((tls_model("initial-exec")));
+void ta_solo_end_for_good(void); /* another thread takes a lock outside a window */
+bool ta_solo_start(void);        /* the one thread, before it creates the background thread */
+void ta_solo_pause(void);        /* another thread's window: it may take locks until ta_solo_resume */
+void ta_solo_resume(void);
+void ta_solo_after_fork(bool child);
+
+/* May this thread take a lock with plain stores (solo mode on and this is the
+ * solo thread)?  True: it holds one lock more in solo mode. */
+static inline bool ta_solo_enter(void) {
+    if (TA_LIKELY(!__atomic_load_n(&ta_solo_mode, __ATOMIC_RELAXED))) return false;
+    if (!ta_solo_me) {
+        if (!ta_solo_window) ta_solo_end_for_good();
+        return false;
+    }
+    int held = ta_solo_held;
+    __atomic_store_n(&ta_solo_held, held + 1, __ATOMIC_RELAXED);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST); /* the store, then the load (membarrier does the rest) */
+    /* holding one already: nobody else takes locks until it is let go */
+    if (held || !__atomic_load_n(&ta_solo_suspend, __ATOMIC_ACQUIRE)) return true;
+    __atomic_store_n(&ta_solo_held, held, __ATOMIC_RELEASE);
+    return false;
+}
+/* Does this thread hold locks in solo mode?  Then nobody else takes or
+ * waits for a lock until it lets them go. */
+static inline bool ta_solo_holding(void) {
+    return TA_UNLIKELY(__atomic_load_n(&ta_solo_mode, __ATOMIC_RELAXED)) && ta_solo_me && ta_solo_held;
+}
+/* one lock taken in solo mode is let go (after its state was stored) */
+static inline void ta_solo_leave(void) { __atomic_store_n(&ta_solo_held, ta_solo_held - 1, __ATOMIC_RELEASE); }
+
 static inline void ta_lock(ta_lock_t *l) {
     ta_witness_acquire(l, false);
-    if (ta_single_threaded() && !__atomic_load_n(&l->state, __ATOMIC_RELAXED)) {
+    if ((ta_single_threaded() || ta_solo_enter()) && !__atomic_load_n(&l->state, __ATOMIC_RELAXED)) {
         __atomic_store_n(&l->state, 1, __ATOMIC_RELAXED);
         return;
     }
+    /* (a lock found held in solo mode stays counted: its unlock is a solo one) */
     int z = 0;
     if (TA_UNLIKELY(!__atomic_compare_exchange_n(&l->state, &z, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)))
         ta_lock_wait(l);
@@ -111,6 +156,12 @@ static inline bool ta_trylock(ta_lock_t *l) {
     int z = 0;
     if (ta_single_threaded()) {
         if (__atomic_load_n(&l->state, __ATOMIC_RELAXED)) return false;
+        __atomic_store_n(&l->state, 1, __ATOMIC_RELAXED);
+    } else if (ta_solo_enter()) {
+        if (__atomic_load_n(&l->state, __ATOMIC_RELAXED)) {
+            ta_solo_leave();
+            return false;
+        }
         __atomic_store_n(&l->state, 1, __ATOMIC_RELAXED);
     } else if (!__atomic_compare_exchange_n(&l->state, &z, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
         return false;
@@ -121,6 +172,11 @@ static inline void ta_unlock(ta_lock_t *l) {
     ta_witness_release(l);
     if (ta_single_threaded()) { /* nobody waits: the state is 1 */
         __atomic_store_n(&l->state, 0, __ATOMIC_RELAXED);
+        return;
+    }
+    if (ta_solo_holding()) {
+        __atomic_store_n(&l->state, 0, __ATOMIC_RELAXED);
+        ta_solo_leave();
         return;
     }
     if (TA_UNLIKELY(__atomic_exchange_n(&l->state, 0, __ATOMIC_RELEASE) == 2)) ta_lock_wake(l);

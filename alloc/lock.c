@@ -5,6 +5,8 @@
 
 #include <errno.h>
 #include <linux/futex.h>
+#include <linux/membarrier.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -74,3 +76,90 @@ void ta_witness_release(const ta_lock_t *l) {
 
 void ta_witness_forget_all(void) { nheld = nuntracked = 0; }
 #endif
+
+/* ---- solo mode (internal.h) -------------------------------------------------
+ * The solo thread:   held = h + 1; (compiler fence) load suspend
+ * Any other thread:  suspend += 1; membarrier(); load held, wait for 0
+ * membarrier makes every running thread of the process pass a full memory
+ * barrier before it returns: either the solo thread's load comes after that
+ * barrier and sees the raised suspend (and uses atomics), or its store of
+ * held came before it and the other thread sees it and waits.  So while
+ * held > 0 no other thread takes or waits for a lock, and while suspend > 0
+ * the solo thread takes no new lock with plain stores. */
+int ta_solo_mode;
+int ta_solo_suspend;
+int ta_solo_held;
+__thread bool ta_solo_me __attribute__((tls_model("initial-exec")));
+__thread int ta_solo_window __attribute__((tls_model("initial-exec")));
+static __thread bool window_raised; /* this thread's window raised ta_solo_suspend */
+static int solo_ended;              /* someone raised ta_solo_suspend for good */
+
+static bool barrier_all(void) { return syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0; }
+
+/* wait until *word is 0 (a thread that was preempted may take a while) */
+static void wait_zero(const int *word) {
+    for (unsigned i = 0; __atomic_load_n(word, __ATOMIC_ACQUIRE); i++) {
+        if (i < SPINS) cpu_relax();
+        else sched_yield();
+    }
+}
+
+bool ta_solo_start(void) {
+    if (!ta_single_threaded() && !(ta_solo_mode && ta_solo_me)) {
+        __atomic_store_n(&ta_solo_mode, 0, __ATOMIC_RELAXED);
+        return false;
+    }
+    /* the one thread: nobody reads these concurrently */
+    if (syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) != 0) return false;
+    ta_solo_held = 0;
+    ta_solo_suspend = 0;
+    solo_ended = 0;
+    ta_solo_me = true;
+    __atomic_store_n(&ta_solo_mode, 1, __ATOMIC_RELEASE);
+    return true;
+}
+
+/* A thread other than the solo one takes a lock outside a window: a program
+ * thread (solo mode ends) or a lock taken where no window was expected. */
+void ta_solo_end_for_good(void) {
+    int saved = errno;
+    if (!__atomic_exchange_n(&solo_ended, 1, __ATOMIC_ACQ_REL)) {
+        __atomic_add_fetch(&ta_solo_suspend, 1, __ATOMIC_SEQ_CST);
+        if (!barrier_all()) ta_fatal("membarrier failed for solo mode at %p", (void *)&ta_solo_mode);
+        wait_zero(&ta_solo_held);
+        __atomic_store_n(&ta_solo_mode, 0, __ATOMIC_RELEASE);
+    }
+    wait_zero(&ta_solo_mode); /* the thread that ended it waits for the solo thread */
+    errno = saved;
+}
+
+void ta_solo_pause(void) {
+    if (ta_solo_window++ || !__atomic_load_n(&ta_solo_mode, __ATOMIC_ACQUIRE)) return;
+    int saved = errno;
+    __atomic_add_fetch(&ta_solo_suspend, 1, __ATOMIC_SEQ_CST);
+    window_raised = true;
+    if (!barrier_all()) ta_fatal("membarrier failed for solo mode at %p", (void *)&ta_solo_mode);
+    wait_zero(&ta_solo_held);
+    errno = saved;
+}
+
+void ta_solo_resume(void) {
+    if (--ta_solo_window || !window_raised) return;
+    window_raised = false;
+    __atomic_sub_fetch(&ta_solo_suspend, 1, __ATOMIC_RELEASE);
+}
+
+/* The child of fork has one thread, the caller (glibc does not say so: its
+ * __libc_single_threaded stays false in a child of a threaded parent): it
+ * becomes the solo thread; the locks it held are started afresh. */
+void ta_solo_after_fork(bool child) {
+    if (!child) return;
+    ta_solo_held = 0;
+    ta_solo_suspend = 0;
+    solo_ended = 0;
+    ta_solo_window = 0;
+    window_raised = false;
+    /* (the registration belongs to the address space: the child's is new) */
+    ta_solo_me = syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+    ta_solo_mode = ta_solo_me;
+}
