@@ -232,6 +232,19 @@ static bool spare_fill(int need) {
     return true;
 }
 
+/* A record no span uses any more (merged away): kept as a spare when there
+ * is room, so that the next split takes it without the metadata lock.  Like
+ * ta_span_delete, it no longer matches any page (npages 0). */
+static void span_retire(ta_span_t *s) {
+    if (ph_nspare == PH_SPARE) {
+        ta_span_delete(s);
+        return;
+    }
+    s->state = TA_SPAN_FREE;
+    s->npages = 0;
+    ph_spare[ph_nspare++] = s;
+}
+
 static ta_span_t *spare_take(void) {
     TA_ASSERT(ph_nspare > 0);
     ta_span_t *s = ph_spare[--ph_nspare];
@@ -264,7 +277,7 @@ static void free_insert(ta_span_t *s) {
         s->page = prev->page;
         s->npages += prev->npages;
         if (prev->free_since_ms < s->free_since_ms) s->free_since_ms = prev->free_since_ms;
-        ta_span_delete(prev);
+        span_retire(prev);
         ph_stats.n_coalesce++;
     }
     ta_span_t *next = ta_pagemap_span(s->page + s->npages);
@@ -274,7 +287,7 @@ static void free_insert(ta_span_t *s) {
         ta_pagemap_set(next->page, s, 0);
         s->npages += next->npages;
         if (next->free_since_ms < s->free_since_ms) s->free_since_ms = next->free_since_ms;
-        ta_span_delete(next);
+        span_retire(next);
         ph_stats.n_coalesce++;
     }
     put_back(s);
@@ -723,7 +736,7 @@ bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages) {
         ta_pagemap_set(n->page, s, 0);
         if (n->npages > 1) ta_pagemap_set(n->page + n->npages - 1, s, 0);
         s->npages += n->npages;
-        ta_span_delete(n);
+        span_retire(n);
     }
     if (ok) {
 #if TA_GUARD_PAGES
