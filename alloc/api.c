@@ -161,6 +161,15 @@ TA_NOINLINE void *ta_alloc_sample_slow(size_t n, uint32_t cls) {
 
 TA_NOINLINE void ta_free_slow(void *p, uint64_t info) {
     if (!p) return;
+    if (!info) { /* the start of a large block, unsampled and not traced: no classifying */
+        ta_span_t *s = ta_pagemap_span((uintptr_t)p >> TA_PAGE_SHIFT);
+        if (s && s->state == TA_SPAN_INUSE && !s->cls && !s->sample && ta_span_addr(s) == p &&
+            TA_LIKELY(!ta_trace_on)) {
+            const char *err = ta_pageheap_free_large(s, p); /* (checks again under the lock) */
+            if (err) bad_pointer(err, p);
+            return;
+        }
+    }
     ptr_class_t c = classify_info(p, info);
     switch (c.kind) {
     case PTR_SMALL: { /* a live block (a race moved it off the fast path) */
