@@ -373,8 +373,15 @@ static inline uint32_t ta_info_offset(const void *p, uint64_t info) {
 }
 /* Make sure leaves exist for pages [first, first+n); false if out of memory. */
 bool ta_pagemap_ensure(uintptr_t first, uintptr_t n);
-/* Set span and info for one page (its leaf must exist). */
-void ta_pagemap_set(uintptr_t page, struct ta_span *s, uint64_t info);
+/* page → (s, info); the page's leaf exists (ta_pagemap_ensure).  Inline: the
+ * page heap writes a few entries on every split and merge. */
+static inline void ta_pagemap_set(uintptr_t page, struct ta_span *s, uint64_t info) {
+    ta_pm_leaf_t *leaf = ta_pm_root[page >> TA_PM_LEAF_BITS];
+    TA_ASSERT(leaf);
+    uintptr_t i = page & ((1u << TA_PM_LEAF_BITS) - 1);
+    leaf->span[i] = s;
+    __atomic_store_n(&leaf->info[i], info, __ATOMIC_RELEASE);
+}
 /* Clear the entries of pages [first, first+n) (address space given back to
  * the OS); entries already clear are not written. */
 void ta_pagemap_clear(uintptr_t first, uintptr_t n);

@@ -31,14 +31,6 @@ bool ta_pagemap_ensure(uintptr_t first, uintptr_t n) {
     return true;
 }
 
-void ta_pagemap_set(uintptr_t page, ta_span_t *s, uint64_t info) {
-    ta_pm_leaf_t *leaf = ta_pm_root[page >> TA_PM_LEAF_BITS];
-    TA_ASSERT(leaf);
-    uintptr_t i = page & ((1u << TA_PM_LEAF_BITS) - 1);
-    leaf->span[i] = s;
-    __atomic_store_n(&leaf->info[i], info, __ATOMIC_RELEASE);
-}
-
 void ta_pagemap_clear(uintptr_t first, uintptr_t n) {
     for (uintptr_t page = first; page < first + n; page++) {
         ta_pm_leaf_t *leaf = ta_pm_root[page >> TA_PM_LEAF_BITS];

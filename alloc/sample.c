@@ -8,7 +8,8 @@
  * process over the allocated bytes, so one of n bytes is picked with
  * probability 1 - exp(-n/rate) and stands for 1/(1 - exp(-n/rate)) such
  * allocations.  With sampling off (rate 0), or while nobody looks, the count
- * still runs, in 16 MiB steps, and feeds the allocated-bytes total.
+ * still runs, in 64 MiB steps (a large-block loop reaches the shared total
+ * with an atomic add once per 64 MiB), and feeds the allocated-bytes total.
  *
  * Serving.  api.c gives a sampled small allocation a page-heap span of its own
  * and calls ta_sample_record(); the span points to the sample's record, and
@@ -41,7 +42,7 @@
 
 #define MAX_DEPTH 32
 #define NBUCKETS 4096                         /* hash heads of the stack table */
-#define OFF_STEP ((int64_t)16 << 20)          /* countdown step with sampling off */
+#define OFF_STEP ((int64_t)64 << 20)          /* countdown step with sampling off */
 #define MAX_STEP ((int64_t)1 << 40)
 
 /* One distinct allocation stack, with the weighted sums of its samples. */
