@@ -89,6 +89,13 @@ static void solo_and_windows(void *arg) {
         mine++;
     }
     pthread_join(t, NULL);
+    /* no window open any more: the locks are plain ones again */
+    for (int i = 0; i < 100; i++, mine++) {
+        ta_lock(&lk);
+        if (ta_solo_held) plain++;
+        bump();
+        ta_unlock(&lk);
+    }
     CHECK(counter == mine + WINDOWS, "lost updates: %lu of %lu", (unsigned long)(mine + WINDOWS - counter),
           (unsigned long)(mine + WINDOWS));
     CHECK(ta_solo_held == 0, "%d", ta_solo_held);
