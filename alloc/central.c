@@ -8,13 +8,20 @@
 
 #include <string.h>
 
+#define MAX_SHARDS 4
+
 #define TC_BYTES ((size_t)128 << 10) /* a transfer cache holds about this many bytes */
 #define TC_MAX_OBJS 4096
-#define MAX_SHARDS 4
 
 typedef struct central_class {
     ta_lock_t lock;
-    ta_span_t nonempty;     /* sentinel: spans with a free or uncarved object */
+    /* sentinels: spans with a free or uncarved object, by the shard (CPU)
+     * that took the span from the page heap.  A CPU refills from its own spans
+     * first, so the objects (and object-state bytes) of a span stay with one
+     * CPU and two CPUs do not write the same cache lines; it takes another's
+     * only when it has none left. */
+    ta_span_t nonempty[MAX_SHARDS];
+    uint32_t listed[MAX_SHARDS]; /* spans on each list (written under the lock, peeked without) */
     uint64_t spans;         /* spans of this class */
     uint64_t free_objects;  /* free objects inside those spans (incl. uncarved) */
     uint64_t to_caches, from_caches; /* objects out of / back into central (relaxed atomics, stats) */
@@ -47,7 +54,7 @@ void ta_central_init(void) {
     for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) {
         central[c].lock.rank = TA_RANK_CLASS;
         for (uint32_t sh = 0; sh < MAX_SHARDS; sh++) transfer[sh][c].lock.rank = TA_RANK_TRANSFER;
-        ta_spanlist_init(&central[c].nonempty);
+        for (uint32_t sh = 0; sh < MAX_SHARDS; sh++) ta_spanlist_init(&central[c].nonempty[sh]);
 #ifdef TA_HARDENED
         central[c].rng = link_key ^ ((uint64_t)c * 0xd1b54a32d192ed03ull);
 #endif
@@ -123,27 +130,45 @@ static void shuffle_fresh(central_class_t *cc, ta_span_t *s, uint32_t cls) {
 }
 #endif
 
+static inline uint32_t span_owner(const ta_span_t *s) { return s->in_list >> 1; }
+
 static void span_list_push(central_class_t *cc, ta_span_t *s) {
-    ta_spanlist_push(&cc->nonempty, s);
-    s->in_list = 1;
+    uint32_t *n = &cc->listed[span_owner(s)];
+    ta_spanlist_push(&cc->nonempty[span_owner(s)], s);
+    s->in_list |= 1;
+    __atomic_store_n(n, *n + 1, __ATOMIC_RELAXED);
 }
 
-static void span_list_remove(ta_span_t *s) {
+static void span_list_remove(central_class_t *cc, ta_span_t *s) {
+    uint32_t *n = &cc->listed[span_owner(s)];
     ta_spanlist_remove(s);
-    s->in_list = 0;
+    s->in_list &= (uint8_t)~1u;
+    __atomic_store_n(n, *n - 1, __ATOMIC_RELAXED);
 }
 
-/* Take up to want objects from the class's spans, getting spans from the page
- * heap as needed. */
-static uint32_t alloc_from_spans(uint32_t cls, void **out, uint32_t want) {
+/* A span of the class with objects to take: shard's own first; with `any`,
+ * another shard's; NULL if none. */
+static ta_span_t *span_with_objects(central_class_t *cc, uint32_t shard, bool any) {
+    for (uint32_t i = 0; i < (any ? nshards : 1); i++) {
+        ta_span_t *head = &cc->nonempty[(shard + i) % nshards];
+        if (head->next != head) return head->next;
+    }
+    return NULL;
+}
+
+/* Take up to want objects from the class's spans: the shard's own; with
+ * `any`, the other shards' and then new spans from the page heap. */
+static uint32_t alloc_from_spans(uint32_t cls, void **out, uint32_t want, uint32_t shard, bool any) {
     central_class_t *cc = &central[cls];
     const uint32_t size = ta_class[cls].size;
     const size_t span_objs_bytes = (size_t)ta_class[cls].objects * size;
     uint32_t got = 0;
+    shard %= nshards;
     ta_lock(&cc->lock);
     while (got < want) {
-        ta_span_t *s = cc->nonempty.next;
-        if (s == &cc->nonempty) {
+        ta_span_t *s = span_with_objects(cc, shard, any);
+        if (!s) {
+            if (!any) break;
             ta_unlock(&cc->lock);
             s = ta_pageheap_alloc(ta_class[cls].pages, 1, cls);
             ta_lock(&cc->lock);
@@ -151,6 +176,7 @@ static uint32_t alloc_from_spans(uint32_t cls, void **out, uint32_t want) {
             s->carve = ta_span_addr(s);
             s->freelist = NULL;
             s->allocated = 0;
+            s->in_list = (uint8_t)(shard << 1); /* the shard's span */
             cc->spans++;
             cc->free_objects += ta_class[cls].objects;
 #ifdef TA_HARDENED
@@ -173,7 +199,7 @@ static uint32_t alloc_from_spans(uint32_t cls, void **out, uint32_t want) {
             out[got++] = obj;
             s->allocated++;
         }
-        if (!s->freelist && s->carve >= carve_end) span_list_remove(s);
+        if (!s->freelist && s->carve >= carve_end) span_list_remove(cc, s);
     }
     cc->free_objects -= got;
     TA_ASSERT(cc->free_objects <= cc->spans * ta_class[cls].objects);
@@ -197,12 +223,12 @@ static void free_to_spans(uint32_t cls, void *const *objs, uint32_t n) {
         s->allocated--;
         cc->free_objects++;
         if (s->allocated == 0) {
-            if (s->in_list) span_list_remove(s);
+            if (s->in_list & 1) span_list_remove(cc, s);
             s->next = empty;
             empty = s;
             cc->spans--;
             cc->free_objects -= ta_class[cls].objects;
-        } else if (!s->in_list) {
+        } else if (!(s->in_list & 1)) {
             span_list_push(cc, s);
         }
     }
@@ -217,9 +243,13 @@ static void free_to_spans(uint32_t cls, void *const *objs, uint32_t n) {
 
 uint32_t ta_central_alloc(uint32_t cls, void **out, uint32_t want, uint32_t shard) {
     uint32_t got = 0;
-    /* own shard first, then the others: a thread that only frees must not
-     * park objects that a thread that only allocates never sees */
+    /* own transfer cache, own spans, then the other shards' transfer caches (a
+     * thread that only frees must not park objects that a thread that only
+     * allocates never sees), then any span, then a new one */
     for (uint32_t i = 0; i < nshards && got < want; i++) {
+        if (i == 1 && __atomic_load_n(&central[cls].listed[shard % nshards], __ATOMIC_RELAXED))
+            got += alloc_from_spans(cls, out + got, want - got, shard, false);
+        if (got >= want) break;
         transfer_t *t = &transfer[(shard + i) % nshards][cls];
         if (!__atomic_load_n(&t->n, __ATOMIC_RELAXED)) { /* empty: no lock needed to see it */
             if (!i) __atomic_add_fetch(&t->misses, 1, __ATOMIC_RELAXED);
@@ -233,7 +263,7 @@ uint32_t ta_central_alloc(uint32_t cls, void **out, uint32_t want, uint32_t shar
         ta_unlock(&t->lock);
         got += k;
     }
-    if (got < want) got += alloc_from_spans(cls, out + got, want - got);
+    if (got < want) got += alloc_from_spans(cls, out + got, want - got, shard, true);
     __atomic_add_fetch(&central[cls].to_caches, got, __ATOMIC_RELAXED);
     return got;
 }

@@ -375,7 +375,7 @@ typedef struct ta_span {
     uint8_t state;           /* TA_SPAN_* */
     uint8_t cls;             /* size class, 0 for a large block */
     uint8_t zeroed;          /* large block known to be all zero (fresh or released pages) */
-    uint8_t in_list;         /* central: on the nonempty list */
+    uint8_t in_list;         /* central: bit 0: on a nonempty list; the bits above: the shard it belongs to */
     uint32_t allocated;      /* small: objects handed out of this span */
     char *carve;             /* small: first object never handed out (objects end at
                               * page start + objects * size) */
