@@ -395,7 +395,7 @@ Test(central, refill_takes_own_spans_before_another_shards_batch) {
 Test(central, empty_shard_takes_a_used_span_not_a_fresh_one) {
     if (nshards() < 2) cr_skip_test("one transfer-cache shard (one CPU)");
     const uint32_t c = ta_size_to_class(96), per_span = ta_class[c].objects;
-    const uint64_t span_bytes = (uint64_t)ta_class[c].pages * TA_PAGE_SIZE;
+    const uint64_t span_bytes = ((uint64_t)ta_class[c].pages + TA_GUARD_PAGES) * TA_PAGE_SIZE; /* (hardened: a guard) */
     static void *b[MAXOBJ];
     void *x, *y;
     ta_pageheap_stats_t h0, h1, h2;
