@@ -725,3 +725,29 @@ Test(central, two_cpus_never_share_a_span) {
     cr_assert_eq(shared, 0u, "%u blocks of CPU %d and CPU %d came from the same spans (%u spans)", shared, pin_cpu[0],
                  pin_cpu[1], nspans);
 }
+
+/* The state bytes of two spans never share a cache line (spans of different
+ * CPUs would bounce it on every malloc and free): a class with few objects
+ * per span, several spans. */
+Test(central, state_arrays_of_spans_share_no_cache_line) {
+    const uint32_t c = ta_size_to_class(20000), per_span = ta_class[c].objects;
+    enum { SPANS = 8 };
+    static void *o[MAXOBJ];
+    cr_assert_leq(per_span * SPANS, MAXOBJ);
+    cr_assert_lt(per_span, 64u, "the class's state array is under a line");
+    quiesce();
+    uint32_t n = ta_central_alloc(c, o, per_span * SPANS, 0);
+    cr_assert_eq(n, per_span * SPANS);
+    uintptr_t line[SPANS * 2];
+    uint32_t nl = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t info = ta_pagemap_info((uintptr_t)o[i] >> TA_PAGE_SHIFT);
+        uintptr_t a = (uintptr_t)ta_info_states(info), l = a / 64;
+        cr_assert_eq(a % 64, 0u, "state array at %p: not at a line's start", (void *)a);
+        bool seen_line = false;
+        for (uint32_t j = 0; j < nl; j++) seen_line |= line[j] == l;
+        if (!seen_line && nl < SPANS * 2) line[nl++] = l;
+    }
+    ta_central_free_spans(c, o, n);
+    cr_assert_geq(nl, (uint32_t)SPANS, "%u state lines for %u spans", nl, SPANS);
+}
