@@ -1,20 +1,29 @@
 /* central.c: tier 2.  Per size class: sharded transfer caches holding whole
  * batches (a thread cache's refill or flush is one pointer push/pop under a
- * shard lock), over a central free list of spans with free objects (one lock
- * per class) that carves objects out of spans from the page heap and gives
- * spans back when all their objects are free.
+ * shard lock), over lists of spans with free objects, one per shard (one lock
+ * per class), that carve objects out of spans from the page heap and give
+ * spans back when all their objects are free.  A span belongs to one shard:
+ * the CPU that carves it refills from it, so two CPUs do not write one span.
  * Lock order: transfer shard → class lock → page heap (never the reverse). */
 #include "internal.h"
 
 #include <string.h>
 
+#define MAX_SHARDS 4
+
 #define TC_BYTES ((size_t)128 << 10) /* a transfer cache holds about this many bytes */
 #define TC_MAX_OBJS 4096
-#define MAX_SHARDS 4
 
 typedef struct central_class {
     ta_lock_t lock;
-    ta_span_t nonempty;     /* sentinel: spans with a free or uncarved object */
+    /* sentinels: spans with a free or uncarved object, by the shard (CPU)
+     * the span belongs to (span->shard).  A CPU refills from its own spans, so
+     * the objects (and object-state bytes) of a span stay with one CPU and two
+     * CPUs do not write the same cache lines.  One with none left takes
+     * another shard's span, which becomes its own, unless that span is fresh
+     * (its owner may be carving it): then it carves a fresh span of its own. */
+    ta_span_t nonempty[MAX_SHARDS];
+    uint32_t listed[MAX_SHARDS]; /* spans on each list (written under the lock, peeked without) */
     uint64_t spans;         /* spans of this class */
     uint64_t free_objects;  /* free objects inside those spans (incl. uncarved) */
     uint64_t to_caches, from_caches; /* objects out of / back into central (relaxed atomics, stats) */
@@ -47,7 +56,7 @@ void ta_central_init(void) {
     for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) {
         central[c].lock.rank = TA_RANK_CLASS;
         for (uint32_t sh = 0; sh < MAX_SHARDS; sh++) transfer[sh][c].lock.rank = TA_RANK_TRANSFER;
-        ta_spanlist_init(&central[c].nonempty);
+        for (uint32_t sh = 0; sh < MAX_SHARDS; sh++) ta_spanlist_init(&central[c].nonempty[sh]);
 #ifdef TA_HARDENED
         central[c].rng = link_key ^ ((uint64_t)c * 0xd1b54a32d192ed03ull);
 #endif
@@ -124,26 +133,52 @@ static void shuffle_fresh(central_class_t *cc, ta_span_t *s, uint32_t cls) {
 #endif
 
 static void span_list_push(central_class_t *cc, ta_span_t *s) {
-    ta_spanlist_push(&cc->nonempty, s);
+    uint32_t *n = &cc->listed[s->shard];
+    ta_spanlist_push(&cc->nonempty[s->shard], s);
     s->in_list = 1;
+    __atomic_store_n(n, *n + 1, __ATOMIC_RELAXED);
 }
 
-static void span_list_remove(ta_span_t *s) {
+static void span_list_remove(central_class_t *cc, ta_span_t *s) {
+    uint32_t *n = &cc->listed[s->shard];
     ta_spanlist_remove(s);
     s->in_list = 0;
+    __atomic_store_n(n, *n - 1, __ATOMIC_RELAXED);
 }
 
-/* Take up to want objects from the class's spans, getting spans from the page
- * heap as needed. */
-static uint32_t alloc_from_spans(uint32_t cls, void **out, uint32_t want) {
+/* A span of the class with objects to take: the shard's own; with `any`, else
+ * another shard's that is not fresh, the one listed longest (coldest in its
+ * owner's cache), which becomes the shard's own; NULL if none. */
+static ta_span_t *span_with_objects(central_class_t *cc, uint32_t shard, bool any) {
+    ta_span_t *own = &cc->nonempty[shard];
+    if (own->next != own) return own->next;
+    if (!any) return NULL;
+    for (uint32_t i = 1; i < nshards; i++) {
+        ta_span_t *head = &cc->nonempty[(shard + i) % nshards];
+        for (ta_span_t *s = head->prev; s != head; s = s->prev) {
+            if (s->fresh) continue; /* (a shard carves only with an empty list: one at most) */
+            span_list_remove(cc, s);
+            s->shard = shard & 63u;
+            span_list_push(cc, s);
+            return s;
+        }
+    }
+    return NULL;
+}
+
+/* Take up to want objects from the class's spans: the shard's own; with
+ * `any`, then the other shards' (not fresh) and then fresh spans from the
+ * page heap, which are the shard's. */
+static uint32_t alloc_from_spans(uint32_t cls, void **out, uint32_t want, uint32_t shard, bool any) {
     central_class_t *cc = &central[cls];
     const uint32_t size = ta_class[cls].size;
     const size_t span_objs_bytes = (size_t)ta_class[cls].objects * size;
     uint32_t got = 0;
     ta_lock(&cc->lock);
     while (got < want) {
-        ta_span_t *s = cc->nonempty.next;
-        if (s == &cc->nonempty) {
+        ta_span_t *s = span_with_objects(cc, shard, any);
+        if (!s) {
+            if (!any) break;
             ta_unlock(&cc->lock);
             s = ta_pageheap_alloc(ta_class[cls].pages, 1, cls);
             ta_lock(&cc->lock);
@@ -151,6 +186,8 @@ static uint32_t alloc_from_spans(uint32_t cls, void **out, uint32_t want) {
             s->carve = ta_span_addr(s);
             s->freelist = NULL;
             s->allocated = 0;
+            s->shard = shard & 63u;
+            s->fresh = 1;
             cc->spans++;
             cc->free_objects += ta_class[cls].objects;
 #ifdef TA_HARDENED
@@ -173,7 +210,7 @@ static uint32_t alloc_from_spans(uint32_t cls, void **out, uint32_t want) {
             out[got++] = obj;
             s->allocated++;
         }
-        if (!s->freelist && s->carve >= carve_end) span_list_remove(s);
+        if (!s->freelist && s->carve >= carve_end) span_list_remove(cc, s);
     }
     cc->free_objects -= got;
     TA_ASSERT(cc->free_objects <= cc->spans * ta_class[cls].objects);
@@ -194,10 +231,11 @@ static void free_to_spans(uint32_t cls, void *const *objs, uint32_t n) {
         TA_ASSERT(*ta_state_of(obj, cls) == TA_OBJ_FREE); /* no live object goes back to its span */
         link_set(obj, s->freelist);
         s->freelist = obj;
+        s->fresh = 0;
         s->allocated--;
         cc->free_objects++;
         if (s->allocated == 0) {
-            if (s->in_list) span_list_remove(s);
+            if (s->in_list) span_list_remove(cc, s);
             s->next = empty;
             empty = s;
             cc->spans--;
@@ -215,25 +253,34 @@ static void free_to_spans(uint32_t cls, void *const *objs, uint32_t n) {
     }
 }
 
-uint32_t ta_central_alloc(uint32_t cls, void **out, uint32_t want, uint32_t shard) {
-    uint32_t got = 0;
-    /* own shard first, then the others: a thread that only frees must not
-     * park objects that a thread that only allocates never sees */
-    for (uint32_t i = 0; i < nshards && got < want; i++) {
-        transfer_t *t = &transfer[(shard + i) % nshards][cls];
-        if (!__atomic_load_n(&t->n, __ATOMIC_RELAXED)) { /* empty: no lock needed to see it */
-            if (!i) __atomic_add_fetch(&t->misses, 1, __ATOMIC_RELAXED);
-            continue;
-        }
-        ta_lock(&t->lock);
-        uint32_t n = t->n, k = n < want - got ? n : want - got;
-        __atomic_store_n(&t->n, n - k, __ATOMIC_RELAXED); /* read unlocked above */
-        memcpy(out + got, t->slots + (n - k), k * sizeof(void *));
-        if (k) t->hits++;
-        ta_unlock(&t->lock);
-        got += k;
+/* Up to want objects from the top of a shard's transfer cache; an empty own
+ * shard counts a miss. */
+static uint32_t transfer_take(uint32_t sh, uint32_t cls, void **out, uint32_t want, bool own) {
+    transfer_t *t = &transfer[sh][cls];
+    if (!__atomic_load_n(&t->n, __ATOMIC_RELAXED)) { /* empty: no lock needed to see it */
+        if (own) __atomic_add_fetch(&t->misses, 1, __ATOMIC_RELAXED);
+        return 0;
     }
-    if (got < want) got += alloc_from_spans(cls, out + got, want - got);
+    ta_lock(&t->lock);
+    uint32_t n = t->n, k = n < want ? n : want;
+    __atomic_store_n(&t->n, n - k, __ATOMIC_RELAXED); /* read unlocked above */
+    memcpy(out, t->slots + (n - k), k * sizeof(void *));
+    if (k) t->hits++;
+    ta_unlock(&t->lock);
+    return k;
+}
+
+uint32_t ta_central_alloc(uint32_t cls, void **out, uint32_t want, uint32_t shard) {
+    shard %= nshards;
+    /* own transfer cache, own spans, then the other shards' transfer caches (a
+     * thread that only frees must not park objects that a thread that only
+     * allocates never sees), then another shard's span, then a fresh one */
+    uint32_t got = transfer_take(shard, cls, out, want, true);
+    if (got < want && __atomic_load_n(&central[cls].listed[shard], __ATOMIC_RELAXED))
+        got += alloc_from_spans(cls, out + got, want - got, shard, false);
+    for (uint32_t i = 1; i < nshards && got < want; i++)
+        got += transfer_take((shard + i) % nshards, cls, out + got, want - got, false);
+    if (got < want) got += alloc_from_spans(cls, out + got, want - got, shard, true);
     __atomic_add_fetch(&central[cls].to_caches, got, __ATOMIC_RELAXED);
     return got;
 }
@@ -300,6 +347,11 @@ void ta_central_tick(uint64_t now) {
 void ta_central_drain(void) {
     for (uint32_t sh = 0; sh < nshards; sh++)
         for (uint32_t c = 1; c < ta_nclasses; c++) transfer_release(sh, c, false);
+}
+
+uint32_t ta_central_listed(uint32_t cls, uint32_t shard) {
+    if (!cls || cls >= ta_nclasses) return 0;
+    return __atomic_load_n(&central[cls].listed[shard % nshards], __ATOMIC_RELAXED);
 }
 
 void ta_central_stats(uint32_t cls, ta_central_stats_t *out) {

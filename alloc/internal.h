@@ -438,7 +438,10 @@ typedef struct ta_span {
     uint8_t state;           /* TA_SPAN_* */
     uint8_t cls;             /* size class, 0 for a large block */
     uint8_t zeroed;          /* large block known to be all zero (fresh or released pages) */
-    uint8_t in_list;         /* central: on the nonempty list */
+    /* central: on its shard's list of spans with free objects; fresh: no
+     * object has come back to it since it was carved (its shard may be
+     * carving it still); shard: the transfer-cache shard (CPU) it belongs to */
+    uint8_t in_list : 1, fresh : 1, shard : 6;
     uint32_t allocated;      /* small: objects handed out of this span */
     char *carve;             /* small: first object never handed out (objects end at
                               * page start + objects * size) */
@@ -549,6 +552,8 @@ void ta_central_free_spans(uint32_t cls, void *const *objs, uint32_t n);
 void ta_central_tick(uint64_t now);
 /* Move everything in the transfer caches back to spans (malloc_trim). */
 void ta_central_drain(void);
+/* Spans of class cls with free objects on a shard's list (its own spans). */
+uint32_t ta_central_listed(uint32_t cls, uint32_t shard);
 typedef struct ta_central_stats {
     uint64_t transfer_bytes;  /* held in transfer caches */
     uint64_t span_free_bytes; /* free objects inside partly used spans */

@@ -163,25 +163,28 @@ out:
 }
 
 /* Object-state arrays of small spans (pageheap.c): one byte per object, at
- * most TA_STATES_MAX bytes, recycled through a free list per 16-byte size.
- * Never unmapped: a stale pagemap word may still point at one. */
-#define STATE_BUCKETS (TA_STATES_MAX / 16)
+ * most TA_STATES_MAX bytes, in whole cache lines (the state bytes of spans
+ * that belong to different CPUs never share one: malloc and free write them),
+ * recycled through a free list per number of lines.  Never unmapped: a stale
+ * pagemap word may still point at one. */
+#define STATE_LINE 64
+#define STATE_BUCKETS (TA_STATES_MAX / STATE_LINE)
 static void *states_free[STATE_BUCKETS + 1];
 
 uint8_t *ta_meta_states_new(size_t n) {
-    size_t b = (n + 15) / 16;
+    size_t b = (n + STATE_LINE - 1) / STATE_LINE;
     if (!b || b > STATE_BUCKETS) return NULL;
     ta_lock(&meta_lock);
     void *p = states_free[b];
     if (p) states_free[b] = *(void **)p;
-    else p = meta_alloc_locked(b * 16, 16);
+    else p = meta_alloc_locked(b * STATE_LINE, STATE_LINE);
     ta_unlock(&meta_lock);
-    if (p) memset(p, 0, b * 16);
+    if (p) memset(p, 0, b * STATE_LINE);
     return p;
 }
 
 void ta_meta_states_delete(uint8_t *p, size_t n) {
-    size_t b = (n + 15) / 16;
+    size_t b = (n + STATE_LINE - 1) / STATE_LINE;
     ta_lock(&meta_lock);
     *(void **)p = states_free[b];
     states_free[b] = p;

@@ -16,6 +16,8 @@
 #include <criterion/criterion.h>
 
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -133,6 +135,25 @@ static uint32_t nshards(void) { return ta_cfg.ncpu < 1 ? 1 : ta_cfg.ncpu > 4 ? 4
 
 #define MAXOBJ 8192
 static void *objs[MAXOBJ];
+
+/* Every free object of the class's spans, taken by the shard whose list holds
+ * its span (after quiesce() the transfer caches are empty, so a refill of a
+ * shard with a listed span takes from it): no shard has a span of the class
+ * listed afterwards, so what a test takes next comes from spans it sees
+ * carved.  The objects stay in held[] until release_held(). */
+static void *held[MAXOBJ];
+static uint32_t nheld;
+static void hold_all_free(uint32_t c) {
+    nheld = 0;
+    for (uint32_t sh = 0; sh < nshards(); sh++)
+        while (ta_central_listed(c, sh) && nheld < MAXOBJ && ta_central_alloc(c, held + nheld, 1, sh)) nheld++;
+    for (uint32_t sh = 0; sh < nshards(); sh++)
+        cr_assert_eq(ta_central_listed(c, sh), 0u, "class %u: shard %u still lists a span", c, sh);
+}
+static void release_held(uint32_t c) {
+    ta_central_free_spans(c, held, nheld);
+    nheld = 0;
+}
 
 Test(central, arrays_hold_distinct_valid_objects) {
     quiesce();
@@ -296,15 +317,17 @@ Test(central, batches_survive_the_transfer_cache) {
     cr_assert_eq(s2.transfer_bytes, 0u);
 }
 
-/* A refill that wants part of a batch takes what it asks from a batch parked
- * in another shard (its own is empty: a miss there); the rest stays parked. */
+/* A refill that wants part of a batch, of a shard with neither a transfer
+ * cache nor spans of its own, takes what it asks from a batch parked in
+ * another shard (its own is empty: a miss there); the rest stays parked. */
 Test(central, partial_refill_takes_from_another_shard) {
     if (nshards() < 2) cr_skip_test("one transfer-cache shard (one CPU)");
     const uint32_t c = ta_size_to_class(96), batch = ta_class[c].batch, size = ta_class[c].size;
     static void *mine[MAXOBJ], *part[MAXOBJ];
     quiesce();
+    hold_all_free(c); /* shard 0 has no span of the class listed */
     cr_assert_geq(batch, 8u);
-    uint32_t got = ta_central_alloc(c, mine, batch, 1);
+    uint32_t got = ta_central_alloc(c, mine, batch, 1); /* a fresh span of shard 1 */
     cr_assert_eq(got, batch);
     ta_central_free(c, mine, batch, 1); /* parked in shard 1 */
     ta_central_stats_t s0, s1;
@@ -324,6 +347,87 @@ Test(central, partial_refill_takes_from_another_shard) {
     cr_assert_eq(s1.misses - s0.misses, 1u, "the empty own shard is a miss");
     ta_central_free(c, part, n, 0);
     ta_central_drain();
+    release_held(c);
+}
+
+static ta_span_t *span_of(const void *p) { return ta_pagemap_span((uintptr_t)p >> TA_PAGE_SHIFT); }
+
+/* A shard that has spans of its own refills from them before it takes a batch
+ * parked in another shard's transfer cache: the objects of a span stay with
+ * the CPU that carved it. */
+Test(central, refill_takes_own_spans_before_another_shards_batch) {
+    if (nshards() < 2) cr_skip_test("one transfer-cache shard (one CPU)");
+    const uint32_t c = ta_size_to_class(96), batch = ta_class[c].batch, per_span = ta_class[c].objects;
+    static void *a[MAXOBJ], *b[MAXOBJ], *part[MAXOBJ];
+    cr_assert_leq(per_span, MAXOBJ);
+    quiesce();
+    hold_all_free(c);
+    /* shard 1 carves a whole span, shard 0 another (no span is listed, and
+     * shard 1's is full: nothing to take but a fresh one) */
+    cr_assert_eq(ta_central_alloc(c, b, per_span, 1), per_span);
+    cr_assert_eq(ta_central_alloc(c, a, per_span, 0), per_span);
+    ta_span_t *sa = span_of(a[0]), *sb = span_of(b[0]);
+    cr_assert_neq(sa, sb);
+    cr_assert_eq(sa->shard, 0u);
+    cr_assert_eq(sb->shard, 1u);
+    for (uint32_t i = 0; i < per_span; i++) cr_assert(span_of(a[i]) == sa && span_of(b[i]) == sb);
+    ta_central_free_spans(c, a, 4);         /* four objects back into shard 0's span: listed */
+    ta_central_free(c, b, batch, 1);        /* a batch parked in shard 1's transfer cache */
+    cr_assert_eq(ta_central_listed(c, 0), 1u);
+    ta_central_stats_t s0, s1;
+    ta_central_stats(c, &s0);
+    uint32_t n = ta_central_alloc(c, part, 3, 0);
+    ta_central_stats(c, &s1);
+    cr_assert_eq(n, 3u);
+    for (uint32_t i = 0; i < n; i++) cr_assert_eq(span_of(part[i]), sa, "object %u is not from shard 0's span", i);
+    cr_assert_eq(s1.transfer_bytes, s0.transfer_bytes, "the other shard's batch was taken");
+    cr_assert_eq(s0.span_free_bytes - s1.span_free_bytes, 3ull * ta_class[c].size);
+    ta_central_free_spans(c, part, n);
+    ta_central_free_spans(c, a + 4, per_span - 4);
+    ta_central_free_spans(c, b + batch, per_span - batch);
+    ta_central_drain();
+    release_held(c);
+}
+
+/* A shard without spans of its own takes another shard's span that has had
+ * objects back (and it becomes its own) before it carves a fresh one; a span
+ * its owner is still carving (fresh) it leaves alone. */
+Test(central, empty_shard_takes_a_used_span_not_a_fresh_one) {
+    if (nshards() < 2) cr_skip_test("one transfer-cache shard (one CPU)");
+    const uint32_t c = ta_size_to_class(96), per_span = ta_class[c].objects;
+    const uint64_t span_bytes = ((uint64_t)ta_class[c].pages + TA_GUARD_PAGES) * TA_PAGE_SIZE; /* (hardened: a guard) */
+    static void *b[MAXOBJ];
+    void *x, *y;
+    ta_pageheap_stats_t h0, h1, h2;
+    quiesce();
+    hold_all_free(c);
+    /* a fresh span of shard 1, partly carved: shard 0 carves its own */
+    cr_assert_eq(ta_central_alloc(c, b, 2, 1), 2u);
+    ta_span_t *sb = span_of(b[0]);
+    ta_pageheap_stats(&h0);
+    cr_assert_eq(ta_central_alloc(c, &x, 1, 0), 1u);
+    ta_pageheap_stats(&h1);
+    cr_assert_neq(span_of(x), sb, "shard 0 took an object of shard 1's fresh span");
+    cr_assert_eq(span_of(x)->shard, 0u);
+    cr_assert_eq(h1.inuse_bytes - h0.inuse_bytes, span_bytes);
+    ta_central_free_spans(c, &x, 1); /* shard 0's span goes back to the page heap */
+    /* shard 1's span, carved to the end and then given an object back: shard 0 takes it */
+    cr_assert_eq(ta_central_alloc(c, b + 2, per_span - 2, 1), per_span - 2);
+    for (uint32_t i = 0; i < per_span; i++) cr_assert_eq(span_of(b[i]), sb);
+    ta_central_free_spans(c, b, 1);
+    cr_assert_eq(ta_central_listed(c, 1), 1u);
+    ta_pageheap_stats(&h1);
+    cr_assert_eq(ta_central_alloc(c, &y, 1, 0), 1u);
+    ta_pageheap_stats(&h2);
+    cr_assert_eq(y, b[0], "shard 0 did not take the free object of shard 1's span");
+    cr_assert_eq(h2.inuse_bytes, h1.inuse_bytes, "a span was carved while another had a free object");
+    cr_assert_eq(sb->shard, 0u, "the span taken is not shard 0's now");
+    ta_central_free_spans(c, &y, 1);
+    cr_assert_eq(ta_central_listed(c, 0), 1u, "the span's objects do not come back to its new owner");
+    cr_assert_eq(ta_central_listed(c, 1), 0u);
+    ta_central_free_spans(c, b + 1, per_span - 1);
+    ta_central_drain();
+    release_held(c);
 }
 
 /* Once per decay period half of what each transfer cache holds goes back to
@@ -535,4 +639,115 @@ Test(central, stats_count_hits_and_misses) {
     cr_assert_eq(d.from_caches - b.from_caches, (uint64_t)batch);
     ta_central_free(c, a2, n2, 0);
     ta_central_drain();
+}
+
+/* ---- two CPUs, one class: each carves its own spans ---------------------------
+ * Two threads pinned to two CPUs (of different shards) malloc blocks of one
+ * class in turns, through tier 1: every refill of one CPU comes between two of
+ * the other's.  With the class's spans emptied first, no span hands objects
+ * to both threads (the objects and state bytes of a span are written by one
+ * CPU).  In per-thread mode the two threads' caches take consecutive shards. */
+#define PIN_ROUNDS 24
+#define PIN_STEP 8
+static uint32_t pin_cls;
+static int pin_cpu[2];
+static _Atomic int pin_turn;
+static void *pin_blocks[2][PIN_ROUNDS * PIN_STEP];
+static const char *pin_err[2];
+
+static void *pin_worker(void *arg) {
+    int id = (int)(uintptr_t)arg;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(pin_cpu[id], &set);
+    if (sched_setaffinity(0, sizeof set, &set)) {
+        pin_err[id] = "sched_setaffinity failed";
+        atomic_store(&pin_turn, -1);
+        return NULL;
+    }
+    for (int r = 0; r < PIN_ROUNDS; r++) {
+        int t;
+        while ((t = atomic_load(&pin_turn)) != 2 * r + id)
+            if (t < 0) return NULL;
+            else sched_yield();
+        for (int i = 0; i < PIN_STEP; i++)
+            if (!(pin_blocks[id][r * PIN_STEP + i] = malloc(ta_class[pin_cls].size))) pin_err[id] = "malloc failed";
+        atomic_store(&pin_turn, 2 * r + id + 1);
+    }
+    return NULL;
+}
+
+Test(central, two_cpus_never_share_a_span) {
+    if (nshards() < 2) cr_skip_test("one transfer-cache shard (one CPU)");
+    cpu_set_t allowed;
+    cr_assert_eq(sched_getaffinity(0, sizeof allowed, &allowed), 0);
+    pin_cpu[0] = pin_cpu[1] = -1;
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+        if (!CPU_ISSET(cpu, &allowed)) continue;
+        if (pin_cpu[0] < 0) pin_cpu[0] = cpu;
+        else if ((uint32_t)cpu % nshards() != (uint32_t)pin_cpu[0] % nshards()) {
+            pin_cpu[1] = cpu;
+            break;
+        }
+    }
+    if (pin_cpu[1] < 0) cr_skip_test("no two allowed CPUs of different shards");
+    const uint32_t c = pin_cls = ta_size_to_class(176);
+    cr_assert_lt(ta_class[c].objects, PIN_ROUNDS * PIN_STEP / 2, "the test wants a few spans per thread");
+    quiesce();
+    hold_all_free(c);
+    atomic_store(&pin_turn, 0);
+    pthread_t t[2];
+    for (uintptr_t i = 0; i < 2; i++) cr_assert_eq(pthread_create(&t[i], NULL, pin_worker, (void *)i), 0);
+    for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+    for (int i = 0; i < 2; i++) cr_assert_null(pin_err[i], "thread %d: %s", i, pin_err[i]);
+    /* the spans' owners: one thread each */
+    enum { MAXSPANS = 2 * PIN_ROUNDS * PIN_STEP };
+    static ta_span_t *spans[MAXSPANS];
+    static int owner[MAXSPANS];
+    uint32_t nspans = 0, shared = 0;
+    for (int id = 0; id < 2; id++)
+        for (int i = 0; i < PIN_ROUNDS * PIN_STEP; i++) {
+            ta_span_t *s = span_of(pin_blocks[id][i]);
+            if (!s || s->cls != c) continue; /* a sampled block has a span of its own */
+            uint32_t j = 0;
+            while (j < nspans && spans[j] != s) j++;
+            if (j == nspans) {
+                spans[nspans] = s;
+                owner[nspans++] = id;
+            } else if (owner[j] != id) {
+                shared++;
+            }
+        }
+    for (int id = 0; id < 2; id++)
+        for (int i = 0; i < PIN_ROUNDS * PIN_STEP; i++) free(pin_blocks[id][i]);
+    release_held(c);
+    cr_assert_geq(nspans, 4u, "%u spans for both threads", nspans);
+    cr_assert_eq(shared, 0u, "%u blocks of CPU %d and CPU %d came from the same spans (%u spans)", shared, pin_cpu[0],
+                 pin_cpu[1], nspans);
+}
+
+/* The state bytes of two spans never share a cache line (spans of different
+ * CPUs would bounce it on every malloc and free): a class with few objects
+ * per span, several spans. */
+Test(central, state_arrays_of_spans_share_no_cache_line) {
+    const uint32_t c = ta_size_to_class(20000), per_span = ta_class[c].objects;
+    enum { SPANS = 8 };
+    static void *o[MAXOBJ];
+    cr_assert_leq(per_span * SPANS, MAXOBJ);
+    cr_assert_lt(per_span, 64u, "the class's state array is under a line");
+    quiesce();
+    uint32_t n = ta_central_alloc(c, o, per_span * SPANS, 0);
+    cr_assert_eq(n, per_span * SPANS);
+    uintptr_t line[SPANS * 2];
+    uint32_t nl = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t info = ta_pagemap_info((uintptr_t)o[i] >> TA_PAGE_SHIFT);
+        uintptr_t a = (uintptr_t)ta_info_states(info), l = a / 64;
+        cr_assert_eq(a % 64, 0u, "state array at %p: not at a line's start", (void *)a);
+        bool seen_line = false;
+        for (uint32_t j = 0; j < nl; j++) seen_line |= line[j] == l;
+        if (!seen_line && nl < SPANS * 2) line[nl++] = l;
+    }
+    ta_central_free_spans(c, o, n);
+    cr_assert_geq(nl, (uint32_t)SPANS, "%u state lines for %u spans", nl, SPANS);
 }
