@@ -154,12 +154,10 @@ static inline void ta_lock(ta_lock_t *l) {
 }
 static inline bool ta_trylock(ta_lock_t *l) {
     int z = 0;
-    if (ta_single_threaded()) {
-        if (__atomic_load_n(&l->state, __ATOMIC_RELAXED)) return false;
-        __atomic_store_n(&l->state, 1, __ATOMIC_RELAXED);
-    } else if (ta_solo_enter()) {
+    bool solo = false;
+    if (ta_single_threaded() || (solo = ta_solo_enter())) { /* plain stores */
         if (__atomic_load_n(&l->state, __ATOMIC_RELAXED)) {
-            ta_solo_leave();
+            if (solo) ta_solo_leave();
             return false;
         }
         __atomic_store_n(&l->state, 1, __ATOMIC_RELAXED);

@@ -450,6 +450,21 @@ ta_span_t *ta_pageheap_alloc(uintptr_t npages, uintptr_t align_pages, uint32_t c
  * used last: resident), the rest going to the free lists; else the recent
  * blocks go to the free lists, where they merge, and the general path serves
  * (so that pages freed just now are reused before untouched ones). */
+/* recent block s (INUSE, registered) is handed out as a large block: the
+ * counters of an allocation; then ph_lock is let go */
+static ta_span_t *large_out_unlock(ta_span_t *s) {
+    uint64_t b = ta_span_bytes(s);
+    s->zeroed = 0;
+    s->sample = NULL;
+    ph_stats.large_bytes += b;
+    ph_stats.large_count++;
+    ph_stat_add(&ph_stats.inuse_bytes, b);
+    note_inuse();
+    ph_stats.n_alloc++;
+    ta_unlock(&ph_lock);
+    return s;
+}
+
 ta_span_t *ta_pageheap_alloc_large(uintptr_t npages) {
     ta_lock(&ph_lock);
     int longer = -1;
@@ -460,18 +475,9 @@ ta_span_t *ta_pageheap_alloc_large(uintptr_t npages) {
             continue;
         }
         ta_span_t *s = recent_drop(i);
-        uint64_t b = ta_span_bytes(s);
-        s->state = TA_SPAN_INUSE; /* registered, cls 0, no free list, not zero: as it was freed */
-        s->zeroed = 0;
-        s->sample = NULL;
         account_free_recent(s, -1);
-        ph_stats.large_bytes += b;
-        ph_stats.large_count++;
-        ph_stat_add(&ph_stats.inuse_bytes, b);
-        note_inuse();
-        ph_stats.n_alloc++;
-        ta_unlock(&ph_lock);
-        return s;
+        s->state = TA_SPAN_INUSE; /* registered, cls 0, no free list, not zero: as it was freed */
+        return large_out_unlock(s);
     }
     if (longer >= 0 && spare_fill(1)) {
         ta_span_t *s = recent_drop(longer);
@@ -481,16 +487,8 @@ ta_span_t *ta_pageheap_alloc_large(uintptr_t npages) {
         t->state = TA_SPAN_FREE;
         t->free_since_ms = ph_last_decay_ms;
         free_insert(t);
-        s->zeroed = 0;
-        s->sample = NULL;
         register_ends(s);
-        ph_stats.large_bytes += ta_span_bytes(s);
-        ph_stats.large_count++;
-        ph_stat_add(&ph_stats.inuse_bytes, ta_span_bytes(s));
-        note_inuse();
-        ph_stats.n_alloc++;
-        ta_unlock(&ph_lock);
-        return s;
+        return large_out_unlock(s);
     }
     recent_flush_locked();
     ta_unlock(&ph_lock);
