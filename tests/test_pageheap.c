@@ -817,14 +817,25 @@ Test(pageheap, growth_leaves_no_holes) {
      * two of them: a few, not more; so the largest merged span is looked at,
      * wherever the intruder landed) */
     cr_assert_geq(adjacent, N - 4, "only %d of %d new mappings are next to the previous one", adjacent, N - 1);
-    uintptr_t merged = 0;
+    /* the longest run of spans that lay end to end must have merged whole
+     * (intruders between some of them split the runs) */
+    uintptr_t merged = 0, run = 0;
     for (int i = 0; i < N; i++) {
         ta_span_t *m = ta_pagemap_span(pages[i]);
         cr_assert_not_null(m);
         if (m->npages > merged) merged = m->npages;
+        uintptr_t len = 1;
+        for (uintptr_t end = pages[i] + K + G;; end += K + G) {
+            int j = 0;
+            while (j < N && pages[j] != end) j++;
+            if (j == N) break;
+            len++;
+        }
+        if (len > run) run = len;
     }
-    cr_assert_geq(merged, (uintptr_t)(N - 4) * K, "the freed spans merged into %lu pages at most",
-                  (unsigned long)merged);
+    cr_assert_geq(run, 2u, "no two new mappings lie end to end");
+    cr_assert_geq(merged, run * K, "the freed spans merged into %lu pages at most; %lu spans lay end to end",
+                  (unsigned long)merged, (unsigned long)run);
     check_totals("after growth");
 }
 
