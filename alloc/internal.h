@@ -435,7 +435,8 @@ typedef struct ta_span {
     struct ta_span *next, *prev; /* in a page-heap free list or a central span list */
     uint8_t state;           /* TA_SPAN_* */
     uint8_t cls;             /* size class, 0 for a large block */
-    uint8_t zeroed;          /* large block known to be all zero (fresh or released pages) */
+    uint8_t zeroed : 1;      /* large block known to be all zero (fresh or released pages) */
+    uint8_t rest_follows : 1; /* large block cut from a recent one, whose rest may follow it */
     /* central: on its shard's list of spans with free objects; fresh: no
      * object has come back to it since it was carved (its shard may be
      * carving it still); shard: the transfer-cache shard (CPU) it belongs to */

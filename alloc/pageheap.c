@@ -126,7 +126,7 @@ static ta_span_t *recent_drop(int i) {
 
 /* Keep freed block s (its accounting done) as recent; the
  * oldest recent block goes to the free lists when there is no room. */
-__attribute__((unused)) /* (not in the hardened build) */ static void recent_put_locked(ta_span_t *s) {
+__attribute__((unused)) /* (not in the hardened build) */ TA_ALWAYS_INLINE void recent_put_locked(ta_span_t *s) {
     s->state = TA_SPAN_RECENT; /* first: the oldest may be its neighbour */
     s->next = s->prev = NULL;
     if (ph_nrecent == PH_RECENT) recent_to_lists(recent_drop(0));
@@ -447,7 +447,8 @@ ta_span_t *ta_pageheap_alloc(uintptr_t npages, uintptr_t align_pages, uint32_t c
 /* A large block (class 0, page aligned): a recent block of npages ..
  * npages + npages/8 pages when there is one (the newest), with no more work
  * than its counters; else the head of the shortest longer one (its pages were
- * used last: resident), the rest going to the free lists; else the recent
+ * used last: resident), the rest staying a recent block that the head joins
+ * again when it is freed; else the recent
  * blocks go to the free lists, where they merge, and the general path serves
  * (so that pages freed just now are reused before untouched ones). */
 /* recent block s (INUSE, registered) is handed out as a large block: the
@@ -455,6 +456,7 @@ ta_span_t *ta_pageheap_alloc(uintptr_t npages, uintptr_t align_pages, uint32_t c
 static ta_span_t *large_out_unlock(ta_span_t *s) {
     uint64_t b = ta_span_bytes(s);
     s->zeroed = 0;
+    s->rest_follows = 0;
     s->sample = NULL;
     ph_stats.large_bytes += b;
     ph_stats.large_count++;
@@ -480,15 +482,20 @@ ta_span_t *ta_pageheap_alloc_large(uintptr_t npages) {
         return large_out_unlock(s);
     }
     if (longer >= 0 && spare_fill(1)) {
+        /* the head of the longer block; the rest stays a recent block, which
+         * the head merges with again when it is freed (free_large): a program
+         * that frees each block before it asks for the next, of whatever
+         * size, cuts and mends one block, as glibc does with its top chunk */
         ta_span_t *s = recent_drop(longer);
         account_free_recent(s, -1);
         ta_span_t *t = split(s, npages);
-        s->state = TA_SPAN_INUSE; /* first: t must not merge with it */
-        t->state = TA_SPAN_FREE;
-        t->free_since_ms = ph_last_decay_ms;
-        free_insert(t);
+        s->state = TA_SPAN_INUSE;
+        register_ends(t);
+        recent_put_locked(t);
         register_ends(s);
-        return large_out_unlock(s);
+        large_out_unlock(s);
+        s->rest_follows = 1; /* (the caller's block now: no lock needed) */
+        return s;
     }
     recent_flush_locked();
     ta_unlock(&ph_lock);
@@ -577,6 +584,7 @@ static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t c
 #endif
 found: /* (the hardened build keeps no recent blocks: a guard is on from here) */
     s->zeroed = s->state == TA_SPAN_RELEASED;
+    s->rest_follows = 0;
     s->state = TA_SPAN_INUSE;
     s->freelist = NULL; /* clears the union: no free list, no sample record */
     s->carve = NULL;
@@ -663,6 +671,18 @@ const char *ta_pageheap_free_large(ta_span_t *s, void *p) {
         ph_stats.large_count--;
         ph_stats.n_free++;
         s->free_since_ms = 0; /* (the union: the sample record is gone) */
+        /* the rest of the recent block it was cut from (or any recent block
+         * just after it) joins it: the two are one block again */
+        ta_span_t *n = s->rest_follows ? ta_pagemap_span(s->page + s->npages) : NULL;
+        if (n && n->state == TA_SPAN_RECENT && n->npages && n->page == s->page + s->npages) {
+            recent_remove_locked(n);
+            account_free_recent(n, -1);
+            ta_pagemap_set(n->page, s, 0); /* (its old start points at the joined block) */
+            s->npages += n->npages;
+            span_retire(n);
+            register_ends(s);
+            ph_stats.n_coalesce++;
+        }
         recent_put_locked(s);
     }
 #endif

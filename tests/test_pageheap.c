@@ -513,6 +513,49 @@ Test(pageheap, growable_spans_start_the_longest_free_span) {
  * an eighth smaller): the same pages and record come back without a split,
  * a merge or a new mapping; it counts as free meanwhile; a second free of it
  * is a double free; trim puts it back on the free lists and releases it. */
+/* A request shorter than a recent block takes its head; the rest stays a
+ * recent block (not on the free lists), and the head freed joins it again:
+ * a program that frees each block before it asks for the next, of another
+ * size, cuts and mends one block. */
+Test(pageheap, cut_block_joins_its_rest_when_freed) {
+    SKIP_IF_GUARDED(); /* the hardened build keeps no recent blocks */
+    ta_span_t *run[3];
+    cr_assert(get_run(64, 3, run)); /* run[1] between two blocks in use: no free neighbour */
+    ta_span_t *s = run[1];
+    uintptr_t page = s->page;
+    cr_assert_null(ta_pageheap_free_large(s, ta_span_addr(s)));
+    ta_pageheap_stats_t a, b, c;
+    ta_pageheap_stats(&a);
+    ta_span_t *t = ta_pageheap_alloc_large(16);
+    cr_assert_not_null(t);
+    ta_pageheap_stats(&b);
+    cr_assert_eq(t->page, page, "not the head of the recent block");
+    cr_assert_eq(t->npages, 16u);
+    ta_span_t *rest = ta_pagemap_span(page + 16);
+    cr_assert(rest && rest->page == page + 16 && rest->npages == 48, "the rest is not one span of 48 pages");
+    cr_assert_eq(rest->state, TA_SPAN_RECENT, "the rest went to the free lists (state %d)", rest->state);
+    cr_assert_eq(ta_pagemap_span(page + 63), rest);
+    cr_assert_eq(b.free_bytes, a.free_bytes - 16 * PG);
+    check_totals("head cut from a recent block");
+    cr_assert_null(ta_pageheap_free_large(t, ta_span_addr(t)));
+    ta_pageheap_stats(&c);
+    cr_assert_eq(t->npages, 64u, "the freed head did not join its rest (%lu pages)", (unsigned long)t->npages);
+    cr_assert_eq(t->state, TA_SPAN_RECENT);
+    cr_assert_eq(ta_pagemap_span(page), t);
+    cr_assert_eq(ta_pagemap_span(page + 63), t);
+    cr_assert_eq(c.free_bytes, a.free_bytes);
+    cr_assert_eq(c.n_coalesce, a.n_coalesce + 1);
+    check_totals("head joined its rest");
+    /* and the whole block serves a request of its size again, as it was */
+    ta_span_t *u = ta_pageheap_alloc_large(64);
+    cr_assert_eq(u, t);
+    cr_assert_eq(u->npages, 64u);
+    ta_pageheap_free(u);
+    ta_pageheap_free(run[0]);
+    ta_pageheap_free(run[2]);
+    check_totals("all freed");
+}
+
 Test(pageheap, freed_large_block_comes_back_whole) {
     SKIP_IF_GUARDED(); /* the hardened build keeps no recent blocks */
     ta_span_t *run[3];
