@@ -141,17 +141,25 @@ static inline bool ta_solo_holding(void) {
 /* one lock taken in solo mode is let go (after its state was stored) */
 static inline void ta_solo_leave(void) { __atomic_store_n(&ta_solo_held, ta_solo_held - 1, __ATOMIC_RELEASE); }
 
-static inline void ta_lock(ta_lock_t *l) {
+/* How a lock was taken (ta_lock_how), so that the holder lets it go
+ * (ta_unlock_how) without asking again: with a plain store (the process had
+ * one thread), a plain store and one lock less held in solo mode, or an
+ * atomic exchange. */
+enum { TA_HELD_PLAIN, TA_HELD_SOLO, TA_HELD_ATOMIC };
+static inline int ta_lock_how(ta_lock_t *l) {
     ta_witness_acquire(l, false);
-    if ((ta_single_threaded() || ta_solo_enter()) && !__atomic_load_n(&l->state, __ATOMIC_RELAXED)) {
+    int how = ta_single_threaded() ? TA_HELD_PLAIN : ta_solo_enter() ? TA_HELD_SOLO : TA_HELD_ATOMIC;
+    if (how != TA_HELD_ATOMIC && !__atomic_load_n(&l->state, __ATOMIC_RELAXED)) {
         __atomic_store_n(&l->state, 1, __ATOMIC_RELAXED);
-        return;
+        return how;
     }
     /* (a lock found held in solo mode stays counted: its unlock is a solo one) */
     int z = 0;
     if (TA_UNLIKELY(!__atomic_compare_exchange_n(&l->state, &z, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)))
         ta_lock_wait(l);
+    return how == TA_HELD_SOLO ? how : TA_HELD_ATOMIC;
 }
+static inline void ta_lock(ta_lock_t *l) { (void)ta_lock_how(l); }
 static inline bool ta_trylock(ta_lock_t *l) {
     int z = 0;
     bool solo = false;
@@ -166,18 +174,20 @@ static inline bool ta_trylock(ta_lock_t *l) {
     ta_witness_acquire(l, true);
     return true;
 }
-static inline void ta_unlock(ta_lock_t *l) {
+/* Let go of a lock ta_lock_how took (how: its answer).  Only for a lock held
+ * where no thread is created: one taken while the process had one thread is
+ * let go with a plain store. */
+static inline void ta_unlock_how(ta_lock_t *l, int how) {
     ta_witness_release(l);
-    if (ta_single_threaded()) { /* nobody waits: the state is 1 */
+    if (TA_LIKELY(how != TA_HELD_ATOMIC)) { /* nobody waits: the state is 1 */
         __atomic_store_n(&l->state, 0, __ATOMIC_RELAXED);
-        return;
-    }
-    if (ta_solo_holding()) {
-        __atomic_store_n(&l->state, 0, __ATOMIC_RELAXED);
-        ta_solo_leave();
+        if (how == TA_HELD_SOLO) ta_solo_leave();
         return;
     }
     if (TA_UNLIKELY(__atomic_exchange_n(&l->state, 0, __ATOMIC_RELEASE) == 2)) ta_lock_wake(l);
+}
+static inline void ta_unlock(ta_lock_t *l) {
+    ta_unlock_how(l, ta_single_threaded() ? TA_HELD_PLAIN : ta_solo_holding() ? TA_HELD_SOLO : TA_HELD_ATOMIC);
 }
 /* after fork: the parent unlocks what fork_prepare locked; the child, whose
  * other threads are gone, starts the lock afresh */
@@ -260,7 +270,13 @@ void ta_config_init(void);
  * heap a decay period old; every decay_ms / 4 it lets idle caches drain and
  * runs the page heap's decay pass.  Not in a child after fork: a child that
  * lives a decay period starts its own. */
-void ta_background_kick(void);
+enum { TA_BG_NONE, TA_BG_STARTING, TA_BG_RUNNING, TA_BG_FAILED };
+extern int ta_bg_state; /* TA_BG_NONE: not started (yet) */
+void ta_background_start(void);
+static inline void ta_background_kick(void) {
+    if (TA_UNLIKELY(ta_cfg.background && __atomic_load_n(&ta_bg_state, __ATOMIC_RELAXED) == TA_BG_NONE))
+        ta_background_start();
+}
 /* the decay work of tiers 1 and 2 (pcache.c), for the background thread */
 void ta_pcache_decay_tick(void);
 void ta_config_read(char **env, int ncpu, bool secure);

@@ -124,14 +124,19 @@ static ta_span_t *recent_drop(int i) {
     return s;
 }
 
-/* Keep freed block s (its accounting done) as recent; the
- * oldest recent block goes to the free lists when there is no room. */
-__attribute__((unused)) /* (not in the hardened build) */ TA_ALWAYS_INLINE void recent_put_locked(ta_span_t *s) {
+/* Keep freed block s (its accounting done, off every list) as recent, where
+ * there is room (ph_nrecent < PH_RECENT) ... */
+__attribute__((unused)) TA_ALWAYS_INLINE void recent_append_locked(ta_span_t *s) {
+    s->state = TA_SPAN_RECENT;
+    account_free_recent(s, +1);
+    ph_recent[ph_nrecent++] = (struct ph_recent){s, s->page, s->npages};
+}
+/* ... or after the oldest recent block went to the free lists */
+__attribute__((unused)) /* (not in the hardened build) */ static void recent_put_locked(ta_span_t *s) {
     s->state = TA_SPAN_RECENT; /* first: the oldest may be its neighbour */
     s->next = s->prev = NULL;
     if (ph_nrecent == PH_RECENT) recent_to_lists(recent_drop(0));
-    account_free_recent(s, +1);
-    ph_recent[ph_nrecent++] = (struct ph_recent){s, s->page, s->npages};
+    recent_append_locked(s);
 }
 
 /* Take recent block s out of the cache (it stays counted as free). */
@@ -452,8 +457,8 @@ ta_span_t *ta_pageheap_alloc(uintptr_t npages, uintptr_t align_pages, uint32_t c
  * blocks go to the free lists, where they merge, and the general path serves
  * (so that pages freed just now are reused before untouched ones). */
 /* recent block s (INUSE, registered) is handed out as a large block: the
- * counters of an allocation; then ph_lock is let go */
-static ta_span_t *large_out_unlock(ta_span_t *s) {
+ * counters of an allocation */
+TA_ALWAYS_INLINE void large_out(ta_span_t *s) {
     uint64_t b = ta_span_bytes(s);
     s->zeroed = 0;
     s->rest_follows = 0;
@@ -463,12 +468,12 @@ static ta_span_t *large_out_unlock(ta_span_t *s) {
     ph_stat_add(&ph_stats.inuse_bytes, b);
     note_inuse();
     ph_stats.n_alloc++;
-    ta_unlock(&ph_lock);
-    return s;
 }
 
-ta_span_t *ta_pageheap_alloc_large(uintptr_t npages) {
-    ta_lock(&ph_lock);
+/* ta_pageheap_alloc_large when the newest recent block does not fit (ph_lock
+ * held, taken as `how` says): out of line, so that the common case saves
+ * few registers */
+TA_NOINLINE static ta_span_t *alloc_large_search(uintptr_t npages, int how) {
     int longer = -1;
     for (int i = ph_nrecent - 1; i >= 0; i--) {
         if (ph_recent[i].npages - npages > npages / 8) { /* (unsigned: shorter ones too) */
@@ -479,7 +484,9 @@ ta_span_t *ta_pageheap_alloc_large(uintptr_t npages) {
         ta_span_t *s = recent_drop(i);
         account_free_recent(s, -1);
         s->state = TA_SPAN_INUSE; /* registered, cls 0, no free list, not zero: as it was freed */
-        return large_out_unlock(s);
+        large_out(s);
+        ta_unlock_how(&ph_lock, how);
+        return s;
     }
     if (longer >= 0 && spare_fill(1)) {
         /* the head of the longer block; the rest stays a recent block, which
@@ -493,13 +500,31 @@ ta_span_t *ta_pageheap_alloc_large(uintptr_t npages) {
         register_ends(t);
         recent_put_locked(t);
         register_ends(s);
-        large_out_unlock(s);
-        s->rest_follows = 1; /* (the caller's block now: no lock needed) */
+        large_out(s);
+        s->rest_follows = 1;
+        ta_unlock_how(&ph_lock, how);
         return s;
     }
     recent_flush_locked();
-    ta_unlock(&ph_lock);
+    ta_unlock_how(&ph_lock, how);
     return alloc_span(npages, 1, 0, false);
+}
+
+ta_span_t *ta_pageheap_alloc_large(uintptr_t npages) {
+    int how = ta_lock_how(&ph_lock);
+    int i = ph_nrecent - 1;
+    /* the newest recent block fits (a program that frees a block and asks
+     * for one of its size again): its counters only */
+    if (TA_LIKELY(i >= 0) && TA_LIKELY(ph_recent[i].npages - npages <= npages / 8)) {
+        ta_span_t *s = ph_recent[i].s;
+        ph_nrecent = i;
+        account_free_recent(s, -1);
+        s->state = TA_SPAN_INUSE; /* registered, cls 0, no free list, not zero: as it was freed */
+        large_out(s);
+        ta_unlock_how(&ph_lock, how);
+        return s;
+    }
+    return alloc_large_search(npages, how);
 }
 
 ta_span_t *ta_pageheap_alloc_growable(uintptr_t npages) {
@@ -653,8 +678,24 @@ void ta_pageheap_free(ta_span_t *s) {
 #define PH_TICK_FREE_BYTES ((uint64_t)8 << 20)
 static uint32_t ph_large_frees;
 
-const char *ta_pageheap_free_large(ta_span_t *s, void *p) {
-    ta_lock(&ph_lock);
+/* free_locked's work for large block s, which becomes a recent one (not
+ * in the hardened build) */
+__attribute__((unused)) TA_ALWAYS_INLINE void large_in(ta_span_t *s) {
+    uint64_t b = ta_span_bytes(s);
+    ph_stat_add(&ph_stats.inuse_bytes, -(b));
+    ph_stats.large_bytes -= b;
+    ph_stats.large_count--;
+    ph_stats.n_free++;
+    s->free_since_ms = 0; /* (the union: the sample record is gone) */
+}
+
+/* a large block was freed: time for the decay's tick? */
+TA_ALWAYS_INLINE bool large_free_ticks(void) {
+    return ++ph_large_frees % PH_TICK_FREES == 0 || ph_stats.free_bytes - ph_recent_bytes > PH_TICK_FREE_BYTES;
+}
+
+/* ta_pageheap_free_large, all cases (ph_lock held, taken as `how` says) */
+TA_NOINLINE static const char *free_large_locked(ta_span_t *s, void *p, int how) {
     const char *err = NULL;
     if (s->state != TA_SPAN_INUSE)
         err = "double free of"; /* freed meanwhile */
@@ -664,13 +705,8 @@ const char *ta_pageheap_free_large(ta_span_t *s, void *p) {
     /* hardened: no recent blocks (each freed block gives up its guard page) */
     if (!err) free_locked(s, ta_os_now_ms());
 #else
-    if (!err) { /* free_locked's work for a large block, which goes to the recent ones */
-        uint64_t b = ta_span_bytes(s);
-        ph_stat_add(&ph_stats.inuse_bytes, -(b));
-        ph_stats.large_bytes -= b;
-        ph_stats.large_count--;
-        ph_stats.n_free++;
-        s->free_since_ms = 0; /* (the union: the sample record is gone) */
+    if (!err) {
+        large_in(s);
         /* the rest of the recent block it was cut from (or any recent block
          * just after it) joins it: the two are one block again */
         ta_span_t *n = s->rest_follows ? ta_pagemap_span(s->page + s->npages) : NULL;
@@ -686,11 +722,29 @@ const char *ta_pageheap_free_large(ta_span_t *s, void *p) {
         recent_put_locked(s);
     }
 #endif
-    bool tick = !err && (++ph_large_frees % PH_TICK_FREES == 0 ||
-                         ph_stats.free_bytes - ph_recent_bytes > PH_TICK_FREE_BYTES);
-    ta_unlock(&ph_lock);
+    bool tick = !err && large_free_ticks();
+    ta_unlock_how(&ph_lock, how);
     if (tick) tick_at(ta_os_now_ms());
     return err;
+}
+
+const char *ta_pageheap_free_large(ta_span_t *s, void *p) {
+    int how = ta_lock_how(&ph_lock);
+#if !TA_GUARD_PAGES
+    /* the common case: a block as it was handed out, not cut from a longer
+     * one, and room among the recent blocks (the rest: out of line) */
+    if (TA_LIKELY(s->state == TA_SPAN_INUSE && !s->cls && !s->rest_follows && ta_span_addr(s) == p &&
+                  ph_nrecent < PH_RECENT)) {
+        TA_ASSERT(!s->next && !s->prev);
+        large_in(s);
+        recent_append_locked(s);
+        bool tick = large_free_ticks();
+        ta_unlock_how(&ph_lock, how);
+        if (TA_UNLIKELY(tick)) tick_at(ta_os_now_ms());
+        return NULL;
+    }
+#endif
+    return free_large_locked(s, p, how);
 }
 
 ta_span_t *ta_pageheap_alloc_arena(uintptr_t npages, uintptr_t align_pages) {
