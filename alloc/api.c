@@ -124,14 +124,26 @@ void *ta_alloc_large(size_t size, size_t align, bool zero) {
     return large_sampled(p, size);
 }
 
+/* ta_malloc_large's rare part: the background thread to start, or the
+ * sampling countdown (already decremented by n) ran out */
+TA_NOINLINE static void *malloc_large_rare(void *p, size_t n) {
+    ta_background_kick();
+    if (ta_tls.sample_left < 0 && ta_sample_tick(n)) ta_sample_record(p, n, __builtin_frame_address(0));
+    return p;
+}
+
 /* malloc(n) of a large block (n > TA_MAX_SMALL): when initialised, not
  * tracing and n is a size the heap may serve, straight to the page heap */
 void *ta_malloc_large(size_t n) {
     if (TA_UNLIKELY(!ta_inited || ta_trace_on || n > TA_MAX_REQUEST)) return ta_alloc_large(n, 0, false);
     ta_span_t *s = ta_pageheap_alloc_large((n + TA_PAGE_SIZE - 1) >> TA_PAGE_SHIFT);
     if (TA_UNLIKELY(!s)) return ta_fail_nomem();
-    ta_background_kick(); /* no lock held, a malloc: see init.c */
-    return large_sampled(ta_span_addr(s), n);
+    void *p = ta_span_addr(s);
+    /* the sampling countdown, as on the small fast path; the background
+     * kick's test (no lock held, a malloc: see init.c) */
+    if (TA_UNLIKELY((ta_tls.sample_left -= (int64_t)n) < 0 || ta_background_unstarted()))
+        return malloc_large_rare(p, n);
+    return p;
 }
 
 /* ---- small blocks: the slow paths ------------------------------------------ */

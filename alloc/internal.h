@@ -13,6 +13,17 @@
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
+#if defined(__has_include)
+#if __has_include(<sys/single_threaded.h>)
+#include <sys/single_threaded.h>
+#define TA_HAVE_SINGLE_THREADED 1
+#endif
+#endif
+
+/* Everything declared below is the library's own (-fvisibility=hidden
+ * defines it hidden): declared so too, its variables are read with one
+ * instruction, not through the GOT (or a relaxed lea and a load). */
+#pragma GCC visibility push(hidden)
 
 #define TA_EXPORT __attribute__((visibility("default")))
 #define TA_LIKELY(x) __builtin_expect(!!(x), 1)
@@ -84,12 +95,6 @@ void ta_witness_forget_all(void); /* fork child: every lock was started afresh *
  * nobody can contend for a lock: it is taken and let go with plain stores, as
  * glibc does for its arenas.  No lock is ever held across the creation of a
  * thread, so a lock taken that way is let go before a second thread exists. */
-#if defined(__has_include)
-#if __has_include(<sys/single_threaded.h>)
-#include <sys/single_threaded.h>
-#define TA_HAVE_SINGLE_THREADED 1
-#endif
-#endif
 static inline bool ta_single_threaded(void) {
 #ifdef TA_HAVE_SINGLE_THREADED
     return __atomic_load_n(&__libc_single_threaded, __ATOMIC_RELAXED);
@@ -273,9 +278,11 @@ void ta_config_init(void);
 enum { TA_BG_NONE, TA_BG_STARTING, TA_BG_RUNNING, TA_BG_FAILED };
 extern int ta_bg_state; /* TA_BG_NONE: not started (yet) */
 void ta_background_start(void);
+static inline bool ta_background_unstarted(void) {
+    return ta_cfg.background && __atomic_load_n(&ta_bg_state, __ATOMIC_RELAXED) == TA_BG_NONE;
+}
 static inline void ta_background_kick(void) {
-    if (TA_UNLIKELY(ta_cfg.background && __atomic_load_n(&ta_bg_state, __ATOMIC_RELAXED) == TA_BG_NONE))
-        ta_background_start();
+    if (TA_UNLIKELY(ta_background_unstarted())) ta_background_start();
 }
 /* the decay work of tiers 1 and 2 (pcache.c), for the background thread */
 void ta_pcache_decay_tick(void);
@@ -723,5 +730,7 @@ void *ta_trace_aligned(int op, size_t align, size_t n);
 void ta_trace_thread_exit(void);
 void ta_trace_lock_all(void);
 void ta_trace_unlock_all(bool child);
+
+#pragma GCC visibility pop
 
 #endif
