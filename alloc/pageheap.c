@@ -70,11 +70,17 @@ static inline void note_inuse(void) {
     if (ph_stats.inuse_bytes > ph_inuse_peak.cur) ph_inuse_peak.cur = ph_stats.inuse_bytes;
 }
 
-/* a recent block's pages are resident free bytes */
-static uint64_t ph_recent_bytes; /* of the recent blocks (part of free_bytes) */
+/* A recent block's pages are resident free bytes, counted apart: the free
+ * resident bytes are ph_stats.free_bytes (those on the free lists) plus
+ * ph_recent_bytes (written like free_bytes: read without the lock), which
+ * ta_pageheap_stats adds up.  A recent block taken or put back then changes
+ * one counter, and the free lists' bytes are one load (the decay's tick). */
+static uint64_t ph_recent_bytes;
 static inline void account_free_recent(const ta_span_t *s, int sign) {
-    ph_stat_add(&ph_stats.free_bytes, sign * (uint64_t)ta_span_bytes(s));
-    ph_recent_bytes += sign * (uint64_t)ta_span_bytes(s);
+    ph_stat_add(&ph_recent_bytes, sign * (uint64_t)ta_span_bytes(s));
+}
+static inline uint64_t free_resident(void) {
+    return __atomic_load_n(&ph_stats.free_bytes, __ATOMIC_RELAXED) + __atomic_load_n(&ph_recent_bytes, __ATOMIC_RELAXED);
 }
 
 
@@ -167,7 +173,7 @@ static bool ph_decay_released;
 
 /* released pages were just handed out (s->zeroed): how much was resident then */
 static inline void note_refault(void) {
-    uint64_t r = ph_stats.inuse_bytes + ph_stats.free_bytes;
+    uint64_t r = ph_stats.inuse_bytes + free_resident();
     if (r > ph_res_peak.cur) ph_res_peak.cur = r;
     /* the first since a release: the heap needed what went back; hold longer */
     if (ph_decay_released && !ph_refault_seen) {
@@ -676,7 +682,7 @@ void ta_pageheap_free(ta_span_t *s) {
 /* ... unless the heap holds more free pages than this besides the recent
  * blocks: then every large free looks (pages worth giving back wait for it) */
 #define PH_TICK_FREE_BYTES ((uint64_t)8 << 20)
-static uint32_t ph_large_frees;
+static uint32_t ph_tick_left = PH_TICK_FREES;
 
 /* free_locked's work for large block s, which becomes a recent one (not
  * in the hardened build) */
@@ -691,7 +697,17 @@ __attribute__((unused)) TA_ALWAYS_INLINE void large_in(ta_span_t *s) {
 
 /* a large block was freed: time for the decay's tick? */
 TA_ALWAYS_INLINE bool large_free_ticks(void) {
-    return ++ph_large_frees % PH_TICK_FREES == 0 || ph_stats.free_bytes - ph_recent_bytes > PH_TICK_FREE_BYTES;
+    if (TA_UNLIKELY(--ph_tick_left == 0)) {
+        ph_tick_left = PH_TICK_FREES;
+        return true;
+    }
+    return ph_stats.free_bytes > PH_TICK_FREE_BYTES;
+}
+
+/* the decay's tick after a large free (ph_lock let go): NULL */
+TA_NOINLINE static const char *large_free_tick(void) {
+    tick_at(ta_os_now_ms());
+    return NULL;
 }
 
 /* ta_pageheap_free_large, all cases (ph_lock held, taken as `how` says) */
@@ -740,8 +756,7 @@ const char *ta_pageheap_free_large(ta_span_t *s, void *p) {
         recent_append_locked(s);
         bool tick = large_free_ticks();
         ta_unlock_how(&ph_lock, how);
-        if (TA_UNLIKELY(tick)) tick_at(ta_os_now_ms());
-        return NULL;
+        return TA_UNLIKELY(tick) ? large_free_tick() : NULL;
     }
 #endif
     return free_large_locked(s, p, how);
@@ -1001,7 +1016,8 @@ static size_t decay_pass(uint64_t now, bool force) {
         ta_unlock(&ph_lock);
         return 0;
     }
-    recent_flush_locked(); /* blocks not asked for again since the last pass */
+    recent_flush_locked(); /* blocks not asked for again since the last pass (so
+                            * every free resident byte is on the lists) */
     ph_last_decay_ms = now;
     peak_rotate(now);
     uint64_t ops = ph_stats.n_alloc + ph_stats.n_free;
@@ -1074,19 +1090,19 @@ void ta_pageheap_tick(uint64_t now) { tick_at(now); }
  * never starts one)? */
 #define PH_BG_MIN_BYTES ((uint64_t)4 << 20)
 bool ta_pageheap_bg_due(void) {
-    uint64_t r = __atomic_load_n(&ph_stats.inuse_bytes, __ATOMIC_RELAXED) +
-                 __atomic_load_n(&ph_stats.free_bytes, __ATOMIC_RELAXED);
+    uint64_t r = __atomic_load_n(&ph_stats.inuse_bytes, __ATOMIC_RELAXED) + free_resident();
     return r >= PH_BG_MIN_BYTES && (!ph_forked || ta_os_now_ms() - ph_fork_ms >= ta_cfg.decay_ms);
 }
 
 void ta_pageheap_stats(ta_pageheap_stats_t *out) {
     ta_lock(&ph_lock);
-    *out = ph_stats;
+    ta_pageheap_stats_locked(out, NULL);
     ta_unlock(&ph_lock);
 }
 
 void ta_pageheap_stats_locked(ta_pageheap_stats_t *out, uint64_t *class_spans) {
     *out = ph_stats;
+    out->free_bytes += ph_recent_bytes;
     if (class_spans)
         for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) class_spans[c] = ph_class_spans[c];
 }
