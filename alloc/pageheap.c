@@ -145,15 +145,16 @@ __attribute__((unused)) /* (not in the hardened build) */ static void recent_put
     recent_append_locked(s);
 }
 
-/* Take recent block s out of the cache (it stays counted as free). */
-static void recent_remove_locked(ta_span_t *s) {
-    for (int i = 0; i < ph_nrecent; i++)
-        if (ph_recent[i].s == s) {
-            recent_drop(i);
-            return;
-        }
-    TA_ASSERT(!"a recent span not in the cache");
+/* The entry of recent block s. */
+static int recent_index(const ta_span_t *s) {
+    int i = ph_nrecent - 1; /* (the newest, most often) */
+    while (i > 0 && ph_recent[i].s != s) i--;
+    TA_ASSERT(ph_recent[i].s == s);
+    return i;
 }
+
+/* Take recent block s out of the cache (it stays counted as free). */
+static void recent_remove_locked(ta_span_t *s) { recent_drop(recent_index(s)); }
 
 /* A recent block of npages .. most pages starting on a multiple of
  * align_pages (the newest such), taken out; NULL if none. */
@@ -504,8 +505,9 @@ TA_NOINLINE static ta_span_t *alloc_large_search(uintptr_t npages, int how) {
         ta_span_t *t = split(s, npages);
         s->state = TA_SPAN_INUSE;
         register_ends(t);
-        recent_put_locked(t);
-        register_ends(s);
+        t->next = t->prev = NULL;
+        recent_append_locked(t); /* (in the entry s left) */
+        ta_pagemap_set(s->page + npages - 1, s, 0); /* (its first page is registered as it was) */
         large_out(s);
         s->rest_follows = 1;
         ta_unlock_how(&ph_lock, how);
@@ -727,15 +729,16 @@ TA_NOINLINE static const char *free_large_locked(ta_span_t *s, void *p, int how)
          * just after it) joins it: the two are one block again */
         ta_span_t *n = s->rest_follows ? ta_pagemap_span(s->page + s->npages) : NULL;
         if (n && n->state == TA_SPAN_RECENT && n->npages && n->page == s->page + s->npages) {
-            recent_remove_locked(n);
+            recent_drop(recent_index(n));
             account_free_recent(n, -1);
             ta_pagemap_set(n->page, s, 0); /* (its old start points at the joined block) */
             s->npages += n->npages;
             span_retire(n);
-            register_ends(s);
+            ta_pagemap_set(s->page + s->npages - 1, s, 0); /* (its first page is registered) */
             ph_stats.n_coalesce++;
-        }
-        recent_put_locked(s);
+            recent_append_locked(s); /* (in the entry n left) */
+        } else
+            recent_put_locked(s);
     }
 #endif
     bool tick = !err && large_free_ticks();
