@@ -218,8 +218,7 @@ TA_NOINLINE void ta_free_slow(void *p, uint64_t info) {
         ta_span_t *s = ta_pagemap_span((uintptr_t)p >> TA_PAGE_SHIFT);
         if (s && s->state == TA_SPAN_INUSE && !s->cls && !s->sample && ta_span_addr(s) == p &&
             TA_LIKELY(!ta_trace_on)) {
-            const char *err = ta_pageheap_free_large(s, p); /* (checks again under the lock) */
-            if (TA_UNLIKELY(err)) bad_pointer(err, p);
+            ta_pageheap_free_large_or_abort(s, p); /* (checks again under the lock) */
             return;
         }
     }

@@ -108,9 +108,9 @@ static void *bg_main(void *arg) {
     return NULL;
 }
 
-/* ta_background_kick (internal.h) found none started */
-void ta_background_start(void) {
-    if (!ta_pageheap_bg_due()) return; /* a small heap, or a child of fork that may exec */
+/* the thread is due and none started yet (out of line: a heap too small for
+ * one asks at every large malloc, and this has a large frame) */
+TA_NOINLINE static void bg_create(void) {
     int saved = errno;
     ta_lock(&init_lock);
     if (ta_bg_state != TA_BG_NONE) { /* another thread started it meanwhile */
@@ -138,6 +138,11 @@ void ta_background_start(void) {
     __atomic_store_n(&ta_bg_state, rc ? TA_BG_FAILED : TA_BG_RUNNING, __ATOMIC_RELEASE);
     ta_unlock(&init_lock);
     errno = saved;
+}
+
+/* ta_background_kick (internal.h) found none started */
+void ta_background_start(void) {
+    if (ta_pageheap_bg_due()) bg_create(); /* not in a small heap, or a child of fork that may exec */
 }
 
 static void fork_prepare(void) {

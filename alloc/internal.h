@@ -515,6 +515,9 @@ void ta_pageheap_free(ta_span_t *s);
 /* free() of p, the start of large span s as the classifier saw it: checked
  * again under the lock, then freed; returns NULL, or what is wrong. */
 const char *ta_pageheap_free_large(ta_span_t *s, void *p);
+/* The same, aborting with the one-line diagnostic naming p when it is wrong
+ * (free's path: no answer to look at). */
+void ta_pageheap_free_large_or_abort(ta_span_t *s, void *p);
 /* Scoped-arena chunks (arena.c): spans of class TA_SPAN_ARENA, every page
  * registered with info 0 (counted among the large blocks). */
 ta_span_t *ta_pageheap_alloc_arena(uintptr_t npages, uintptr_t align_pages);

@@ -747,7 +747,7 @@ TA_NOINLINE static const char *free_large_locked(ta_span_t *s, void *p, int how)
     return err;
 }
 
-const char *ta_pageheap_free_large(ta_span_t *s, void *p) {
+TA_ALWAYS_INLINE const char *free_large(ta_span_t *s, void *p) {
     int how = ta_lock_how(&ph_lock);
 #if !TA_GUARD_PAGES
     /* the common case: a block as it was handed out, not cut from a longer
@@ -763,6 +763,15 @@ const char *ta_pageheap_free_large(ta_span_t *s, void *p) {
     }
 #endif
     return free_large_locked(s, p, how);
+}
+
+const char *ta_pageheap_free_large(ta_span_t *s, void *p) { return free_large(s, p); }
+
+TA_COLD static void free_large_abort(const char *err, void *p) { ta_fatal("%s %p", err, p); }
+
+void ta_pageheap_free_large_or_abort(ta_span_t *s, void *p) {
+    const char *err = free_large(s, p);
+    if (TA_UNLIKELY(err)) free_large_abort(err, p);
 }
 
 ta_span_t *ta_pageheap_alloc_arena(uintptr_t npages, uintptr_t align_pages) {
