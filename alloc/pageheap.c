@@ -706,11 +706,13 @@ TA_ALWAYS_INLINE bool large_free_ticks(void) {
     return ph_stats.free_bytes > PH_TICK_FREE_BYTES;
 }
 
+#if !TA_GUARD_PAGES
 /* the decay's tick after a large free (ph_lock let go): NULL */
 TA_NOINLINE static const char *large_free_tick(void) {
     tick_at(ta_os_now_ms());
     return NULL;
 }
+#endif
 
 /* ta_pageheap_free_large, all cases (ph_lock held, taken as `how` says) */
 TA_NOINLINE static const char *free_large_locked(ta_span_t *s, void *p, int how) {
