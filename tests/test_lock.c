@@ -103,6 +103,11 @@ static void solo_and_windows(void *arg) {
         if (ta_solo_held) plain++;
         bump();
         ta_unlock(&lk);
+        int how = ta_lock_how(&lk);
+        told += how == TA_HELD_SOLO;
+        bump();
+        ta_unlock_how(&lk, how);
+        mine++;
     }
     CHECK(counter == mine + WINDOWS, "lost updates: %lu of %lu", (unsigned long)(mine + WINDOWS - counter),
           (unsigned long)(mine + WINDOWS));
