@@ -107,15 +107,42 @@ TA_ALWAYS_INLINE void *alloc_span_for(size_t size, size_t align, bool zero, bool
 
 static void *alloc_span(size_t size, size_t align, bool zero) { return alloc_span_for(size, align, zero, false); }
 
+/* sampling of large block p (NULL: none) of size bytes: the same countdown as
+ * the small fast path (inline: the stack is the caller's) */
+TA_ALWAYS_INLINE void *large_sampled(void *p, size_t size) {
+    if (p && TA_UNLIKELY((ta_tls.sample_left -= (int64_t)size) < 0) && ta_sample_tick(size))
+        ta_sample_record(p, size, __builtin_frame_address(0));
+    return p;
+}
+
 void *ta_alloc_large(size_t size, size_t align, bool zero) {
     void *p = alloc_span(size, align, zero);
     if (TA_UNLIKELY(ta_trace_on)) { /* no sampling while tracing */
         ta_trace_alloc(TA_TR_MALLOC, p, size, 0);
         return p;
     }
-    /* sampling: the same countdown as the small fast path */
-    if (p && TA_UNLIKELY((ta_tls.sample_left -= (int64_t)size) < 0) && ta_sample_tick(size))
-        ta_sample_record(p, size, __builtin_frame_address(0));
+    return large_sampled(p, size);
+}
+
+/* ta_malloc_large's rare part: the background thread to start, or the
+ * sampling countdown (already decremented by n) ran out */
+TA_NOINLINE static void *malloc_large_rare(void *p, size_t n) {
+    ta_background_kick();
+    if (ta_tls.sample_left < 0 && ta_sample_tick(n)) ta_sample_record(p, n, __builtin_frame_address(0));
+    return p;
+}
+
+/* malloc(n) of a large block (n > TA_MAX_SMALL): when initialised, not
+ * tracing and n is a size the heap may serve, straight to the page heap */
+void *ta_malloc_large(size_t n) {
+    if (TA_UNLIKELY(!ta_inited || ta_trace_on || n > TA_MAX_REQUEST)) return ta_alloc_large(n, 0, false);
+    ta_span_t *s = ta_pageheap_alloc_large((n + TA_PAGE_SIZE - 1) >> TA_PAGE_SHIFT);
+    if (TA_UNLIKELY(!s)) return ta_fail_nomem();
+    void *p = ta_span_addr(s);
+    /* the sampling countdown, as on the small fast path; the background
+     * kick's test (no lock held, a malloc: see init.c) */
+    if (TA_UNLIKELY((ta_tls.sample_left -= (int64_t)n) < 0 || ta_background_unstarted()))
+        return malloc_large_rare(p, n);
     return p;
 }
 
@@ -159,17 +186,9 @@ TA_NOINLINE void *ta_alloc_sample_slow(size_t n, uint32_t cls) {
     return p;
 }
 
-TA_NOINLINE void ta_free_slow(void *p, uint64_t info) {
+/* ta_free_slow but for the start of a large block, unsampled and not traced */
+TA_NOINLINE static void free_classified(void *p, uint64_t info) {
     if (!p) return;
-    if (!info) { /* the start of a large block, unsampled and not traced: no classifying */
-        ta_span_t *s = ta_pagemap_span((uintptr_t)p >> TA_PAGE_SHIFT);
-        if (s && s->state == TA_SPAN_INUSE && !s->cls && !s->sample && ta_span_addr(s) == p &&
-            TA_LIKELY(!ta_trace_on)) {
-            const char *err = ta_pageheap_free_large(s, p); /* (checks again under the lock) */
-            if (err) bad_pointer(err, p);
-            return;
-        }
-    }
     ptr_class_t c = classify_info(p, info);
     switch (c.kind) {
     case PTR_SMALL: { /* a live block (a race moved it off the fast path) */
@@ -192,6 +211,18 @@ TA_NOINLINE void ta_free_slow(void *p, uint64_t info) {
         if (c.kind == PTR_FOREIGN && ta_boot_size(p)) return; /* made during init: kept */
         bad_class(c.kind, p, NULL);
     }
+}
+
+TA_NOINLINE void ta_free_slow(void *p, uint64_t info) {
+    if (!info && p) { /* the start of a large block, unsampled and not traced: no classifying */
+        ta_span_t *s = ta_pagemap_span((uintptr_t)p >> TA_PAGE_SHIFT);
+        if (s && s->state == TA_SPAN_INUSE && !s->cls && !s->sample && ta_span_addr(s) == p &&
+            TA_LIKELY(!ta_trace_on)) {
+            ta_pageheap_free_large_or_abort(s, p); /* (checks again under the lock) */
+            return;
+        }
+    }
+    free_classified(p, info);
 }
 
 /* the calls that are not malloc or free, recorded as themselves when tracing */

@@ -16,6 +16,7 @@
 void *ta_alloc_small_slow(size_t n, uint32_t cls);  /* tier-1 miss */
 void *ta_alloc_sample_slow(size_t n, uint32_t cls); /* the sampling countdown ran out */
 void *ta_alloc_large(size_t size, size_t align, bool zero);
+void *ta_malloc_large(size_t n);                     /* ta_alloc_large(n, 0, false), the common case first */
 void *ta_alloc_aligned(size_t align, size_t n);      /* align: a power of two */
 void ta_free_slow(void *p, uint64_t info);           /* anything but a live small block; info: p's pagemap word */
 void *ta_fail_nomem(void);                           /* errno = ENOMEM, NULL */
@@ -32,7 +33,7 @@ TA_ALWAYS_INLINE void *ta_alloc_class(uint32_t cls, size_t n) {
 
 TA_ALWAYS_INLINE void *ta_do_malloc(size_t n) {
     if (TA_LIKELY(n <= TA_MAX_SMALL)) return ta_alloc_class(ta_size_to_class(n), n);
-    return ta_alloc_large(n, 0, false);
+    return ta_malloc_large(n);
 }
 
 /* A small block just marked FREE goes back: to tier 1, or in the hardened

@@ -79,7 +79,7 @@ bool ta_init_slow(void) {
  * free path would wait for a lock its own thread holds, with every signal
  * blocked.  So it starts only from a malloc (tier 1's refill, a large block),
  * never from a free, never re-entered (pthread_create's own allocations find
- * bg_state STARTING), with no lock of ours held, and only in a heap of a few
+ * ta_bg_state STARTING), with no lock of ours held, and only in a heap of a few
  * MiB (small programs never see it) and, in a child of fork, after a decay
  * period (children that go on to exec never see it).  The start holds init_lock, which fork_prepare
  * takes first: a fork waits until pthread_create has returned, so a child
@@ -87,8 +87,7 @@ bool ta_init_slow(void) {
  * (fork copies only the caller): fork_child clears the state, the page heap
  * counts the child's heap as new, and a child that lives a decay period
  * starts its own. */
-enum { BG_NONE, BG_STARTING, BG_RUNNING, BG_FAILED };
-static int bg_state;
+int ta_bg_state;
 
 static void *bg_main(void *arg) {
     (void)arg;
@@ -109,18 +108,18 @@ static void *bg_main(void *arg) {
     return NULL;
 }
 
-void ta_background_kick(void) {
-    if (TA_LIKELY(!ta_cfg.background || __atomic_load_n(&bg_state, __ATOMIC_RELAXED) != BG_NONE)) return;
-    if (!ta_pageheap_bg_due()) return; /* a small heap, or a child of fork that may exec */
+/* the thread is due and none started yet (out of line: a heap too small for
+ * one asks at every large malloc, and this has a large frame) */
+TA_NOINLINE static void bg_create(void) {
     int saved = errno;
     ta_lock(&init_lock);
-    if (bg_state != BG_NONE) { /* another thread started it meanwhile */
+    if (ta_bg_state != TA_BG_NONE) { /* another thread started it meanwhile */
         ta_unlock(&init_lock);
         return;
     }
-    __atomic_store_n(&bg_state, BG_STARTING, __ATOMIC_RELAXED);
+    __atomic_store_n(&ta_bg_state, TA_BG_STARTING, __ATOMIC_RELAXED);
     /* the thread takes none of the program's signals; pthread_create may call
-     * malloc (the thread's TLS vector): that malloc sees BG_STARTING */
+     * malloc (the thread's TLS vector): that malloc sees TA_BG_STARTING */
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -136,9 +135,14 @@ void ta_background_kick(void) {
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     /* no thread (resource limits): the slow paths go on running the decay */
-    __atomic_store_n(&bg_state, rc ? BG_FAILED : BG_RUNNING, __ATOMIC_RELEASE);
+    __atomic_store_n(&ta_bg_state, rc ? TA_BG_FAILED : TA_BG_RUNNING, __ATOMIC_RELEASE);
     ta_unlock(&init_lock);
     errno = saved;
+}
+
+/* ta_background_kick (internal.h) found none started */
+void ta_background_start(void) {
+    if (ta_pageheap_bg_due()) bg_create(); /* not in a small heap, or a child of fork that may exec */
 }
 
 static void fork_prepare(void) {
@@ -157,7 +161,7 @@ static void fork_after(bool child) {
     if (child) {
         ta_solo_after_fork(true);
         ta_witness_forget_all();
-        bg_state = BG_NONE; /* started again lazily (the page heap forgets it too) */
+        ta_bg_state = TA_BG_NONE; /* started again lazily (the page heap forgets it too) */
     }
     ta_meta_unlock_all(child);
     ta_trace_unlock_all(child);

@@ -13,6 +13,17 @@
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
+#if defined(__has_include)
+#if __has_include(<sys/single_threaded.h>)
+#include <sys/single_threaded.h>
+#define TA_HAVE_SINGLE_THREADED 1
+#endif
+#endif
+
+/* Everything declared below is the library's own (-fvisibility=hidden
+ * defines it hidden): declared so too, its variables are read with one
+ * instruction, not through the GOT (or a relaxed lea and a load). */
+#pragma GCC visibility push(hidden)
 
 #define TA_EXPORT __attribute__((visibility("default")))
 #define TA_LIKELY(x) __builtin_expect(!!(x), 1)
@@ -84,12 +95,6 @@ void ta_witness_forget_all(void); /* fork child: every lock was started afresh *
  * nobody can contend for a lock: it is taken and let go with plain stores, as
  * glibc does for its arenas.  No lock is ever held across the creation of a
  * thread, so a lock taken that way is let go before a second thread exists. */
-#if defined(__has_include)
-#if __has_include(<sys/single_threaded.h>)
-#include <sys/single_threaded.h>
-#define TA_HAVE_SINGLE_THREADED 1
-#endif
-#endif
 static inline bool ta_single_threaded(void) {
 #ifdef TA_HAVE_SINGLE_THREADED
     return __atomic_load_n(&__libc_single_threaded, __ATOMIC_RELAXED);
@@ -141,17 +146,25 @@ static inline bool ta_solo_holding(void) {
 /* one lock taken in solo mode is let go (after its state was stored) */
 static inline void ta_solo_leave(void) { __atomic_store_n(&ta_solo_held, ta_solo_held - 1, __ATOMIC_RELEASE); }
 
-static inline void ta_lock(ta_lock_t *l) {
+/* How a lock was taken (ta_lock_how), so that the holder lets it go
+ * (ta_unlock_how) without asking again: with a plain store (the process had
+ * one thread), a plain store and one lock less held in solo mode, or an
+ * atomic exchange. */
+enum { TA_HELD_PLAIN, TA_HELD_SOLO, TA_HELD_ATOMIC };
+static inline int ta_lock_how(ta_lock_t *l) {
     ta_witness_acquire(l, false);
-    if ((ta_single_threaded() || ta_solo_enter()) && !__atomic_load_n(&l->state, __ATOMIC_RELAXED)) {
+    int how = ta_single_threaded() ? TA_HELD_PLAIN : ta_solo_enter() ? TA_HELD_SOLO : TA_HELD_ATOMIC;
+    if (how != TA_HELD_ATOMIC && !__atomic_load_n(&l->state, __ATOMIC_RELAXED)) {
         __atomic_store_n(&l->state, 1, __ATOMIC_RELAXED);
-        return;
+        return how;
     }
     /* (a lock found held in solo mode stays counted: its unlock is a solo one) */
     int z = 0;
     if (TA_UNLIKELY(!__atomic_compare_exchange_n(&l->state, &z, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)))
         ta_lock_wait(l);
+    return how == TA_HELD_SOLO ? how : TA_HELD_ATOMIC;
 }
+static inline void ta_lock(ta_lock_t *l) { (void)ta_lock_how(l); }
 static inline bool ta_trylock(ta_lock_t *l) {
     int z = 0;
     bool solo = false;
@@ -166,18 +179,20 @@ static inline bool ta_trylock(ta_lock_t *l) {
     ta_witness_acquire(l, true);
     return true;
 }
-static inline void ta_unlock(ta_lock_t *l) {
+/* Let go of a lock ta_lock_how took (how: its answer).  Only for a lock held
+ * where no thread is created: one taken while the process had one thread is
+ * let go with a plain store. */
+static inline void ta_unlock_how(ta_lock_t *l, int how) {
     ta_witness_release(l);
-    if (ta_single_threaded()) { /* nobody waits: the state is 1 */
+    if (TA_LIKELY(how != TA_HELD_ATOMIC)) { /* nobody waits: the state is 1 */
         __atomic_store_n(&l->state, 0, __ATOMIC_RELAXED);
-        return;
-    }
-    if (ta_solo_holding()) {
-        __atomic_store_n(&l->state, 0, __ATOMIC_RELAXED);
-        ta_solo_leave();
+        if (how == TA_HELD_SOLO) ta_solo_leave();
         return;
     }
     if (TA_UNLIKELY(__atomic_exchange_n(&l->state, 0, __ATOMIC_RELEASE) == 2)) ta_lock_wake(l);
+}
+static inline void ta_unlock(ta_lock_t *l) {
+    ta_unlock_how(l, ta_single_threaded() ? TA_HELD_PLAIN : ta_solo_holding() ? TA_HELD_SOLO : TA_HELD_ATOMIC);
 }
 /* after fork: the parent unlocks what fork_prepare locked; the child, whose
  * other threads are gone, starts the lock afresh */
@@ -260,7 +275,15 @@ void ta_config_init(void);
  * heap a decay period old; every decay_ms / 4 it lets idle caches drain and
  * runs the page heap's decay pass.  Not in a child after fork: a child that
  * lives a decay period starts its own. */
-void ta_background_kick(void);
+enum { TA_BG_NONE, TA_BG_STARTING, TA_BG_RUNNING, TA_BG_FAILED };
+extern int ta_bg_state; /* TA_BG_NONE: not started (yet) */
+void ta_background_start(void);
+static inline bool ta_background_unstarted(void) {
+    return ta_cfg.background && __atomic_load_n(&ta_bg_state, __ATOMIC_RELAXED) == TA_BG_NONE;
+}
+static inline void ta_background_kick(void) {
+    if (TA_UNLIKELY(ta_background_unstarted())) ta_background_start();
+}
 /* the decay work of tiers 1 and 2 (pcache.c), for the background thread */
 void ta_pcache_decay_tick(void);
 void ta_config_read(char **env, int ncpu, bool secure);
@@ -492,6 +515,9 @@ void ta_pageheap_free(ta_span_t *s);
 /* free() of p, the start of large span s as the classifier saw it: checked
  * again under the lock, then freed; returns NULL, or what is wrong. */
 const char *ta_pageheap_free_large(ta_span_t *s, void *p);
+/* The same, aborting with the one-line diagnostic naming p when it is wrong
+ * (free's path: no answer to look at). */
+void ta_pageheap_free_large_or_abort(ta_span_t *s, void *p);
 /* Scoped-arena chunks (arena.c): spans of class TA_SPAN_ARENA, every page
  * registered with info 0 (counted among the large blocks). */
 ta_span_t *ta_pageheap_alloc_arena(uintptr_t npages, uintptr_t align_pages);
@@ -707,5 +733,7 @@ void *ta_trace_aligned(int op, size_t align, size_t n);
 void ta_trace_thread_exit(void);
 void ta_trace_lock_all(void);
 void ta_trace_unlock_all(bool child);
+
+#pragma GCC visibility pop
 
 #endif

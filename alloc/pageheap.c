@@ -70,11 +70,17 @@ static inline void note_inuse(void) {
     if (ph_stats.inuse_bytes > ph_inuse_peak.cur) ph_inuse_peak.cur = ph_stats.inuse_bytes;
 }
 
-/* a recent block's pages are resident free bytes */
-static uint64_t ph_recent_bytes; /* of the recent blocks (part of free_bytes) */
+/* A recent block's pages are resident free bytes, counted apart: the free
+ * resident bytes are ph_stats.free_bytes (those on the free lists) plus
+ * ph_recent_bytes (written like free_bytes: read without the lock), which
+ * ta_pageheap_stats adds up.  A recent block taken or put back then changes
+ * one counter, and the free lists' bytes are one load (the decay's tick). */
+static uint64_t ph_recent_bytes;
 static inline void account_free_recent(const ta_span_t *s, int sign) {
-    ph_stat_add(&ph_stats.free_bytes, sign * (uint64_t)ta_span_bytes(s));
-    ph_recent_bytes += sign * (uint64_t)ta_span_bytes(s);
+    ph_stat_add(&ph_recent_bytes, sign * (uint64_t)ta_span_bytes(s));
+}
+static inline uint64_t free_resident(void) {
+    return __atomic_load_n(&ph_stats.free_bytes, __ATOMIC_RELAXED) + __atomic_load_n(&ph_recent_bytes, __ATOMIC_RELAXED);
 }
 
 
@@ -124,25 +130,31 @@ static ta_span_t *recent_drop(int i) {
     return s;
 }
 
-/* Keep freed block s (its accounting done) as recent; the
- * oldest recent block goes to the free lists when there is no room. */
-__attribute__((unused)) /* (not in the hardened build) */ TA_ALWAYS_INLINE void recent_put_locked(ta_span_t *s) {
-    s->state = TA_SPAN_RECENT; /* first: the oldest may be its neighbour */
-    s->next = s->prev = NULL;
-    if (ph_nrecent == PH_RECENT) recent_to_lists(recent_drop(0));
+/* Keep freed block s (its accounting done, off every list) as recent, where
+ * there is room (ph_nrecent < PH_RECENT) ... */
+__attribute__((unused)) TA_ALWAYS_INLINE void recent_append_locked(ta_span_t *s) {
+    s->state = TA_SPAN_RECENT;
     account_free_recent(s, +1);
     ph_recent[ph_nrecent++] = (struct ph_recent){s, s->page, s->npages};
 }
+/* ... or after the oldest recent block went to the free lists */
+__attribute__((unused)) /* (not in the hardened build) */ static void recent_put_locked(ta_span_t *s) {
+    s->state = TA_SPAN_RECENT; /* first: the oldest may be its neighbour */
+    s->next = s->prev = NULL;
+    if (ph_nrecent == PH_RECENT) recent_to_lists(recent_drop(0));
+    recent_append_locked(s);
+}
+
+/* The entry of recent block s. */
+static int recent_index(const ta_span_t *s) {
+    int i = ph_nrecent - 1; /* (the newest, most often) */
+    while (i > 0 && ph_recent[i].s != s) i--;
+    TA_ASSERT(ph_recent[i].s == s);
+    return i;
+}
 
 /* Take recent block s out of the cache (it stays counted as free). */
-static void recent_remove_locked(ta_span_t *s) {
-    for (int i = 0; i < ph_nrecent; i++)
-        if (ph_recent[i].s == s) {
-            recent_drop(i);
-            return;
-        }
-    TA_ASSERT(!"a recent span not in the cache");
-}
+static void recent_remove_locked(ta_span_t *s) { recent_drop(recent_index(s)); }
 
 /* A recent block of npages .. most pages starting on a multiple of
  * align_pages (the newest such), taken out; NULL if none. */
@@ -162,7 +174,7 @@ static bool ph_decay_released;
 
 /* released pages were just handed out (s->zeroed): how much was resident then */
 static inline void note_refault(void) {
-    uint64_t r = ph_stats.inuse_bytes + ph_stats.free_bytes;
+    uint64_t r = ph_stats.inuse_bytes + free_resident();
     if (r > ph_res_peak.cur) ph_res_peak.cur = r;
     /* the first since a release: the heap needed what went back; hold longer */
     if (ph_decay_released && !ph_refault_seen) {
@@ -452,8 +464,8 @@ ta_span_t *ta_pageheap_alloc(uintptr_t npages, uintptr_t align_pages, uint32_t c
  * blocks go to the free lists, where they merge, and the general path serves
  * (so that pages freed just now are reused before untouched ones). */
 /* recent block s (INUSE, registered) is handed out as a large block: the
- * counters of an allocation; then ph_lock is let go */
-static ta_span_t *large_out_unlock(ta_span_t *s) {
+ * counters of an allocation */
+TA_ALWAYS_INLINE void large_out(ta_span_t *s) {
     uint64_t b = ta_span_bytes(s);
     s->zeroed = 0;
     s->rest_follows = 0;
@@ -463,12 +475,12 @@ static ta_span_t *large_out_unlock(ta_span_t *s) {
     ph_stat_add(&ph_stats.inuse_bytes, b);
     note_inuse();
     ph_stats.n_alloc++;
-    ta_unlock(&ph_lock);
-    return s;
 }
 
-ta_span_t *ta_pageheap_alloc_large(uintptr_t npages) {
-    ta_lock(&ph_lock);
+/* ta_pageheap_alloc_large when the newest recent block does not fit (ph_lock
+ * held, taken as `how` says): out of line, so that the common case saves
+ * few registers */
+TA_NOINLINE static ta_span_t *alloc_large_search(uintptr_t npages, int how) {
     int longer = -1;
     for (int i = ph_nrecent - 1; i >= 0; i--) {
         if (ph_recent[i].npages - npages > npages / 8) { /* (unsigned: shorter ones too) */
@@ -479,7 +491,9 @@ ta_span_t *ta_pageheap_alloc_large(uintptr_t npages) {
         ta_span_t *s = recent_drop(i);
         account_free_recent(s, -1);
         s->state = TA_SPAN_INUSE; /* registered, cls 0, no free list, not zero: as it was freed */
-        return large_out_unlock(s);
+        large_out(s);
+        ta_unlock_how(&ph_lock, how);
+        return s;
     }
     if (longer >= 0 && spare_fill(1)) {
         /* the head of the longer block; the rest stays a recent block, which
@@ -491,15 +505,34 @@ ta_span_t *ta_pageheap_alloc_large(uintptr_t npages) {
         ta_span_t *t = split(s, npages);
         s->state = TA_SPAN_INUSE;
         register_ends(t);
-        recent_put_locked(t);
-        register_ends(s);
-        large_out_unlock(s);
-        s->rest_follows = 1; /* (the caller's block now: no lock needed) */
+        t->next = t->prev = NULL;
+        recent_append_locked(t); /* (in the entry s left) */
+        ta_pagemap_set(s->page + npages - 1, s, 0); /* (its first page is registered as it was) */
+        large_out(s);
+        s->rest_follows = 1;
+        ta_unlock_how(&ph_lock, how);
         return s;
     }
     recent_flush_locked();
-    ta_unlock(&ph_lock);
+    ta_unlock_how(&ph_lock, how);
     return alloc_span(npages, 1, 0, false);
+}
+
+ta_span_t *ta_pageheap_alloc_large(uintptr_t npages) {
+    int how = ta_lock_how(&ph_lock);
+    int i = ph_nrecent - 1;
+    /* the newest recent block fits (a program that frees a block and asks
+     * for one of its size again): its counters only */
+    if (TA_LIKELY(i >= 0) && TA_LIKELY(ph_recent[i].npages - npages <= npages / 8)) {
+        ta_span_t *s = ph_recent[i].s;
+        ph_nrecent = i;
+        account_free_recent(s, -1);
+        s->state = TA_SPAN_INUSE; /* registered, cls 0, no free list, not zero: as it was freed */
+        large_out(s);
+        ta_unlock_how(&ph_lock, how);
+        return s;
+    }
+    return alloc_large_search(npages, how);
 }
 
 ta_span_t *ta_pageheap_alloc_growable(uintptr_t npages) {
@@ -651,10 +684,38 @@ void ta_pageheap_free(ta_span_t *s) {
 /* ... unless the heap holds more free pages than this besides the recent
  * blocks: then every large free looks (pages worth giving back wait for it) */
 #define PH_TICK_FREE_BYTES ((uint64_t)8 << 20)
-static uint32_t ph_large_frees;
+static uint32_t ph_tick_left = PH_TICK_FREES;
 
-const char *ta_pageheap_free_large(ta_span_t *s, void *p) {
-    ta_lock(&ph_lock);
+/* free_locked's work for large block s, which becomes a recent one (not
+ * in the hardened build) */
+__attribute__((unused)) TA_ALWAYS_INLINE void large_in(ta_span_t *s) {
+    uint64_t b = ta_span_bytes(s);
+    ph_stat_add(&ph_stats.inuse_bytes, -(b));
+    ph_stats.large_bytes -= b;
+    ph_stats.large_count--;
+    ph_stats.n_free++;
+    s->free_since_ms = 0; /* (the union: the sample record is gone) */
+}
+
+/* a large block was freed: time for the decay's tick? */
+TA_ALWAYS_INLINE bool large_free_ticks(void) {
+    if (TA_UNLIKELY(--ph_tick_left == 0)) {
+        ph_tick_left = PH_TICK_FREES;
+        return true;
+    }
+    return ph_stats.free_bytes > PH_TICK_FREE_BYTES;
+}
+
+#if !TA_GUARD_PAGES
+/* the decay's tick after a large free (ph_lock let go): NULL */
+TA_NOINLINE static const char *large_free_tick(void) {
+    tick_at(ta_os_now_ms());
+    return NULL;
+}
+#endif
+
+/* ta_pageheap_free_large, all cases (ph_lock held, taken as `how` says) */
+TA_NOINLINE static const char *free_large_locked(ta_span_t *s, void *p, int how) {
     const char *err = NULL;
     if (s->state != TA_SPAN_INUSE)
         err = "double free of"; /* freed meanwhile */
@@ -664,33 +725,55 @@ const char *ta_pageheap_free_large(ta_span_t *s, void *p) {
     /* hardened: no recent blocks (each freed block gives up its guard page) */
     if (!err) free_locked(s, ta_os_now_ms());
 #else
-    if (!err) { /* free_locked's work for a large block, which goes to the recent ones */
-        uint64_t b = ta_span_bytes(s);
-        ph_stat_add(&ph_stats.inuse_bytes, -(b));
-        ph_stats.large_bytes -= b;
-        ph_stats.large_count--;
-        ph_stats.n_free++;
-        s->free_since_ms = 0; /* (the union: the sample record is gone) */
+    if (!err) {
+        large_in(s);
         /* the rest of the recent block it was cut from (or any recent block
          * just after it) joins it: the two are one block again */
         ta_span_t *n = s->rest_follows ? ta_pagemap_span(s->page + s->npages) : NULL;
         if (n && n->state == TA_SPAN_RECENT && n->npages && n->page == s->page + s->npages) {
-            recent_remove_locked(n);
+            recent_drop(recent_index(n));
             account_free_recent(n, -1);
             ta_pagemap_set(n->page, s, 0); /* (its old start points at the joined block) */
             s->npages += n->npages;
             span_retire(n);
-            register_ends(s);
+            ta_pagemap_set(s->page + s->npages - 1, s, 0); /* (its first page is registered) */
             ph_stats.n_coalesce++;
-        }
-        recent_put_locked(s);
+            recent_append_locked(s); /* (in the entry n left) */
+        } else
+            recent_put_locked(s);
     }
 #endif
-    bool tick = !err && (++ph_large_frees % PH_TICK_FREES == 0 ||
-                         ph_stats.free_bytes - ph_recent_bytes > PH_TICK_FREE_BYTES);
-    ta_unlock(&ph_lock);
+    bool tick = !err && large_free_ticks();
+    ta_unlock_how(&ph_lock, how);
     if (tick) tick_at(ta_os_now_ms());
     return err;
+}
+
+TA_ALWAYS_INLINE const char *free_large(ta_span_t *s, void *p) {
+    int how = ta_lock_how(&ph_lock);
+#if !TA_GUARD_PAGES
+    /* the common case: a block as it was handed out, not cut from a longer
+     * one, and room among the recent blocks (the rest: out of line) */
+    if (TA_LIKELY(s->state == TA_SPAN_INUSE && !s->cls && !s->rest_follows && ta_span_addr(s) == p &&
+                  ph_nrecent < PH_RECENT)) {
+        TA_ASSERT(!s->next && !s->prev);
+        large_in(s);
+        recent_append_locked(s);
+        bool tick = large_free_ticks();
+        ta_unlock_how(&ph_lock, how);
+        return TA_UNLIKELY(tick) ? large_free_tick() : NULL;
+    }
+#endif
+    return free_large_locked(s, p, how);
+}
+
+const char *ta_pageheap_free_large(ta_span_t *s, void *p) { return free_large(s, p); }
+
+TA_COLD static void free_large_abort(const char *err, void *p) { ta_fatal("%s %p", err, p); }
+
+void ta_pageheap_free_large_or_abort(ta_span_t *s, void *p) {
+    const char *err = free_large(s, p);
+    if (TA_UNLIKELY(err)) free_large_abort(err, p);
 }
 
 ta_span_t *ta_pageheap_alloc_arena(uintptr_t npages, uintptr_t align_pages) {
@@ -947,7 +1030,8 @@ static size_t decay_pass(uint64_t now, bool force) {
         ta_unlock(&ph_lock);
         return 0;
     }
-    recent_flush_locked(); /* blocks not asked for again since the last pass */
+    recent_flush_locked(); /* blocks not asked for again since the last pass (so
+                            * every free resident byte is on the lists) */
     ph_last_decay_ms = now;
     peak_rotate(now);
     uint64_t ops = ph_stats.n_alloc + ph_stats.n_free;
@@ -1020,19 +1104,19 @@ void ta_pageheap_tick(uint64_t now) { tick_at(now); }
  * never starts one)? */
 #define PH_BG_MIN_BYTES ((uint64_t)4 << 20)
 bool ta_pageheap_bg_due(void) {
-    uint64_t r = __atomic_load_n(&ph_stats.inuse_bytes, __ATOMIC_RELAXED) +
-                 __atomic_load_n(&ph_stats.free_bytes, __ATOMIC_RELAXED);
+    uint64_t r = __atomic_load_n(&ph_stats.inuse_bytes, __ATOMIC_RELAXED) + free_resident();
     return r >= PH_BG_MIN_BYTES && (!ph_forked || ta_os_now_ms() - ph_fork_ms >= ta_cfg.decay_ms);
 }
 
 void ta_pageheap_stats(ta_pageheap_stats_t *out) {
     ta_lock(&ph_lock);
-    *out = ph_stats;
+    ta_pageheap_stats_locked(out, NULL);
     ta_unlock(&ph_lock);
 }
 
 void ta_pageheap_stats_locked(ta_pageheap_stats_t *out, uint64_t *class_spans) {
     *out = ph_stats;
+    out->free_bytes += ph_recent_bytes;
     if (class_spans)
         for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) class_spans[c] = ph_class_spans[c];
 }

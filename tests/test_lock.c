@@ -80,12 +80,20 @@ static void solo_and_windows(void *arg) {
     }
     pthread_t t;
     CHECK(pthread_create(&t, NULL, window_thread, NULL) == 0, "pthread_create");
-    uint64_t mine = 0, plain = 0;
+    uint64_t mine = 0, plain = 0, told = 0;
     while (!stop || mine < 1000) {
-        ta_lock(&lk);
-        if (ta_solo_held) plain++; /* taken in solo mode */
-        bump();
-        ta_unlock(&lk);
+        if (mine & 1) { /* every other time as the page heap's large paths do it */
+            int how = ta_lock_how(&lk);
+            CHECK((how == TA_HELD_SOLO) == (ta_solo_held > 0), "taken as %d with %d held", how, ta_solo_held);
+            told += how == TA_HELD_SOLO;
+            bump();
+            ta_unlock_how(&lk, how);
+        } else {
+            ta_lock(&lk);
+            if (ta_solo_held) plain++; /* taken in solo mode */
+            bump();
+            ta_unlock(&lk);
+        }
         mine++;
     }
     pthread_join(t, NULL);
@@ -95,6 +103,11 @@ static void solo_and_windows(void *arg) {
         if (ta_solo_held) plain++;
         bump();
         ta_unlock(&lk);
+        int how = ta_lock_how(&lk);
+        told += how == TA_HELD_SOLO;
+        bump();
+        ta_unlock_how(&lk, how);
+        mine++;
     }
     CHECK(counter == mine + WINDOWS, "lost updates: %lu of %lu", (unsigned long)(mine + WINDOWS - counter),
           (unsigned long)(mine + WINDOWS));
@@ -102,6 +115,7 @@ static void solo_and_windows(void *arg) {
     CHECK(ta_solo_suspend == 0, "a window left solo mode suspended");
     CHECK(ta_solo_mode, "a window ended solo mode");
     CHECK(plain > 0, "the solo thread never took the lock with plain stores");
+    CHECK(told > 0, "ta_lock_how never said it took the lock in solo mode");
 
     /* another thread of the program ends it for good */
     CHECK(pthread_create(&t, NULL, program_thread, NULL) == 0, "pthread_create");
@@ -111,7 +125,12 @@ static void solo_and_windows(void *arg) {
     CHECK(ta_solo_held == 0, "a lock taken with plain stores after solo mode ended");
     bump();
     ta_unlock(&lk);
-    CHECK(counter == mine + WINDOWS + 2, "lost update");
+    int how = ta_lock_how(&lk);
+    CHECK(how == TA_HELD_ATOMIC, "taken as %d with two program threads", how);
+    bump();
+    ta_unlock_how(&lk, how);
+    CHECK(lk.state == 0, "still held");
+    CHECK(counter == mine + WINDOWS + 3, "lost update");
 }
 
 Test(lock, solo_thread_takes_locks_without_atomics_and_windows_exclude_it) { in_child(solo_and_windows); }

@@ -602,6 +602,35 @@ Test(pageheap, freed_large_block_comes_back_whole) {
     check_totals("after trim");
 }
 
+/* The decay's tick runs from large frees alone, each of them taking a recent
+ * block and putting it back (every 32nd free looks at the clock): a decay
+ * pass puts the recent block nobody asked for again on the free lists. */
+Test(pageheap, large_frees_of_a_recycled_block_run_the_decay) {
+    SKIP_IF_GUARDED(); /* the hardened build keeps no recent blocks */
+    ta_span_t *run[3];
+    cr_assert(get_run(64, 3, run));
+    ta_span_t *x = run[1], *y = run[2];
+    uintptr_t xpage = x->page;
+    cr_assert_null(ta_pageheap_free_large(x, ta_span_addr(x)));
+    cr_assert_eq(x->state, TA_SPAN_RECENT);
+    uint64_t decay = ta_cfg.decay_ms;
+    ta_cfg.decay_ms = 40;
+    tu_sleep_ms(60); /* the last pass is older than a quarter of the period */
+    int frees = 0;
+    while (frees < 64 && ta_pagemap_span(xpage)->state == TA_SPAN_RECENT) {
+        cr_assert_null(ta_pageheap_free_large(y, ta_span_addr(y)));
+        frees++;
+        cr_assert_eq(ta_pageheap_alloc_large(64), y, "the newest recent block did not come back");
+    }
+    ta_cfg.decay_ms = decay;
+    cr_assert_neq(ta_pagemap_span(xpage)->state, TA_SPAN_RECENT, "%d large frees ran no decay pass", frees);
+    cr_assert_leq(frees, 32);
+    check_totals("recent block flushed by the tick of large frees");
+    ta_pageheap_free(y);
+    ta_pageheap_free(run[0]);
+    check_totals("all freed");
+}
+
 /* A block grown by realloc starts in the pages of the large block freed just
  * before it, keeping up to 16 pages of them as room to grow; the rest goes
  * back behind it as free pages. */
