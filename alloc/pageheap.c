@@ -477,6 +477,16 @@ TA_ALWAYS_INLINE void large_out(ta_span_t *s) {
     ph_stats.n_alloc++;
 }
 
+/* recent entry i fits the request: handed out whole, ph_lock let go */
+TA_ALWAYS_INLINE ta_span_t *recent_out(int i, int how) {
+    ta_span_t *s = recent_drop(i);
+    account_free_recent(s, -1);
+    s->state = TA_SPAN_INUSE; /* registered, cls 0, no free list, not zero: as it was freed */
+    large_out(s);
+    ta_unlock_how(&ph_lock, how);
+    return s;
+}
+
 /* ta_pageheap_alloc_large when the newest recent block does not fit (ph_lock
  * held, taken as `how` says): out of line, so that the common case saves
  * few registers */
@@ -488,12 +498,7 @@ TA_NOINLINE static ta_span_t *alloc_large_search(uintptr_t npages, int how) {
                 longer = i;
             continue;
         }
-        ta_span_t *s = recent_drop(i);
-        account_free_recent(s, -1);
-        s->state = TA_SPAN_INUSE; /* registered, cls 0, no free list, not zero: as it was freed */
-        large_out(s);
-        ta_unlock_how(&ph_lock, how);
-        return s;
+        return recent_out(i, how);
     }
     if (longer >= 0 && spare_fill(1)) {
         /* the head of the longer block; the rest stays a recent block, which
@@ -523,15 +528,7 @@ ta_span_t *ta_pageheap_alloc_large(uintptr_t npages) {
     int i = ph_nrecent - 1;
     /* the newest recent block fits (a program that frees a block and asks
      * for one of its size again): its counters only */
-    if (TA_LIKELY(i >= 0) && TA_LIKELY(ph_recent[i].npages - npages <= npages / 8)) {
-        ta_span_t *s = ph_recent[i].s;
-        ph_nrecent = i;
-        account_free_recent(s, -1);
-        s->state = TA_SPAN_INUSE; /* registered, cls 0, no free list, not zero: as it was freed */
-        large_out(s);
-        ta_unlock_how(&ph_lock, how);
-        return s;
-    }
+    if (TA_LIKELY(i >= 0) && TA_LIKELY(ph_recent[i].npages - npages <= npages / 8)) return recent_out(i, how);
     return alloc_large_search(npages, how);
 }
 
@@ -706,13 +703,11 @@ TA_ALWAYS_INLINE bool large_free_ticks(void) {
     return ph_stats.free_bytes > PH_TICK_FREE_BYTES;
 }
 
-#if !TA_GUARD_PAGES
 /* the decay's tick after a large free (ph_lock let go): NULL */
 TA_NOINLINE static const char *large_free_tick(void) {
     tick_at(ta_os_now_ms());
     return NULL;
 }
-#endif
 
 /* ta_pageheap_free_large, all cases (ph_lock held, taken as `how` says) */
 TA_NOINLINE static const char *free_large_locked(ta_span_t *s, void *p, int how) {
@@ -731,7 +726,7 @@ TA_NOINLINE static const char *free_large_locked(ta_span_t *s, void *p, int how)
          * just after it) joins it: the two are one block again */
         ta_span_t *n = s->rest_follows ? ta_pagemap_span(s->page + s->npages) : NULL;
         if (n && n->state == TA_SPAN_RECENT && n->npages && n->page == s->page + s->npages) {
-            recent_drop(recent_index(n));
+            recent_remove_locked(n);
             account_free_recent(n, -1);
             ta_pagemap_set(n->page, s, 0); /* (its old start points at the joined block) */
             s->npages += n->npages;
@@ -745,7 +740,7 @@ TA_NOINLINE static const char *free_large_locked(ta_span_t *s, void *p, int how)
 #endif
     bool tick = !err && large_free_ticks();
     ta_unlock_how(&ph_lock, how);
-    if (tick) tick_at(ta_os_now_ms());
+    if (tick) large_free_tick();
     return err;
 }
 
