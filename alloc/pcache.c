@@ -409,7 +409,10 @@ static void note_owner(ta_pcache_t *c) {
         c->owners[c->nowners++] = me;
         return;
     }
-    if (c->crowded) return;
+    /* crowded: back to the base.  Also when already crowded, while it is
+     * still above it: a shrink fails when the thread is migrated, and the
+     * next slow path of another thread must go on with it */
+    if (c->crowded && c->committed <= ta_cfg.cpu_cache_bytes) return;
     c->crowded = true;
     for (uint32_t cls = ta_nclasses - 1; cls >= 1 && c->committed > ta_cfg.cpu_cache_bytes; cls--)
         if (!shrink(c, cls, capacity(c, cls))) break; /* migrated: the next slow path goes on */
