@@ -300,11 +300,19 @@ static uint32_t class_max(uint32_t cls) {
     return cap;
 }
 
+/* A CPU's headers are all zero until then (every pop and push misses), but
+ * the caller may run on another CPU by now: as in release(), cur is set with
+ * the class closed, and opened after a fence, so that no push reads the old
+ * cur (0, the headers' slot) with the new end. */
 static void layout_headers(ta_pcache_t *c) {
-    for (uint32_t cls = 0; cls < TA_MAX_CLASSES; cls++) {
-        ta_slab_hdr_t h = {.cur = slot_begin[cls], .begin = slot_begin[cls], .end = slot_begin[cls],
-                           .max_end = (uint16_t)(slot_begin[cls] + slot_max[cls])};
-        __atomic_store_n(&hdr_of(c, cls)->word, h.word, __ATOMIC_RELEASE);
+    for (int step = c->cpu >= 0 ? 0 : 1; step < 2; step++) {
+        for (uint32_t cls = 0; cls < TA_MAX_CLASSES; cls++) {
+            ta_slab_hdr_t h = {.cur = slot_begin[cls], .begin = slot_begin[cls], .end = slot_begin[cls],
+                               .max_end = (uint16_t)(slot_begin[cls] + slot_max[cls])};
+            if (!step) h.begin = 0xffff, h.end = 0;
+            __atomic_store_n(&hdr_of(c, cls)->word, h.word, __ATOMIC_RELEASE);
+        }
+        if (!step) (void)fence_cpu(c->cpu); /* (refused: the window is a few instructions wide) */
     }
     c->committed = 0;
     c->ready = true;
@@ -456,18 +464,28 @@ static void grow(ta_pcache_t *c, uint32_t cls) {
  * the last time holds, with as much capacity; with `all`, everything it holds
  * (capacity stays).  Thread caches: only the owner calls it.  CPU caches: the
  * caller holds c->lock, and the CPU is closed and fenced first, so that its
- * slab is the caller's until the headers are written back. */
+ * slab is the caller's until the headers are written back.
+ *
+ * Written back in two steps, with a second fence between them: first each
+ * class's new cur, the class still closed; then, after the fence, begin and
+ * end.  A fast path reads cur and then begin (or end) in two loads: had one
+ * store opened the class with its new cur, a pop that read the old cur just
+ * before it and the new begin just after would hand out an object already
+ * given back, and commit the old cur - 1 over the new one (every object
+ * between the two cached twice).  The second fence restarts any sequence that
+ * read a cur from before. */
 static void release(ta_pcache_t *c, bool all, bool to_spans) {
     if (!c->ready) return;
     ta_slab_hdr_t *h = hdr_of(c, 0);
     uint16_t end[TA_MAX_CLASSES]; /* only slow paths under c->lock change end */
     for (uint32_t cls = 1; cls < ta_nclasses; cls++) end[cls] = h[cls].end;
-    if (c->cpu >= 0) {
+    bool percpu = c->cpu >= 0;
+    if (percpu) {
         for (uint32_t cls = 1; cls < ta_nclasses; cls++) {
             __atomic_store_n(&h[cls].begin, (uint16_t)0xffff, __ATOMIC_RELAXED);
             __atomic_store_n(&h[cls].end, (uint16_t)0, __ATOMIC_RELAXED);
         }
-        if (!fence_cpu(c->cpu)) { /* cannot take the slab: open it again as it was */
+        if (!fence_cpu(c->cpu)) { /* cannot take the slab: open it again as it was (cur unchanged) */
             for (uint32_t cls = 1; cls < ta_nclasses; cls++) {
                 __atomic_store_n(&h[cls].begin, slot_begin[cls], __ATOMIC_RELAXED);
                 __atomic_store_n(&h[cls].end, end[cls], __ATOMIC_RELAXED);
@@ -475,6 +493,7 @@ static void release(ta_pcache_t *c, bool all, bool to_spans) {
             return;
         }
     }
+    ta_slab_hdr_t open[TA_MAX_CLASSES];
     for (uint32_t cls = 1; cls < ta_nclasses; cls++) {
         uint32_t begin = slot_begin[cls], cur = __atomic_load_n(&h[cls].cur, __ATOMIC_RELAXED);
         uint32_t held = cur - begin, cap = end[cls] - begin, k = 0, shrink_by = 0;
@@ -489,10 +508,16 @@ static void release(ta_pcache_t *c, bool all, bool to_spans) {
             give_back(c, cls, c->slab + cur - k, k, to_spans);
         }
         c->committed -= (uint64_t)shrink_by * ta_class[cls].size;
-        ta_slab_hdr_t nh = {.cur = (uint16_t)(cur - k), .begin = (uint16_t)begin,
-                            .end = (uint16_t)(end[cls] - shrink_by), .max_end = h[cls].max_end};
-        __atomic_store_n(&h[cls].word, nh.word, __ATOMIC_RELEASE);
+        open[cls] = (ta_slab_hdr_t){.cur = (uint16_t)(cur - k), .begin = (uint16_t)begin,
+                                    .end = (uint16_t)(end[cls] - shrink_by), .max_end = h[cls].max_end};
+        ta_slab_hdr_t closed = open[cls];
+        if (percpu) closed.begin = 0xffff, closed.end = 0;
+        __atomic_store_n(&h[cls].word, closed.word, __ATOMIC_RELEASE);
     }
+    if (!percpu) return;
+    /* (it worked a moment ago: a refusal now would leave the CPU closed for good) */
+    if (!fence_cpu(c->cpu)) ta_fatal("membarrier failed while releasing the cache of CPU %d", c->cpu);
+    for (uint32_t cls = 1; cls < ta_nclasses; cls++) __atomic_store_n(&h[cls].word, open[cls].word, __ATOMIC_RELEASE);
 }
 
 /* Once per decay period: idle classes of every CPU (or of the calling
