@@ -300,20 +300,28 @@ static uint32_t class_max(uint32_t cls) {
     return cap;
 }
 
+/* Header h closed: every pop (cur <= begin) and push (cur >= end) misses. */
+static inline ta_slab_hdr_t closed(ta_slab_hdr_t h) {
+    h.begin = 0xffff;
+    h.end = 0;
+    return h;
+}
+
 /* A CPU's headers are all zero until then (every pop and push misses), but
  * the caller may run on another CPU by now: as in release(), cur is set with
  * the class closed, and opened after a fence, so that no push reads the old
  * cur (0, the headers' slot) with the new end. */
 static void layout_headers(ta_pcache_t *c) {
-    for (int step = c->cpu >= 0 ? 0 : 1; step < 2; step++) {
-        for (uint32_t cls = 0; cls < TA_MAX_CLASSES; cls++) {
-            ta_slab_hdr_t h = {.cur = slot_begin[cls], .begin = slot_begin[cls], .end = slot_begin[cls],
-                               .max_end = (uint16_t)(slot_begin[cls] + slot_max[cls])};
-            if (!step) h.begin = 0xffff, h.end = 0;
-            __atomic_store_n(&hdr_of(c, cls)->word, h.word, __ATOMIC_RELEASE);
-        }
-        if (!step) (void)fence_cpu(c->cpu); /* (refused: the window is a few instructions wide) */
+    ta_slab_hdr_t h[TA_MAX_CLASSES];
+    for (uint32_t cls = 0; cls < TA_MAX_CLASSES; cls++)
+        h[cls] = (ta_slab_hdr_t){.cur = slot_begin[cls], .begin = slot_begin[cls], .end = slot_begin[cls],
+                                 .max_end = (uint16_t)(slot_begin[cls] + slot_max[cls])};
+    if (c->cpu >= 0) {
+        for (uint32_t cls = 0; cls < TA_MAX_CLASSES; cls++)
+            __atomic_store_n(&hdr_of(c, cls)->word, closed(h[cls]).word, __ATOMIC_RELEASE);
+        (void)fence_cpu(c->cpu); /* (refused: the window is a few instructions wide) */
     }
+    for (uint32_t cls = 0; cls < TA_MAX_CLASSES; cls++) __atomic_store_n(&hdr_of(c, cls)->word, h[cls].word, __ATOMIC_RELEASE);
     c->committed = 0;
     c->ready = true;
 }
@@ -510,9 +518,7 @@ static void release(ta_pcache_t *c, bool all, bool to_spans) {
         c->committed -= (uint64_t)shrink_by * ta_class[cls].size;
         open[cls] = (ta_slab_hdr_t){.cur = (uint16_t)(cur - k), .begin = (uint16_t)begin,
                                     .end = (uint16_t)(end[cls] - shrink_by), .max_end = h[cls].max_end};
-        ta_slab_hdr_t closed = open[cls];
-        if (percpu) closed.begin = 0xffff, closed.end = 0;
-        __atomic_store_n(&h[cls].word, closed.word, __ATOMIC_RELEASE);
+        __atomic_store_n(&h[cls].word, (percpu ? closed(open[cls]) : open[cls]).word, __ATOMIC_RELEASE);
     }
     if (!percpu) return;
     /* (it worked a moment ago: a refusal now would leave the CPU closed for good) */
