@@ -534,7 +534,6 @@ Test(pageheap, cut_block_joins_its_rest_when_freed) {
     ta_span_t *rest = ta_pagemap_span(page + 16);
     cr_assert(rest && rest->page == page + 16 && rest->npages == 48, "the rest is not one span of 48 pages");
     cr_assert_eq(rest->state, TA_SPAN_RECENT, "the rest went to the free lists (state %d)", rest->state);
-    cr_assert_eq(ta_pagemap_span(page + 63), rest);
     cr_assert_eq(b.free_bytes, a.free_bytes - 16 * PG);
     check_totals("head cut from a recent block");
     cr_assert_null(ta_pageheap_free_large(t, ta_span_addr(t)));
@@ -550,7 +549,18 @@ Test(pageheap, cut_block_joins_its_rest_when_freed) {
     ta_span_t *u = ta_pageheap_alloc_large(64);
     cr_assert_eq(u, t);
     cr_assert_eq(u->npages, 64u);
-    ta_pageheap_free(u);
+    /* cut again and left cut: the rest goes to the free lists registered at
+     * both ends (the cut registered its first page only) */
+    cr_assert_null(ta_pageheap_free_large(u, ta_span_addr(u)));
+    t = ta_pageheap_alloc_large(16);
+    cr_assert_eq(t->page, page);
+    ta_pageheap_release(true); /* trim: recent blocks to the free lists */
+    rest = ta_pagemap_span(page + 16);
+    cr_assert(rest && rest->page == page + 16 && rest->npages == 48, "the rest is not one free span of 48 pages");
+    cr_assert(rest->state == TA_SPAN_FREE || rest->state == TA_SPAN_RELEASED, "state %d", rest->state);
+    cr_assert_eq(ta_pagemap_span(page + 63), rest);
+    check_totals("rest on the free lists");
+    ta_pageheap_free(t);
     ta_pageheap_free(run[0]);
     ta_pageheap_free(run[2]);
     check_totals("all freed");
