@@ -145,7 +145,23 @@ void ta_background_start(void) {
     if (ta_pageheap_bg_due()) bg_create(); /* not in a small heap, or a child of fork that may exec */
 }
 
+/* Every lock is held across fork, so that the child inherits none that
+ * another thread held halfway through an operation, unless no other thread
+ * can hold one: the process has one thread (glibc's __libc_single_threaded:
+ * none, ours included, exists or can start before fork returns), or its one
+ * thread besides our background thread holds solo mode (lock.c), taken here
+ * as for a lock: until it is let go after fork, the background thread does
+ * not start a pass and a thread of the program that needs a lock waits.  The
+ * calling thread is not inside tieralloc.  Then nothing is locked: taking and
+ * letting go of a lock writes its page, and after fork every page written is
+ * copied (a fault and a TLB shootdown each) in the parent and again in the
+ * child: about 40 pages, 1 ms per fork here (tests/bg_prog lonefork). */
+enum { FORK_LONE, FORK_SOLO, FORK_LOCKED };
+static int fork_mode;
 static void fork_prepare(void) {
+    int mode = ta_single_threaded() ? FORK_LONE : ta_solo_enter() ? FORK_SOLO : FORK_LOCKED;
+    if (fork_mode != mode) fork_mode = mode; /* (written only when it changes: its page too) */
+    if (mode != FORK_LOCKED) return;
     ta_lock(&init_lock);
     ta_sample_lock_all();
 #ifdef TA_HARDENED
@@ -158,7 +174,11 @@ static void fork_prepare(void) {
     ta_meta_lock_all();
 }
 static void fork_after(bool child) {
-    if (child) {
+    if (!child && fork_mode != FORK_LOCKED) { /* the parent took no lock */
+        if (fork_mode == FORK_SOLO) ta_solo_leave();
+        return;
+    }
+    if (child) { /* (the locks it finds free stay unwritten) */
         ta_solo_after_fork(true);
         ta_witness_forget_all();
         ta_bg_state = TA_BG_NONE; /* started again lazily (the page heap forgets it too) */

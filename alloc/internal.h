@@ -194,13 +194,15 @@ static inline void ta_unlock_how(ta_lock_t *l, int how) {
 static inline void ta_unlock(ta_lock_t *l) {
     ta_unlock_how(l, ta_single_threaded() ? TA_HELD_PLAIN : ta_solo_holding() ? TA_HELD_SOLO : TA_HELD_ATOMIC);
 }
-/* after fork: the parent unlocks what fork_prepare locked; the child, whose
- * other threads are gone, starts the lock afresh */
+/* After fork: the parent lets go of l, which fork_prepare took; the child,
+ * whose other threads are gone, finds it free or held and frees it, writing
+ * only a held one (a free one's page is shared with the parent still: see
+ * init.c's fork_prepare). */
 static inline void ta_lock_after_fork(ta_lock_t *l, bool child) {
-    if (child)
-        l->state = 0;
-    else
+    if (!child)
         ta_unlock(l);
+    else if (__atomic_load_n(&l->state, __ATOMIC_RELAXED))
+        __atomic_store_n(&l->state, 0, __ATOMIC_RELAXED);
 }
 
 #ifdef TA_DEBUG

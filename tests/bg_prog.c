@@ -25,7 +25,16 @@
  *                        for 12 periods; then every block is freed and the
  *                        process waits, idle, for its resident set to fall.
  *                        Prints "churn warm_faults W busy_faults B busy_swaps S
- *                        rss_busy R rss_idle I" (minor faults; RSS in KiB). */
+ *                        rss_busy R rss_idle I" (minor faults; RSS in KiB).
+ *   bg_prog lonefork N   a single-threaded process with a heap of every tier
+ *                        (small blocks of many classes, large ones) forks N
+ *                        children one after another; each checks and frees
+ *                        the blocks it inherited, allocates its own, and
+ *                        exits.  The parent's minor faults in fork and wait
+ *                        are counted (it writes nothing of its own between):
+ *                        every page the allocator writes after fork is copied.
+ *                        Prints "lonefork N failed F parent_faults P" (P in
+ *                        all N forks). */
 #include "testutil.h"
 
 #include <pthread.h>
@@ -288,10 +297,60 @@ static int run_churn(int threads) {
     return 0;
 }
 
+/* ---- fork from a single-threaded process ------------------------------------- */
+#define LONE_BLOCKS 64
+static int run_lonefork(int n) {
+    char *b[LONE_BLOCKS];
+    size_t len[LONE_BLOCKS];
+    for (int i = 0; i < LONE_BLOCKS; i++) {
+        len[i] = i % 8 == 7 ? ((size_t)300 << 10) + (size_t)i * 4096 : (size_t)16 + (size_t)i * 97;
+        b[i] = malloc(len[i]);
+        memset(b[i], i, len[i]);
+    }
+    int failed = 0;
+    long faults = 0;
+    for (int k = 0; k < n; k++) {
+        long f0 = minflt();
+        pid_t pid = fork();
+        if (pid == 0) {
+            for (int i = 0; i < LONE_BLOCKS; i++) {
+                if (b[i][0] != (char)i || b[i][len[i] - 1] != (char)i) _exit(3);
+                free(b[i]);
+            }
+            for (int i = 0; i < LONE_BLOCKS; i++) {
+                b[i] = malloc(len[i]);
+                memset(b[i], ~i, len[i]);
+            }
+            for (int i = 0; i < LONE_BLOCKS; i++) free(b[i]);
+            _exit(0);
+        }
+        if (pid < 0) {
+            failed++;
+            continue;
+        }
+        int rc = wait_for(pid, 20);
+        faults += minflt() - f0;
+        if (rc != 0) {
+            fprintf(stderr, "bg_prog: child %d (fork %d): %d\n", (int)pid, k, rc);
+            failed++;
+        }
+    }
+    /* the parent's heap is intact and in use */
+    for (int i = 0; i < LONE_BLOCKS; i++) {
+        if (b[i][0] != (char)i || b[i][len[i] - 1] != (char)i) failed++;
+        free(b[i]);
+        b[i] = malloc(len[i]);
+        free(b[i]);
+    }
+    printf("lonefork %d failed %d parent_faults %ld\n", n, failed, faults);
+    return failed != 0;
+}
+
 int main(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "join") == 0) return run_join();
     if (argc >= 3 && strcmp(argv[1], "forks") == 0) return run_forks(atoi(argv[2]));
     if (argc >= 3 && strcmp(argv[1], "churn") == 0) return run_churn(atoi(argv[2]));
-    fprintf(stderr, "usage: bg_prog join | forks N | churn THREADS\n");
+    if (argc >= 3 && strcmp(argv[1], "lonefork") == 0) return run_lonefork(atoi(argv[2]));
+    fprintf(stderr, "usage: bg_prog join | forks N | churn THREADS | lonefork N\n");
     return 2;
 }

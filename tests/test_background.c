@@ -61,6 +61,30 @@ Test(background, two_hundred_forks_of_a_threaded_parent, .timeout = 300) {
     tu_result_free(&r);
 }
 
+/* A fork copies every page the allocator writes after it, in the parent and
+ * in the child.  A process whose only other thread is the background thread
+ * (the heap holds large blocks) and one without it (TIERALLOC_BACKGROUND=0)
+ * take no lock across fork: the parent faults a few pages per fork (its stack,
+ * the background thread's passes), where holding every lock made it fault
+ * the ~20 pages the locks live in (about 1 ms per fork here).  The children
+ * check, free and reuse the heap they inherited. */
+Test(background, fork_of_a_lone_thread_copies_few_pages, .timeout = 120) {
+    const char *bg[] = {"TIERALLOC_BACKGROUND=1", "TIERALLOC_BACKGROUND=0"};
+    for (int i = 0; i < 2; i++) {
+        char *env[] = {(char *)bg[i], NULL};
+        char *args[] = {"lonefork", "100", NULL};
+        tu_result_t r = run_prog(args, env, 100);
+        ASSERT_RAN(r);
+        int n = -1, failed = -1;
+        long faults = -1;
+        cr_assert(sscanf(r.out, "lonefork %d failed %d parent_faults %ld", &n, &failed, &faults) == 3, "%s", r.out);
+        cr_assert_eq(n, 100);
+        cr_assert_eq(failed, 0, "%s: %s%s", bg[i], r.out, r.err);
+        cr_assert_leq(faults, 100 * 12, "%s: %ld page faults in the parent in 100 forks", bg[i], faults);
+        tu_result_free(&r);
+    }
+}
+
 /* decay 100 ms: the busy phase spans 12 periods.  Per-CPU caches
  * (also in the TIERALLOC_PERCPU=0 run): the bound is the page heap's decay
  * policy's; 256 thread caches that fill and flush fault more on their own
