@@ -10,12 +10,18 @@
  *   large_ends/size:N  malloc(N) with N in 64 KiB .. 4 MiB, first and last page
  *                      touched, free
  *   large_ends_mixed   the same with N cycling through 64 KiB .. 4 MiB
+ *   fork/heap_mib:N    a process with N MiB of blocks of mixed sizes forks a
+ *                      child that frees and allocates a few and exits; the
+ *                      parent waits for it (op: one fork and wait; shells,
+ *                      make and subprocess calls do this all the time)
  *
  * One operation is one malloc+free pair (one realloc call for the realloc rows);
  * items_per_second is operations per second, so 1/items_per_second is the time
  * per operation. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "workloads.h"
 
@@ -239,6 +245,66 @@ static void bm_large_ends_mixed(tb_state *st, void *arg)
     tb_set_items_processed(st, tb_iterations(st) * 16);
 }
 
+/* a child of fork: what it inherited is usable, and so is its own heap */
+static void fork_child_work(char **blocks, size_t n)
+{
+    for (size_t i = 0; i < n && i < 16; i++)
+        if (blocks[i] && blocks[i][0] != (char)i)
+            _exit(3);
+    for (size_t i = 0; i < n && i < 16; i++)
+        free(blocks[i]);
+    for (int i = 0; i < 16; i++) {
+        char *p = malloc(64 + (size_t)i * 40);
+        if (!p)
+            _exit(4);
+        p[0] = 1;
+        free(p);
+    }
+    _exit(0);
+}
+
+static void bm_fork(tb_state *st, void *arg)
+{
+    (void)arg;
+    size_t target = (size_t)tb_range(st, 0) << 20, total = 0, n = 0, cap = 1024;
+    char **blocks = malloc(cap * sizeof *blocks);
+    bench_rng r = { 77 };
+    while (blocks && total < target) {
+        if (n == cap) {
+            char **b = realloc(blocks, 2 * cap * sizeof *blocks);
+            if (!b)
+                break;
+            blocks = b;
+            cap *= 2;
+        }
+        size_t sz = bench_mixed_size(&r);
+        if (!(blocks[n] = malloc(sz)))
+            break;
+        memset(blocks[n], (int)n, sz);
+        total += sz;
+        n++;
+    }
+    if (!blocks || total < target) {
+        tb_skip_with_error(st, "malloc returned NULL");
+    } else {
+        while (tb_keep_running(st)) {
+            pid_t pid = fork();
+            if (pid == 0)
+                fork_child_work(blocks, n);
+            int status;
+            if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) ||
+                WEXITSTATUS(status) != 0) {
+                tb_skip_with_error(st, "fork, or the child, failed");
+                break;
+            }
+        }
+        tb_set_items_processed(st, tb_iterations(st));
+    }
+    for (size_t i = 0; blocks && i < n; i++)
+        free(blocks[i]);
+    free(blocks);
+}
+
 void bench_register_single(void)
 {
     static const int64_t fast_sizes[] = { 16, 64, 256, 1024, 4096, 32768 };
@@ -263,4 +329,8 @@ void bench_register_single(void)
     for (size_t i = 0; i < sizeof ends_sizes / sizeof ends_sizes[0]; i++)
         tb_bench_arg(b, ends_sizes[i]);
     tb_register("large_ends_mixed", bm_large_ends_mixed, NULL);
+
+    /* real time: the child runs and exits while the parent waits */
+    tb_bench_use_real_time(
+        tb_bench_unit(tb_bench_arg(tb_bench_arg_name(tb_register("fork", bm_fork, NULL), "heap_mib"), 16), TB_US));
 }
