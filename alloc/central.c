@@ -54,9 +54,8 @@ void ta_central_init(void) {
     nshards = ta_cfg.ncpu < MAX_SHARDS ? (uint32_t)ta_cfg.ncpu : MAX_SHARDS;
     if (nshards < 1) nshards = 1;
     for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) {
-        central[c].lock.rank = TA_RANK_CLASS;
-        for (uint32_t sh = 0; sh < MAX_SHARDS; sh++) transfer[sh][c].lock.rank = TA_RANK_TRANSFER;
-        for (uint32_t sh = 0; sh < MAX_SHARDS; sh++) ta_spanlist_init(&central[c].nonempty[sh]);
+        ta_lock_set_rank(&central[c].lock, TA_RANK_CLASS);
+        for (uint32_t sh = 0; sh < MAX_SHARDS; sh++) ta_lock_set_rank(&transfer[sh][c].lock, TA_RANK_TRANSFER);
 #ifdef TA_HARDENED
         central[c].rng = link_key ^ ((uint64_t)c * 0xd1b54a32d192ed03ull);
 #endif
@@ -132,9 +131,19 @@ static void shuffle_fresh(central_class_t *cc, ta_span_t *s, uint32_t cls) {
 }
 #endif
 
+/* Shard sh's list of spans with objects (cc's lock held), made on first use:
+ * the classes and shards a program never uses stay untouched (a release
+ * build's start writes none of central[], which is ten pages, each a fault
+ * in every process, and in every child of fork that writes it). */
+static ta_span_t *shard_list(central_class_t *cc, uint32_t sh) {
+    ta_span_t *h = &cc->nonempty[sh];
+    if (TA_UNLIKELY(!h->next)) ta_spanlist_init(h);
+    return h;
+}
+
 static void span_list_push(central_class_t *cc, ta_span_t *s) {
     uint32_t *n = &cc->listed[s->shard];
-    ta_spanlist_push(&cc->nonempty[s->shard], s);
+    ta_spanlist_push(shard_list(cc, s->shard), s);
     s->in_list = 1;
     __atomic_store_n(n, *n + 1, __ATOMIC_RELAXED);
 }
@@ -150,11 +159,11 @@ static void span_list_remove(central_class_t *cc, ta_span_t *s) {
  * another shard's that is not fresh, the one listed longest (coldest in its
  * owner's cache), which becomes the shard's own; NULL if none. */
 static ta_span_t *span_with_objects(central_class_t *cc, uint32_t shard, bool any) {
-    ta_span_t *own = &cc->nonempty[shard];
+    ta_span_t *own = shard_list(cc, shard);
     if (own->next != own) return own->next;
     if (!any) return NULL;
     for (uint32_t i = 1; i < nshards; i++) {
-        ta_span_t *head = &cc->nonempty[(shard + i) % nshards];
+        ta_span_t *head = shard_list(cc, (shard + i) % nshards);
         for (ta_span_t *s = head->prev; s != head; s = s->prev) {
             if (s->fresh) continue; /* (a shard carves only with an empty list: one at most) */
             span_list_remove(cc, s);

@@ -158,9 +158,13 @@ void ta_background_start(void) {
  * child: about 40 pages, 1 ms per fork here (tests/bg_prog lonefork). */
 enum { FORK_LONE, FORK_SOLO, FORK_LOCKED };
 static int fork_mode;
+bool ta_fork_locked; /* (internal.h: ta_lock_after_fork) */
 static void fork_prepare(void) {
     int mode = ta_single_threaded() ? FORK_LONE : ta_solo_enter() ? FORK_SOLO : FORK_LOCKED;
-    if (fork_mode != mode) fork_mode = mode; /* (written only when it changes: its page too) */
+    if (fork_mode != mode) { /* (written only when they change: their page too) */
+        fork_mode = mode;
+        ta_fork_locked = mode == FORK_LOCKED;
+    }
     if (mode != FORK_LOCKED) return;
     ta_lock(&init_lock);
     ta_sample_lock_all();
@@ -178,7 +182,7 @@ static void fork_after(bool child) {
         if (fork_mode == FORK_SOLO) ta_solo_leave();
         return;
     }
-    if (child) { /* (the locks it finds free stay unwritten) */
+    if (child) { /* (its locks are untouched unless fork_prepare took them) */
         ta_solo_after_fork(true);
         ta_witness_forget_all();
         ta_bg_state = TA_BG_NONE; /* started again lazily (the page heap forgets it too) */

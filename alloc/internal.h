@@ -79,6 +79,14 @@ typedef struct ta_lock {
     int rank;
 } ta_lock_t;
 #define TA_LOCK_INIT(rank) {0, (rank)}
+/* the rank of a lock made at run time: read by the debug build's witness
+ * only, so a release build does not write it (an array of locks nobody takes
+ * yet stays untouched, not faulted in at every start) */
+#ifdef TA_DEBUG
+#define ta_lock_set_rank(l, r) ((l)->rank = (r))
+#else
+#define ta_lock_set_rank(l, r) ((void)(l), (void)(r))
+#endif
 void ta_lock_wait(ta_lock_t *l);
 void ta_lock_wake(ta_lock_t *l);
 #ifdef TA_DEBUG
@@ -195,14 +203,16 @@ static inline void ta_unlock(ta_lock_t *l) {
     ta_unlock_how(l, ta_single_threaded() ? TA_HELD_PLAIN : ta_solo_holding() ? TA_HELD_SOLO : TA_HELD_ATOMIC);
 }
 /* After fork: the parent lets go of l, which fork_prepare took; the child,
- * whose other threads are gone, finds it free or held and frees it, writing
- * only a held one (a free one's page is shared with the parent still: see
- * init.c's fork_prepare). */
+ * whose other threads are gone, starts it afresh.  When fork_prepare took no
+ * lock (no other thread could hold one: init.c), the child leaves l alone:
+ * not even read, its cache line and page may be far (each unlock_all loop
+ * covers hundreds of them). */
+extern bool ta_fork_locked;
 static inline void ta_lock_after_fork(ta_lock_t *l, bool child) {
     if (!child)
         ta_unlock(l);
-    else if (__atomic_load_n(&l->state, __ATOMIC_RELAXED))
-        __atomic_store_n(&l->state, 0, __ATOMIC_RELAXED);
+    else if (ta_fork_locked)
+        l->state = 0;
 }
 
 #ifdef TA_DEBUG

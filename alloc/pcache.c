@@ -366,7 +366,7 @@ void ta_pcache_init(void) {
     for (long i = 0; i < n; i++) {
         cs[i].slab = (ta_slot_t *)(slabs + ((size_t)i << TA_SLAB_SHIFT));
         cs[i].cpu = (int)i;
-        cs[i].lock.rank = TA_RANK_CPU;
+        ta_lock_set_rank(&cs[i].lock, TA_RANK_CPU);
         cs[i].budget = ta_cfg.cpu_cache_bytes;
         cs[i].shard = (uint32_t)i;
         cs[i].state = TA_PC_LIVE;

@@ -54,7 +54,7 @@ void ta_quarantine_init(void) {
     /* room for the bound's worth of the smallest blocks */
     uint64_t slots = ta_cfg.quarantine_bytes / TA_ALIGN;
     ring_slots = slots < Q_MIN_SLOTS ? Q_MIN_SLOTS : slots > Q_MAX_SLOTS ? Q_MAX_SLOTS : (uint32_t)slots;
-    for (uint32_t i = 0; i < Q_MAX_SHARDS; i++) shards[i].lock.rank = TA_RANK_QUARANTINE;
+    for (uint32_t i = 0; i < Q_MAX_SHARDS; i++) ta_lock_set_rank(&shards[i].lock, TA_RANK_QUARANTINE);
 }
 
 static inline void to_tier1(void *p, uint8_t *state, uint32_t cls) {
