@@ -390,18 +390,16 @@ void ta_central_stats_locked(uint32_t cls, ta_central_stats_t *out) {
     out->from_caches = __atomic_load_n(&central[cls].from_caches, __ATOMIC_RELAXED);
 }
 
+/* (the classes there are: no other lock is ever taken, and each one more is
+ * a cache line written, on a page fork may have to copy) */
 void ta_central_lock_all(void) {
     for (uint32_t sh = 0; sh < nshards; sh++)
-        for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) ta_lock(&transfer[sh][c].lock);
-    for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) ta_lock(&central[c].lock);
+        for (uint32_t c = 0; c < ta_nclasses; c++) ta_lock(&transfer[sh][c].lock);
+    for (uint32_t c = 0; c < ta_nclasses; c++) ta_lock(&central[c].lock);
 }
 
 void ta_central_unlock_all(bool child) {
-    for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) {
-        ta_lock_after_fork(&central[c].lock, child);
-    }
+    for (uint32_t c = 0; c < ta_nclasses; c++) ta_lock_after_fork(&central[c].lock, child);
     for (uint32_t sh = 0; sh < nshards; sh++)
-        for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) {
-            ta_lock_after_fork(&transfer[sh][c].lock, child);
-        }
+        for (uint32_t c = 0; c < ta_nclasses; c++) ta_lock_after_fork(&transfer[sh][c].lock, child);
 }
