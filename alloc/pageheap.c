@@ -474,8 +474,7 @@ ta_span_t *ta_pageheap_alloc(uintptr_t npages, uintptr_t align_pages, uint32_t c
  * counters of an allocation */
 TA_ALWAYS_INLINE void large_out(ta_span_t *s) {
     uint64_t b = ta_span_bytes(s);
-    s->zeroed = 0;
-    s->rest_follows = 0;
+    s->zeroed = 0; /* (rest_follows stays: the hint of a head and its rest) */
     s->sample = NULL;
     ph_stats.large_bytes += b;
     ph_stats.large_count++;
@@ -494,35 +493,76 @@ TA_ALWAYS_INLINE ta_span_t *recent_out(int i, int how) {
     return s;
 }
 
+/* Recent entry i is a head cut from a recent block (rest_follows) and its
+ * rest, just after it, is recent too: the request takes the head, the
+ * boundary between the two moved to fit it (the whole of both when the rest
+ * would be under an eighth of the request); NULL if they are not such a
+ * pair or too short together.  A program that frees each block before it
+ * asks for the next, of whatever size, moves one boundary in one block, as
+ * glibc does with its top chunk: one pagemap entry written (the rest's new
+ * first page), no record made or retired, nothing joined at free. */
+static ta_span_t *boundary_move(int i, uintptr_t npages, int how) {
+    ta_span_t *s = ph_recent[i].s;
+    ta_span_t *n = ta_pagemap_span(s->page + s->npages);
+    if (!n || n->state != TA_SPAN_RECENT || !n->npages || n->page != s->page + s->npages ||
+        s->npages + n->npages < npages)
+        return NULL;
+    uintptr_t total = s->npages + n->npages;
+    recent_drop(i);
+    if (total - npages <= npages / 8) { /* the two are one block again, handed out whole */
+        recent_drop(recent_index(n));
+        account_free_recent(n, -1);
+        account_free_recent(s, -1);
+        ta_pagemap_set(n->page, s, 0); /* (its old start points at the joined block) */
+        s->npages = total;
+        span_retire(n); /* (its last page names s still, or nothing does: see the cut) */
+        s->rest_follows = 0;
+        ph_stats.n_coalesce++;
+    } else {
+        struct ph_recent *r = &ph_recent[recent_index(n)];
+        ph_stat_add(&ph_recent_bytes, -((uint64_t)npages << TA_PAGE_SHIFT)); /* (what s takes of the two) */
+        s->npages = npages;
+        n->page = r->page = s->page + npages;
+        n->npages = r->npages = total - npages;
+        ta_pagemap_set(n->page, n, 0); /* (only its first page: see the cut) */
+    }
+    s->state = TA_SPAN_INUSE;
+    large_out(s);
+    ta_unlock_how(&ph_lock, how);
+    return s;
+}
+
 /* ta_pageheap_alloc_large when the newest recent block does not fit (ph_lock
  * held, taken as `how` says): out of line, so that the common case saves
  * few registers */
 TA_NOINLINE static ta_span_t *alloc_large_search(uintptr_t npages, int how) {
-    int longer = -1;
+    int longer = -1, head = -1;
     for (int i = ph_nrecent - 1; i >= 0; i--) {
         if (ph_recent[i].npages - npages > npages / 8) { /* (unsigned: shorter ones too) */
             if (ph_recent[i].npages > npages && (longer < 0 || ph_recent[i].npages < ph_recent[longer].npages))
                 longer = i;
+            if (head < 0 && ph_recent[i].s->rest_follows) head = i; /* (the newest such) */
             continue;
         }
         return recent_out(i, how);
     }
+    ta_span_t *s;
+    if (head >= 0 && (s = boundary_move(head, npages, how))) return s;
     if (longer >= 0 && spare_fill(1)) {
-        /* the head of the longer block; the rest stays a recent block, which
-         * the head merges with again when it is freed (free_large): a program
-         * that frees each block before it asks for the next, of whatever
-         * size, cuts and mends one block, as glibc does with its top chunk */
+        /* the head of the longer block; the rest stays a recent block, and
+         * the two go on serving requests of other sizes by moving the
+         * boundary between them (boundary_move) */
         ta_span_t *s = recent_drop(longer);
         account_free_recent(s, -1);
         ta_span_t *t = split(s, npages);
         s->state = TA_SPAN_INUSE;
-        /* only the rest's first page: the join finds it there.  Its last page
-         * (the block's) keeps naming s, and s's new last page is not
-         * registered: nothing looks a page up there while the two are in use
-         * or recent (free spans merge only with free neighbours, which are
-         * registered at both ends, and a recent block is registered at both
-         * ends when it goes to the free lists).  Two pagemap stores fewer per
-         * cut and join, each two cache lines. */
+        /* only the rest's first page: boundary_move finds it there.  Its
+         * last page (the block's) keeps naming s, and s's new last page is
+         * not registered: nothing looks a page up there while the two are in
+         * use or recent (free spans merge only with free neighbours, which
+         * are registered at both ends, and a recent block is registered at
+         * both ends when it goes to the free lists); each pagemap entry
+         * written is two cache lines. */
         ta_pagemap_set(t->page, t, 0);
         t->next = t->prev = NULL;
         recent_append_locked(t); /* (in the entry s left) */
@@ -735,19 +775,7 @@ TA_NOINLINE static const char *free_large_locked(ta_span_t *s, void *p, int how)
 #else
     if (!err) {
         large_in(s);
-        /* the rest of the recent block it was cut from (or any recent block
-         * just after it) joins it: the two are one block again */
-        ta_span_t *n = s->rest_follows ? ta_pagemap_span(s->page + s->npages) : NULL;
-        if (n && n->state == TA_SPAN_RECENT && n->npages && n->page == s->page + s->npages) {
-            recent_remove_locked(n);
-            account_free_recent(n, -1);
-            ta_pagemap_set(n->page, s, 0); /* (its old start points at the joined block) */
-            s->npages += n->npages;
-            span_retire(n); /* (its last page names s still, or nothing does: see the cut) */
-            ph_stats.n_coalesce++;
-            recent_append_locked(s); /* (in the entry n left) */
-        } else
-            recent_put_locked(s);
+        recent_put_locked(s); /* (a head stays apart from its rest: boundary_move) */
     }
 #endif
     bool tick = !err && large_free_ticks();
@@ -759,10 +787,9 @@ TA_NOINLINE static const char *free_large_locked(ta_span_t *s, void *p, int how)
 TA_ALWAYS_INLINE const char *free_large(ta_span_t *s, void *p) {
     int how = ta_lock_how(&ph_lock);
 #if !TA_GUARD_PAGES
-    /* the common case: a block as it was handed out, not cut from a longer
-     * one, and room among the recent blocks (the rest: out of line) */
-    if (TA_LIKELY(s->state == TA_SPAN_INUSE && !s->cls && !s->rest_follows && ta_span_addr(s) == p &&
-                  ph_nrecent < PH_RECENT)) {
+    /* the common case: a block as it was handed out and room among the
+     * recent blocks (the rest: out of line) */
+    if (TA_LIKELY(s->state == TA_SPAN_INUSE && !s->cls && ta_span_addr(s) == p && ph_nrecent < PH_RECENT)) {
         TA_ASSERT(!s->next && !s->prev);
         large_in(s);
         recent_append_locked(s);

@@ -514,10 +514,11 @@ Test(pageheap, growable_spans_start_the_longest_free_span) {
  * a merge or a new mapping; it counts as free meanwhile; a second free of it
  * is a double free; trim puts it back on the free lists and releases it. */
 /* A request shorter than a recent block takes its head; the rest stays a
- * recent block (not on the free lists), and the head freed joins it again:
- * a program that frees each block before it asks for the next, of another
- * size, cuts and mends one block. */
-Test(pageheap, cut_block_joins_its_rest_when_freed) {
+ * recent block (not on the free lists).  The head freed stays apart from it,
+ * and a request of another size moves the boundary between the two (one of
+ * their joint length takes both, one block again): a program that frees each
+ * block before it asks for the next, of another size, works in one block. */
+Test(pageheap, cut_block_and_its_rest_serve_other_sizes) {
     SKIP_IF_GUARDED(); /* the hardened build keeps no recent blocks */
     ta_span_t *run[3];
     cr_assert(get_run(64, 3, run)); /* run[1] between two blocks in use: no free neighbour */
@@ -536,19 +537,37 @@ Test(pageheap, cut_block_joins_its_rest_when_freed) {
     cr_assert_eq(rest->state, TA_SPAN_RECENT, "the rest went to the free lists (state %d)", rest->state);
     cr_assert_eq(b.free_bytes, a.free_bytes - 16 * PG);
     check_totals("head cut from a recent block");
+    /* freed, the head stays a block of its own beside its rest */
     cr_assert_null(ta_pageheap_free_large(t, ta_span_addr(t)));
     ta_pageheap_stats(&c);
-    cr_assert_eq(t->npages, 64u, "the freed head did not join its rest (%lu pages)", (unsigned long)t->npages);
+    cr_assert_eq(t->npages, 16u);
     cr_assert_eq(t->state, TA_SPAN_RECENT);
-    cr_assert_eq(ta_pagemap_span(page), t);
-    cr_assert_eq(ta_pagemap_span(page + 63), t);
     cr_assert_eq(c.free_bytes, a.free_bytes);
-    cr_assert_eq(c.n_coalesce, a.n_coalesce + 1);
-    check_totals("head joined its rest");
-    /* and the whole block serves a request of its size again, as it was */
+    cr_assert_eq(ta_pageheap_free_large(t, ta_span_addr(t)), "double free of");
+    check_totals("head freed");
+    /* 40 pages: the same head, the boundary moved; then 10: moved back */
+    const uintptr_t sizes[] = {40, 10, 47};
+    for (int k = 0; k < 3; k++) {
+        ta_span_t *u = ta_pageheap_alloc_large(sizes[k]);
+        cr_assert_eq(u, t, "%lu pages: not the head", (unsigned long)sizes[k]);
+        cr_assert_eq(u->page, page);
+        cr_assert_eq(u->npages, sizes[k]);
+        ta_span_t *r = ta_pagemap_span(page + sizes[k]);
+        cr_assert_eq(r, rest, "%lu pages: the rest does not start where the head ends", (unsigned long)sizes[k]);
+        cr_assert_eq(r->npages, 64 - sizes[k]);
+        cr_assert_eq(r->state, TA_SPAN_RECENT);
+        ta_pageheap_stats(&b);
+        cr_assert_eq(b.free_bytes, a.free_bytes - sizes[k] * PG);
+        check_totals("boundary moved");
+        cr_assert_null(ta_pageheap_free_large(u, ta_span_addr(u)));
+    }
+    /* their joint length: one block again, as it was */
     ta_span_t *u = ta_pageheap_alloc_large(64);
+    ta_pageheap_stats(&c);
     cr_assert_eq(u, t);
     cr_assert_eq(u->npages, 64u);
+    cr_assert_eq(c.n_coalesce, a.n_coalesce + 1);
+    check_totals("head and rest one block");
     /* cut again and left cut: the rest goes to the free lists registered at
      * both ends (the cut registered its first page only) */
     cr_assert_null(ta_pageheap_free_large(u, ta_span_addr(u)));
