@@ -471,7 +471,7 @@ typedef struct ta_span {
     uint8_t state;           /* TA_SPAN_* */
     uint8_t cls;             /* size class, 0 for a large block */
     uint8_t zeroed : 1;      /* large block known to be all zero (fresh or released pages) */
-    uint8_t rest_follows : 1; /* large block cut from a recent one, whose rest may follow it */
+    uint8_t rest_follows : 1; /* large block cut from a recent one: its rest may follow it (a hint; boundary_move checks) */
     /* central: on its shard's list of spans with free objects; fresh: no
      * object has come back to it since it was carved (its shard may be
      * carving it still); shard: the transfer-cache shard (CPU) it belongs to */

@@ -133,8 +133,8 @@ static ta_span_t *recent_drop(int i) {
 /* Keep freed block s (its accounting done, off every list) as recent, where
  * there is room (ph_nrecent < PH_RECENT) ...  Its page and length are read
  * one by one: gcc copies the two with one 16-byte load, which waits for the
- * store of npages a split or join made just before (a narrower store is not
- * forwarded to a wider load; the cut-and-join loop of large_ends_mixed ran
+ * store of npages a split made just before (a narrower store is not
+ * forwarded to a wider load; large_ends_mixed's cut of a recent block ran
  * 2-5% slower). */
 __attribute__((unused)) TA_ALWAYS_INLINE void recent_append_locked(ta_span_t *s) {
     s->state = TA_SPAN_RECENT;
