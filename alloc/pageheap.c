@@ -502,15 +502,17 @@ TA_ALWAYS_INLINE ta_span_t *recent_out(int i, int how) {
  * glibc does with its top chunk: one pagemap entry written (the rest's new
  * first page), no record made or retired, nothing joined at free. */
 static ta_span_t *boundary_move(int i, uintptr_t npages, int how) {
-    ta_span_t *s = ph_recent[i].s;
-    ta_span_t *n = ta_pagemap_span(s->page + s->npages);
-    if (!n || n->state != TA_SPAN_RECENT || !n->npages || n->page != s->page + s->npages ||
-        s->npages + n->npages < npages)
-        return NULL;
+    /* its rest: the recent entry that starts where it ends (the entries
+     * only, read just now: no pagemap lookup) */
+    uintptr_t end = ph_recent[i].page + ph_recent[i].npages;
+    int j = ph_nrecent - 1;
+    while (j >= 0 && ph_recent[j].page != end) j--;
+    if (j < 0 || ph_recent[i].npages + ph_recent[j].npages < npages) return NULL;
+    ta_span_t *s = ph_recent[i].s, *n = ph_recent[j].s;
     uintptr_t total = s->npages + n->npages;
-    recent_drop(i);
     if (total - npages <= npages / 8) { /* the two are one block again, handed out whole */
-        recent_drop(recent_index(n));
+        recent_drop(i > j ? i : j); /* (the later entry first: the other stays where it is) */
+        recent_drop(i > j ? j : i);
         account_free_recent(n, -1);
         account_free_recent(s, -1);
         ta_pagemap_set(n->page, s, 0); /* (its old start points at the joined block) */
@@ -519,12 +521,13 @@ static ta_span_t *boundary_move(int i, uintptr_t npages, int how) {
         s->rest_follows = 0;
         ph_stats.n_coalesce++;
     } else {
-        struct ph_recent *r = &ph_recent[recent_index(n)];
+        struct ph_recent *r = &ph_recent[j];
         ph_stat_add(&ph_recent_bytes, -((uint64_t)npages << TA_PAGE_SHIFT)); /* (what s takes of the two) */
         s->npages = npages;
         n->page = r->page = s->page + npages;
         n->npages = r->npages = total - npages;
         ta_pagemap_set(n->page, n, 0); /* (only its first page: see the cut) */
+        recent_drop(i); /* (after r's update: the drop moves the later entries) */
     }
     s->state = TA_SPAN_INUSE;
     large_out(s);
