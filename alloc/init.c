@@ -156,16 +156,11 @@ void ta_background_start(void) {
  * letting go of a lock writes its page, and after fork every page written is
  * copied (a fault and a TLB shootdown each) in the parent and again in the
  * child: about 40 pages, 1 ms per fork here (tests/bg_prog lonefork). */
-enum { FORK_LONE, FORK_SOLO, FORK_LOCKED };
-static int fork_mode;
-bool ta_fork_locked; /* (internal.h: ta_lock_after_fork) */
+int ta_fork_mode; /* (internal.h) */
 static void fork_prepare(void) {
-    int mode = ta_single_threaded() ? FORK_LONE : ta_solo_enter() ? FORK_SOLO : FORK_LOCKED;
-    if (fork_mode != mode) { /* (written only when they change: their page too) */
-        fork_mode = mode;
-        ta_fork_locked = mode == FORK_LOCKED;
-    }
-    if (mode != FORK_LOCKED) return;
+    int mode = ta_single_threaded() ? TA_FORK_LONE : ta_solo_enter() ? TA_FORK_SOLO : TA_FORK_LOCKED;
+    if (ta_fork_mode != mode) ta_fork_mode = mode; /* (written only when it changes: its page too) */
+    if (mode != TA_FORK_LOCKED) return;
     ta_lock(&init_lock);
     ta_sample_lock_all();
 #ifdef TA_HARDENED
@@ -178,8 +173,8 @@ static void fork_prepare(void) {
     ta_meta_lock_all();
 }
 static void fork_after(bool child) {
-    if (!child && fork_mode != FORK_LOCKED) { /* the parent took no lock */
-        if (fork_mode == FORK_SOLO) ta_solo_leave();
+    if (!child && ta_fork_mode != TA_FORK_LOCKED) { /* the parent took no lock */
+        if (ta_fork_mode == TA_FORK_SOLO) ta_solo_leave();
         return;
     }
     if (child) { /* (its locks are untouched unless fork_prepare took them) */

@@ -207,11 +207,12 @@ static inline void ta_unlock(ta_lock_t *l) {
  * lock (no other thread could hold one: init.c), the child leaves l alone:
  * not even read, its cache line and page may be far (each unlock_all loop
  * covers hundreds of them). */
-extern bool ta_fork_locked;
+enum { TA_FORK_LONE, TA_FORK_SOLO, TA_FORK_LOCKED }; /* what fork_prepare did (init.c) */
+extern int ta_fork_mode;
 static inline void ta_lock_after_fork(ta_lock_t *l, bool child) {
     if (!child)
         ta_unlock(l);
-    else if (ta_fork_locked)
+    else if (ta_fork_mode == TA_FORK_LOCKED)
         l->state = 0;
 }
 

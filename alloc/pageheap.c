@@ -555,7 +555,7 @@ TA_NOINLINE static ta_span_t *alloc_large_search(uintptr_t npages, int how) {
         /* the head of the longer block; the rest stays a recent block, and
          * the two go on serving requests of other sizes by moving the
          * boundary between them (boundary_move) */
-        ta_span_t *s = recent_drop(longer);
+        s = recent_drop(longer);
         account_free_recent(s, -1);
         ta_span_t *t = split(s, npages);
         s->state = TA_SPAN_INUSE;

@@ -26,8 +26,10 @@
  *                        process waits, idle, for its resident set to fall.
  *                        Prints "churn warm_faults W busy_faults B busy_swaps S
  *                        rss_busy R rss_idle I" (minor faults; RSS in KiB).
- *   bg_prog lonefork N   a single-threaded process with a heap of every tier
- *                        (small blocks of many classes, large ones) forks N
+ *   bg_prog lonefork N   a process with one thread of its own (and the
+ *                        background thread, unless TIERALLOC_BACKGROUND=0)
+ *                        and a heap of every tier (small blocks of many
+ *                        classes, large ones) forks N
  *                        children one after another; each checks and frees
  *                        the blocks it inherited, allocates its own, and
  *                        exits.  The parent's minor faults in fork and wait
@@ -297,7 +299,7 @@ static int run_churn(int threads) {
     return 0;
 }
 
-/* ---- fork from a single-threaded process ------------------------------------- */
+/* ---- fork from a process with one thread of its own ------------------------------ */
 #define LONE_BLOCKS 64
 static int run_lonefork(int n) {
     char *b[LONE_BLOCKS];
