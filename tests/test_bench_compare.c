@@ -95,6 +95,8 @@ Test(compare_args, bad_values_are_errors)
         { "--suite", "nosuch", NULL, "invalid choice" },
         { "--suite", "programs", "--bench=/bin/true", "runs its own programs" },
         { "--workload-budget", "-1", NULL, "0 or more" },
+        { "--cpus", "1-0", NULL, "not a CPU list" },
+        { "--cpus", "100000", NULL, "not one this process may run on" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         tu_result_t r = compare(NULL, cases[i].a, cases[i].b, cases[i].c, NULL);
@@ -303,6 +305,38 @@ Test(compare_runs, allocators_are_interleaved_and_repeated, .timeout = 120)
     cr_expect(strcmp(order, want) == 0, "order of the runs:\n%s\nwanted:\n%s", order, want);
     free(want);
     free(order);
+    tu_result_free(&r);
+    tu_rmtree(dir);
+    free(script);
+    free(log);
+    free(spec);
+    free(fake);
+    free(out);
+    free(dir);
+}
+
+/* --cpus: every run is pinned to the CPUs given, and the report says so */
+Test(compare_runs, cpus_pins_every_run, .timeout = 120)
+{
+    check_fake_built();
+    char *dir = tu_tmpdir(), *out = tu_fmt("%s/out", dir), *fake = fakealloc();
+    char *spec = tu_fmt("fake=%s", fake), *log = tu_fmt("%s/cpus.log", dir);
+    char *script = tu_fmt("grep Cpus_allowed_list /proc/self/status >> %s", log);
+    tu_result_t r = compare(NULL, "--allocator", spec, "--allocators", "glibc,fake",
+                           "--repetitions", "2", "--cpus", "0", "--no-chart", "--out", out, "--",
+                           "/bin/sh", "-c", script, NULL);
+    ASSERT_EXIT(r, 0);
+    char *seen = tu_slurp(log);
+    cr_assert(seen, "the program did not run");
+    const char *want = "Cpus_allowed_list:\t0\n";
+    size_t runs = 0;
+    for (const char *q = seen; (q = strstr(q, want)); q += strlen(want)) runs++;
+    cr_expect(runs == 4 && strlen(seen) == 4 * strlen(want), "affinity of the runs:\n%s", seen);
+    char *md = slurp_in(out, "results.md");
+    cr_assert(md);
+    cr_expect(strstr(md, "pinned to CPU 0 (--cpus)") != NULL, "the report does not say:\n%s", md);
+    free(md);
+    free(seen);
     tu_result_free(&r);
     tu_rmtree(dir);
     free(script);
