@@ -131,6 +131,75 @@ static void shuffle_fresh(central_class_t *cc, ta_span_t *s, uint32_t cls) {
 }
 #endif
 
+/* ---- objects given back to their span --------------------------------------------
+ * The release build keeps them in the span's object-state bytes (pageheap.c),
+ * not in the objects: a returned object's state is TA_OBJ_SPAN, and a refill
+ * finds them by scanning the states, lowest address first.  So neither a
+ * flush nor a refill touches an object's memory (a refill of objects freed in
+ * random order no longer walks a chain of cache misses, and the objects come
+ * out in address order), and a pointer written into a freed block is never
+ * followed.  The hardened build links them into a free list through their
+ * first word instead (encoded and checked, above), in a shuffled order. */
+#ifndef TA_HARDENED
+static inline uint8_t *span_states(const ta_span_t *s) { return ta_info_states(ta_pagemap_info_known(s->page)); }
+static inline uint32_t span_carved(const ta_span_t *s, uint32_t cls) {
+    return (uint32_t)((size_t)(s->carve - (char *)ta_span_addr(s)) / ta_class[cls].size);
+}
+static inline bool has_returned(const ta_span_t *s, uint32_t cls) { return span_carved(s, cls) > s->allocated; }
+
+static inline void put_returned(ta_span_t *s, uint32_t cls, void *obj) {
+    bool start;
+    uint32_t idx = ta_object_index((uint32_t)((char *)obj - (char *)ta_span_addr(s)), cls, &start);
+    span_states(s)[idx] = TA_OBJ_SPAN;
+    if (idx < s->scan_from) s->scan_from = idx;
+}
+
+/* Up to want of the span's returned objects, lowest first, marked FREE. */
+static uint32_t take_returned(ta_span_t *s, uint32_t cls, void **out, uint32_t want) {
+    uint32_t carved = span_carved(s, cls), left = carved - s->allocated, got = 0;
+    if (!left) return 0;
+    uint8_t *st = span_states(s);
+    char *base = ta_span_addr(s);
+    const uint32_t size = ta_class[cls].size;
+    uint32_t i = s->scan_from & ~7u;
+    /* eight states at a time: TA_OBJ_SPAN is the only state with bit 1 set */
+    for (; i < carved && got < want && got < left; i += 8) {
+        uint64_t w;
+        memcpy(&w, st + i, 8);
+        w &= 0x0202020202020202ull;
+        while (w && got < want) {
+            uint32_t k = i + (uint32_t)__builtin_ctzll(w) / 8;
+            w &= w - 1;
+            st[k] = TA_OBJ_FREE;
+            out[got++] = base + (size_t)k * size;
+        }
+        if (w) break; /* want reached inside this word: the rest of it is looked at next time */
+    }
+    s->scan_from = i;
+    s->allocated += got;
+    return got;
+}
+#else
+static inline bool has_returned(const ta_span_t *s, uint32_t cls) {
+    (void)cls;
+    return s->freelist != NULL;
+}
+static inline void put_returned(ta_span_t *s, uint32_t cls, void *obj) {
+    (void)cls;
+    link_set(obj, s->freelist);
+    s->freelist = obj;
+}
+static uint32_t take_returned(ta_span_t *s, uint32_t cls, void **out, uint32_t want) {
+    uint32_t got = 0;
+    while (got < want && s->freelist) {
+        out[got++] = s->freelist;
+        s->freelist = link_get(s, cls, s->freelist);
+    }
+    s->allocated += got;
+    return got;
+}
+#endif
+
 /* Shard sh's list of spans with objects (cc's lock held), made on first use:
  * the classes and shards a program never uses stay untouched (a release
  * build's start writes none of central[], which is ten pages, each a fault
@@ -193,7 +262,7 @@ static uint32_t alloc_from_spans(uint32_t cls, void **out, uint32_t want, uint32
             ta_lock(&cc->lock);
             if (!s) break;
             s->carve = ta_span_addr(s);
-            s->freelist = NULL;
+            s->freelist = NULL; /* (and scan_from 0) */
             s->allocated = 0;
             s->shard = shard & 63u;
             s->fresh = 1;
@@ -205,21 +274,13 @@ static uint32_t alloc_from_spans(uint32_t cls, void **out, uint32_t want, uint32
             span_list_push(cc, s);
         }
         char *carve_end = (char *)ta_span_addr(s) + span_objs_bytes;
-        while (got < want) {
-            void *obj;
-            if (s->freelist) {
-                obj = s->freelist;
-                s->freelist = link_get(s, cls, obj);
-            } else if (s->carve < carve_end) {
-                obj = s->carve;
-                s->carve += size;
-            } else {
-                break;
-            }
-            out[got++] = obj;
+        got += take_returned(s, cls, out + got, want - got);
+        while (got < want && s->carve < carve_end) {
+            out[got++] = s->carve;
+            s->carve += size;
             s->allocated++;
         }
-        if (!s->freelist && s->carve >= carve_end) span_list_remove(cc, s);
+        if (!has_returned(s, cls) && s->carve >= carve_end) span_list_remove(cc, s);
     }
     cc->free_objects -= got;
     TA_ASSERT(cc->free_objects <= cc->spans * ta_class[cls].objects);
@@ -238,8 +299,7 @@ static void free_to_spans(uint32_t cls, void *const *objs, uint32_t n) {
         ta_span_t *s = ta_pagemap_span((uintptr_t)obj >> TA_PAGE_SHIFT);
         TA_ASSERT(s && s->cls == cls && s->state == TA_SPAN_INUSE && s->allocated > 0);
         TA_ASSERT(*ta_state_of(obj, cls) == TA_OBJ_FREE); /* no live object goes back to its span */
-        link_set(obj, s->freelist);
-        s->freelist = obj;
+        put_returned(s, cls, obj);
         s->fresh = 0;
         s->allocated--;
         cc->free_objects++;

@@ -485,7 +485,8 @@ typedef struct ta_span {
      * kind of span only. */
     union {
         uint64_t free_since_ms;  /* free spans: when they became free (decay) */
-        void *freelist;          /* small spans in use: their freed objects */
+        void *freelist;          /* small spans in use, hardened build: their returned objects */
+        uint32_t scan_from;      /* small spans in use, release build: no returned object below (central.c) */
         struct ta_srec *sample;  /* large blocks in use: sampled-allocation record (sample.c) or NULL */
     };
 } ta_span_t;
@@ -511,7 +512,7 @@ static inline void ta_spanlist_remove(ta_span_t *s) {
 }
 /* Object states of small spans (pagemap info word): a block handed to the
  * program is LIVE; one in a cache, a transfer cache or its span is FREE. */
-enum { TA_OBJ_FREE = 0, TA_OBJ_LIVE = 1 };
+enum { TA_OBJ_FREE = 0, TA_OBJ_LIVE = 1, TA_OBJ_SPAN = 2 /* free, back in its span (central.c) */ };
 
 void ta_pageheap_init(void);
 /* A span of n pages (n >= 1) aligned to align_pages (a power of two), marked in use

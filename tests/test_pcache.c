@@ -784,7 +784,7 @@ static void late_destructor(void *arg) {
         free(p[i]);
     }
     for (int i = 0; i < 50; i++)
-        if (!sampled(p[i]) && *ta_state_of(p[i], ta_size_to_class(2900)) != TA_OBJ_FREE) ok = 0;
+        if (!sampled(p[i]) && *ta_state_of(p[i], ta_size_to_class(2900)) == TA_OBJ_LIVE) ok = 0; /* FREE, or SPAN: back in its span */
     late_ok = ok ? 1 : 2;
 }
 
