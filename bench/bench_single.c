@@ -3,6 +3,10 @@
  *   fastpath/size:N    malloc(N), write, free, at fixed N (16 B .. 32 KiB)
  *   fastpath_random    the same at random sizes in 1 .. 1024 B
  *   batch/blocks:N     N live blocks of mixed sizes, freed in random order
+ *   scattered_reuse/blocks:N  N blocks of 64 B, each written whole when it is
+ *                      allocated (as a constructor does), then all freed in
+ *                      random order: more than the caches hold, so most go
+ *                      back to their spans and come out of them again
  *   realloc_growth     one block grown by realloc from 16 B to 4 MiB
  *   realloc_growth_64k one block grown by a quarter at a time from 16 B to
  *                      64 KiB, every new byte written, then freed
@@ -96,6 +100,38 @@ static void bm_batch(tb_state *st, void *arg)
                 break;
             }
             p[0] = (char)i;
+            ptrs[i] = p;
+        }
+        tb_clobber_memory();
+        for (size_t i = 0; i < n; i++) {
+            free(ptrs[order[i]]);
+            ptrs[order[i]] = NULL;
+        }
+    }
+    tb_set_items_processed(st, tb_iterations(st) * (int64_t)n);
+}
+
+#define SCATTER_MAX 65536
+static void bm_scattered_reuse(tb_state *st, void *arg)
+{
+    (void)arg;
+    static void *ptrs[SCATTER_MAX];
+    static uint32_t order[SCATTER_MAX];
+    size_t n = (size_t)tb_range(st, 0);
+    if (n > SCATTER_MAX) {
+        tb_skip_with_error(st, "too many blocks");
+        return;
+    }
+    bench_rng r = { 11 };
+    bench_permutation(order, n, &r);
+    while (tb_keep_running(st)) {
+        for (size_t i = 0; i < n; i++) {
+            char *p = malloc(64);
+            if (!p) {
+                tb_skip_with_error(st, "malloc returned NULL");
+                break;
+            }
+            memset(p, (int)i, 64);
             ptrs[i] = p;
         }
         tb_clobber_memory();
@@ -315,6 +351,7 @@ void bench_register_single(void)
     tb_register("fastpath_random", bm_fastpath_random, NULL);
 
     tb_bench_arg(tb_bench_arg_name(tb_register("batch", bm_batch, NULL), "blocks"), 4096);
+    tb_bench_arg(tb_bench_arg_name(tb_register("scattered_reuse", bm_scattered_reuse, NULL), "blocks"), 32768);
 
     tb_bench_unit(tb_register("realloc_growth", bm_realloc_growth, NULL), TB_US);
     tb_register("realloc_growth_64k", bm_realloc_growth_64k, NULL);
