@@ -22,6 +22,7 @@
  * One operation is one malloc+free pair (one realloc call for the realloc rows);
  * items_per_second is operations per second, so 1/items_per_second is the time
  * per operation. */
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -78,28 +79,24 @@ static void bm_fastpath_random(tb_state *st, void *arg)
 }
 
 #define BATCH_MAX 65536
-static void bm_batch(tb_state *st, void *arg)
+/* Rounds of: n blocks allocated (sizes[i], or 64 bytes when sizes is NULL)
+ * and written (the first byte, or all of it with `whole`), then all freed in
+ * the order given. */
+static void batch_rounds(tb_state *st, size_t n, const uint32_t *sizes, const uint32_t *order, bool whole)
 {
-    (void)arg;
     static void *ptrs[BATCH_MAX];
-    static uint32_t sizes[BATCH_MAX], order[BATCH_MAX];
-    size_t n = (size_t)tb_range(st, 0);
-    if (n > BATCH_MAX) {
-        tb_skip_with_error(st, "too many blocks");
-        return;
-    }
-    bench_rng r = { 7 };
-    for (size_t i = 0; i < n; i++)
-        sizes[i] = (uint32_t)bench_mixed_size(&r);
-    bench_permutation(order, n, &r);
     while (tb_keep_running(st)) {
         for (size_t i = 0; i < n; i++) {
-            char *p = malloc(sizes[i]);
+            size_t size = sizes ? sizes[i] : 64;
+            char *p = malloc(size);
             if (!p) {
                 tb_skip_with_error(st, "malloc returned NULL");
                 break;
             }
-            p[0] = (char)i;
+            if (whole)
+                memset(p, (int)i, size);
+            else
+                p[0] = (char)i;
             ptrs[i] = p;
         }
         tb_clobber_memory();
@@ -111,36 +108,34 @@ static void bm_batch(tb_state *st, void *arg)
     tb_set_items_processed(st, tb_iterations(st) * (int64_t)n);
 }
 
-#define SCATTER_MAX 65536
+static void bm_batch(tb_state *st, void *arg)
+{
+    (void)arg;
+    static uint32_t sizes[BATCH_MAX], order[BATCH_MAX];
+    size_t n = (size_t)tb_range(st, 0);
+    if (n > BATCH_MAX) {
+        tb_skip_with_error(st, "too many blocks");
+        return;
+    }
+    bench_rng r = { 7 };
+    for (size_t i = 0; i < n; i++)
+        sizes[i] = (uint32_t)bench_mixed_size(&r);
+    bench_permutation(order, n, &r);
+    batch_rounds(st, n, sizes, order, false);
+}
+
 static void bm_scattered_reuse(tb_state *st, void *arg)
 {
     (void)arg;
-    static void *ptrs[SCATTER_MAX];
-    static uint32_t order[SCATTER_MAX];
+    static uint32_t order[BATCH_MAX];
     size_t n = (size_t)tb_range(st, 0);
-    if (n > SCATTER_MAX) {
+    if (n > BATCH_MAX) {
         tb_skip_with_error(st, "too many blocks");
         return;
     }
     bench_rng r = { 11 };
     bench_permutation(order, n, &r);
-    while (tb_keep_running(st)) {
-        for (size_t i = 0; i < n; i++) {
-            char *p = malloc(64);
-            if (!p) {
-                tb_skip_with_error(st, "malloc returned NULL");
-                break;
-            }
-            memset(p, (int)i, 64);
-            ptrs[i] = p;
-        }
-        tb_clobber_memory();
-        for (size_t i = 0; i < n; i++) {
-            free(ptrs[order[i]]);
-            ptrs[order[i]] = NULL;
-        }
-    }
-    tb_set_items_processed(st, tb_iterations(st) * (int64_t)n);
+    batch_rounds(st, n, NULL, order, true);
 }
 
 /* Growth of 1/8 plus 16 bytes per step, as a buffer that appends does:
