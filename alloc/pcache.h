@@ -26,6 +26,7 @@
 
 #define TA_SLAB_SHIFT 20 /* a slab is 1 MiB of address space: 64 Ki slots of 16 bytes */
 #define TA_SLAB_HDR_SLOTS (TA_MAX_CLASSES * 8 / 16) /* the headers take the first slots */
+#define TA_SLOT_SKEW 4 /* slots (one cache line) between two classes' ranges (pcache.c) */
 
 typedef struct ta_slot {
     void *obj;

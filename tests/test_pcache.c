@@ -152,7 +152,9 @@ static const char *check_slab(const ta_slot_t *slab) {
     for (uint32_t c = 1; c < ta_nclasses; c++) {
         ta_slab_hdr_t h = hdr(slab, c);
         if (!h.word) continue; /* never laid out */
-        if (h.begin != prev_max) {
+        /* each range after the first starts one line (TA_SLOT_SKEW) past the previous one's end */
+        uint32_t want = c == 1 ? prev_max : prev_max + TA_SLOT_SKEW;
+        if (h.begin != want) {
             snprintf(slab_err, sizeof slab_err, "class %u begins at %u, the previous range ends at %u", c, h.begin, prev_max);
             return slab_err;
         }
