@@ -155,7 +155,7 @@ TA_NOINLINE void *ta_alloc_small_slow(size_t n, uint32_t cls) {
     void *p = ta_fe_pop(cls, &state); /* the cache may be another one now */
     if (!p) p = ta_pcache_alloc_slow(cls);
     if (!p) return ta_fail_nomem();
-    TA_ASSERT(*ta_state_of(p, cls) == TA_OBJ_FREE); /* tier 1 hands out free objects only */
+    TA_ASSERT(ta_obj_cached_state(*ta_state_of(p, cls))); /* tier 1 hands out free objects only */
     *ta_state_of(p, cls) = TA_OBJ_LIVE;
     return p;
 }
@@ -246,7 +246,22 @@ void *ta_impl_calloc(size_t n, size_t size) {
     size_t total;
     if (__builtin_mul_overflow(n, size, &total)) return ta_fail_nomem();
     if (total > TA_MAX_SMALL) return ta_alloc_large(total, 0, true);
-    void *p = ta_alloc_class(ta_size_to_class(total), total);
+    uint32_t cls = ta_size_to_class(total);
+    if (TA_LIKELY((ta_tls.sample_left -= (int64_t)total) >= 0)) {
+        uint8_t *state;
+        void *p = ta_fe_pop(cls, &state);
+        if (TA_LIKELY(p)) {
+            /* a block never handed out, on pages the OS gave zeroed, is all zero */
+            bool zero = *state == TA_OBJ_ZERO;
+            *state = TA_OBJ_LIVE;
+            if (!zero) memset(p, 0, total);
+            return p;
+        }
+        p = ta_alloc_small_slow(total, cls);
+        if (p) memset(p, 0, total);
+        return p;
+    }
+    void *p = ta_alloc_sample_slow(total, cls);
     if (p) memset(p, 0, total);
     return p;
 }

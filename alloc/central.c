@@ -270,6 +270,9 @@ static uint32_t alloc_from_spans(uint32_t cls, void **out, uint32_t want, uint32
             cc->free_objects += ta_class[cls].objects;
 #ifdef TA_HARDENED
             shuffle_fresh(cc, s, cls);
+#else
+            /* pages the OS gave zeroed: the objects are zero until handed out */
+            if (s->zeroed) memset(span_states(s), TA_OBJ_ZERO, ta_class[cls].objects);
 #endif
             span_list_push(cc, s);
         }
@@ -298,7 +301,7 @@ static void free_to_spans(uint32_t cls, void *const *objs, uint32_t n) {
         void *obj = objs[i];
         ta_span_t *s = ta_pagemap_span((uintptr_t)obj >> TA_PAGE_SHIFT);
         TA_ASSERT(s && s->cls == cls && s->state == TA_SPAN_INUSE && s->allocated > 0);
-        TA_ASSERT(*ta_state_of(obj, cls) == TA_OBJ_FREE); /* no live object goes back to its span */
+        TA_ASSERT(ta_obj_cached_state(*ta_state_of(obj, cls))); /* no live object goes back to its span */
         put_returned(s, cls, obj);
         s->fresh = 0;
         s->allocated--;

@@ -511,8 +511,13 @@ static inline void ta_spanlist_remove(ta_span_t *s) {
     s->next = s->prev = NULL;
 }
 /* Object states of small spans (pagemap info word): a block handed to the
- * program is LIVE; one in a cache, a transfer cache or its span is FREE. */
-enum { TA_OBJ_FREE = 0, TA_OBJ_LIVE = 1, TA_OBJ_SPAN = 2 /* free, back in its span (central.c) */ };
+ * program is LIVE; one in a cache or a transfer cache is FREE, or ZERO when
+ * it was never handed out and its memory is still the OS's zero pages (calloc
+ * skips the memset, api.c); one given back to its span is SPAN (central.c;
+ * the hardened build keeps FREE there, in a free list). */
+enum { TA_OBJ_FREE = 0, TA_OBJ_LIVE = 1, TA_OBJ_SPAN = 2, TA_OBJ_ZERO = 4 };
+/* free and cached: FREE or ZERO */
+static inline bool ta_obj_cached_state(uint8_t s) { return s == TA_OBJ_FREE || s == TA_OBJ_ZERO; }
 
 void ta_pageheap_init(void);
 /* A span of n pages (n >= 1) aligned to align_pages (a power of two), marked in use

@@ -281,7 +281,7 @@ static void check_cache(const ta_pcache_t *c, uint32_t cls) {
     if (c->cpu < 0) { /* a thread's own cache: nothing moves under us */
         TA_ASSERT(h.cur <= h.end);
         for (uint32_t i = h.begin; i < h.cur; i++)
-            TA_ASSERT(c->slab[i].obj && *c->slab[i].state == TA_OBJ_FREE &&
+            TA_ASSERT(c->slab[i].obj && ta_obj_cached_state(*c->slab[i].state) &&
                       c->slab[i].state == ta_state_of(c->slab[i].obj, cls));
     }
 #else

@@ -956,3 +956,33 @@ Test(api, conformance_details_match_glibc) {
     cr_assert_null(p);
     cr_assert_eq(errno, ENOMEM);
 }
+
+/* calloc of blocks carved from pages the OS just gave back zeroed (trim
+ * released them) skips the memset (their state is ZERO); blocks written and
+ * freed since are cleared: every calloc returns zeros either way. */
+Test(api, calloc_on_released_pages_and_after_reuse_is_zero) {
+    static const size_t sizes[] = {16, 48, 256, 1000, 3000, 20000};
+    enum { N = 600 };
+    static void *v[N];
+    FOR_EACH_API(a) {
+        for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+            size_t n = sizes[s];
+            for (int rep = 0; rep < 3; rep++) {
+                for (int i = 0; i < N; i++) {
+                    v[i] = a->malloc_(n);
+                    cr_assert_not_null(v[i]);
+                    memset(v[i], 0xab, n);
+                }
+                for (int i = 0; i < N; i++) a->free_(v[i]);
+                if (rep != 1) malloc_trim(0); /* rep 1: the dirty blocks are reused */
+                for (int i = 0; i < N; i++) {
+                    v[i] = a->calloc_(1, n);
+                    cr_assert_not_null(v[i]);
+                    cr_assert(all_zero(v[i], n), "%s calloc(1, %zu) = %p is not zeroed (rep %d)", a->name, n, v[i], rep);
+                    memset(v[i], 0xcd, n);
+                }
+                for (int i = 0; i < N; i++) a->free_(v[i]);
+            }
+        }
+    }
+}

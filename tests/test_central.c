@@ -15,6 +15,7 @@
 #define _GNU_SOURCE 1
 #include <criterion/criterion.h>
 
+#include <malloc.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -109,7 +110,7 @@ static const char *bad_object(const void *p, uint32_t cls) {
     size_t off = a - (uintptr_t)ta_span_addr(s);
     if (off % ta_class[cls].size) return "not at an object boundary";
     if (off + ta_class[cls].size > (size_t)ta_class[cls].objects * ta_class[cls].size) return "past the span's objects";
-    if (*ta_state_of(p, cls) != TA_OBJ_FREE) return "state byte is not FREE (central hands out free objects)";
+    if (!ta_obj_cached_state(*ta_state_of(p, cls))) return "state byte is not FREE or ZERO (central hands out free objects)";
     return NULL;
 }
 
@@ -750,4 +751,42 @@ Test(central, state_arrays_of_spans_share_no_cache_line) {
     }
     ta_central_free_spans(c, o, n);
     cr_assert_geq(nl, (uint32_t)SPANS, "%u state lines for %u spans", nl, SPANS);
+}
+
+/* Objects carved from a span whose pages the OS gave zeroed (a new mapping,
+ * or pages released by trim) are ZERO until handed out, and calloc skips
+ * their memset; objects that come back are not ZERO again.  (The hardened
+ * build links a fresh span's objects into a free list: none is ZERO.) */
+Test(central, fresh_objects_on_zeroed_pages_are_zero) {
+    const uint32_t c = ta_size_to_class(13000); /* a class nothing else here uses: fresh spans */
+    quiesce();
+    malloc_trim(0); /* every free page of the heap released: zero */
+    static void *o[256];
+    cr_assert_eq(ta_central_alloc(c, o, 1, 0), 0u + 1);
+    cr_assert(ta_pagemap_span((uintptr_t)o[0] >> TA_PAGE_SHIFT)->fresh, "class %u was used before", c);
+    ta_central_free_spans(c, o, 1); /* its span goes back to the page heap, and trim releases it */
+    malloc_trim(0);
+    uint32_t n = ta_central_alloc(c, o, 2 * ta_class[c].objects, 0);
+    cr_assert_eq(n, 2 * ta_class[c].objects);
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t st = *ta_state_of(o[i], c);
+#ifdef TA_HARDENED
+        cr_assert_eq(st, TA_OBJ_FREE, "object %u: state %u", i, st);
+#else
+        cr_assert_eq(st, TA_OBJ_ZERO, "object %u: state %u", i, st);
+#endif
+        cr_assert(ta_pagemap_span((uintptr_t)o[i] >> TA_PAGE_SHIFT)->zeroed);
+        for (uint32_t b = 0; b < ta_class[c].size; b++) cr_assert_eq(((uint8_t *)o[i])[b], 0);
+    }
+    /* dirtied (as a program would after malloc), then back: FREE or SPAN, never ZERO */
+    for (uint32_t i = 0; i < n; i++) {
+        *ta_state_of(o[i], c) = TA_OBJ_LIVE;
+        memset(o[i], 0x5a, ta_class[c].size);
+        *ta_state_of(o[i], c) = TA_OBJ_FREE;
+    }
+    ta_central_free(c, o, n / 2, 0);
+    ta_central_free_spans(c, o + n / 2, n - n / 2);
+    uint32_t k = ta_central_alloc(c, o, n / 2, 0);
+    for (uint32_t i = 0; i < k; i++) cr_assert_eq(*ta_state_of(o[i], c), TA_OBJ_FREE);
+    ta_central_free_spans(c, o, k);
 }

@@ -171,7 +171,7 @@ static const char *check_slab(const ta_slot_t *slab) {
             if (!p) e = "NULL object";
             else if (TA_INFO_CLASS(info) != c) e = "object of another class";
             else if (slab[i].state != ta_state_of(p, c)) e = "slot names another state byte";
-            else if (*slab[i].state != TA_OBJ_FREE) e = "cached object is not FREE";
+            else if (!ta_obj_cached_state(*slab[i].state)) e = "cached object is not FREE or ZERO";
             else if (!set_add(&slab_seen, p)) e = "object cached twice";
             if (e) {
                 snprintf(slab_err, sizeof slab_err, "class %u slot %u (%p): %s", c, i, p, e);
