@@ -200,6 +200,14 @@ static uint32_t take_returned(ta_span_t *s, uint32_t cls, void **out, uint32_t w
 }
 #endif
 
+static void reverse(void **v, uint32_t n) {
+    for (uint32_t i = 0; i + 1 < n - i; i++) {
+        void *t = v[i];
+        v[i] = v[n - 1 - i];
+        v[n - 1 - i] = t;
+    }
+}
+
 /* Shard sh's list of spans with objects (cc's lock held), made on first use:
  * the classes and shards a program never uses stay untouched (a release
  * build's start writes none of central[], which is ten pages, each a fault
@@ -277,12 +285,19 @@ static uint32_t alloc_from_spans(uint32_t cls, void **out, uint32_t want, uint32
             span_list_push(cc, s);
         }
         char *carve_end = (char *)ta_span_addr(s) + span_objs_bytes;
+        uint32_t first = got;
         got += take_returned(s, cls, out + got, want - got);
         while (got < want && s->carve < carve_end) {
             out[got++] = s->carve;
             s->carve += size;
             s->allocated++;
         }
+        /* highest first: a refill hands out the last of its batch first and
+         * stacks the rest (pcache.c), so the span's objects go out lowest
+         * first, and a program that grows its heap finds what it allocated in
+         * address order when it walks it (an interpreter's object lists, its
+         * garbage collector) */
+        reverse(out + first, got - first);
         if (!has_returned(s, cls) && s->carve >= carve_end) span_list_remove(cc, s);
     }
     cc->free_objects -= got;
