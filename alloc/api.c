@@ -44,7 +44,7 @@ static ptr_class_t classify_info(const void *p, uint64_t info) {
         uint32_t idx = ta_object_index(ta_info_offset(p, info), cls, &start);
         if (!start) r.kind = PTR_INTERIOR;
         else if (idx >= ta_class[cls].objects) r.kind = PTR_FOREIGN; /* the span's tail */
-        else if (ta_info_states(info)[idx] != TA_OBJ_LIVE) r.kind = PTR_FREED;
+        else if (ta_state_get(ta_info_states(info) + idx) != TA_OBJ_LIVE) r.kind = PTR_FREED;
         else r.kind = PTR_SMALL, r.cls = cls;
         return r;
     }
@@ -155,8 +155,8 @@ TA_NOINLINE void *ta_alloc_small_slow(size_t n, uint32_t cls) {
     void *p = ta_fe_pop(cls, &state); /* the cache may be another one now */
     if (!p) p = ta_pcache_alloc_slow(cls);
     if (!p) return ta_fail_nomem();
-    TA_ASSERT(ta_obj_cached_state(*ta_state_of(p, cls))); /* tier 1 hands out free objects only */
-    *ta_state_of(p, cls) = TA_OBJ_LIVE;
+    TA_ASSERT(ta_obj_cached_state(ta_state_get(ta_state_of(p, cls)))); /* tier 1 hands out free objects only */
+    ta_state_set(ta_state_of(p, cls), TA_OBJ_LIVE);
     return p;
 }
 
@@ -182,7 +182,7 @@ TA_NOINLINE void *ta_alloc_sample_slow(size_t n, uint32_t cls) {
     uint8_t *state;
     void *p = ta_fe_pop(cls, &state);
     if (TA_UNLIKELY(!p)) return ta_alloc_small_slow(n, cls);
-    *state = TA_OBJ_LIVE;
+    ta_state_set(state, TA_OBJ_LIVE);
     return p;
 }
 
@@ -193,7 +193,7 @@ TA_NOINLINE static void free_classified(void *p, uint64_t info) {
     switch (c.kind) {
     case PTR_SMALL: { /* a live block (a race moved it off the fast path) */
         uint8_t *state = ta_state_of(p, c.cls);
-        *state = TA_OBJ_FREE;
+        ta_state_set(state, TA_OBJ_FREE);
         ta_free_small(p, state, c.cls);
         return;
     }
@@ -252,8 +252,8 @@ void *ta_impl_calloc(size_t n, size_t size) {
         void *p = ta_fe_pop(cls, &state);
         if (TA_LIKELY(p)) {
             /* a block never handed out, on pages the OS gave zeroed, is all zero */
-            bool zero = *state == TA_OBJ_ZERO;
-            *state = TA_OBJ_LIVE;
+            bool zero = ta_state_get(state) == TA_OBJ_ZERO;
+            ta_state_set(state, TA_OBJ_LIVE);
             if (!zero) memset(p, 0, total);
             return p;
         }

@@ -27,7 +27,7 @@ TA_ALWAYS_INLINE void *ta_alloc_class(uint32_t cls, size_t n) {
     uint8_t *state;
     void *p = ta_fe_pop(cls, &state);
     if (TA_UNLIKELY(!p)) return ta_alloc_small_slow(n, cls);
-    *state = TA_OBJ_LIVE;
+    ta_state_set(state, TA_OBJ_LIVE);
     return p;
 }
 
@@ -55,8 +55,9 @@ TA_ALWAYS_INLINE void ta_do_free(void *p) {
         uint8_t *state = ta_info_states(info) + ta_object_index(ta_info_offset(p, info), cls, &start);
         /* an interior pointer and a block that is not live (double free, never
          * handed out) both go to the slow path, which says which */
+        /* (a plain load: only a thread handed p can write p's byte meanwhile) */
         if (TA_LIKELY(start && *state == TA_OBJ_LIVE)) {
-            *state = TA_OBJ_FREE;
+            ta_state_set(state, TA_OBJ_FREE);
             ta_free_small(p, state, cls);
             return;
         }

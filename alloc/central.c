@@ -66,7 +66,8 @@ void ta_central_init(void) {
     }
 }
 
-/* ---- span free lists: links kept encoded ----------------------------------------
+#ifdef TA_HARDENED
+/* ---- span free lists (hardened build): links kept encoded -----------------------
  * Objects given back to their span are linked through their first word, the
  * only place the allocator writes into free objects.  The link is stored
  * XORed with a per-process secret and the object's own address (so a stray
@@ -89,12 +90,11 @@ static inline void *link_get(const ta_span_t *s, uint32_t cls, const void *obj) 
     bool start;
     uint32_t idx = ta_object_index((uint32_t)off, cls, &start);
     if (TA_UNLIKELY(next < base || off >= (uintptr_t)ta_class[cls].objects * ta_class[cls].size || !start ||
-                    idx >= ta_class[cls].objects || *ta_state_of((void *)next, cls) != TA_OBJ_FREE))
+                    idx >= ta_class[cls].objects || ta_state_get(ta_state_of((void *)next, cls)) != TA_OBJ_FREE))
         bad_link(obj, next);
     return (void *)next;
 }
 
-#ifdef TA_HARDENED
 /* ---- shuffled fresh spans (hardened build) ------------------------------------
  * A fresh span hands out its objects in a random order: all of them are linked
  * into its free list at once, in a Fisher-Yates permutation drawn from the
@@ -150,7 +150,7 @@ static inline bool has_returned(const ta_span_t *s, uint32_t cls) { return span_
 static inline void put_returned(ta_span_t *s, uint32_t cls, void *obj) {
     bool start;
     uint32_t idx = ta_object_index((uint32_t)((char *)obj - (char *)ta_span_addr(s)), cls, &start);
-    span_states(s)[idx] = TA_OBJ_SPAN;
+    ta_state_set(span_states(s) + idx, TA_OBJ_SPAN);
     if (idx < s->scan_from) s->scan_from = idx;
 }
 
@@ -164,13 +164,13 @@ static uint32_t take_returned(ta_span_t *s, uint32_t cls, void **out, uint32_t w
     uint32_t i = s->scan_from & ~7u;
     /* eight states at a time: TA_OBJ_SPAN is the only state with bit 1 set */
     for (; i < carved && got < want && got < left; i += 8) {
-        uint64_t w;
-        memcpy(&w, st + i, 8);
+        /* (the state array is line-aligned, i a multiple of 8) */
+        uint64_t w = __atomic_load_n((const uint64_t *)(const void *)(st + i), __ATOMIC_RELAXED);
         w &= 0x0202020202020202ull;
         while (w && got < want) {
             uint32_t k = i + (uint32_t)__builtin_ctzll(w) / 8;
             w &= w - 1;
-            st[k] = TA_OBJ_FREE;
+            ta_state_set(st + k, TA_OBJ_FREE);
             out[got++] = base + (size_t)k * size;
         }
         if (w) break; /* want reached inside this word: the rest of it is looked at next time */
@@ -316,7 +316,7 @@ static void free_to_spans(uint32_t cls, void *const *objs, uint32_t n) {
         void *obj = objs[i];
         ta_span_t *s = ta_pagemap_span((uintptr_t)obj >> TA_PAGE_SHIFT);
         TA_ASSERT(s && s->cls == cls && s->state == TA_SPAN_INUSE && s->allocated > 0);
-        TA_ASSERT(ta_obj_cached_state(*ta_state_of(obj, cls))); /* no live object goes back to its span */
+        TA_ASSERT(ta_obj_cached_state(ta_state_get(ta_state_of(obj, cls)))); /* no live object goes back to its span */
         put_returned(s, cls, obj);
         s->fresh = 0;
         s->allocated--;

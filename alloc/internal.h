@@ -516,6 +516,12 @@ static inline void ta_spanlist_remove(ta_span_t *s) {
  * skips the memset, api.c); one given back to its span is SPAN (central.c;
  * the hardened build keeps FREE there, in a free list). */
 enum { TA_OBJ_FREE = 0, TA_OBJ_LIVE = 1, TA_OBJ_SPAN = 2, TA_OBJ_ZERO = 4 };
+/* A state byte is read and written by threads that do not synchronise with
+ * each other when they are different objects' (central scans a span's bytes
+ * eight at a time while malloc and free write their neighbours'): every
+ * access is a relaxed atomic, which on x86-64 is the plain byte load and store. */
+static inline uint8_t ta_state_get(const uint8_t *s) { return __atomic_load_n(s, __ATOMIC_RELAXED); }
+static inline void ta_state_set(uint8_t *s, uint8_t v) { __atomic_store_n(s, v, __ATOMIC_RELAXED); }
 /* free and cached: FREE or ZERO */
 static inline bool ta_obj_cached_state(uint8_t s) { return s == TA_OBJ_FREE || s == TA_OBJ_ZERO; }
 
