@@ -246,24 +246,7 @@ void *ta_impl_calloc(size_t n, size_t size) {
     size_t total;
     if (__builtin_mul_overflow(n, size, &total)) return ta_fail_nomem();
     if (total > TA_MAX_SMALL) return ta_alloc_large(total, 0, true);
-    uint32_t cls = ta_size_to_class(total);
-    if (TA_LIKELY((ta_tls.sample_left -= (int64_t)total) >= 0)) {
-        uint8_t *state;
-        void *p = ta_fe_pop(cls, &state);
-        if (TA_LIKELY(p)) {
-            /* a block never handed out, on pages the OS gave zeroed, is all zero */
-            bool zero = ta_state_get(state) == TA_OBJ_ZERO;
-            ta_state_set(state, TA_OBJ_LIVE);
-            if (!zero) memset(p, 0, total);
-            return p;
-        }
-        p = ta_alloc_small_slow(total, cls);
-        if (p) memset(p, 0, total);
-        return p;
-    }
-    void *p = ta_alloc_sample_slow(total, cls);
-    if (p) memset(p, 0, total);
-    return p;
+    return ta_alloc_class_as(ta_size_to_class(total), total, true);
 }
 
 static void *realloc_move(void *p, size_t old, size_t n) {

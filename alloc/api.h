@@ -11,6 +11,7 @@
 #include "pcache.h"
 
 #include <errno.h>
+#include <string.h>
 
 /* ---- slow paths (api.c) ------------------------------------------------------ */
 void *ta_alloc_small_slow(size_t n, uint32_t cls);  /* tier-1 miss */
@@ -21,15 +22,28 @@ void *ta_alloc_aligned(size_t align, size_t n);      /* align: a power of two */
 void ta_free_slow(void *p, uint64_t info);           /* anything but a live small block; info: p's pagemap word */
 void *ta_fail_nomem(void);                           /* errno = ENOMEM, NULL */
 
-/* The fast path: one sub-and-branch for sampling, then a pop. */
-TA_ALWAYS_INLINE void *ta_alloc_class(uint32_t cls, size_t n) {
-    if (TA_UNLIKELY((ta_tls.sample_left -= (int64_t)n) < 0)) return ta_alloc_sample_slow(n, cls);
-    uint8_t *state;
-    void *p = ta_fe_pop(cls, &state);
-    if (TA_UNLIKELY(!p)) return ta_alloc_small_slow(n, cls);
-    ta_state_set(state, TA_OBJ_LIVE);
+/* The fast path: one sub-and-branch for sampling, then a pop.  With `zero`
+ * (calloc; a constant, so malloc's code has none of it) the block is cleared,
+ * unless its state says it was never handed out and lies on pages the OS gave
+ * zeroed (ZERO). */
+TA_ALWAYS_INLINE void *ta_alloc_class_as(uint32_t cls, size_t n, bool zero) {
+    void *p;
+    if (TA_UNLIKELY((ta_tls.sample_left -= (int64_t)n) < 0)) {
+        p = ta_alloc_sample_slow(n, cls);
+    } else {
+        uint8_t *state;
+        p = ta_fe_pop(cls, &state);
+        if (TA_LIKELY(p)) {
+            if (zero && ta_state_get(state) != TA_OBJ_ZERO) memset(p, 0, n);
+            ta_state_set(state, TA_OBJ_LIVE);
+            return p;
+        }
+        p = ta_alloc_small_slow(n, cls);
+    }
+    if (zero && p) memset(p, 0, n);
     return p;
 }
+TA_ALWAYS_INLINE void *ta_alloc_class(uint32_t cls, size_t n) { return ta_alloc_class_as(cls, n, false); }
 
 TA_ALWAYS_INLINE void *ta_do_malloc(size_t n) {
     if (TA_LIKELY(n <= TA_MAX_SMALL)) return ta_alloc_class(ta_size_to_class(n), n);
@@ -54,8 +68,8 @@ TA_ALWAYS_INLINE void ta_do_free(void *p) {
         bool start;
         uint8_t *state = ta_info_states(info) + ta_object_index(ta_info_offset(p, info), cls, &start);
         /* an interior pointer and a block that is not live (double free, never
-         * handed out) both go to the slow path, which says which */
-        /* (a plain load: only a thread handed p can write p's byte meanwhile) */
+         * handed out) both go to the slow path, which says which (a plain
+         * load: only a thread that was handed p can write p's byte meanwhile) */
         if (TA_LIKELY(start && *state == TA_OBJ_LIVE)) {
             ta_state_set(state, TA_OBJ_FREE);
             ta_free_small(p, state, cls);

@@ -288,63 +288,61 @@ Test(compare_failures, hung_program_is_killed_and_reported, .timeout = 120)
     free(dir);
 }
 
-Test(compare_runs, allocators_are_interleaved_and_repeated, .timeout = 120)
+/* The runs of `sh -c "CMD >> LOG"` under glibc and the stand-in allocator
+ * (its path in *fake), reps repetitions, pinned by --cpus cpus unless cpus is
+ * NULL: what they appended to LOG, and the report in *md. */
+static char *logged_runs(const char *cmd, const char *reps, const char *cpus, char **fake, char **md)
 {
     check_fake_built();
-    char *dir = tu_tmpdir(), *out = tu_fmt("%s/out", dir), *fake = fakealloc();
-    char *spec = tu_fmt("fake=%s", fake), *log = tu_fmt("%s/order.log", dir);
-    char *script = tu_fmt("echo \"${LD_PRELOAD:-none}\" >> %s", log);
-    tu_result_t r = compare(NULL, "--allocator", spec, "--allocators", "glibc,fake",
-                           "--repetitions", "3", "--no-chart", "--out", out, "--", "/bin/sh",
-                           "-c", script, NULL);
+    char *dir = tu_tmpdir(), *out = tu_fmt("%s/out", dir);
+    *fake = fakealloc();
+    char *spec = tu_fmt("fake=%s", *fake), *log = tu_fmt("%s/runs.log", dir);
+    char *script = tu_fmt("%s >> %s", cmd, log);
+    /* (without --cpus its place holds --no-chart again) */
+    tu_result_t r = compare(NULL, "--allocator", spec, "--allocators", "glibc,fake", "--repetitions", reps,
+                           cpus ? "--cpus" : "--no-chart", cpus ? cpus : "--no-chart", "--no-chart", "--out",
+                           out, "--", "/bin/sh", "-c", script, NULL);
     ASSERT_EXIT(r, 0);
-    char *order = tu_slurp(log);
-    cr_assert(order, "the program did not run");
+    char *runs = tu_slurp(log);
+    cr_assert(runs, "the program did not run");
+    *md = slurp_in(out, "results.md");
+    cr_assert(*md);
+    tu_result_free(&r);
+    tu_rmtree(dir);
+    free(script);
+    free(log);
+    free(spec);
+    free(out);
+    free(dir);
+    return runs;
+}
+
+Test(compare_runs, allocators_are_interleaved_and_repeated, .timeout = 120)
+{
+    char *fake, *md;
+    char *order = logged_runs("echo \"${LD_PRELOAD:-none}\"", "3", NULL, &fake, &md);
     /* repetition k starts with allocator k mod 2: none fake | fake none | none fake */
     char *want = tu_fmt("none\n%s\n%s\nnone\nnone\n%s\n", fake, fake, fake);
     cr_expect(strcmp(order, want) == 0, "order of the runs:\n%s\nwanted:\n%s", order, want);
     free(want);
     free(order);
-    tu_result_free(&r);
-    tu_rmtree(dir);
-    free(script);
-    free(log);
-    free(spec);
+    free(md);
     free(fake);
-    free(out);
-    free(dir);
 }
 
 /* --cpus: every run is pinned to the CPUs given, and the report says so */
 Test(compare_runs, cpus_pins_every_run, .timeout = 120)
 {
-    check_fake_built();
-    char *dir = tu_tmpdir(), *out = tu_fmt("%s/out", dir), *fake = fakealloc();
-    char *spec = tu_fmt("fake=%s", fake), *log = tu_fmt("%s/cpus.log", dir);
-    char *script = tu_fmt("grep Cpus_allowed_list /proc/self/status >> %s", log);
-    tu_result_t r = compare(NULL, "--allocator", spec, "--allocators", "glibc,fake",
-                           "--repetitions", "2", "--cpus", "0", "--no-chart", "--out", out, "--",
-                           "/bin/sh", "-c", script, NULL);
-    ASSERT_EXIT(r, 0);
-    char *seen = tu_slurp(log);
-    cr_assert(seen, "the program did not run");
+    char *fake, *md;
+    char *seen = logged_runs("grep Cpus_allowed_list /proc/self/status", "2", "0", &fake, &md);
     const char *want = "Cpus_allowed_list:\t0\n";
     size_t runs = 0;
     for (const char *q = seen; (q = strstr(q, want)); q += strlen(want)) runs++;
     cr_expect(runs == 4 && strlen(seen) == 4 * strlen(want), "affinity of the runs:\n%s", seen);
-    char *md = slurp_in(out, "results.md");
-    cr_assert(md);
     cr_expect(strstr(md, "pinned to CPU 0 (--cpus)") != NULL, "the report does not say:\n%s", md);
     free(md);
     free(seen);
-    tu_result_free(&r);
-    tu_rmtree(dir);
-    free(script);
-    free(log);
-    free(spec);
     free(fake);
-    free(out);
-    free(dir);
 }
 
 Test(compare_report, table_chart_and_raw_results_are_written, .timeout = 120)
