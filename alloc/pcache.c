@@ -47,6 +47,7 @@ typedef struct ta_pcache {
     uint32_t shard;           /* central shard it uses */
     uint32_t steal_next;      /* next class to take capacity from */
     uint8_t active[TA_MAX_CLASSES]; /* class missed or overflowed since the last decay */
+    uint16_t begin[TA_MAX_CLASSES]; /* each class's range now: its short one or its full one (layout) */
     uint64_t scavenged_ms;    /* thread caches: when idle classes were last trimmed */
     uint32_t state;           /* TA_PC_* (thread caches) */
     struct ta_pcache *next_all, *prev_all; /* registry of live thread caches */
@@ -64,7 +65,18 @@ __thread ta_tls_t ta_tls __attribute__((tls_model("initial-exec"))) = {.slab = (
 
 ta_fe_t ta_fe;
 
-static uint16_t slot_begin[TA_MAX_CLASSES], slot_max[TA_MAX_CLASSES]; /* each class's slot range */
+/* Every class has two slot ranges in a slab: a short one among the short
+ * ranges of all classes, side by side in the pages after the headers, and its
+ * full one further on.  A cache starts each class in its short range and
+ * moves it to the full one the first time its capacity must grow past it
+ * (move_to_full).  So a process that uses a few objects of many classes (a
+ * shell, a short-lived tool, a child of fork) writes two or three pages of
+ * slab, not one per class: each is a page fault, and one more page that fork
+ * copies.  A class whose full range is no longer than SHORT_SLOTS has only
+ * the short one. */
+#define SHORT_SLOTS 16
+static uint16_t short_begin[TA_MAX_CLASSES], short_max[TA_MAX_CLASSES];
+static uint16_t slot_begin[TA_MAX_CLASSES], slot_max[TA_MAX_CLASSES]; /* each class's full range */
 static size_t slab_bytes;  /* a thread slab: headers and every class's range */
 
 static ta_lock_t reg_lock = TA_LOCK_INIT(TA_RANK_REGISTRY);
@@ -187,6 +199,25 @@ static int rseq_set_end(int cpu, uint32_t cls, uint32_t end) {
     return (int)r;
 }
 
+/* Replace cls's header on CPU cpu by `to` if it is `from`: 1, or 0 when it is
+ * not, or -1 when the caller is not on that CPU. */
+static int rseq_replace(int cpu, uint32_t cls, uint64_t from, uint64_t to) {
+    long r;
+    uintptr_t t;
+    __asm__ __volatile__(TA_RSEQ_PROLOGUE TA_RSEQ_ON_CPU("r")
+                         "movq $0, %[r]\n\t"
+                         "cmpq %[from], (%%rax,%[cls],8)\n\t"
+                         "jne 4f\n\t"
+                         "movq $1, %[r]\n\t"
+                         "movq %[to], (%%rax,%[cls],8)\n\t" /* commit */
+                         "4:\n\t"
+: [r] "=&r"(r), [t] "=&a"(t)
+                         : [rs] "r"(ta_rseq_off), [cpu] "r"(cpu), [base] "m"(ta_cpu_slabs),
+                           [cls] "r"((uintptr_t)cls), [from] "r"(from), [to] "r"(to)
+                         : "memory", "cc");
+    return (int)r;
+}
+
 static int current_cpu(void) {
     return (int)__atomic_load_n((volatile uint32_t *)((char *)__builtin_thread_pointer() + ta_rseq_off + 4),
                                 __ATOMIC_RELAXED);
@@ -195,6 +226,7 @@ static int current_cpu(void) {
 static int rseq_take(int cpu, uint32_t cls, ta_slot_t *out, uint32_t n) { (void)cpu; (void)cls; (void)out; (void)n; return -1; }
 static int rseq_put(int cpu, uint32_t cls, const ta_slot_t *in, uint32_t n) { (void)cpu; (void)cls; (void)in; (void)n; return -1; }
 static int rseq_set_end(int cpu, uint32_t cls, uint32_t end) { (void)cpu; (void)cls; (void)end; return -1; }
+static int rseq_replace(int cpu, uint32_t cls, uint64_t from, uint64_t to) { (void)cpu; (void)cls; (void)from; (void)to; return -1; }
 static int current_cpu(void) { return 0; }
 #endif
 
@@ -244,10 +276,53 @@ static void give_back(ta_pcache_t *c, uint32_t cls, const ta_slot_t *slots, uint
     }
 }
 
-/* Change cls's capacity to cap slots, giving back (to central) what is cached
- * above it; false when a per-CPU caller was migrated meanwhile. */
+/* Slots in cls's range now (capacity may grow to that without a move). */
+static inline uint32_t range_max(const ta_pcache_t *c, uint32_t cls) {
+    return c->begin[cls] == slot_begin[cls] ? slot_max[cls] : short_max[cls];
+}
+
+/* Move cls from its short range to its full one, with its capacity and what
+ * it holds; false when a per-CPU caller was migrated meanwhile.  The header
+ * changes in one store, made on the CPU in a restartable sequence that checks
+ * it first: a fast path of another thread on the CPU sees the old header or
+ * the new one, never a mix (no other CPU touches the slab: the caller holds
+ * its lock). */
+static bool move_to_full(ta_pcache_t *c, uint32_t cls) {
+    uint32_t from = c->begin[cls], to = slot_begin[cls];
+    uint32_t cap = __atomic_load_n(&hdr_of(c, cls)->end, __ATOMIC_RELAXED) - from; /* only we change end */
+    ta_slab_hdr_t empty = {.cur = (uint16_t)from, .begin = (uint16_t)from, .end = (uint16_t)(from + cap),
+                           .max_end = (uint16_t)(from + short_max[cls])};
+    ta_slab_hdr_t moved = {.cur = (uint16_t)to, .begin = (uint16_t)to, .end = (uint16_t)(to + cap),
+                           .max_end = (uint16_t)(to + slot_max[cls])};
+    ta_slot_t buf[SHORT_SLOTS];
+    for (;;) {
+        int k = slab_take(c, cls, buf, SHORT_SLOTS), r;
+        if (k < 0) return false;
+        if (c->cpu >= 0) {
+            r = rseq_replace(c->cpu, cls, empty.word, moved.word);
+        } else {
+            r = hdr_of(c, cls)->word == empty.word;
+            if (r) hdr_of(c, cls)->word = moved.word;
+        }
+        if (r <= 0) { /* migrated, or another thread on the CPU pushed meanwhile */
+            give_back(c, cls, buf, (uint32_t)k, false);
+            if (r < 0) return false;
+            continue;
+        }
+        c->begin[cls] = (uint16_t)to;
+        int n = slab_put(c, cls, buf, (uint32_t)k); /* (room: cap >= k) */
+        if (n < 0) n = 0;
+        give_back(c, cls, buf + n, (uint32_t)k - (uint32_t)n, false);
+        return true;
+    }
+}
+
+/* Change cls's capacity to cap slots (at most slot_max[cls]), giving back (to
+ * central) what is cached above it; false when a per-CPU caller was migrated
+ * meanwhile. */
 static bool slab_set_capacity(ta_pcache_t *c, uint32_t cls, uint32_t cap) {
-    uint32_t end = slot_begin[cls] + cap;
+    if (cap > range_max(c, cls) && !move_to_full(c, cls)) return false;
+    uint32_t end = c->begin[cls] + cap;
     for (;;) {
         int r;
         if (c->cpu >= 0) {
@@ -267,7 +342,7 @@ static bool slab_set_capacity(ta_pcache_t *c, uint32_t cls, uint32_t cap) {
 }
 
 static inline uint32_t capacity(const ta_pcache_t *c, uint32_t cls) {
-    return hdr_of(c, cls)->end - slot_begin[cls];
+    return hdr_of(c, cls)->end - c->begin[cls];
 }
 
 /* The cache's invariants (debug builds): every header within its class's
@@ -275,8 +350,8 @@ static inline uint32_t capacity(const ta_pcache_t *c, uint32_t cls) {
 static void check_cache(const ta_pcache_t *c, uint32_t cls) {
 #ifdef TA_DEBUG
     ta_slab_hdr_t h = {.word = __atomic_load_n(&hdr_of(c, cls)->word, __ATOMIC_RELAXED)};
-    TA_ASSERT(h.begin == slot_begin[cls] && h.begin <= h.cur && h.end <= h.max_end);
-    TA_ASSERT(h.max_end == slot_begin[cls] + slot_max[cls]);
+    TA_ASSERT(h.begin == c->begin[cls] && h.begin <= h.cur && h.end <= h.max_end);
+    TA_ASSERT(h.max_end == c->begin[cls] + range_max(c, cls));
     TA_ASSERT(c->committed <= c->budget);
     if (c->cpu < 0) { /* a thread's own cache: nothing moves under us */
         TA_ASSERT(h.cur <= h.end);
@@ -313,9 +388,11 @@ static inline ta_slab_hdr_t closed(ta_slab_hdr_t h) {
  * cur (0, the headers' slot) with the new end. */
 static void layout_headers(ta_pcache_t *c) {
     ta_slab_hdr_t h[TA_MAX_CLASSES];
-    for (uint32_t cls = 0; cls < TA_MAX_CLASSES; cls++)
-        h[cls] = (ta_slab_hdr_t){.cur = slot_begin[cls], .begin = slot_begin[cls], .end = slot_begin[cls],
-                                 .max_end = (uint16_t)(slot_begin[cls] + slot_max[cls])};
+    for (uint32_t cls = 0; cls < TA_MAX_CLASSES; cls++) {
+        c->begin[cls] = short_begin[cls];
+        h[cls] = (ta_slab_hdr_t){.cur = short_begin[cls], .begin = short_begin[cls], .end = short_begin[cls],
+                                 .max_end = (uint16_t)(short_begin[cls] + short_max[cls])};
+    }
     if (c->cpu >= 0) {
         for (uint32_t cls = 0; cls < TA_MAX_CLASSES; cls++)
             __atomic_store_n(&hdr_of(c, cls)->word, closed(h[cls]).word, __ATOMIC_RELEASE);
@@ -344,15 +421,25 @@ static bool percpu_possible(void) {
 
 void ta_pcache_init(void) {
     uint32_t slot = TA_SLAB_HDR_SLOTS; /* the headers take the first slots */
-    for (uint32_t cls = 1; cls < ta_nclasses; cls++) {
-        slot_begin[cls] = (uint16_t)slot;
+    for (uint32_t cls = 1; cls < ta_nclasses; cls++) { /* the short ranges */
         slot_max[cls] = (uint16_t)class_max(cls);
+        short_begin[cls] = (uint16_t)slot;
+        short_max[cls] = (uint16_t)(slot_max[cls] < SHORT_SLOTS ? slot_max[cls] : SHORT_SLOTS);
+        slot += short_max[cls];
+    }
+    slot += TA_SLOT_SKEW;
+    for (uint32_t cls = 1; cls < ta_nclasses; cls++) {
+        if (slot_max[cls] <= SHORT_SLOTS) { /* the short range is the whole */
+            slot_begin[cls] = short_begin[cls];
+            continue;
+        }
+        slot_begin[cls] = (uint16_t)slot;
         /* plus a line: the class ranges (32 KiB for small classes) would all
          * start in the same L1 set, and so would the tops of their stacks */
         slot += slot_max[cls] + TA_SLOT_SKEW;
     }
-    TA_ASSERT(slot < 65536);
-    for (uint32_t cls = ta_nclasses; cls < TA_MAX_CLASSES; cls++) slot_begin[cls] = (uint16_t)slot;
+    if (slot >= 65536) ta_fatal("the slab layout needs %u slots, more than a header can count", slot);
+    for (uint32_t cls = ta_nclasses; cls < TA_MAX_CLASSES; cls++) short_begin[cls] = slot_begin[cls] = (uint16_t)slot;
     slab_bytes = ((size_t)slot * sizeof(ta_slot_t) + 4095) & ~(size_t)4095;
     budget_pool = (int64_t)ta_cfg.cache_bytes;
     pthread_key_create(&pcache_key, ta_pcache_thread_exit);
@@ -377,6 +464,10 @@ void ta_pcache_init(void) {
     cpus = cs;
     ncpus = (uint32_t)n;
     __atomic_store_n(&ta_fe.percpu, true, __ATOMIC_RELEASE);
+}
+
+ta_slot_ranges_t ta_pcache_ranges(uint32_t cls) {
+    return (ta_slot_ranges_t){short_begin[cls], short_max[cls], slot_begin[cls], slot_max[cls]};
 }
 
 /* ---- capacity ---------------------------------------------------------------- */
@@ -497,7 +588,7 @@ static void release(ta_pcache_t *c, bool all, bool to_spans) {
         }
         if (!fence_cpu(c->cpu)) { /* cannot take the slab: open it again as it was (cur unchanged) */
             for (uint32_t cls = 1; cls < ta_nclasses; cls++) {
-                __atomic_store_n(&h[cls].begin, slot_begin[cls], __ATOMIC_RELAXED);
+                __atomic_store_n(&h[cls].begin, c->begin[cls], __ATOMIC_RELAXED);
                 __atomic_store_n(&h[cls].end, end[cls], __ATOMIC_RELAXED);
             }
             return;
@@ -505,7 +596,7 @@ static void release(ta_pcache_t *c, bool all, bool to_spans) {
     }
     ta_slab_hdr_t open[TA_MAX_CLASSES];
     for (uint32_t cls = 1; cls < ta_nclasses; cls++) {
-        uint32_t begin = slot_begin[cls], cur = __atomic_load_n(&h[cls].cur, __ATOMIC_RELAXED);
+        uint32_t begin = c->begin[cls], cur = __atomic_load_n(&h[cls].cur, __ATOMIC_RELAXED);
         uint32_t held = cur - begin, cap = end[cls] - begin, k = 0, shrink_by = 0;
         if (all) {
             k = held;
@@ -733,7 +824,8 @@ static void count_objects(const ta_pcache_t *c, uint64_t *objects) {
     if (!__atomic_load_n(&c->ready, __ATOMIC_ACQUIRE)) return;
     for (uint32_t cls = 1; cls < ta_nclasses; cls++) {
         uint32_t cur = __atomic_load_n(&hdr_of(c, cls)->cur, __ATOMIC_RELAXED);
-        objects[cls] += cur > slot_begin[cls] ? cur - slot_begin[cls] : 0;
+        uint32_t begin = __atomic_load_n(&c->begin[cls], __ATOMIC_RELAXED);
+        objects[cls] += cur > begin ? cur - begin : 0;
     }
 }
 

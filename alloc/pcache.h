@@ -177,6 +177,14 @@ TA_ALWAYS_INLINE bool ta_fe_push(void *p, uint8_t *state, uint32_t cls) {
 
 /* ---- the slow paths (pcache.c) -------------------------------------------- */
 void ta_pcache_init(void);
+/* Where cls's slots may be in a slab (pcache.c): its short range, where a
+ * cache starts it, and its full one, where it moves when its capacity grows
+ * past the short one; each [begin, begin + n), in slots; the same range twice
+ * for a class whose full range is short. */
+typedef struct ta_slot_ranges {
+    uint16_t short_begin, short_n, full_begin, full_n;
+} ta_slot_ranges_t;
+ta_slot_ranges_t ta_pcache_ranges(uint32_t cls);
 void *ta_pcache_alloc_slow(uint32_t cls);        /* refill, then allocate; NULL if out of memory */
 void ta_pcache_free_slow(void *p, uint32_t cls); /* overflow: flush a batch, then keep p */
 void ta_pcache_flush_current(void);              /* empty the calling thread's cache (per-thread mode) */

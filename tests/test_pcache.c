@@ -148,17 +148,18 @@ static ptrset_t slab_seen;
  * checked since slab_seen was cleared). */
 static char slab_err[256];
 static const char *check_slab(const ta_slot_t *slab) {
-    uint32_t prev_max = TA_SLAB_HDR_SLOTS;
     for (uint32_t c = 1; c < ta_nclasses; c++) {
         ta_slab_hdr_t h = hdr(slab, c);
         if (!h.word) continue; /* never laid out */
-        /* each range after the first starts one line (TA_SLOT_SKEW) past the previous one's end */
-        uint32_t want = c == 1 ? prev_max : prev_max + TA_SLOT_SKEW;
-        if (h.begin != want) {
-            snprintf(slab_err, sizeof slab_err, "class %u begins at %u, the previous range ends at %u", c, h.begin, prev_max);
+        /* the class is in its short range or in its full one (layout_is_sound: they do not overlap) */
+        ta_slot_ranges_t r = ta_pcache_ranges(c);
+        if (!(h.begin == r.short_begin && h.max_end == r.short_begin + r.short_n) &&
+            !(h.begin == r.full_begin && h.max_end == r.full_begin + r.full_n)) {
+            snprintf(slab_err, sizeof slab_err, "class %u: range [%u, %u) is neither [%u, %u) nor [%u, %u)", c,
+                     h.begin, h.max_end, r.short_begin, r.short_begin + r.short_n, r.full_begin,
+                     r.full_begin + r.full_n);
             return slab_err;
         }
-        prev_max = h.max_end;
         if (!(h.begin <= h.cur && h.cur <= h.end && h.end <= h.max_end)) {
             snprintf(slab_err, sizeof slab_err, "class %u: header cur %u begin %u end %u max_end %u", c, h.cur, h.begin,
                      h.end, h.max_end);
@@ -387,6 +388,87 @@ static void *grow_classes(void *arg) {
     r->slab_error = check_slab(slab);
     free(p);
     return NULL;
+}
+
+/* The layout: after the headers, every class's short range, side by side
+ * (a few pages for all classes), then the full ranges, each starting one
+ * line (TA_SLOT_SKEW) past the previous one's end; no two overlap, all
+ * within what a header's 16-bit index can name. */
+Test(pcache, layout_is_sound) {
+    uint32_t next = TA_SLAB_HDR_SLOTS, full_start = 0, prev_end = 0;
+    for (uint32_t c = 1; c < ta_nclasses; c++) {
+        ta_slot_ranges_t r = ta_pcache_ranges(c);
+        cr_assert_eq(r.short_begin, next, "class %u: short range at %u, the previous one ends at %u", c, r.short_begin,
+                     next);
+        cr_assert(r.short_n >= 1 && r.short_n <= 16 && r.short_n <= r.full_n, "class %u: short range of %u slots", c,
+                  r.short_n);
+        next += r.short_n;
+    }
+    /* a small process writes its slab's first pages only, not a page per class */
+    cr_assert_leq((uint64_t)next * sizeof(ta_slot_t), (uint64_t)6 << 12, "the short ranges take %u slots", next);
+    for (uint32_t c = 1; c < ta_nclasses; c++) {
+        ta_slot_ranges_t r = ta_pcache_ranges(c);
+        if (r.full_begin == r.short_begin) { /* a short class: one range */
+            cr_assert_eq(r.full_n, r.short_n, "class %u", c);
+            continue;
+        }
+        cr_assert_gt(r.full_n, 16u, "class %u has a full range of %u slots, no longer than its short one", c, r.full_n);
+        uint32_t want = full_start ? prev_end + TA_SLOT_SKEW : next + TA_SLOT_SKEW;
+        cr_assert_eq(r.full_begin, want, "class %u: full range at %u, expected %u", c, r.full_begin, want);
+        if (!full_start) full_start = r.full_begin;
+        prev_end = (uint32_t)r.full_begin + r.full_n;
+        cr_assert_lt(prev_end, 65536u);
+    }
+}
+
+/* A cache starts a class in its short range and moves it, with what it
+ * holds, to its full one when its capacity grows past it. */
+struct move_report {
+    int cpu;
+    ta_slab_hdr_t before, short_full, after;
+    uint32_t held_short, held_after;
+    const char *slab_error;
+};
+static void *move_class(void *arg) {
+    struct move_report *r = arg;
+    pin(r->cpu);
+    enum { SIZE = 13 << 10, N = 60 }; /* a class no test harness uses, whose full range is long */
+    uint32_t cls = ta_size_to_class(SIZE);
+    free(malloc(16)); /* the thread's cache exists */
+    ta_slot_t *slab = my_slab();
+    r->before = hdr(slab, cls);
+    void *p[N];
+    /* a few at a time: capacity grows in small steps within the short range */
+    for (int i = 0; i < 4; i++) p[i] = malloc(SIZE);
+    for (int i = 0; i < 4; i++) free(p[i]);
+    r->short_full = hdr(slab, cls);
+    r->held_short = held(slab, cls);
+    for (int round = 0; round < 8; round++) {
+        for (int i = 0; i < N; i++) p[i] = malloc(SIZE);
+        for (int i = 0; i < N; i++) free(p[i]);
+    }
+    r->after = hdr(slab, cls);
+    r->held_after = held(slab, cls);
+    slab_seen_clear();
+    r->slab_error = check_slab(slab);
+    return NULL;
+}
+Test(pcache, a_class_starts_short_and_moves_to_its_full_range_as_it_grows) {
+    NEED_PERTHREAD(); /* a new thread's cache is laid out afresh; a CPU's was laid out before the test */
+    struct move_report r = {.cpu = first_cpu()};
+    run_thread(move_class, &r);
+    ta_slot_ranges_t rg = ta_pcache_ranges(ta_size_to_class(13 << 10));
+    cr_assert_neq(rg.full_begin, rg.short_begin);
+    cr_assert_eq(r.before.begin, rg.short_begin, "a fresh cache's class begins at %u, not its short range (%u)",
+                 r.before.begin, rg.short_begin);
+    cr_assert_eq(r.short_full.begin, rg.short_begin, "moved after 4 blocks");
+    cr_assert_geq(r.held_short, 1u, "4 blocks freed, none cached");
+    cr_assert_eq(r.after.begin, rg.full_begin, "after 8 rounds of 60 blocks the class is still at %u (capacity %u)",
+                 r.after.begin, (unsigned)(r.after.end - r.after.begin));
+    cr_assert_gt((uint32_t)(r.after.end - r.after.begin), (uint32_t)rg.short_n);
+    cr_assert_eq(r.after.max_end, rg.full_begin + rg.full_n);
+    cr_assert_geq(r.held_after, (uint32_t)rg.short_n, "only %u of 60 freed blocks cached", r.held_after);
+    cr_assert_null(r.slab_error, "%s", r.slab_error);
 }
 
 Test(pcache, capacity_grows_on_misses) {
