@@ -14,15 +14,22 @@
 #define TC_BYTES ((size_t)128 << 10) /* a transfer cache holds about this many bytes */
 #define TC_MAX_OBJS 4096
 
+/* A list of spans through their next/prev links, NULL at both ends: two
+ * pointers, where a sentinel would be a whole span record (central[] is
+ * small enough that the classes a small process uses share a few pages). */
+typedef struct span_list {
+    ta_span_t *first, *last;
+} span_list_t;
+
 typedef struct central_class {
     ta_lock_t lock;
-    /* sentinels: spans with a free or uncarved object, by the shard (CPU)
+    /* spans with a free or uncarved object, by the shard (CPU)
      * the span belongs to (span->shard).  A CPU refills from its own spans, so
      * the objects (and object-state bytes) of a span stay with one CPU and two
      * CPUs do not write the same cache lines.  One with none left takes
      * another shard's span, which becomes its own, unless that span is fresh
      * (its owner may be carving it): then it carves a fresh span of its own. */
-    ta_span_t nonempty[MAX_SHARDS];
+    span_list_t nonempty[MAX_SHARDS];
     uint32_t listed[MAX_SHARDS]; /* spans on each list (written under the lock, peeked without) */
     uint64_t spans;         /* spans of this class */
     uint64_t free_objects;  /* free objects inside those spans (incl. uncarved) */
@@ -208,26 +215,29 @@ static void reverse(void **v, uint32_t n) {
     }
 }
 
-/* Shard sh's list of spans with objects (cc's lock held), made on first use:
- * the classes and shards a program never uses stay untouched (a release
- * build's start writes none of central[], which is ten pages, each a fault
- * in every process, and in every child of fork that writes it). */
-static ta_span_t *shard_list(central_class_t *cc, uint32_t sh) {
-    ta_span_t *h = &cc->nonempty[sh];
-    if (TA_UNLIKELY(!h->next)) ta_spanlist_init(h);
-    return h;
-}
-
+/* A span onto (the front of) its shard's list, and off it; cc's lock held.
+ * (A release build's start writes none of central[]: the classes a program
+ * never uses stay untouched, no fault in the process or in a child of fork.) */
 static void span_list_push(central_class_t *cc, ta_span_t *s) {
+    span_list_t *l = &cc->nonempty[s->shard];
     uint32_t *n = &cc->listed[s->shard];
-    ta_spanlist_push(shard_list(cc, s->shard), s);
+    s->prev = NULL;
+    s->next = l->first;
+    if (l->first) l->first->prev = s;
+    else l->last = s;
+    l->first = s;
     s->in_list = 1;
     __atomic_store_n(n, *n + 1, __ATOMIC_RELAXED);
 }
 
 static void span_list_remove(central_class_t *cc, ta_span_t *s) {
+    span_list_t *l = &cc->nonempty[s->shard];
     uint32_t *n = &cc->listed[s->shard];
-    ta_spanlist_remove(s);
+    if (s->prev) s->prev->next = s->next;
+    else l->first = s->next;
+    if (s->next) s->next->prev = s->prev;
+    else l->last = s->prev;
+    s->next = s->prev = NULL;
     s->in_list = 0;
     __atomic_store_n(n, *n - 1, __ATOMIC_RELAXED);
 }
@@ -236,12 +246,10 @@ static void span_list_remove(central_class_t *cc, ta_span_t *s) {
  * another shard's that is not fresh, the one listed longest (coldest in its
  * owner's cache), which becomes the shard's own; NULL if none. */
 static ta_span_t *span_with_objects(central_class_t *cc, uint32_t shard, bool any) {
-    ta_span_t *own = shard_list(cc, shard);
-    if (own->next != own) return own->next;
+    if (cc->nonempty[shard].first) return cc->nonempty[shard].first;
     if (!any) return NULL;
     for (uint32_t i = 1; i < nshards; i++) {
-        ta_span_t *head = shard_list(cc, (shard + i) % nshards);
-        for (ta_span_t *s = head->prev; s != head; s = s->prev) {
+        for (ta_span_t *s = cc->nonempty[(shard + i) % nshards].last; s; s = s->prev) {
             if (s->fresh) continue; /* (a shard carves only with an empty list: one at most) */
             span_list_remove(cc, s);
             s->shard = shard & 63u;

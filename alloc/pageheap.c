@@ -20,7 +20,9 @@
 #define PH_GROW_PAGES 256          /* grow the heap 2 MiB at a time at least */
 
 static ta_lock_t ph_lock = TA_LOCK_INIT(TA_RANK_PAGEHEAP);
-static ta_span_t ph_list[2][PH_EXACT + 1]; /* [kind][npages or 0 for larger]; sentinels */
+/* [kind][npages or 0 for larger]; sentinels, each made on first use (ph_head):
+ * the lists are four pages that a small process would otherwise write at start */
+static ta_span_t ph_list[2][PH_EXACT + 1];
 /* bit i of ph_nonempty[kind]: exact list i (1..PH_EXACT) holds a span, so that
  * a fit is found without looking at every list head */
 #define PH_WORDS (PH_EXACT / 64 + 1)
@@ -190,15 +192,21 @@ static inline void note_refault(void) {
     }
 }
 
+static ta_span_t *ph_head(int kind, uintptr_t i) {
+    ta_span_t *h = &ph_list[kind][i];
+    if (TA_UNLIKELY(!h->next)) ta_spanlist_init(h);
+    return h;
+}
+/* a list never made holds nothing */
+static inline bool ph_made(const ta_span_t *h) { return h->next != NULL; }
+
 static ta_span_t *free_list_for(const ta_span_t *s) {
     int kind = s->state == TA_SPAN_RELEASED;
-    return &ph_list[kind][s->npages <= PH_EXACT ? s->npages : 0];
+    return ph_head(kind, s->npages <= PH_EXACT ? s->npages : 0);
 }
 
 void ta_pageheap_init(void) {
     if (ph_ready) return;
-    for (int k = 0; k < 2; k++)
-        for (int i = 0; i <= PH_EXACT; i++) ta_spanlist_init(&ph_list[k][i]);
     ph_last_decay_ms = ta_os_now_ms();
     ph_peak_epoch = ph_last_decay_ms / (ta_cfg.decay_ms ? ta_cfg.decay_ms : 1);
     ph_idle_since_ms = ph_last_decay_ms;
@@ -320,7 +328,7 @@ static ta_span_t *find_fit(int kind, uintptr_t n) {
         if (w == n >> 6) m &= ~(uint64_t)0 << (n & 63);
         if (m) return ph_list[kind][w * 64 + (uintptr_t)__builtin_ctzll(m)].next;
     }
-    ta_span_t *best = NULL, *h = &ph_list[kind][0];
+    ta_span_t *best = NULL, *h = ph_head(kind, 0);
     for (ta_span_t *s = h->next; s != h; s = s->next)
         if (s->npages >= n && (!best || s->npages < best->npages ||
                                (s->npages == best->npages && s->page < best->page)))
@@ -413,7 +421,7 @@ static ta_span_t *split_head(ta_span_t *s, uintptr_t lead) {
 
 /* The longest span of `kind` (lowest address among equals). */
 static ta_span_t *find_largest(int kind) {
-    ta_span_t *best = NULL, *h = &ph_list[kind][0];
+    ta_span_t *best = NULL, *h = ph_head(kind, 0);
     for (ta_span_t *s = h->next; s != h; s = s->next)
         if (!best || s->npages > best->npages || (s->npages == best->npages && s->page < best->page))
             best = s;
@@ -923,6 +931,7 @@ static size_t release_locked(bool all, uint64_t now) {
     recent_flush_locked();
     for (int i = 0; i <= PH_EXACT; i++) {
         ta_span_t *h = &ph_list[0][i];
+        if (!ph_made(h)) continue;
         for (ta_span_t *s = h->next, *nx; s != h; s = nx) {
             nx = s->next;
             if (!all && now - s->free_since_ms < ta_cfg.decay_ms) continue;
@@ -944,6 +953,7 @@ static size_t unmap_released_locked(uintptr_t min_pages) {
     for (uintptr_t i = 0; i <= PH_EXACT; i++) {
         if (i && i < min_pages) continue;
         ta_span_t *h = &ph_list[1][i];
+        if (!ph_made(h)) continue;
         for (ta_span_t *s = h->next, *nx; s != h; s = nx) {
             nx = s->next;
             if (s->npages < min_pages) continue;
@@ -1032,6 +1042,7 @@ static size_t flight_collect(uint64_t want, uint64_t now) {
     size_t got = 0;
     for (int i = 0; i <= PH_EXACT && got < want && ph_nflight < PH_BATCH; i++) {
         ta_span_t *h = &ph_list[0][i ? PH_EXACT + 1 - i : 0];
+        if (!ph_made(h)) continue;
         for (ta_span_t *s = h->next, *nx; s != h && got < want && ph_nflight < PH_BATCH; s = nx) {
             nx = s->next;
             if (now - s->free_since_ms < ta_cfg.decay_ms) continue;

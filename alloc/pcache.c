@@ -233,6 +233,10 @@ static int current_cpu(void) { return 0; }
 /* Restart whatever sequence runs on cpu; false if the kernel refused (a
  * seccomp filter, say): then the CPU's slab must not be touched. */
 static bool fence_cpu(int cpu) {
+    /* One thread, the caller, outside any sequence: none to restart, and no
+     * interrupt sent to the CPU (a short-lived process lays out its CPU's
+     * slab once, and would pay for an IPI to do it) */
+    if (ta_single_threaded()) return true;
     int saved = errno; /* a refusal must not show in the caller's errno */
     bool ok = syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, MEMBARRIER_CMD_FLAG_CPU, cpu) == 0 ||
               syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0;
