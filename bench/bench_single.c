@@ -18,10 +18,18 @@
  *                      child that frees and allocates a few and exits; the
  *                      parent waits for it (op: one fork and wait; shells,
  *                      make and subprocess calls do this all the time)
+ *   spawn_small        start a short-lived program and wait for it: this binary
+ *                      run as `tieralloc-bench --small-process` (it inherits
+ *                      LD_PRELOAD, so the same allocator), which allocates a
+ *                      hundred blocks of assorted sizes, writes them, frees half
+ *                      and exits (op: one spawn and wait; what a shell script,
+ *                      make or a configure script does for every command:
+ *                      start-up, first use of many size classes, exit)
  *
  * One operation is one malloc+free pair (one realloc call for the realloc rows);
  * items_per_second is operations per second, so 1/items_per_second is the time
  * per operation. */
+#include <spawn.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -336,6 +344,47 @@ static void bm_fork(tb_state *st, void *arg)
     free(blocks);
 }
 
+/* The program spawn_small starts (main.c: `--small-process`): a short-lived
+ * tool's heap, 128 blocks of 1 B .. 2 KiB over many size classes, each
+ * written, half of them freed, the rest left to exit.  Exit status 0 when
+ * every block kept its contents. */
+int bench_small_process(void)
+{
+    enum { N = 128 };
+    char *b[N];
+    size_t len[N];
+    bench_rng r = { 31 };
+    for (int i = 0; i < N; i++) {
+        len[i] = 1 + (size_t)(bench_rand(&r) % ((size_t)64 << (i % 6)));
+        if (!(b[i] = malloc(len[i])))
+            return 2;
+        memset(b[i], i, len[i]);
+    }
+    for (int i = 0; i < N; i++)
+        if (b[i][0] != (char)i || b[i][len[i] - 1] != (char)i)
+            return 3;
+    for (int i = 0; i < N; i += 2)
+        free(b[i]);
+    return 0;
+}
+
+extern char **environ;
+static void bm_spawn_small(tb_state *st, void *arg)
+{
+    (void)arg;
+    char *argv[] = { "tieralloc-bench", "--small-process", NULL };
+    while (tb_keep_running(st)) {
+        pid_t pid;
+        int status;
+        if (posix_spawn(&pid, "/proc/self/exe", NULL, NULL, argv, environ) != 0 ||
+            waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            tb_skip_with_error(st, "the small process could not start, or failed");
+            break;
+        }
+    }
+    tb_set_items_processed(st, tb_iterations(st));
+}
+
 void bench_register_single(void)
 {
     static const int64_t fast_sizes[] = { 16, 64, 256, 1024, 4096, 32768 };
@@ -365,4 +414,5 @@ void bench_register_single(void)
     /* real time: the child runs and exits while the parent waits */
     tb_bench_use_real_time(
         tb_bench_unit(tb_bench_arg(tb_bench_arg_name(tb_register("fork", bm_fork, NULL), "heap_mib"), 16), TB_US));
+    tb_bench_use_real_time(tb_bench_unit(tb_register("spawn_small", bm_spawn_small, NULL), TB_US));
 }

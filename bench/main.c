@@ -8,8 +8,12 @@
  * The report's context says which library answers malloc ("malloc_from"). */
 #include "workloads.h"
 
+#include <string.h>
+
 int main(int argc, char **argv)
 {
+    if (argc == 2 && strcmp(argv[1], "--small-process") == 0)
+        return bench_small_process(); /* the program spawn_small starts */
     bench_register_single();
     bench_register_threads();
     bench_register_memory();

@@ -33,6 +33,7 @@ static inline size_t bench_rand_range(bench_rng *r, size_t lo, size_t hi)
 /* A mix of sizes like a program's: mostly small, some medium, a few larger
  * (75% 16..256 B, 20% 257..2048 B, 5% 2049..16384 B). */
 size_t bench_mixed_size(bench_rng *r);
+int bench_small_process(void); /* bench_single.c: the program spawn_small starts */
 /* p[0..n) = a random permutation of 0..n-1 */
 void bench_permutation(uint32_t *p, size_t n, bench_rng *r);
 
