@@ -313,7 +313,7 @@ static bool move_to_full(ta_pcache_t *c, uint32_t cls) {
             if (r < 0) return false;
             continue;
         }
-        c->begin[cls] = (uint16_t)to;
+        __atomic_store_n(&c->begin[cls], (uint16_t)to, __ATOMIC_RELAXED); /* (statistics read it unlocked) */
         int n = slab_put(c, cls, buf, (uint32_t)k); /* (room: cap >= k) */
         if (n < 0) n = 0;
         give_back(c, cls, buf + n, (uint32_t)k - (uint32_t)n, false);
@@ -393,7 +393,7 @@ static inline ta_slab_hdr_t closed(ta_slab_hdr_t h) {
 static void layout_headers(ta_pcache_t *c) {
     ta_slab_hdr_t h[TA_MAX_CLASSES];
     for (uint32_t cls = 0; cls < TA_MAX_CLASSES; cls++) {
-        c->begin[cls] = short_begin[cls];
+        __atomic_store_n(&c->begin[cls], short_begin[cls], __ATOMIC_RELAXED);
         h[cls] = (ta_slab_hdr_t){.cur = short_begin[cls], .begin = short_begin[cls], .end = short_begin[cls],
                                  .max_end = (uint16_t)(short_begin[cls] + short_max[cls])};
     }
