@@ -9,6 +9,11 @@
  *                      random one per step; sizes inverse-square distributed in
  *                      4 B .. 32 KiB (half are under 8 B), every byte of a new
  *                      block written; nothing shared (op: one free+malloc)
+ *   working_set_shared_start  the same, but the two threads allocate their
+ *                      1000 blocks on one CPU, taking turns every 16 blocks (as
+ *                      the threads of a pool that start together may), then run
+ *                      on CPUs of their own: blocks of the two threads side by
+ *                      side in memory (with one allowed CPU, both stay on it)
  *   remote_frees       8 and 16 threads allocate random sizes; a quarter of the
  *                      blocks go into shared slots by atomic exchange, and the
  *                      block displaced (most often another thread's) is freed
@@ -25,7 +30,9 @@
  * All are timed in wall time over all threads. */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -106,9 +113,33 @@ static char *ws_blocks[BENCH_MAX_THREADS][WS_LIVE];
 static uint16_t ws_sizes[BENCH_MAX_THREADS][WS_SIZES];
 static uint16_t ws_slots[BENCH_MAX_THREADS][WS_SIZES];
 
+/* the n-th CPU (mod their count) of set `allowed` */
+static int nth_cpu(const cpu_set_t *allowed, int n)
+{
+    int count = CPU_COUNT(allowed);
+    if (count <= 0)
+        return -1;
+    for (int c = 0, k = n % count; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, allowed) && k-- == 0)
+            return c;
+    return -1;
+}
+static void pin_to(int cpu)
+{
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    sched_setaffinity(0, sizeof one, &one);
+}
+
 static void bm_working_set(tb_state *st, void *arg)
 {
-    (void)arg;
+    bool shared_start = arg != NULL;
+    cpu_set_t allowed;
+    if (shared_start && (sched_getaffinity(0, sizeof allowed, &allowed) != 0 || nth_cpu(&allowed, 0) < 0)) {
+        tb_skip_with_error(st, "sched_getaffinity failed");
+        return;
+    }
     int t = bench_thread_slot(st);
     if (t < 0)
         return;
@@ -119,6 +150,8 @@ static void bm_working_set(tb_state *st, void *arg)
         sizes[i] = (uint16_t)(inverse_square_size(&r) - 1); /* 32768 does not fit: stored - 1 */
         slots[i] = (uint16_t)(bench_rand(&r) % WS_LIVE);
     }
+    if (shared_start)
+        pin_to(nth_cpu(&allowed, 0));
     for (size_t i = 0; i < WS_LIVE; i++) {
         size_t n = (size_t)sizes[i] + 1;
         if (!(blocks[i] = malloc(n))) {
@@ -126,7 +159,11 @@ static void bm_working_set(tb_state *st, void *arg)
             return;
         }
         memset(blocks[i], (int)i, n);
+        if (shared_start && i % 16 == 15)
+            sched_yield(); /* the other thread's turn */
     }
+    if (shared_start)
+        pin_to(nth_cpu(&allowed, t));
     size_t k = 0;
     while (tb_keep_running(st)) {
         size_t i = slots[k & (WS_SIZES - 1)], n = (size_t)sizes[k & (WS_SIZES - 1)] + 1;
@@ -146,6 +183,8 @@ static void bm_working_set(tb_state *st, void *arg)
         free(blocks[i]);
         blocks[i] = NULL;
     }
+    if (shared_start)
+        sched_setaffinity(0, sizeof allowed, &allowed);
 }
 
 /* ---- many threads, a share of the frees remote ---------------------------------- */
@@ -359,6 +398,8 @@ void bench_register_shapes(void)
     tb_bench_use_real_time(tb_bench_threads(tb_register("pipeline64", bm_pipeline, NULL), 2));
 
     tb_bench_use_real_time(tb_bench_threads(tb_register("working_set", bm_working_set, NULL), 2));
+    static int shared_start = 1;
+    tb_bench_use_real_time(tb_bench_threads(tb_register("working_set_shared_start", bm_working_set, &shared_start), 2));
 
     tb_bench *b = tb_bench_use_real_time(tb_register("remote_frees", bm_remote_frees, NULL));
     tb_bench_threads(tb_bench_threads(b, 8), 16);

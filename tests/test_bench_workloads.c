@@ -28,6 +28,7 @@ static const char *const workloads[] = {
     "thread_churn/real_time", "memory/iterations:1",
     /* bench_shapes.c */
     "pipeline64/real_time/threads:2", "working_set/real_time/threads:2",
+    "working_set_shared_start/real_time/threads:2",
     "remote_frees/real_time/threads:8", "remote_frees/real_time/threads:16",
     "idle_threads/n:256/iterations:1/real_time", "idle_threads/n:2000/iterations:1/real_time",
     "swap/iterations:20000/real_time/threads:16", "swap/iterations:5000/real_time/threads:64",
