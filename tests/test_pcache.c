@@ -9,7 +9,9 @@
  * Tests that only mean something in one mode skip in the other.
  *
  *  - the slab: freed objects stay in the cache, LIFO, with their state bytes;
- *    headers keep begin <= cur <= end <= max_end, ranges laid out in order;
+ *    each class starts in its short slot range and moves to its full one as it
+ *    grows, also while other threads on the CPU use it;
+ *    headers keep begin <= cur <= end <= max_end, each in one of its ranges;
  *    flush/drain/malloc_trim empty it (every CPU's, per CPU);
  *  - capacity grows on misses, within the budget (a CPU's fixed one, a
  *    thread's share of the global pool) and moves to the classes in use; idle
@@ -469,6 +471,84 @@ Test(pcache, a_class_starts_short_and_moves_to_its_full_range_as_it_grows) {
     cr_assert_eq(r.after.max_end, rg.full_begin + rg.full_n);
     cr_assert_geq(r.held_after, (uint32_t)rg.short_n, "only %u of 60 freed blocks cached", r.held_after);
     cr_assert_null(r.slab_error, "%s", r.slab_error);
+}
+
+/* Classes move to their full ranges while other threads on the same CPU use
+ * them: 8 threads pinned to one CPU grow 60 classes (mostly ones no test
+ * harness uses, so they start in their short ranges) round after round,
+ * each block filled with a pattern its thread checks before freeing it;
+ * then the CPU's slab (or each thread's) passes check_slab. */
+#define MOVERS 8
+struct mover_report {
+    int cpu, id;
+    char err[160];
+};
+static void *mover(void *arg) {
+    struct mover_report *r = arg;
+    pin(r->cpu);
+    static __thread unsigned char *p[300];
+    for (int round = 1; round <= 30 && !r->err[0]; round++) {
+        for (int c = 0; c < 60 && !r->err[0]; c++) {
+            size_t sz = 16 + (size_t)c * 48 + (size_t)(r->id % 3) * 16;
+            int k = round * 7 % 300 + 1;
+            for (int i = 0; i < k; i++) {
+                if (!(p[i] = malloc(sz))) {
+                    snprintf(r->err, sizeof r->err, "malloc(%zu) returned NULL", sz);
+                    k = i;
+                    break;
+                }
+                memset(p[i], (r->id * 31 + i) & 0xff, sz);
+            }
+            for (int i = 0; i < k && !r->err[0]; i++) {
+                unsigned char v = (unsigned char)((r->id * 31 + i) & 0xff);
+                if (p[i][0] != v || p[i][sz / 2] != v || p[i][sz - 1] != v)
+                    snprintf(r->err, sizeof r->err, "thread %d: block %d of %zu bytes overwritten", r->id, i, sz);
+            }
+            for (int i = 0; i < k; i++) free(p[i]);
+            if ((c & 7) == 0) sched_yield();
+        }
+    }
+    if (!ta_fe_percpu && !r->err[0]) { /* a thread's own slab: checked before the thread's exit flush */
+        slab_seen_clear();
+        const char *e = check_slab(my_slab());
+        if (e) snprintf(r->err, sizeof r->err, "%s", e);
+    }
+    return NULL;
+}
+Test(pcache, classes_move_while_other_threads_on_the_cpu_use_them) {
+    static struct mover_report r[MOVERS];
+    pthread_t t[MOVERS];
+    int cpu = first_cpu();
+    /* (per CPU: the classes must start short on this CPU, or nothing moves here) */
+    uint32_t short_at_start = 0;
+    for (int c = 0; ta_fe_percpu && c < 60; c++) {
+        uint32_t cls = ta_size_to_class(16 + (size_t)c * 48);
+        ta_slab_hdr_t h = hdr(cpu_slab(cpu), cls);
+        ta_slot_ranges_t rg = ta_pcache_ranges(cls);
+        short_at_start += rg.full_begin != rg.short_begin && (!h.word || h.begin == rg.short_begin);
+    }
+    if (ta_fe_percpu) cr_assert_geq(short_at_start, 20u, "only %u classes start in their short range", short_at_start);
+    for (int i = 0; i < MOVERS; i++) {
+        r[i] = (struct mover_report){.cpu = cpu, .id = i};
+        cr_assert_eq(pthread_create(&t[i], NULL, mover, &r[i]), 0);
+    }
+    for (int i = 0; i < MOVERS; i++) cr_assert_eq(pthread_join(t[i], NULL), 0);
+    for (int i = 0; i < MOVERS; i++) cr_assert_eq(r[i].err[0], 0, "%s", r[i].err);
+    if (ta_fe_percpu) {
+        pin(cpu);
+        slab_seen_clear();
+        const char *e = check_slab(cpu_slab(cpu));
+        cr_assert_null(e, "%s", e);
+        /* and they moved: the classes that started short grew into their full ranges */
+        uint32_t full_now = 0;
+        for (int c = 0; c < 60; c++) {
+            uint32_t cls = ta_size_to_class(16 + (size_t)c * 48);
+            ta_slot_ranges_t rg = ta_pcache_ranges(cls);
+            full_now += rg.full_begin != rg.short_begin && hdr(cpu_slab(cpu), cls).begin == rg.full_begin;
+        }
+        cr_log_info("%u classes started short, %u are in their full ranges now", short_at_start, full_now);
+        cr_assert_geq(full_now, short_at_start / 2, "%u of %u classes moved", full_now, short_at_start);
+    }
 }
 
 Test(pcache, capacity_grows_on_misses) {
