@@ -156,6 +156,8 @@ static void bm_working_set(tb_state *st, void *arg)
         size_t n = (size_t)sizes[i] + 1;
         if (!(blocks[i] = malloc(n))) {
             tb_skip_with_error(st, "malloc returned NULL");
+            if (shared_start)
+                sched_setaffinity(0, sizeof allowed, &allowed);
             return;
         }
         memset(blocks[i], (int)i, n);
