@@ -24,7 +24,8 @@ ta_config_t ta_cfg = {
     .cache_bytes = 32 << 20,
     .thread_cache_max = 8 << 20,
     .ncpu = 1,
-    .percpu = true,
+    .percpu = TA_PERCPU_AUTO,
+    .percpu_threads = 32,
     .background = true,
     .cpu_cache_bytes = (uint64_t)3 << 19,
     .sample_bytes = TA_DEFAULT_SAMPLE_BYTES,
@@ -85,10 +86,17 @@ void ta_config_read(char **env, int ncpu, bool secure) {
      * holds is usually well under it */
     ta_cfg.thread_cache_max = ta_cfg.cache_bytes < (8 << 20) ? ta_cfg.cache_bytes : (8 << 20);
     ta_cfg.decay_ms = ta_parse_size(env_get(env, "TIERALLOC_DECAY_MS"), 1000);
-    /* per-CPU caches over rseq where the system has them (TIERALLOC_PERCPU=0:
-     * per-thread caches), each with this much capacity */
+    /* tier 1: caches that follow their thread while a process has few
+     * threads (a thread's objects stay in its core's caches however it is
+     * scheduled), per-CPU caches over rseq once it has many (memory that
+     * scales with CPUs, not threads); TIERALLOC_PERCPU=0: per thread always,
+     * =1: per CPU from the start */
     const char *pc = env_get(env, "TIERALLOC_PERCPU");
-    ta_cfg.percpu = !(pc && pc[0] == '0' && !pc[1]);
+    ta_cfg.percpu = pc && pc[0] == '0' && !pc[1]   ? TA_PERCPU_NEVER
+                    : pc && pc[0] == '1' && !pc[1] ? TA_PERCPU_ALWAYS
+                                                   : TA_PERCPU_AUTO;
+    uint64_t pt = ta_parse_size(env_get(env, "TIERALLOC_PERCPU_THREADS"), 32);
+    ta_cfg.percpu_threads = pt < (1u << 30) ? (uint32_t)pt : 1u << 30;
     /* a background thread releases free pages, so an idle process gives them
      * back and busy threads never madvise (started from a malloc only, see
      * init.c); TIERALLOC_BACKGROUND=0: none, the slow paths run the same
@@ -129,7 +137,7 @@ void ta_config_read(char **env, int ncpu, bool secure) {
     ta_cfg.profile_set = prof != NULL;
     if (prof && *prof) copy_path(ta_cfg.profile_path, prof, "TIERALLOC_PROFILE");
     if (tr && *tr) copy_path(ta_cfg.trace_path, tr, "TIERALLOC_TRACE");
-    if (ta_cfg.trace_path[0]) ta_cfg.percpu = false; /* tracing runs on the per-thread slow paths */
+    if (ta_cfg.trace_path[0]) ta_cfg.percpu = TA_PERCPU_NEVER; /* tracing runs on the per-thread slow paths */
 }
 
 void ta_config_init(void) {

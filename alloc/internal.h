@@ -66,6 +66,7 @@ enum ta_lock_rank {
     TA_RANK_SAMPLE,
     TA_RANK_QUARANTINE, /* quarantine shards (hardened build) */
     TA_RANK_REGISTRY, /* thread-cache registry */
+    TA_RANK_THREAD,   /* a thread's cache (its slow paths, and the switch to per-CPU caches) */
     TA_RANK_CPU,      /* a CPU's cache */
     TA_RANK_TRANSFER, /* transfer cache shards */
     TA_RANK_CLASS,    /* central span lists */
@@ -260,12 +261,17 @@ void ta_assert_fail(const char *what, const char *file, int line) __attribute__(
 #define TA_PATH_MAX 1024                         /* longest report path kept */
 #define TA_DEFAULT_SAMPLE_BYTES ((uint64_t)512 << 10)
 enum { TA_CFG_STATS_OFF = 0, TA_CFG_STATS_TEXT = 1, TA_CFG_STATS_JSON = 2 };
+/* tier 1's caches: per thread (0), per CPU from the start (1), or per thread
+ * until the process has more than percpu_threads threads with a cache, then
+ * per CPU (auto, the default); per CPU only where rseq works (pcache.c) */
+enum { TA_PERCPU_NEVER = 0, TA_PERCPU_ALWAYS = 1, TA_PERCPU_AUTO = 2 };
 typedef struct ta_config {
     uint64_t decay_ms;        /* TIERALLOC_DECAY_MS: free pages older than this go back to the OS */
     uint64_t cache_bytes;     /* TIERALLOC_CACHE_BYTES: budget of all thread caches together */
     uint64_t thread_cache_max;/* most one thread's cache may hold */
     int ncpu;                 /* CPUs this process may run on */
-    bool percpu;              /* TIERALLOC_PERCPU (default 1): per-CPU caches where rseq allows */
+    int percpu;               /* TIERALLOC_PERCPU: TA_PERCPU_* (default auto) */
+    uint32_t percpu_threads;  /* TIERALLOC_PERCPU_THREADS: auto switches past this many thread caches */
     bool background;          /* TIERALLOC_BACKGROUND (default 1): a thread runs the decay */
     uint64_t cpu_cache_bytes; /* TIERALLOC_CPU_CACHE_BYTES: capacity of one CPU's cache */
     uint64_t quarantine_bytes;/* TIERALLOC_QUARANTINE_BYTES: freed small blocks held per shard (hardened build) */

@@ -30,9 +30,11 @@
 #include "pcache.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/membarrier.h>
 #include <sched.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -40,7 +42,7 @@
 typedef struct ta_pcache {
     ta_slot_t *slab;          /* its slab (pcache.h) */
     int cpu;                  /* the CPU it belongs to, -1 for a thread's cache */
-    ta_lock_t lock;           /* per-CPU: held by whoever changes capacity or drains */
+    ta_lock_t lock;           /* held by whoever changes capacity or drains (a thread's: its slow paths, the switch) */
     bool ready;               /* headers laid out */
     uint64_t budget;          /* bytes of capacity it may have */
     uint64_t committed;       /* sum over classes of capacity x size: never above budget */
@@ -49,7 +51,7 @@ typedef struct ta_pcache {
     uint8_t active[TA_MAX_CLASSES]; /* class missed or overflowed since the last decay */
     uint16_t begin[TA_MAX_CLASSES]; /* each class's range now: its short one or its full one (layout) */
     uint64_t scavenged_ms;    /* thread caches: when idle classes were last trimmed */
-    uint32_t state;           /* TA_PC_* (thread caches) */
+    uint32_t state;           /* TA_PC_* (thread caches; changed under lock, read racily) */
     struct ta_pcache *next_all, *prev_all; /* registry of live thread caches */
     uint64_t n_alloc_miss, n_free_miss;
     /* per-CPU: threads seen on the slow paths in this decay period */
@@ -57,7 +59,13 @@ typedef struct ta_pcache {
     uint32_t nowners;
     bool crowded, was_crowded; /* more than CPU_OWNERS threads: this period, the last */
 } ta_pcache_t;
-enum { TA_PC_EMPTY = 0, TA_PC_LIVE = 1, TA_PC_DEAD = 2 };
+/* A thread cache is LIVE from its creation to its thread's exit flush
+ * (EXITING until it leaves the registry, EMPTY on the list for reuse), or
+ * until the switch to per-CPU caches empties it (RETIRED: off the registry,
+ * never reused, as its thread still points to it).  In a child after fork,
+ * the caches of the parent's other threads are ORPHANs: nobody uses them.
+ * pcache_dead (DEAD) is every exited thread's. */
+enum { TA_PC_EMPTY = 0, TA_PC_LIVE = 1, TA_PC_DEAD = 2, TA_PC_EXITING = 3, TA_PC_RETIRED = 4, TA_PC_ORPHAN = 5 };
 
 /* headers only, all zero: every operation misses (a new thread, an exited one) */
 static uint64_t slab_none[TA_MAX_CLASSES] __attribute__((aligned(64)));
@@ -87,9 +95,10 @@ static pthread_key_t pcache_key;
 static uint32_t pcache_seq;
 static int64_t budget_pool;                  /* thread budget not given to any thread */
 static uint64_t dead_alloc_miss, dead_free_miss;
+static uint32_t live_threads;                /* LIVE thread caches: past percpu_threads, the switch */
 
-static ta_pcache_t *cpus;                    /* per-CPU caches, ncpus of them */
-static uint32_t ncpus;
+static ta_pcache_t *cpus;                    /* per-CPU caches, ncpus of them (set before ta_fe.percpu) */
+static uint32_t ncpus;                       /* (read with acquire: the switch may set it meanwhile) */
 static __thread bool thread_registered;      /* per-CPU mode: exit destructor set */
 
 #define BUDGET_STEP ((uint64_t)64 << 10)
@@ -407,6 +416,8 @@ static void layout_headers(ta_pcache_t *c) {
     c->ready = true;
 }
 
+static bool cpu_caches_make(void);
+
 /* Is rseq usable: glibc registered its area for this thread, and the kernel
  * can fence a CPU's sequences (membarrier)? */
 extern const ptrdiff_t __rseq_offset __attribute__((weak));
@@ -448,26 +459,65 @@ void ta_pcache_init(void) {
     budget_pool = (int64_t)ta_cfg.cache_bytes;
     pthread_key_create(&pcache_key, ta_pcache_thread_exit);
 
-    if (!ta_cfg.percpu || !percpu_possible()) return;
-    long n = sysconf(_SC_NPROCESSORS_CONF);
-    if (n < 1) n = 1;
-    if (n > 4096) return;
-    /* address space only: a CPU's slab becomes resident as its classes fill */
+    if (ta_cfg.percpu == TA_PERCPU_NEVER || !percpu_possible()) return;
+    if (ta_cfg.percpu == TA_PERCPU_ALWAYS) {
+        if (cpu_caches_make()) __atomic_store_n(&ta_fe.percpu, true, __ATOMIC_RELEASE);
+        return;
+    }
+    ta_fe.guarded = true; /* auto: per-thread caches until switch_to_percpu */
+}
+
+/* CPUs the system may ever have (the slabs must cover every CPU number): the
+ * highest of /sys/devices/system/cpu/possible ("0-3,8-11") plus one, 0 when
+ * it cannot be read.  Read here rather than by sysconf, which may allocate. */
+static uint32_t possible_cpus(void) {
+    char buf[256];
+    /* raw system calls: open and read are cancellation points */
+    long fd = syscall(SYS_openat, AT_FDCWD, "/sys/devices/system/cpu/possible", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    long n = syscall(SYS_read, fd, buf, sizeof buf - 1);
+    syscall(SYS_close, fd);
+    if (n <= 0) return 0;
+    buf[n] = '\0';
+    uint32_t top = 0, v = 0;
+    bool digits = false;
+    for (char *q = buf; *q; q++) {
+        if (*q >= '0' && *q <= '9') {
+            v = v * 10 + (uint32_t)(*q - '0');
+            digits = true;
+            if (v > 65535) return 0;
+        } else {
+            if (digits && v + 1 > top) top = v + 1;
+            v = 0;
+            digits = false;
+        }
+    }
+    if (digits && v + 1 > top) top = v + 1;
+    return top;
+}
+
+/* Set up the per-CPU caches (address space only: a CPU's slab becomes
+ * resident as its classes fill); false if they cannot be had. */
+static bool cpu_caches_make(void) {
+    int saved = errno;
+    uint32_t n = possible_cpus();
+    errno = saved;
+    if (n < 1 || n > 4096) return false;
     char *slabs = ta_meta_map((size_t)n << TA_SLAB_SHIFT, (size_t)1 << TA_SLAB_SHIFT);
     ta_pcache_t *cs = ta_meta_alloc((size_t)n * sizeof *cs);
-    if (!slabs || !cs) return;
-    for (long i = 0; i < n; i++) {
+    if (!slabs || !cs) return false;
+    for (uint32_t i = 0; i < n; i++) {
         cs[i].slab = (ta_slot_t *)(slabs + ((size_t)i << TA_SLAB_SHIFT));
         cs[i].cpu = (int)i;
         ta_lock_set_rank(&cs[i].lock, TA_RANK_CPU);
         cs[i].budget = ta_cfg.cpu_cache_bytes;
-        cs[i].shard = (uint32_t)i;
+        cs[i].shard = i;
         cs[i].state = TA_PC_LIVE;
     }
     ta_cpu_slabs = slabs;
     cpus = cs;
-    ncpus = (uint32_t)n;
-    __atomic_store_n(&ta_fe.percpu, true, __ATOMIC_RELEASE);
+    __atomic_store_n(&ncpus, n, __ATOMIC_RELEASE);
+    return true;
 }
 
 ta_slot_ranges_t ta_pcache_ranges(uint32_t cls) {
@@ -647,8 +697,12 @@ static void tick(ta_pcache_t *own, bool may_start) {
         }
     }
     if (own && own->cpu < 0 && now - own->scavenged_ms >= ta_cfg.decay_ms) {
-        own->scavenged_ms = now;
-        release(own, false, false);
+        ta_lock(&own->lock);
+        if (own->state == TA_PC_LIVE) {
+            own->scavenged_ms = now;
+            release(own, false, false);
+        }
+        ta_unlock(&own->lock);
     }
     if (!bg) ta_central_tick(now);
     if (may_start) ta_background_kick();
@@ -657,6 +711,51 @@ static void tick(ta_pcache_t *own, bool may_start) {
 void ta_pcache_decay_tick(void) { tick(NULL, false); }
 
 /* ---- finding the caller's cache ------------------------------------------------ */
+/* Empty thread cache c for good (the switch to per-CPU caches): its objects
+ * go to central, its budget to the pool, its slab's pages to the OS.  Caller
+ * holds reg_lock and c->lock, and no operation of its thread on its slab can
+ * be under way: its thread runs it, or every CPU was fenced after the switch. */
+static void retire(ta_pcache_t *c) {
+    release(c, true, false);
+    __atomic_add_fetch(&budget_pool, (int64_t)c->budget, __ATOMIC_RELAXED);
+    c->budget = c->committed = 0;
+    dead_alloc_miss += c->n_alloc_miss;
+    dead_free_miss += c->n_free_miss;
+    c->prev_all->next_all = c->next_all;
+    c->next_all->prev_all = c->prev_all;
+    live_threads--;
+    __atomic_store_n(&c->state, TA_PC_RETIRED, __ATOMIC_RELAXED);
+    int saved = errno; /* (not ta_os_release: these are metadata, not heap pages) */
+    madvise(c->slab, slab_bytes, MADV_DONTNEED);
+    errno = saved;
+}
+
+/* Auto mode, reg_lock held: the process has more than percpu_threads threads
+ * with a cache; from now on every thread uses the caches of the CPUs.  The
+ * flag goes up first; the fence then restarts every thread's operation on
+ * its own slab that is under way (a guarded sequence checks the flag first:
+ * pcache.h), so that after it no thread touches its slab again and each
+ * thread cache can be emptied under its lock (a slow path of its thread that
+ * holds the lock finishes first, and then finds it RETIRED). */
+static void switch_to_percpu(void) {
+    if (!cpu_caches_make()) {
+        ta_fe.guarded = false; /* per-thread caches for good: the plain operations, no more switch */
+        return;
+    }
+    __atomic_store_n(&ta_fe.percpu, true, __ATOMIC_RELEASE);
+    int saved = errno;
+    bool fenced = syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0;
+    errno = saved;
+    if (!fenced) return; /* (registered at start-up, so not expected): each thread retires its own */
+    for (ta_pcache_t *c = reg_head.next_all, *next; c != &reg_head; c = next) {
+        next = c->next_all;
+        if (__atomic_load_n(&c->state, __ATOMIC_RELAXED) != TA_PC_LIVE) continue; /* exiting, orphaned */
+        ta_lock(&c->lock);
+        if (c->state == TA_PC_LIVE) retire(c);
+        ta_unlock(&c->lock);
+    }
+}
+
 static ta_pcache_t *thread_cache_create(void) {
     ta_lock(&reg_lock);
     ta_pcache_t *c = pcache_free;
@@ -674,6 +773,7 @@ static ta_pcache_t *thread_cache_create(void) {
     memset(c, 0, sizeof *c);
     c->slab = slab;
     c->cpu = -1;
+    ta_lock_set_rank(&c->lock, TA_RANK_THREAD);
     c->state = TA_PC_LIVE;
     c->scavenged_ms = ta_os_now_ms();
     layout_headers(c);
@@ -683,6 +783,7 @@ static ta_pcache_t *thread_cache_create(void) {
     c->prev_all = &reg_head;
     reg_head.next_all->prev_all = c;
     reg_head.next_all = c;
+    if (++live_threads > ta_cfg.percpu_threads && ta_fe.guarded && !ta_fe_percpu) switch_to_percpu();
     ta_unlock(&reg_lock);
     /* TLS first: if pthread_setspecific allocates, it finds the cache */
     ta_tls.cache = c;
@@ -714,13 +815,36 @@ static ta_pcache_t *cpu_cache_lock(void) {
     return c;
 }
 
-static inline void cache_unlock(ta_pcache_t *c) {
-    if (c->cpu >= 0) ta_unlock(&c->lock);
+/* The caller's cache, locked: its CPU's, or its own (NULL or &pcache_dead:
+ * none, go to central).  A thread's cache is locked too, because the switch
+ * to per-CPU caches may empty it from another thread. */
+static ta_pcache_t *cache_lock(void) {
+    if (ta_fe_percpu) {
+        ta_pcache_t *own = ta_tls.cache;
+        if (TA_UNLIKELY(own && __atomic_load_n(&own->state, __ATOMIC_RELAXED) == TA_PC_LIVE)) {
+            /* the switch could not fence the CPUs: its thread retires it */
+            ta_lock(&reg_lock);
+            ta_lock(&own->lock);
+            if (own->state == TA_PC_LIVE) retire(own);
+            ta_unlock(&own->lock);
+            ta_unlock(&reg_lock);
+        }
+        return cpu_cache_lock();
+    }
+    ta_pcache_t *c = thread_cache();
+    if (!c || c == &pcache_dead) return c;
+    ta_lock(&c->lock);
+    if (TA_LIKELY(c->state == TA_PC_LIVE)) return c;
+    ta_unlock(&c->lock);
+    /* retired: the switch happened meanwhile (perhaps in thread_cache) */
+    return ta_fe_percpu ? cpu_cache_lock() : &pcache_dead;
 }
+
+static inline void cache_unlock(ta_pcache_t *c) { ta_unlock(&c->lock); }
 
 /* ---- the slow paths ------------------------------------------------------------ */
 void *ta_pcache_alloc_slow(uint32_t cls) {
-    ta_pcache_t *c = ta_fe_percpu ? cpu_cache_lock() : thread_cache();
+    ta_pcache_t *c = cache_lock();
     void *buf[MAX_BATCH];
     if (TA_UNLIKELY(!c || c->state == TA_PC_DEAD)) {
         /* no cache (the thread is past its exit flush, or out of memory): straight to central */
@@ -759,7 +883,7 @@ void *ta_pcache_alloc_slow(uint32_t cls) {
 
 void ta_pcache_free_slow(void *p, uint32_t cls) {
     if (TA_UNLIKELY(ta_trace_on)) ta_trace_free(p);
-    ta_pcache_t *c = ta_fe_percpu ? cpu_cache_lock() : thread_cache();
+    ta_pcache_t *c = cache_lock();
     if (TA_UNLIKELY(!c || c->state == TA_PC_DEAD)) {
         ta_central_free(cls, &p, 1, 0);
         return;
@@ -787,11 +911,15 @@ void ta_pcache_free_slow(void *p, uint32_t cls) {
 
 void ta_pcache_flush_current(void) {
     ta_pcache_t *c = ta_tls.cache;
-    if (!ta_fe_percpu && c && c->state == TA_PC_LIVE) release(c, true, true);
+    if (ta_fe_percpu || !c || c == &pcache_dead) return;
+    ta_lock(&c->lock);
+    if (c->state == TA_PC_LIVE) release(c, true, true);
+    ta_unlock(&c->lock);
 }
 
 void ta_pcache_drain_all(void) {
-    for (uint32_t i = 0; i < ncpus; i++) {
+    uint32_t n = __atomic_load_n(&ncpus, __ATOMIC_ACQUIRE);
+    for (uint32_t i = 0; i < n; i++) {
         ta_pcache_t *c = &cpus[i];
         if (!__atomic_load_n(&c->ready, __ATOMIC_ACQUIRE)) continue;
         ta_lock(&c->lock);
@@ -803,11 +931,19 @@ void ta_pcache_drain_all(void) {
 void ta_pcache_thread_exit(void *arg) {
     ta_pcache_t *c = arg;
     if (ta_trace_on) ta_trace_thread_exit();
-    if (!c || c->state != TA_PC_LIVE || c->cpu >= 0) {
+    if (!c || c == &pcache_dead || c->cpu >= 0) {
+        ta_sample_thread_exit();
+        return;
+    }
+    ta_lock(&c->lock);
+    if (c->state != TA_PC_LIVE) { /* retired by the switch */
+        ta_unlock(&c->lock);
         ta_sample_thread_exit();
         return;
     }
     release(c, true, true); /* straight into the spans: whole spans can go back */
+    __atomic_store_n(&c->state, TA_PC_EXITING, __ATOMIC_RELAXED);
+    ta_unlock(&c->lock);
     ta_sample_thread_exit();
     ta_tls.cache = &pcache_dead;
     ta_tls.slab = (ta_slot_t *)slab_none;
@@ -817,6 +953,7 @@ void ta_pcache_thread_exit(void *arg) {
     dead_free_miss += c->n_free_miss;
     c->prev_all->next_all = c->next_all;
     c->next_all->prev_all = c->prev_all;
+    live_threads--;
     c->state = TA_PC_EMPTY;
     c->next_all = pcache_free;
     pcache_free = c;
@@ -853,11 +990,13 @@ void ta_pcache_stats_locked(ta_pcache_stats_t *out) {
     out->percpu = ta_fe_percpu;
     for (ta_pcache_t *c = reg_head.next_all; c != &reg_head; c = c->next_all) {
         out->caches++;
+        out->thread_caches++;
         out->alloc_misses += __atomic_load_n(&c->n_alloc_miss, __ATOMIC_RELAXED);
         out->free_misses += __atomic_load_n(&c->n_free_miss, __ATOMIC_RELAXED);
         count_objects(c, out->objects);
     }
-    for (uint32_t i = 0; i < ncpus; i++) {
+    uint32_t n = __atomic_load_n(&ncpus, __ATOMIC_ACQUIRE);
+    for (uint32_t i = 0; i < n; i++) {
         ta_pcache_t *c = &cpus[i];
         out->caches += c->ready;
         out->alloc_misses += __atomic_load_n(&c->n_alloc_miss, __ATOMIC_RELAXED);
@@ -866,6 +1005,7 @@ void ta_pcache_stats_locked(ta_pcache_stats_t *out) {
     }
 }
 
+/* (reg_lock first: no switch is under way while it is held, so ncpus stays) */
 void ta_pcache_lock_all(void) {
     ta_lock(&reg_lock);
     for (uint32_t i = 0; i < ncpus; i++) ta_lock(&cpus[i].lock);
@@ -873,6 +1013,16 @@ void ta_pcache_lock_all(void) {
 
 void ta_pcache_unlock_all(bool child) {
     for (uint32_t i = 0; i < ncpus; i++) ta_lock_after_fork(&cpus[i].lock, child);
+    if (child) {
+        /* the other threads' caches have no thread in the child, and one may
+         * have been halfway through a slow path: nobody touches them again
+         * (their objects stay counted, and lost, as a dead thread's would) */
+        for (ta_pcache_t *c = reg_head.next_all; c != &reg_head; c = c->next_all) {
+            if (c == ta_tls.cache || c->state == TA_PC_ORPHAN) continue;
+            c->state = TA_PC_ORPHAN;
+            live_threads--;
+        }
+    }
     ta_lock_after_fork(&reg_lock, child);
     /* membarrier registration belongs to the address space: the child's is new */
     if (child && ta_fe_percpu) syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0);

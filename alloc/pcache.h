@@ -10,13 +10,21 @@
  * when cur > begin; push stores into slots[cur] when cur < end.  Neither
  * touches the object: the slot array is all they read and write.
  *
- * Two implementations, chosen once at start-up (ta_fe_percpu):
+ * Two kinds of cache:
  *  - per CPU: one slab per CPU; pop and push are restartable sequences (rseq)
  *    that read the CPU number from glibc's rseq area and commit with one
  *    16-bit store; the kernel restarts them on preemption, migration or
  *    signal, so they need no lock and no atomic read-modify-write;
- *  - per thread: one slab per thread, reached through TLS, plain loads and
- *    stores (where rseq is not available, or TIERALLOC_PERCPU=0).
+ *  - per thread: one slab per thread, reached through TLS.
+ * By default a process starts with per-thread caches and switches to per-CPU
+ * ones, once and for good, when it has more than TIERALLOC_PERCPU_THREADS
+ * threads with a cache (pcache.c, switch_to_percpu).  Until then pop and push
+ * on a thread's slab are restartable sequences too ("guarded"), whose first
+ * step is to check that the switch has not happened: after the switch sets
+ * ta_fe.percpu it fences every CPU, so no thread is left halfway through an
+ * operation on its own slab, and the switching thread may empty them all.
+ * With TIERALLOC_PERCPU=0, or where rseq is not available, the thread
+ * operations are plain loads and stores, and there is no switch.
  * A thread that has no slab yet, or a CPU slab not yet set up, has all-zero
  * headers: cur = begin = end = 0, so both operations miss into pcache.c. */
 #ifndef TA_PCACHE_H
@@ -48,14 +56,15 @@ typedef struct ta_tls {
 } ta_tls_t;
 extern __thread ta_tls_t ta_tls;
 
-/* What the fast paths read, together (one base address for all three). */
+/* What the fast paths read, together (one base address for all of it). */
 typedef struct ta_fe {
-    bool percpu;  /* per-CPU slabs over rseq */
+    bool percpu;   /* per-CPU slabs over rseq (set once, at start-up or by the switch) */
+    bool guarded;  /* until then, the thread operations are restartable sequences */
     long rseq_off; /* glibc's __rseq_offset: the rseq area from the thread pointer */
-    char *slabs;  /* slab of CPU n at slabs + (n << TA_SLAB_SHIFT) */
+    char *slabs;   /* slab of CPU n at slabs + (n << TA_SLAB_SHIFT) */
 } ta_fe_t;
 extern ta_fe_t ta_fe;
-#define ta_fe_percpu (ta_fe.percpu)
+#define ta_fe_percpu (__atomic_load_n(&ta_fe.percpu, __ATOMIC_ACQUIRE)) /* (a plain load on x86-64) */
 #define ta_rseq_off (ta_fe.rseq_off)
 #define ta_cpu_slabs (ta_fe.slabs)
 
@@ -65,7 +74,7 @@ extern ta_fe_t ta_fe;
  * __rseq_cs and its abort handler (preceded by the signature glibc registered)
  * out of line; the handler restarts the section from the top.  Labels: 1 the
  * descriptor, 3 start, 4 the end (first instruction after the commit), 5 abort. */
-#define TA_RSEQ_PROLOGUE                                                                      \
+#define TA_RSEQ_ARM                                                                           \
     ".pushsection __rseq_cs, \"aw\"\n\t"                                                      \
     ".balign 32\n\t"                                                                          \
     "1:\n\t"                                                                                  \
@@ -79,8 +88,8 @@ extern ta_fe_t ta_fe;
     ".popsection\n\t"                                                                         \
     "3:\n\t"                                                                                  \
     "leaq 1b(%%rip), %[t]\n\t"                                                                \
-    "movq %[t], %%fs:8(%[rs])\n\t" /* rseq->rseq_cs = &descriptor: armed */                   \
-    "movl %%fs:4(%[rs]), %k[t]\n\t" /* rseq->cpu_id */
+    "movq %[t], %%fs:8(%[rs])\n\t" /* rseq->rseq_cs = &descriptor: armed */
+#define TA_RSEQ_PROLOGUE TA_RSEQ_ARM "movl %%fs:4(%[rs]), %k[t]\n\t" /* rseq->cpu_id */
 
 TA_ALWAYS_INLINE void *ta_cpu_pop(uint32_t cls, uint8_t **state) {
     void *p;
@@ -134,10 +143,69 @@ TA_ALWAYS_INLINE bool ta_cpu_push(void *p, uint8_t *state, uint32_t cls) {
 full:
     return false;
 }
+
+/* The thread's own slab, in a sequence that misses once ta_fe.percpu is set
+ * (the switch to per-CPU caches): the operations of ta_thread_pop/push. */
+TA_ALWAYS_INLINE void *ta_guarded_pop(uint32_t cls, uint8_t **state) {
+    void *p;
+    uint8_t *st;
+    uintptr_t t, c;
+    ta_slot_t *slab = ta_tls.slab;
+    __asm__ __volatile__ goto(TA_RSEQ_ARM
+                 "cmpb $0, %[percpu]\n\t"
+                 "jne %l[miss]\n\t"
+                 "movzwl (%[s],%[cls],8), %k[c]\n\t"
+                 "cmpw 2(%[s],%[cls],8), %w[c]\n\t"
+                 "jbe %l[miss]\n\t"
+                 "shll $4, %k[c]\n\t"
+                 "movq -16(%[s],%q[c]), %[p]\n\t"
+                 "movq -8(%[s],%q[c]), %[st]\n\t"
+                 "shrl $4, %k[c]\n\t"
+                 "decl %k[c]\n\t"
+                 "movw %w[c], (%[s],%[cls],8)\n\t" /* commit */
+                 "4:\n\t"
+                 : [p] "=&r"(p), [st] "=&r"(st), [t] "=&r"(t), [c] "=&r"(c)
+                 : [rs] "r"(ta_rseq_off), [percpu] "m"(ta_fe.percpu), [s] "r"(slab), [cls] "r"((uintptr_t)cls)
+                 : "memory", "cc"
+                 : miss);
+    if (!p) __builtin_unreachable();
+    *state = st;
+    return p;
+miss:
+    return NULL;
+}
+
+TA_ALWAYS_INLINE bool ta_guarded_push(void *p, uint8_t *state, uint32_t cls) {
+    uintptr_t t, c;
+    ta_slot_t *slab = ta_tls.slab;
+    __asm__ __volatile__ goto(TA_RSEQ_ARM
+                 "cmpb $0, %[percpu]\n\t"
+                 "jne %l[full]\n\t"
+                 "movzwl (%[s],%[cls],8), %k[c]\n\t"
+                 "cmpw 4(%[s],%[cls],8), %w[c]\n\t"
+                 "jae %l[full]\n\t"
+                 "shll $4, %k[c]\n\t"
+                 "movq %[p], (%[s],%q[c])\n\t"
+                 "movq %[st], 8(%[s],%q[c])\n\t"
+                 "shrl $4, %k[c]\n\t"
+                 "incl %k[c]\n\t"
+                 "movw %w[c], (%[s],%[cls],8)\n\t" /* commit */
+                 "4:\n\t"
+: [t] "=&r"(t), [c] "=&r"(c)
+                 : [p] "r"(p), [st] "r"(state), [rs] "r"(ta_rseq_off), [percpu] "m"(ta_fe.percpu),
+                   [s] "r"(slab), [cls] "r"((uintptr_t)cls)
+                 : "memory", "cc"
+                 : full);
+    return true;
+full:
+    return false;
+}
 #else
 #define TA_HAVE_RSEQ 0
 TA_ALWAYS_INLINE void *ta_cpu_pop(uint32_t cls, uint8_t **state) { (void)cls; (void)state; return NULL; }
 TA_ALWAYS_INLINE bool ta_cpu_push(void *p, uint8_t *state, uint32_t cls) { (void)p; (void)state; (void)cls; return false; }
+TA_ALWAYS_INLINE void *ta_guarded_pop(uint32_t cls, uint8_t **state) { (void)cls; (void)state; return NULL; }
+TA_ALWAYS_INLINE bool ta_guarded_push(void *p, uint8_t *state, uint32_t cls) { (void)p; (void)state; (void)cls; return false; }
 #endif
 
 TA_ALWAYS_INLINE void *ta_thread_pop(uint32_t cls, uint8_t **state) {
@@ -166,12 +234,14 @@ TA_ALWAYS_INLINE bool ta_thread_push(void *p, uint8_t *state, uint32_t cls) {
  * of its state byte), or NULL on a miss. */
 TA_ALWAYS_INLINE void *ta_fe_pop(uint32_t cls, uint8_t **state) {
     if (TA_LIKELY(ta_fe_percpu)) return ta_cpu_pop(cls, state);
+    if (TA_LIKELY(ta_fe.guarded)) return ta_guarded_pop(cls, state);
     return ta_thread_pop(cls, state);
 }
 /* Put a free object of class cls (state: its state byte) in the caller's
  * cache; false when full. */
 TA_ALWAYS_INLINE bool ta_fe_push(void *p, uint8_t *state, uint32_t cls) {
     if (TA_LIKELY(ta_fe_percpu)) return ta_cpu_push(p, state, cls);
+    if (TA_LIKELY(ta_fe.guarded)) return ta_guarded_push(p, state, cls);
     return ta_thread_push(p, state, cls);
 }
 
@@ -195,6 +265,7 @@ typedef struct ta_pcache_stats {
     uint64_t objects[TA_MAX_CLASSES]; /* objects held in all caches (read racily) */
     uint64_t alloc_misses, free_misses; /* slow-path counts, exited threads included */
     uint64_t caches;                    /* live caches: threads, or CPUs in use */
+    uint64_t thread_caches;             /* of which threads' (auto mode: none after the switch) */
     uint64_t percpu;                    /* 1 when the caches are per CPU */
 } ta_pcache_stats_t;
 /* Sum over the caches; the caller holds the registry lock (ta_pcache_lock_all). */

@@ -4,9 +4,12 @@
  * {obj, state}; the tests read it directly: in per-thread mode the calling
  * thread's slab (ta_tls.slab), in per-CPU mode the slab of the CPU the thread
  * is pinned to.  The mode is chosen at start-up from TIERALLOC_PERCPU: this
- * binary runs twice under `make check`, as is (per-CPU caches where rseq
- * works) and through tests/test_pcache_perthread.sh (TIERALLOC_PERCPU=0).
- * Tests that only mean something in one mode skip in the other.
+ * binary runs three times under `make check`: as is (auto, the default:
+ * per-thread caches until the process has more than TIERALLOC_PERCPU_THREADS
+ * threads, then per-CPU caches where rseq works), through
+ * tests/test_pcache_percpu.sh (=1, per CPU from the start) and through
+ * tests/test_pcache_perthread.sh (=0).  Tests that only mean something in one
+ * mode skip in the others.
  *
  *  - the slab: freed objects stay in the cache, LIFO, with their state bytes;
  *    each class starts in its short slot range and moves to its full one as it
@@ -19,7 +22,11 @@
  *  - many threads on one CPU, threads migrating between CPUs, signals, and
  *    malloc_trim / ta_stats_get (remote drains with membarrier fences) at the
  *    same time: no object handed out twice, no corruption;
- *  - 2000 threads each churning 1 MiB: CPU caches hold at most 2 MiB per CPU;
+ *  - auto mode: the switch to per-CPU caches past the thread limit, while
+ *    threads allocate and free (contents checked, nothing left in the
+ *    retired thread caches), and in a child of fork;
+ *  - 2000 threads each churning 1 MiB: CPU caches hold at most 2 MiB per CPU
+ *    (per CPU from the start, or after auto mode's switch);
  *  - per-thread mode: thread exit gives everything back, records are reused,
  *    frees alone grow a class to one batch, allocation during thread exit;
  *  - misuse: double free of a cached block, after overflow, and free of an
@@ -1232,6 +1239,156 @@ Test(pcache, threads_on_one_cpu_migrations_and_trims) {
     if (ta_fe_percpu) cr_assert_eq(ta_pcache_bytes(0), 0u);
 }
 
+/* ---- auto mode: per-thread caches, then per-CPU ones ---------------------------------
+ * The default: a process starts with caches that follow its threads and
+ * switches to per-CPU caches, for good, once it has more than percpu_threads
+ * threads with a cache.  The threads below keep allocating, writing, checking
+ * and freeing blocks of many classes while the switch happens under them
+ * (their guarded fast paths restarted, their caches emptied by the switching
+ * thread): no block may be handed out twice or lose its contents, and
+ * nothing may stay behind in the retired thread caches. */
+static volatile int sw_stop, sw_started;
+static char sw_error[160];
+
+static void *switch_churn(void *arg) {
+    uint64_t seed = (uint64_t)(uintptr_t)arg, rng = seed * 7919 + 1;
+    enum { K = 96 };
+    void *p[K] = {0};
+    size_t sz[K];
+    bool started = false;
+    for (unsigned long n = 0; !__atomic_load_n(&sw_stop, __ATOMIC_RELAXED) || n < 2000; n++) {
+        int i = (int)tu_rand_range(&rng, 0, K - 1);
+        if (p[i]) {
+            if (tu_check(p[i], sz[i], seed) != (size_t)-1)
+                snprintf(sw_error, sizeof sw_error, "thread %lu: a block of %zu bytes changed", (unsigned long)seed, sz[i]);
+            free(p[i]);
+        }
+        sz[i] = tu_rand_range(&rng, 1, 3000);
+        p[i] = malloc(sz[i]);
+        if (!p[i]) {
+            snprintf(sw_error, sizeof sw_error, "malloc(%zu) failed", sz[i]);
+            break;
+        }
+        tu_fill(p[i], sz[i], seed);
+        if (!started && n == 200) {
+            started = true;
+            __atomic_add_fetch(&sw_started, 1, __ATOMIC_RELAXED);
+        }
+    }
+    for (int i = 0; i < K; i++) {
+        if (p[i] && tu_check(p[i], sz[i], seed) != (size_t)-1)
+            snprintf(sw_error, sizeof sw_error, "thread %lu: a block changed before its last free", (unsigned long)seed);
+        free(p[i]);
+    }
+    return NULL;
+}
+
+static uint64_t thread_caches_now(void) {
+    ta_pcache_stats_t st;
+    ta_pcache_lock_all();
+    ta_pcache_stats_locked(&st);
+    ta_pcache_unlock_all(false);
+    return st.thread_caches;
+}
+
+/* Start n churning threads (t[first..first+n)) and wait until they run. */
+static void start_churn(pthread_t *t, int first, int n) {
+    for (int i = first; i < first + n; i++)
+        cr_assert_eq(pthread_create(&t[i], NULL, switch_churn, (void *)(uintptr_t)(i + 1)), 0);
+    while (__atomic_load_n(&sw_started, __ATOMIC_RELAXED) < first + n) sched_yield();
+}
+
+#define NEED_AUTO()                                                                               \
+    do {                                                                                          \
+        if (ta_cfg.percpu != TA_PERCPU_AUTO || !ta_fe.guarded || ta_fe_percpu)                    \
+            cr_skip_test("auto mode only, where rseq works (this run: TIERALLOC_PERCPU=%d)", ta_cfg.percpu); \
+    } while (0)
+
+Test(pcache, auto_mode_switches_to_cpu_caches_past_its_thread_limit) {
+    NEED_AUTO();
+    free(malloc(100)); /* this thread's cache */
+    struct ta_stats st0 = TA_STATS_INIT;
+    cr_assert_eq(ta_stats_get(&st0), 0);
+    /* (the test runner's and the background thread may have one too) */
+    const uint64_t others = thread_caches_now();
+    cr_assert_lt(others, ta_cfg.percpu_threads);
+    const int below = (int)(ta_cfg.percpu_threads - others), over = 8;
+    static pthread_t t[256];
+    cr_assert_leq(below + over, 256);
+    start_churn(t, 0, below);
+    uint64_t before = thread_caches_now();
+    cr_assert_not(ta_fe_percpu, "switched with %lu thread caches, the limit is %u", (unsigned long)before,
+                  ta_cfg.percpu_threads);
+    cr_assert_eq(before, others + (uint64_t)below, "%lu thread caches for %lu threads", (unsigned long)before,
+                 (unsigned long)(others + (uint64_t)below));
+    start_churn(t, below, over);
+    cr_assert(ta_fe_percpu, "no switch with %lu threads", (unsigned long)(others + (uint64_t)(below + over)));
+    tu_sleep_ms(100); /* the threads go on, now on the CPUs' caches */
+    __atomic_store_n(&sw_stop, 1, __ATOMIC_RELAXED);
+    for (int i = 0; i < below + over; i++) pthread_join(t[i], NULL);
+    cr_assert_eq(sw_error[0], 0, "%s", sw_error);
+    cr_assert_eq(thread_caches_now(), 0u, "thread caches left after the switch");
+    /* nothing was stranded in a retired cache: the drain empties tier 1 */
+    free(malloc(100));
+    malloc_trim(0);
+    cr_assert_eq(ta_pcache_bytes(0), 0u, "%lu bytes left in tier 1 after malloc_trim", (unsigned long)ta_pcache_bytes(0));
+    struct ta_stats st = TA_STATS_INIT;
+    cr_assert_eq(ta_stats_get(&st), 0);
+    uint64_t held = st.inuse_bytes + st.thread_cache_bytes + st.central_bytes + st.span_free_bytes +
+                    st.span_tail_bytes + st.pageheap_free_bytes + st.arena_bytes + st.metadata_bytes + st.guard_bytes;
+    cr_assert_eq(held, st.mapped_bytes - st.released_bytes, "the statistics' identity is broken after the switch");
+    /* the threads freed all they allocated: an object lost in a retired cache
+     * would count as in use */
+    cr_log_info("small blocks in use: %lu bytes before the threads, %lu after", (unsigned long)st0.small_inuse_bytes,
+                (unsigned long)st.small_inuse_bytes);
+    cr_assert_leq(st.small_inuse_bytes, st0.small_inuse_bytes + 4096, "%lu bytes of small blocks more in use after the switch",
+                  (unsigned long)(st.small_inuse_bytes - st0.small_inuse_bytes));
+    for (uint32_t c = 1; c < st.nclasses; c++) { /* every object of every span is somewhere counted */
+        const struct ta_class_stats *k = &st.cls[c];
+        cr_assert_eq(k->spans * k->span_bytes,
+                     (k->inuse_objects + k->cache_objects + k->central_objects + k->span_free_objects) * k->size +
+                         k->tail_bytes,
+                     "class %u does not add up after the switch", c);
+    }
+}
+
+/* A child of fork inherits the parent's thread caches; those of the parent's
+ * other threads have no thread in the child (one may have been halfway
+ * through a slow path).  The child's own switch must neither wait for their
+ * locks nor touch them. */
+static void switch_in_child(void *arg) {
+    (void)arg;
+    static pthread_t t[256];
+    int n = (int)ta_cfg.percpu_threads + 8;
+    __atomic_store_n(&sw_stop, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&sw_started, 0, __ATOMIC_RELAXED);
+    start_churn(t, 0, n);
+    bool switched = ta_fe_percpu;
+    __atomic_store_n(&sw_stop, 1, __ATOMIC_RELAXED);
+    for (int i = 0; i < n; i++) pthread_join(t[i], NULL);
+    if (!switched || sw_error[0]) {
+        fprintf(stderr, "child: %s\n", sw_error[0] ? sw_error : "no switch");
+        _exit(3);
+    }
+}
+
+Test(pcache, auto_mode_switch_in_a_child_of_fork) {
+    NEED_AUTO();
+    static pthread_t t[4];
+    start_churn(t, 0, 4); /* busy in their slow paths as the fork happens */
+    for (int round = 0; round < 3; round++) {
+        tu_child_t c;
+        tu_run_child(switch_in_child, NULL, 60000, &c);
+        cr_assert_not(c.timed_out, "the child hung (round %d)", round);
+        cr_assert(c.exited && c.exit_code == 0, "round %d: child exit %d signal %d: %s", round, c.exit_code, c.signal,
+                  c.err);
+    }
+    cr_assert_not(ta_fe_percpu, "the parent switched with 5 threads");
+    __atomic_store_n(&sw_stop, 1, __ATOMIC_RELAXED);
+    for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+    cr_assert_eq(sw_error[0], 0, "%s", sw_error);
+}
+
 /* ---- 2000 threads: caches scale with CPUs, not threads ---------------------------- */
 #define MANY 2000
 static pthread_barrier_t many_done, many_exit;
@@ -1263,7 +1420,8 @@ static void *churn_1mib(void *arg) {
 }
 
 Test(pcache, two_thousand_threads_hold_at_most_2mib_per_cpu, .timeout = 120) {
-    NEED_PERCPU();
+    if (!ta_fe_percpu && !(ta_cfg.percpu == TA_PERCPU_AUTO && ta_fe.guarded))
+        cr_skip_test("per-CPU caches only (this run: per thread)");
     static pthread_t t[MANY];
     pthread_attr_t attr;
     pthread_attr_init(&attr);
@@ -1300,6 +1458,7 @@ Test(pcache, two_thousand_threads_hold_at_most_2mib_per_cpu, .timeout = 120) {
     for (int i = 0; i < made; i++) pthread_join(t[i], NULL);
     pthread_attr_destroy(&attr);
     cr_assert_not(many_failed, "a malloc failed");
+    cr_assert(ta_fe_percpu, "2000 threads and still per-thread caches");
     cr_assert_leq(in_tier1, (uint64_t)n * (2u << 20), "tier 1 holds %lu bytes for %ld CPUs", (unsigned long)in_tier1, n);
     cr_assert_leq(st.thread_cache_bytes, (uint64_t)n * (2u << 20), "ta_stats_get: %lu bytes in caches",
                   (unsigned long)st.thread_cache_bytes);
