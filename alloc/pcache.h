@@ -149,22 +149,22 @@ full:
 TA_ALWAYS_INLINE void *ta_guarded_pop(uint32_t cls, uint8_t **state) {
     void *p;
     uint8_t *st;
-    uintptr_t t, c;
+    uintptr_t t; /* the descriptor's address, then the header's cur */
     ta_slot_t *slab = ta_tls.slab;
     __asm__ __volatile__ goto(TA_RSEQ_ARM
                  "cmpb $0, %[percpu]\n\t"
                  "jne %l[miss]\n\t"
-                 "movzwl (%[s],%[cls],8), %k[c]\n\t"
-                 "cmpw 2(%[s],%[cls],8), %w[c]\n\t"
+                 "movzwl (%[s],%[cls],8), %k[t]\n\t"
+                 "cmpw 2(%[s],%[cls],8), %w[t]\n\t"
                  "jbe %l[miss]\n\t"
-                 "shll $4, %k[c]\n\t"
-                 "movq -16(%[s],%q[c]), %[p]\n\t"
-                 "movq -8(%[s],%q[c]), %[st]\n\t"
-                 "shrl $4, %k[c]\n\t"
-                 "decl %k[c]\n\t"
-                 "movw %w[c], (%[s],%[cls],8)\n\t" /* commit */
+                 "shll $4, %k[t]\n\t"
+                 "movq -16(%[s],%q[t]), %[p]\n\t"
+                 "movq -8(%[s],%q[t]), %[st]\n\t"
+                 "shrl $4, %k[t]\n\t"
+                 "decl %k[t]\n\t"
+                 "movw %w[t], (%[s],%[cls],8)\n\t" /* commit */
                  "4:\n\t"
-                 : [p] "=&r"(p), [st] "=&r"(st), [t] "=&r"(t), [c] "=&r"(c)
+                 : [p] "=&r"(p), [st] "=&r"(st), [t] "=&r"(t)
                  : [rs] "r"(ta_rseq_off), [percpu] "m"(ta_fe.percpu), [s] "r"(slab), [cls] "r"((uintptr_t)cls)
                  : "memory", "cc"
                  : miss);
@@ -176,22 +176,22 @@ miss:
 }
 
 TA_ALWAYS_INLINE bool ta_guarded_push(void *p, uint8_t *state, uint32_t cls) {
-    uintptr_t t, c;
+    uintptr_t t; /* the descriptor's address, then the header's cur */
     ta_slot_t *slab = ta_tls.slab;
     __asm__ __volatile__ goto(TA_RSEQ_ARM
                  "cmpb $0, %[percpu]\n\t"
                  "jne %l[full]\n\t"
-                 "movzwl (%[s],%[cls],8), %k[c]\n\t"
-                 "cmpw 4(%[s],%[cls],8), %w[c]\n\t"
+                 "movzwl (%[s],%[cls],8), %k[t]\n\t"
+                 "cmpw 4(%[s],%[cls],8), %w[t]\n\t"
                  "jae %l[full]\n\t"
-                 "shll $4, %k[c]\n\t"
-                 "movq %[p], (%[s],%q[c])\n\t"
-                 "movq %[st], 8(%[s],%q[c])\n\t"
-                 "shrl $4, %k[c]\n\t"
-                 "incl %k[c]\n\t"
-                 "movw %w[c], (%[s],%[cls],8)\n\t" /* commit */
+                 "shll $4, %k[t]\n\t"
+                 "movq %[p], (%[s],%q[t])\n\t"
+                 "movq %[st], 8(%[s],%q[t])\n\t"
+                 "shrl $4, %k[t]\n\t"
+                 "incl %k[t]\n\t"
+                 "movw %w[t], (%[s],%[cls],8)\n\t" /* commit */
                  "4:\n\t"
-: [t] "=&r"(t), [c] "=&r"(c)
+: [t] "=&r"(t)
                  : [p] "r"(p), [st] "r"(state), [rs] "r"(ta_rseq_off), [percpu] "m"(ta_fe.percpu),
                    [s] "r"(slab), [cls] "r"((uintptr_t)cls)
                  : "memory", "cc"
