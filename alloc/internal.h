@@ -66,7 +66,6 @@ enum ta_lock_rank {
     TA_RANK_SAMPLE,
     TA_RANK_QUARANTINE, /* quarantine shards (hardened build) */
     TA_RANK_REGISTRY, /* thread-cache registry */
-    TA_RANK_THREAD,   /* a thread's cache (its slow paths, and the switch to per-CPU caches) */
     TA_RANK_CPU,      /* a CPU's cache */
     TA_RANK_TRANSFER, /* transfer cache shards */
     TA_RANK_CLASS,    /* central span lists */

@@ -42,7 +42,7 @@
 typedef struct ta_pcache {
     ta_slot_t *slab;          /* its slab (pcache.h) */
     int cpu;                  /* the CPU it belongs to, -1 for a thread's cache */
-    ta_lock_t lock;           /* held by whoever changes capacity or drains (a thread's: its slow paths, the switch) */
+    ta_lock_t lock;           /* per-CPU: held by whoever changes capacity or drains */
     bool ready;               /* headers laid out */
     uint64_t budget;          /* bytes of capacity it may have */
     uint64_t committed;       /* sum over classes of capacity x size: never above budget */
@@ -51,7 +51,8 @@ typedef struct ta_pcache {
     uint8_t active[TA_MAX_CLASSES]; /* class missed or overflowed since the last decay */
     uint16_t begin[TA_MAX_CLASSES]; /* each class's range now: its short one or its full one (layout) */
     uint64_t scavenged_ms;    /* thread caches: when idle classes were last trimmed */
-    uint32_t state;           /* TA_PC_* (thread caches; changed under lock, read racily) */
+    uint32_t state;           /* TA_PC_* (thread caches) */
+    uint32_t busy;            /* thread caches: its thread is in a slow path on it (own_enter) */
     struct ta_pcache *next_all, *prev_all; /* registry of live thread caches */
     uint64_t n_alloc_miss, n_free_miss;
     /* per-CPU: threads seen on the slow paths in this decay period */
@@ -61,11 +62,12 @@ typedef struct ta_pcache {
 } ta_pcache_t;
 /* A thread cache is LIVE from its creation to its thread's exit flush
  * (EXITING until it leaves the registry, EMPTY on the list for reuse), or
- * until the switch to per-CPU caches empties it (RETIRED: off the registry,
- * never reused, as its thread still points to it).  In a child after fork,
- * the caches of the parent's other threads are ORPHANs: nobody uses them.
- * pcache_dead (DEAD) is every exited thread's. */
-enum { TA_PC_EMPTY = 0, TA_PC_LIVE = 1, TA_PC_DEAD = 2, TA_PC_EXITING = 3, TA_PC_RETIRED = 4, TA_PC_ORPHAN = 5 };
+ * until it is emptied after the switch to per-CPU caches (RETIRING, by
+ * whoever claimed it, then RETIRED: off the registry, never reused, as its
+ * thread still points to it).  In a child after fork, the caches of the
+ * parent's other threads are ORPHANs: nobody uses them.  pcache_dead (DEAD)
+ * is every exited thread's. */
+enum { TA_PC_EMPTY = 0, TA_PC_LIVE, TA_PC_DEAD, TA_PC_EXITING, TA_PC_RETIRING, TA_PC_RETIRED, TA_PC_ORPHAN };
 
 /* headers only, all zero: every operation misses (a new thread, an exited one) */
 static uint64_t slab_none[TA_MAX_CLASSES] __attribute__((aligned(64)));
@@ -614,6 +616,21 @@ static void grow(ta_pcache_t *c, uint32_t cls) {
     if (slab_set_capacity(c, cls, cap + add)) c->committed += need;
 }
 
+/* ---- a thread's own cache on its slow paths ------------------------------------ */
+/* The calling thread starts working on its own cache c: false (and c left
+ * alone) once the switch to per-CPU caches has happened (switch_to_percpu
+ * explains the order of the store and the load). */
+static inline bool own_enter(ta_pcache_t *c) {
+    __atomic_store_n(&c->busy, 1, __ATOMIC_RELAXED);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST); /* (the switch's fence orders them on the CPU) */
+    if (TA_LIKELY(!__atomic_load_n(&ta_fe.percpu, __ATOMIC_RELAXED) &&
+                  __atomic_load_n(&c->state, __ATOMIC_RELAXED) == TA_PC_LIVE))
+        return true;
+    __atomic_store_n(&c->busy, 0, __ATOMIC_RELEASE);
+    return false;
+}
+static inline void own_leave(ta_pcache_t *c) { __atomic_store_n(&c->busy, 0, __ATOMIC_RELEASE); }
+
 /* ---- decay and draining ------------------------------------------------------ */
 /* Give back half of what each class that neither missed nor overflowed since
  * the last time holds, with as much capacity; with `all`, everything it holds
@@ -697,12 +714,11 @@ static void tick(ta_pcache_t *own, bool may_start) {
         }
     }
     if (own && own->cpu < 0 && now - own->scavenged_ms >= ta_cfg.decay_ms) {
-        ta_lock(&own->lock);
-        if (own->state == TA_PC_LIVE) {
+        if (own_enter(own)) {
             own->scavenged_ms = now;
             release(own, false, false);
+            own_leave(own);
         }
-        ta_unlock(&own->lock);
     }
     if (!bg) ta_central_tick(now);
     if (may_start) ta_background_kick();
@@ -711,10 +727,10 @@ static void tick(ta_pcache_t *own, bool may_start) {
 void ta_pcache_decay_tick(void) { tick(NULL, false); }
 
 /* ---- finding the caller's cache ------------------------------------------------ */
-/* Empty thread cache c for good (the switch to per-CPU caches): its objects
- * go to central, its budget to the pool, its slab's pages to the OS.  Caller
- * holds reg_lock and c->lock, and no operation of its thread on its slab can
- * be under way: its thread runs it, or every CPU was fenced after the switch. */
+/* Empty thread cache c for good, after the switch to per-CPU caches: its
+ * objects go to central, its budget to the pool, its slab's pages to the OS.
+ * The caller claimed it (LIVE to RETIRING) and holds reg_lock; no operation
+ * of its thread on its slab can be under way (see switch_to_percpu). */
 static void retire(ta_pcache_t *c) {
     release(c, true, false);
     __atomic_add_fetch(&budget_pool, (int64_t)c->budget, __ATOMIC_RELAXED);
@@ -724,35 +740,51 @@ static void retire(ta_pcache_t *c) {
     c->prev_all->next_all = c->next_all;
     c->next_all->prev_all = c->prev_all;
     live_threads--;
-    __atomic_store_n(&c->state, TA_PC_RETIRED, __ATOMIC_RELAXED);
     int saved = errno; /* (not ta_os_release: these are metadata, not heap pages) */
     madvise(c->slab, slab_bytes, MADV_DONTNEED);
     errno = saved;
+    __atomic_store_n(&c->state, TA_PC_RETIRED, __ATOMIC_RELEASE);
+}
+
+static bool claim(ta_pcache_t *c) {
+    uint32_t live = TA_PC_LIVE;
+    return __atomic_compare_exchange_n(&c->state, &live, TA_PC_RETIRING, false, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+}
+
+/* The calling thread's own cache, LIVE after the switch (the switch found it
+ * busy, or could not fence): its thread empties it. */
+static void retire_own(ta_pcache_t *own) {
+    if (!claim(own)) return;
+    ta_lock(&reg_lock);
+    retire(own);
+    ta_unlock(&reg_lock);
 }
 
 /* Auto mode, reg_lock held: the process has more than percpu_threads threads
- * with a cache; from now on every thread uses the caches of the CPUs.  The
- * flag goes up first; the fence then restarts every thread's operation on
- * its own slab that is under way (a guarded sequence checks the flag first:
- * pcache.h), so that after it no thread touches its slab again and each
- * thread cache can be emptied under its lock (a slow path of its thread that
- * holds the lock finishes first, and then finds it RETIRED). */
+ * with a cache; from now on every thread uses the caches of the CPUs, and the
+ * thread caches are emptied.  No thread may be touching its slab then:
+ *  - fast paths: the flag goes up first, then the fence restarts every
+ *    guarded sequence under way (pcache.h), which checks the flag first;
+ *  - slow paths: a thread marks its cache busy, and then checks the flag
+ *    (own_enter), with a plain store and load: the fence orders them against
+ *    ours, so that either the thread sees the flag and keeps off its cache,
+ *    or we see it busy and leave the cache to it (it empties it itself once
+ *    it sees the flag, retire_own).  No lock, no atomic read-modify-write on
+ *    the thread's own slow paths. */
 static void switch_to_percpu(void) {
     if (!cpu_caches_make()) {
         ta_fe.guarded = false; /* per-thread caches for good: the plain operations, no more switch */
         return;
     }
-    __atomic_store_n(&ta_fe.percpu, true, __ATOMIC_RELEASE);
+    __atomic_store_n(&ta_fe.percpu, true, __ATOMIC_SEQ_CST);
     int saved = errno;
     bool fenced = syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0;
     errno = saved;
-    if (!fenced) return; /* (registered at start-up, so not expected): each thread retires its own */
+    if (!fenced) return; /* (registered at start-up, so not expected): each thread empties its own */
     for (ta_pcache_t *c = reg_head.next_all, *next; c != &reg_head; c = next) {
         next = c->next_all;
-        if (__atomic_load_n(&c->state, __ATOMIC_RELAXED) != TA_PC_LIVE) continue; /* exiting, orphaned */
-        ta_lock(&c->lock);
-        if (c->state == TA_PC_LIVE) retire(c);
-        ta_unlock(&c->lock);
+        if (__atomic_load_n(&c->busy, __ATOMIC_SEQ_CST) || !claim(c)) continue; /* busy, exiting, orphaned */
+        retire(c);
     }
 }
 
@@ -773,7 +805,6 @@ static ta_pcache_t *thread_cache_create(void) {
     memset(c, 0, sizeof *c);
     c->slab = slab;
     c->cpu = -1;
-    ta_lock_set_rank(&c->lock, TA_RANK_THREAD);
     c->state = TA_PC_LIVE;
     c->scavenged_ms = ta_os_now_ms();
     layout_headers(c);
@@ -815,32 +846,25 @@ static ta_pcache_t *cpu_cache_lock(void) {
     return c;
 }
 
-/* The caller's cache, locked: its CPU's, or its own (NULL or &pcache_dead:
- * none, go to central).  A thread's cache is locked too, because the switch
- * to per-CPU caches may empty it from another thread. */
+/* The caller's cache for a slow path: its CPU's, locked, or its own, marked
+ * busy (NULL or &pcache_dead: none, go to central). */
 static ta_pcache_t *cache_lock(void) {
-    if (ta_fe_percpu) {
-        ta_pcache_t *own = ta_tls.cache;
-        if (TA_UNLIKELY(own && __atomic_load_n(&own->state, __ATOMIC_RELAXED) == TA_PC_LIVE)) {
-            /* the switch could not fence the CPUs: its thread retires it */
-            ta_lock(&reg_lock);
-            ta_lock(&own->lock);
-            if (own->state == TA_PC_LIVE) retire(own);
-            ta_unlock(&own->lock);
-            ta_unlock(&reg_lock);
-        }
-        return cpu_cache_lock();
+    if (!ta_fe_percpu) {
+        ta_pcache_t *c = thread_cache();
+        if (!c || c == &pcache_dead) return c;
+        if (TA_LIKELY(own_enter(c))) return c;
+        /* the switch happened meanwhile (perhaps in thread_cache) */
     }
-    ta_pcache_t *c = thread_cache();
-    if (!c || c == &pcache_dead) return c;
-    ta_lock(&c->lock);
-    if (TA_LIKELY(c->state == TA_PC_LIVE)) return c;
-    ta_unlock(&c->lock);
-    /* retired: the switch happened meanwhile (perhaps in thread_cache) */
-    return ta_fe_percpu ? cpu_cache_lock() : &pcache_dead;
+    ta_pcache_t *own = ta_tls.cache;
+    if (TA_UNLIKELY(own && own != &pcache_dead && __atomic_load_n(&own->state, __ATOMIC_RELAXED) == TA_PC_LIVE))
+        retire_own(own);
+    return cpu_cache_lock();
 }
 
-static inline void cache_unlock(ta_pcache_t *c) { ta_unlock(&c->lock); }
+static inline void cache_unlock(ta_pcache_t *c) {
+    if (c->cpu >= 0) ta_unlock(&c->lock);
+    else own_leave(c);
+}
 
 /* ---- the slow paths ------------------------------------------------------------ */
 void *ta_pcache_alloc_slow(uint32_t cls) {
@@ -911,10 +935,9 @@ void ta_pcache_free_slow(void *p, uint32_t cls) {
 
 void ta_pcache_flush_current(void) {
     ta_pcache_t *c = ta_tls.cache;
-    if (ta_fe_percpu || !c || c == &pcache_dead) return;
-    ta_lock(&c->lock);
-    if (c->state == TA_PC_LIVE) release(c, true, true);
-    ta_unlock(&c->lock);
+    if (ta_fe_percpu || !c || c == &pcache_dead || !own_enter(c)) return;
+    release(c, true, true);
+    own_leave(c);
 }
 
 void ta_pcache_drain_all(void) {
@@ -935,15 +958,14 @@ void ta_pcache_thread_exit(void *arg) {
         ta_sample_thread_exit();
         return;
     }
-    ta_lock(&c->lock);
-    if (c->state != TA_PC_LIVE) { /* retired by the switch */
-        ta_unlock(&c->lock);
+    if (!own_enter(c)) { /* the switch happened: emptied, or to be emptied now */
+        if (__atomic_load_n(&c->state, __ATOMIC_RELAXED) == TA_PC_LIVE) retire_own(c);
         ta_sample_thread_exit();
         return;
     }
     release(c, true, true); /* straight into the spans: whole spans can go back */
     __atomic_store_n(&c->state, TA_PC_EXITING, __ATOMIC_RELAXED);
-    ta_unlock(&c->lock);
+    own_leave(c);
     ta_sample_thread_exit();
     ta_tls.cache = &pcache_dead;
     ta_tls.slab = (ta_slot_t *)slab_none;
