@@ -463,10 +463,11 @@ void ta_pcache_init(void) {
 
     if (ta_cfg.percpu == TA_PERCPU_NEVER || !percpu_possible()) return;
     if (ta_cfg.percpu == TA_PERCPU_ALWAYS) {
-        if (cpu_caches_make()) __atomic_store_n(&ta_fe.percpu, true, __ATOMIC_RELEASE);
+        if (!cpu_caches_make()) return;
+        ta_fe.percpu = ta_fe.rseq = true;
         return;
     }
-    ta_fe.guarded = true; /* auto: per-thread caches until switch_to_percpu */
+    ta_fe.guarded = ta_fe.rseq = true; /* auto: per-thread caches until switch_to_percpu */
 }
 
 /* CPUs the system may ever have (the slabs must cover every CPU number): the
@@ -532,6 +533,10 @@ static bool take_budget(ta_pcache_t *c, uint64_t need) {
     if (c->cpu >= 0 && (c->crowded || c->was_crowded)) return false; /* shared: the base only */
     uint64_t want = need < BUDGET_STEP ? BUDGET_STEP : need;
     if (c->budget + want > ta_cfg.thread_cache_max) return false;
+    /* a spent pool is read, not written: every thread of a busy program would
+     * otherwise take and give back the same shared line on each growth */
+    if (__atomic_load_n(&budget_pool, __ATOMIC_RELAXED) < (int64_t)want && c->budget + want > THREAD_BUDGET_FLOOR)
+        return false;
     if (__atomic_sub_fetch(&budget_pool, (int64_t)want, __ATOMIC_RELAXED) < 0 &&
         c->budget + want > THREAD_BUDGET_FLOOR) {
         __atomic_add_fetch(&budget_pool, (int64_t)want, __ATOMIC_RELAXED);
@@ -773,7 +778,7 @@ static void retire_own(ta_pcache_t *own) {
  *    the thread's own slow paths. */
 static void switch_to_percpu(void) {
     if (!cpu_caches_make()) {
-        ta_fe.guarded = false; /* per-thread caches for good: the plain operations, no more switch */
+        ta_fe.guarded = false; /* per-thread caches for good (still in sequences), no more switch */
         return;
     }
     __atomic_store_n(&ta_fe.percpu, true, __ATOMIC_SEQ_CST);

@@ -18,13 +18,13 @@
  *  - per thread: one slab per thread, reached through TLS.
  * By default a process starts with per-thread caches and switches to per-CPU
  * ones, once and for good, when it has more than TIERALLOC_PERCPU_THREADS
- * threads with a cache (pcache.c, switch_to_percpu).  Until then pop and push
- * on a thread's slab are restartable sequences too ("guarded"), whose first
- * step is to check that the switch has not happened: after the switch sets
- * ta_fe.percpu it fences every CPU, so no thread is left halfway through an
- * operation on its own slab, and the switching thread may empty them all.
- * With TIERALLOC_PERCPU=0, or where rseq is not available, the thread
- * operations are plain loads and stores, and there is no switch.
+ * threads with a cache (pcache.c, switch_to_percpu).  Where rseq works, pop
+ * and push are one restartable sequence for both kinds of slab, which picks
+ * the slab inside (TA_RSEQ_SLAB): after the switch sets ta_fe.percpu it
+ * fences every CPU, so no thread is left halfway through an operation on its
+ * own slab, and the switching thread may empty them all.  With
+ * TIERALLOC_PERCPU=0, or where rseq is not available, the thread operations
+ * are plain loads and stores, and there is no switch.
  * A thread that has no slab yet, or a CPU slab not yet set up, has all-zero
  * headers: cur = begin = end = 0, so both operations miss into pcache.c. */
 #ifndef TA_PCACHE_H
@@ -58,8 +58,9 @@ extern __thread ta_tls_t ta_tls;
 
 /* What the fast paths read, together (one base address for all of it). */
 typedef struct ta_fe {
-    bool percpu;   /* per-CPU slabs over rseq (set once, at start-up or by the switch) */
-    bool guarded;  /* until then, the thread operations are restartable sequences */
+    bool rseq;     /* the operations are restartable sequences (on either kind of slab) */
+    bool percpu;   /* ... on the CPUs' slabs (set once, at start-up or by the switch) */
+    bool guarded;  /* the switch may happen (auto mode, rseq works) */
     long rseq_off; /* glibc's __rseq_offset: the rseq area from the thread pointer */
     char *slabs;   /* slab of CPU n at slabs + (n << TA_SLAB_SHIFT) */
 } ta_fe_t;
@@ -74,7 +75,7 @@ extern ta_fe_t ta_fe;
  * __rseq_cs and its abort handler (preceded by the signature glibc registered)
  * out of line; the handler restarts the section from the top.  Labels: 1 the
  * descriptor, 3 start, 4 the end (first instruction after the commit), 5 abort. */
-#define TA_RSEQ_ARM                                                                           \
+#define TA_RSEQ_ARM_USING(r)                                                                          \
     ".pushsection __rseq_cs, \"aw\"\n\t"                                                      \
     ".balign 32\n\t"                                                                          \
     "1:\n\t"                                                                                  \
@@ -87,17 +88,30 @@ extern ta_fe_t ta_fe;
     "jmp 3f\n\t"                                                                              \
     ".popsection\n\t"                                                                         \
     "3:\n\t"                                                                                  \
-    "leaq 1b(%%rip), %[t]\n\t"                                                                \
-    "movq %[t], %%fs:8(%[rs])\n\t" /* rseq->rseq_cs = &descriptor: armed */
+    "leaq 1b(%%rip), %[" r "]\n\t"                                                                \
+    "movq %[" r "], %%fs:8(%[rs])\n\t" /* rseq->rseq_cs = &descriptor: armed */
+#define TA_RSEQ_ARM TA_RSEQ_ARM_USING("t")
 #define TA_RSEQ_PROLOGUE TA_RSEQ_ARM "movl %%fs:4(%[rs]), %k[t]\n\t" /* rseq->cpu_id */
 
-TA_ALWAYS_INLINE void *ta_cpu_pop(uint32_t cls, uint8_t **state) {
+/* The slab of the sequence in %[t]: the thread's own (its value on entry)
+ * until the switch to per-CPU caches sets ta_fe.percpu, then the CPU's.
+ * Checked inside the sequence: the switch sets the flag and then fences
+ * every CPU, so a thread's operation on its own slab either completes before
+ * the fence or restarts and finds the flag set.  (%[t] holds its value
+ * across a restart: only the CPU's slab is written to it.) */
+#define TA_RSEQ_SLAB                                                                          \
+    "cmpb $0, %[percpu]\n\t"                                                                  \
+    "je 7f\n\t"                                                                               \
+    "movl %%fs:4(%[rs]), %k[t]\n\t" /* rseq->cpu_id */                                        \
+    "shlq $20, %[t]\n\t"                                                                      \
+    "addq %[base], %[t]\n\t"                                                                  \
+    "7:\n\t"
+
+TA_ALWAYS_INLINE void *ta_rseq_pop(uint32_t cls, uint8_t **state) {
     void *p;
     uint8_t *st;
-    uintptr_t t, c;
-    __asm__ __volatile__ goto(TA_RSEQ_PROLOGUE
-                 "shlq $20, %[t]\n\t"
-                 "addq %[base], %[t]\n\t"
+    uintptr_t t = (uintptr_t)ta_tls.slab, c;
+    __asm__ __volatile__ goto(TA_RSEQ_ARM_USING("c") TA_RSEQ_SLAB
                  "movzwl (%[t],%[cls],8), %k[c]\n\t"
                  "cmpw 2(%[t],%[cls],8), %w[c]\n\t"
                  "jbe %l[miss]\n\t"
@@ -108,8 +122,8 @@ TA_ALWAYS_INLINE void *ta_cpu_pop(uint32_t cls, uint8_t **state) {
                  "decl %k[c]\n\t"
                  "movw %w[c], (%[t],%[cls],8)\n\t" /* commit */
                  "4:\n\t"
-                 : [p] "=&r"(p), [st] "=&r"(st), [t] "=&r"(t), [c] "=&r"(c)
-                 : [rs] "r"(ta_rseq_off), [base] "m"(ta_cpu_slabs), [cls] "r"((uintptr_t)cls)
+                 : [p] "=&r"(p), [st] "=&r"(st), [t] "+&r"(t), [c] "=&r"(c)
+                 : [rs] "r"(ta_rseq_off), [base] "m"(ta_cpu_slabs), [percpu] "m"(ta_fe.percpu), [cls] "r"((uintptr_t)cls)
                  : "memory", "cc"
                  : miss);
     if (!p) __builtin_unreachable(); /* slots hold objects only */
@@ -119,11 +133,9 @@ miss:
     return NULL;
 }
 
-TA_ALWAYS_INLINE bool ta_cpu_push(void *p, uint8_t *state, uint32_t cls) {
-    uintptr_t t, c;
-    __asm__ __volatile__ goto(TA_RSEQ_PROLOGUE
-                 "shlq $20, %[t]\n\t"
-                 "addq %[base], %[t]\n\t"
+TA_ALWAYS_INLINE bool ta_rseq_push(void *p, uint8_t *state, uint32_t cls) {
+    uintptr_t t = (uintptr_t)ta_tls.slab, c;
+    __asm__ __volatile__ goto(TA_RSEQ_ARM_USING("c") TA_RSEQ_SLAB
                  "movzwl (%[t],%[cls],8), %k[c]\n\t"
                  "cmpw 4(%[t],%[cls],8), %w[c]\n\t"
                  "jae %l[full]\n\t"
@@ -134,66 +146,9 @@ TA_ALWAYS_INLINE bool ta_cpu_push(void *p, uint8_t *state, uint32_t cls) {
                  "incl %k[c]\n\t"
                  "movw %w[c], (%[t],%[cls],8)\n\t" /* commit */
                  "4:\n\t"
-: [t] "=&r"(t), [c] "=&r"(c)
+: [t] "+&r"(t), [c] "=&r"(c)
                  : [p] "r"(p), [st] "r"(state), [rs] "r"(ta_rseq_off), [base] "m"(ta_cpu_slabs),
-                   [cls] "r"((uintptr_t)cls)
-                 : "memory", "cc"
-                 : full);
-    return true;
-full:
-    return false;
-}
-
-/* The thread's own slab, in a sequence that misses once ta_fe.percpu is set
- * (the switch to per-CPU caches): the operations of ta_thread_pop/push. */
-TA_ALWAYS_INLINE void *ta_guarded_pop(uint32_t cls, uint8_t **state) {
-    void *p;
-    uint8_t *st;
-    uintptr_t t; /* the descriptor's address, then the header's cur */
-    ta_slot_t *slab = ta_tls.slab;
-    __asm__ __volatile__ goto(TA_RSEQ_ARM
-                 "cmpb $0, %[percpu]\n\t"
-                 "jne %l[miss]\n\t"
-                 "movzwl (%[s],%[cls],8), %k[t]\n\t"
-                 "cmpw 2(%[s],%[cls],8), %w[t]\n\t"
-                 "jbe %l[miss]\n\t"
-                 "shll $4, %k[t]\n\t"
-                 "movq -16(%[s],%q[t]), %[p]\n\t"
-                 "movq -8(%[s],%q[t]), %[st]\n\t"
-                 "shrl $4, %k[t]\n\t"
-                 "decl %k[t]\n\t"
-                 "movw %w[t], (%[s],%[cls],8)\n\t" /* commit */
-                 "4:\n\t"
-                 : [p] "=&r"(p), [st] "=&r"(st), [t] "=&r"(t)
-                 : [rs] "r"(ta_rseq_off), [percpu] "m"(ta_fe.percpu), [s] "r"(slab), [cls] "r"((uintptr_t)cls)
-                 : "memory", "cc"
-                 : miss);
-    if (!p) __builtin_unreachable();
-    *state = st;
-    return p;
-miss:
-    return NULL;
-}
-
-TA_ALWAYS_INLINE bool ta_guarded_push(void *p, uint8_t *state, uint32_t cls) {
-    uintptr_t t; /* the descriptor's address, then the header's cur */
-    ta_slot_t *slab = ta_tls.slab;
-    __asm__ __volatile__ goto(TA_RSEQ_ARM
-                 "cmpb $0, %[percpu]\n\t"
-                 "jne %l[full]\n\t"
-                 "movzwl (%[s],%[cls],8), %k[t]\n\t"
-                 "cmpw 4(%[s],%[cls],8), %w[t]\n\t"
-                 "jae %l[full]\n\t"
-                 "shll $4, %k[t]\n\t"
-                 "movq %[p], (%[s],%q[t])\n\t"
-                 "movq %[st], 8(%[s],%q[t])\n\t"
-                 "shrl $4, %k[t]\n\t"
-                 "incl %k[t]\n\t"
-                 "movw %w[t], (%[s],%[cls],8)\n\t" /* commit */
-                 "4:\n\t"
-: [t] "=&r"(t)
-                 : [p] "r"(p), [st] "r"(state), [rs] "r"(ta_rseq_off), [percpu] "m"(ta_fe.percpu),
-                   [s] "r"(slab), [cls] "r"((uintptr_t)cls)
+                   [percpu] "m"(ta_fe.percpu), [cls] "r"((uintptr_t)cls)
                  : "memory", "cc"
                  : full);
     return true;
@@ -202,10 +157,8 @@ full:
 }
 #else
 #define TA_HAVE_RSEQ 0
-TA_ALWAYS_INLINE void *ta_cpu_pop(uint32_t cls, uint8_t **state) { (void)cls; (void)state; return NULL; }
-TA_ALWAYS_INLINE bool ta_cpu_push(void *p, uint8_t *state, uint32_t cls) { (void)p; (void)state; (void)cls; return false; }
-TA_ALWAYS_INLINE void *ta_guarded_pop(uint32_t cls, uint8_t **state) { (void)cls; (void)state; return NULL; }
-TA_ALWAYS_INLINE bool ta_guarded_push(void *p, uint8_t *state, uint32_t cls) { (void)p; (void)state; (void)cls; return false; }
+TA_ALWAYS_INLINE void *ta_rseq_pop(uint32_t cls, uint8_t **state) { (void)cls; (void)state; return NULL; }
+TA_ALWAYS_INLINE bool ta_rseq_push(void *p, uint8_t *state, uint32_t cls) { (void)p; (void)state; (void)cls; return false; }
 #endif
 
 TA_ALWAYS_INLINE void *ta_thread_pop(uint32_t cls, uint8_t **state) {
@@ -233,15 +186,13 @@ TA_ALWAYS_INLINE bool ta_thread_push(void *p, uint8_t *state, uint32_t cls) {
 /* An object of class cls from the caller's cache (and in *state the address
  * of its state byte), or NULL on a miss. */
 TA_ALWAYS_INLINE void *ta_fe_pop(uint32_t cls, uint8_t **state) {
-    if (TA_LIKELY(ta_fe_percpu)) return ta_cpu_pop(cls, state);
-    if (TA_LIKELY(ta_fe.guarded)) return ta_guarded_pop(cls, state);
+    if (TA_LIKELY(ta_fe.rseq)) return ta_rseq_pop(cls, state);
     return ta_thread_pop(cls, state);
 }
 /* Put a free object of class cls (state: its state byte) in the caller's
  * cache; false when full. */
 TA_ALWAYS_INLINE bool ta_fe_push(void *p, uint8_t *state, uint32_t cls) {
-    if (TA_LIKELY(ta_fe_percpu)) return ta_cpu_push(p, state, cls);
-    if (TA_LIKELY(ta_fe.guarded)) return ta_guarded_push(p, state, cls);
+    if (TA_LIKELY(ta_fe.rseq)) return ta_rseq_push(p, state, cls);
     return ta_thread_push(p, state, cls);
 }
 
