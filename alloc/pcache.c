@@ -1051,6 +1051,8 @@ void ta_pcache_unlock_all(bool child) {
         }
     }
     ta_lock_after_fork(&reg_lock, child);
-    /* membarrier registration belongs to the address space: the child's is new */
-    if (child && ta_fe_percpu) syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0);
+    /* membarrier registration belongs to the address space: registered again
+     * in the child (Linux 6.18 keeps it across fork; registering twice is
+     * harmless), also before the switch: the child's own switch fences with it */
+    if (child && ta_fe.rseq) syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0);
 }

@@ -1362,6 +1362,9 @@ static void switch_in_child(void *arg) {
     (void)arg;
     static pthread_t t[256];
     int n = (int)ta_cfg.percpu_threads + 8;
+    /* the parent's other threads' caches, orphans here, and what they hold */
+    ta_pcache_flush_current();
+    const uint64_t orphans = thread_caches_now() - 1, orphan_bytes = ta_pcache_bytes(0);
     __atomic_store_n(&sw_stop, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&sw_started, 0, __ATOMIC_RELAXED);
     start_churn(t, 0, n);
@@ -1371,6 +1374,17 @@ static void switch_in_child(void *arg) {
     if (!switched || sw_error[0]) {
         fprintf(stderr, "child: %s\n", sw_error[0] ? sw_error : "no switch");
         _exit(3);
+    }
+    /* the switch emptied every thread cache but the orphans (it could fence
+     * the child's CPUs: its membarrier registration is its own), and
+     * malloc_trim empties the CPUs' caches */
+    free(malloc(100));
+    malloc_trim(0);
+    if (thread_caches_now() != orphans || ta_pcache_bytes(0) != orphan_bytes) {
+        fprintf(stderr, "child: %lu thread caches (orphans %lu), %lu bytes in tier 1 after malloc_trim (orphans' %lu)\n",
+                (unsigned long)thread_caches_now(), (unsigned long)orphans, (unsigned long)ta_pcache_bytes(0),
+                (unsigned long)orphan_bytes);
+        _exit(4);
     }
 }
 
