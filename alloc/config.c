@@ -25,7 +25,7 @@ ta_config_t ta_cfg = {
     .thread_cache_max = 8 << 20,
     .ncpu = 1,
     .percpu = TA_PERCPU_AUTO,
-    .percpu_threads = 4,
+    .percpu_threads = 2,
     .background = true,
     .cpu_cache_bytes = (uint64_t)3 << 19,
     .sample_bytes = TA_DEFAULT_SAMPLE_BYTES,
@@ -88,15 +88,16 @@ void ta_config_read(char **env, int ncpu, bool secure) {
     ta_cfg.decay_ms = ta_parse_size(env_get(env, "TIERALLOC_DECAY_MS"), 1000);
     /* tier 1: caches that follow their thread while a process has few
      * threads (a thread's objects stay in its core's caches however it is
-     * scheduled), per-CPU caches over rseq once it has more than twice as many
-     * as it has CPUs (then threads share CPUs anyway, and the caches' memory
-     * scales with CPUs, not threads); TIERALLOC_PERCPU=0: per thread always,
-     * =1: per CPU from the start */
+     * scheduled), per-CPU caches over rseq once it has more than one per CPU
+     * and one more (a main thread that waits): then threads share CPUs, and
+     * per-thread caches would hold more than the CPUs' would (the caches'
+     * memory scales with CPUs, not threads); TIERALLOC_PERCPU=0: per thread
+     * always, =1: per CPU from the start */
     const char *pc = env_get(env, "TIERALLOC_PERCPU");
     ta_cfg.percpu = pc && pc[0] == '0' && !pc[1]   ? TA_PERCPU_NEVER
                     : pc && pc[0] == '1' && !pc[1] ? TA_PERCPU_ALWAYS
                                                    : TA_PERCPU_AUTO;
-    uint64_t pt = ta_parse_size(env_get(env, "TIERALLOC_PERCPU_THREADS"), ta_cfg.ncpu < 2 ? 4 : 2 * (uint64_t)ta_cfg.ncpu);
+    uint64_t pt = ta_parse_size(env_get(env, "TIERALLOC_PERCPU_THREADS"), (uint64_t)ta_cfg.ncpu + 1);
     ta_cfg.percpu_threads = pt < (1u << 30) ? (uint32_t)pt : 1u << 30;
     /* a background thread releases free pages, so an idle process gives them
      * back and busy threads never madvise (started from a malloc only, see

@@ -132,7 +132,7 @@ struct ta_stats {
     uint64_t os_mmap_total, os_munmap_total, os_madvise_total; /* system calls */
     uint64_t os_released_bytes_total; /* bytes given back with madvise, in all */
     uint64_t threads;                 /* tier-1 caches in use now: threads (per-thread caches, the
-                                         default until a process has twice as many threads as CPUs) and CPUs (per-CPU
+                                         default until a process has more threads than CPUs, plus one) and CPUs (per-CPU
                                          caches over rseq, after that or with TIERALLOC_PERCPU=1) */
     /* sampling (TIERALLOC_SAMPLE_BYTES) */
     uint64_t sample_rate;             /* mean bytes between samples; 0 = sampling off */
