@@ -28,6 +28,11 @@
 static void setup(void) {
     ta_ensure_init();
     ta_cfg.decay_ms = (uint64_t)1 << 40; /* no release behind the tests' back */
+    /* one kind of tier-1 cache throughout a test: in auto mode the threads of
+     * a test (and the test runner's) must not make the process switch
+     * halfway (the switch has its tests in test_pcache; this binary runs
+     * again with TIERALLOC_PERCPU=1 and =0) */
+    if (ta_cfg.percpu == TA_PERCPU_AUTO) ta_cfg.percpu_threads = 1u << 20;
 }
 TestSuite(central, .init = setup, .timeout = 60);
 
