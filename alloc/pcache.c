@@ -241,6 +241,15 @@ static int rseq_replace(int cpu, uint32_t cls, uint64_t from, uint64_t to) { (vo
 static int current_cpu(void) { return 0; }
 #endif
 
+/* Restart whatever sequence runs on any CPU of the process (and order
+ * memory there against the caller); false if the kernel refused. */
+static bool fence_all(void) {
+    int saved = errno; /* a refusal must not show in the caller's errno */
+    bool ok = syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0;
+    errno = saved;
+    return ok;
+}
+
 /* Restart whatever sequence runs on cpu; false if the kernel refused (a
  * seccomp filter, say): then the CPU's slab must not be touched. */
 static bool fence_cpu(int cpu) {
@@ -248,11 +257,10 @@ static bool fence_cpu(int cpu) {
      * interrupt sent to the CPU (a short-lived process lays out its CPU's
      * slab once, and would pay for an IPI to do it) */
     if (ta_single_threaded()) return true;
-    int saved = errno; /* a refusal must not show in the caller's errno */
-    bool ok = syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, MEMBARRIER_CMD_FLAG_CPU, cpu) == 0 ||
-              syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0;
+    int saved = errno;
+    bool ok = syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, MEMBARRIER_CMD_FLAG_CPU, cpu) == 0;
     errno = saved;
-    return ok;
+    return ok || fence_all();
 }
 
 /* ---- slab operations, for either kind of cache ----------------------------- */
@@ -533,12 +541,11 @@ static bool take_budget(ta_pcache_t *c, uint64_t need) {
     if (c->cpu >= 0 && (c->crowded || c->was_crowded)) return false; /* shared: the base only */
     uint64_t want = need < BUDGET_STEP ? BUDGET_STEP : need;
     if (c->budget + want > ta_cfg.thread_cache_max) return false;
+    bool above_floor = c->budget + want > THREAD_BUDGET_FLOOR;
     /* a spent pool is read, not written: every thread of a busy program would
      * otherwise take and give back the same shared line on each growth */
-    if (__atomic_load_n(&budget_pool, __ATOMIC_RELAXED) < (int64_t)want && c->budget + want > THREAD_BUDGET_FLOOR)
-        return false;
-    if (__atomic_sub_fetch(&budget_pool, (int64_t)want, __ATOMIC_RELAXED) < 0 &&
-        c->budget + want > THREAD_BUDGET_FLOOR) {
+    if (above_floor && __atomic_load_n(&budget_pool, __ATOMIC_RELAXED) < (int64_t)want) return false;
+    if (__atomic_sub_fetch(&budget_pool, (int64_t)want, __ATOMIC_RELAXED) < 0 && above_floor) {
         __atomic_add_fetch(&budget_pool, (int64_t)want, __ATOMIC_RELAXED);
         return false;
     }
@@ -732,12 +739,9 @@ static void tick(ta_pcache_t *own, bool may_start) {
 void ta_pcache_decay_tick(void) { tick(NULL, false); }
 
 /* ---- finding the caller's cache ------------------------------------------------ */
-/* Empty thread cache c for good, after the switch to per-CPU caches: its
- * objects go to central, its budget to the pool, its slab's pages to the OS.
- * The caller claimed it (LIVE to RETIRING) and holds reg_lock; no operation
- * of its thread on its slab can be under way (see switch_to_percpu). */
-static void retire(ta_pcache_t *c) {
-    release(c, true, false);
+/* Thread cache c, emptied, leaves the registry (caller holds reg_lock): its
+ * budget goes back to the pool, its counts to the dead threads'. */
+static void unregister(ta_pcache_t *c) {
     __atomic_add_fetch(&budget_pool, (int64_t)c->budget, __ATOMIC_RELAXED);
     c->budget = c->committed = 0;
     dead_alloc_miss += c->n_alloc_miss;
@@ -745,6 +749,15 @@ static void retire(ta_pcache_t *c) {
     c->prev_all->next_all = c->next_all;
     c->next_all->prev_all = c->prev_all;
     live_threads--;
+}
+
+/* Empty thread cache c for good, after the switch to per-CPU caches: its
+ * objects go to central, its budget to the pool, its slab's pages to the OS.
+ * The caller claimed it (LIVE to RETIRING) and holds reg_lock; no operation
+ * of its thread on its slab can be under way (see switch_to_percpu). */
+static void retire(ta_pcache_t *c) {
+    release(c, true, false);
+    unregister(c);
     int saved = errno; /* (not ta_os_release: these are metadata, not heap pages) */
     madvise(c->slab, slab_bytes, MADV_DONTNEED);
     errno = saved;
@@ -782,10 +795,7 @@ static void switch_to_percpu(void) {
         return;
     }
     __atomic_store_n(&ta_fe.percpu, true, __ATOMIC_SEQ_CST);
-    int saved = errno;
-    bool fenced = syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0;
-    errno = saved;
-    if (!fenced) return; /* (registered at start-up, so not expected): each thread empties its own */
+    if (!fence_all()) return; /* (registered at start-up, so not expected): each thread empties its own */
     for (ta_pcache_t *c = reg_head.next_all, *next; c != &reg_head; c = next) {
         next = c->next_all;
         if (__atomic_load_n(&c->busy, __ATOMIC_SEQ_CST) || !claim(c)) continue; /* busy, exiting, orphaned */
@@ -974,13 +984,8 @@ void ta_pcache_thread_exit(void *arg) {
     ta_sample_thread_exit();
     ta_tls.cache = &pcache_dead;
     ta_tls.slab = (ta_slot_t *)slab_none;
-    __atomic_add_fetch(&budget_pool, (int64_t)c->budget, __ATOMIC_RELAXED);
     ta_lock(&reg_lock);
-    dead_alloc_miss += c->n_alloc_miss;
-    dead_free_miss += c->n_free_miss;
-    c->prev_all->next_all = c->next_all;
-    c->next_all->prev_all = c->prev_all;
-    live_threads--;
+    unregister(c);
     c->state = TA_PC_EMPTY;
     c->next_all = pcache_free;
     pcache_free = c;

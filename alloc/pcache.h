@@ -60,7 +60,7 @@ extern __thread ta_tls_t ta_tls;
 typedef struct ta_fe {
     bool rseq;     /* the operations are restartable sequences (on either kind of slab) */
     bool percpu;   /* ... on the CPUs' slabs (set once, at start-up or by the switch) */
-    bool guarded;  /* the switch may happen (auto mode, rseq works) */
+    bool guarded;  /* the switch may happen (auto mode, rseq works; read by the slow paths only) */
     long rseq_off; /* glibc's __rseq_offset: the rseq area from the thread pointer */
     char *slabs;   /* slab of CPU n at slabs + (n << TA_SLAB_SHIFT) */
 } ta_fe_t;

@@ -1394,7 +1394,8 @@ Test(pcache, auto_mode_switch_in_a_child_of_fork) {
     /* threads busy in their slow paths as the fork happens, not so many that
      * the parent itself switches */
     const uint64_t others = thread_caches_now();
-    const int k = others + 2 <= ta_cfg.percpu_threads ? (int)(ta_cfg.percpu_threads - others - 1 < 4 ? ta_cfg.percpu_threads - others - 1 : 4) : 0;
+    const uint64_t room = ta_cfg.percpu_threads > others + 1 ? ta_cfg.percpu_threads - others - 1 : 0;
+    const int k = room < 4 ? (int)room : 4;
     start_churn(t, 0, k);
     for (int round = 0; round < 3; round++) {
         tu_child_t c;
