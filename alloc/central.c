@@ -444,6 +444,8 @@ void ta_central_drain(void) {
         for (uint32_t c = 1; c < ta_nclasses; c++) transfer_release(sh, c, false);
 }
 
+uint32_t ta_central_shards(void) { return nshards; }
+
 uint32_t ta_central_listed(uint32_t cls, uint32_t shard) {
     if (!cls || cls >= ta_nclasses) return 0;
     return __atomic_load_n(&central[cls].listed[shard % nshards], __ATOMIC_RELAXED);

@@ -59,7 +59,7 @@ typedef struct ta_pcache {
     uint32_t owners[CPU_OWNERS];
     uint32_t nowners;
     bool crowded, was_crowded; /* more than CPU_OWNERS threads: this period, the last */
-} ta_pcache_t;
+} __attribute__((aligned(64))) ta_pcache_t; /* the CPUs' records side by side share no line */
 /* A thread cache is LIVE from its creation to its thread's exit flush
  * (EXITING until it leaves the registry, EMPTY on the list for reuse), or
  * until it is emptied after the switch to per-CPU caches (RETIRING, by
@@ -95,6 +95,7 @@ static ta_pcache_t *pcache_free;             /* caches of exited threads, for re
 static ta_pcache_t pcache_dead = {.state = TA_PC_DEAD};
 static pthread_key_t pcache_key;
 static uint32_t pcache_seq;
+static uint32_t shard_users[64];             /* live thread caches per central shard (reg_lock) */
 static int64_t budget_pool;                  /* thread budget not given to any thread */
 static uint64_t dead_alloc_miss, dead_free_miss;
 static uint32_t live_threads;                /* LIVE thread caches: past percpu_threads, the switch */
@@ -742,6 +743,7 @@ void ta_pcache_decay_tick(void) { tick(NULL, false); }
 /* Thread cache c, emptied, leaves the registry (caller holds reg_lock): its
  * budget goes back to the pool, its counts to the dead threads'. */
 static void unregister(ta_pcache_t *c) {
+    shard_users[c->shard]--;
     __atomic_add_fetch(&budget_pool, (int64_t)c->budget, __ATOMIC_RELAXED);
     c->budget = c->committed = 0;
     dead_alloc_miss += c->n_alloc_miss;
@@ -803,6 +805,20 @@ static void switch_to_percpu(void) {
     }
 }
 
+/* The central shard with the fewest live thread caches (reg_lock held; ties
+ * in turn).  Threads of one shard refill from the same spans, so their
+ * objects, and the object-state bytes free and malloc write, end up side by
+ * side: two busy threads on one shard write the same cache lines from two
+ * CPUs for as long as they live. */
+static uint32_t least_used_shard(void) {
+    uint32_t n = ta_central_shards(), best = pcache_seq++ % n;
+    for (uint32_t k = 1; k < n; k++) {
+        uint32_t i = (best + k) % n;
+        if (shard_users[i] < shard_users[best]) best = i;
+    }
+    return best;
+}
+
 static ta_pcache_t *thread_cache_create(void) {
     ta_lock(&reg_lock);
     ta_pcache_t *c = pcache_free;
@@ -824,7 +840,8 @@ static ta_pcache_t *thread_cache_create(void) {
     c->scavenged_ms = ta_os_now_ms();
     layout_headers(c);
     ta_lock(&reg_lock);
-    c->shard = pcache_seq++;
+    c->shard = least_used_shard();
+    shard_users[c->shard]++;
     c->next_all = reg_head.next_all;
     c->prev_all = &reg_head;
     reg_head.next_all->prev_all = c;
@@ -1053,6 +1070,7 @@ void ta_pcache_unlock_all(bool child) {
             if (c == ta_tls.cache || c->state == TA_PC_ORPHAN) continue;
             c->state = TA_PC_ORPHAN;
             live_threads--;
+            shard_users[c->shard]--; /* a new thread may take its shard */
         }
     }
     ta_lock_after_fork(&reg_lock, child);

@@ -43,6 +43,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -766,6 +767,62 @@ Test(pcache, exiting_thread_gives_its_objects_back) {
     cr_assert_eq(c1.transfer_bytes, 0u);
     cr_assert_eq(c1.span_free_bytes, c0.span_free_bytes, "class %u: %ld free bytes missing from central", c,
                  (long)(c0.span_free_bytes - c1.span_free_bytes));
+}
+
+/* Two busy threads do not share a central shard while another is free: the
+ * threads of one shard refill from the same spans, so their blocks (and the
+ * state bytes malloc and free write) would lie side by side for as long as
+ * they live.  In a child of fork (the test runner's other threads are gone
+ * there, and their caches count for no shard) the main thread keeps blocks of
+ * a class live; threads started one after another (each after the last one
+ * exited, as a pool replaces its workers) take blocks of that class: none may
+ * get a block in a page of the main thread's.  (Before the shards were
+ * balanced, every second such thread shared the main thread's shard.) */
+struct shard_report {
+    size_t size;
+    void *p[64];
+};
+static void *take_blocks(void *arg) {
+    struct shard_report *r = arg;
+    for (int i = 0; i < 64; i++) r->p[i] = malloc(r->size);
+    for (int i = 0; i < 64; i++) free(r->p[i]); /* (the addresses stay in r) */
+    return NULL;
+}
+static int blocks_in_pages_of(void *const *theirs, void *const *mine) {
+    int shared = 0;
+    for (int i = 0; i < 64; i++) {
+        if (sampled(theirs[i])) continue;
+        for (int j = 0; j < 64; j++)
+            if ((uintptr_t)theirs[i] >> TA_PAGE_SHIFT == (uintptr_t)mine[j] >> TA_PAGE_SHIFT) {
+                shared++;
+                break;
+            }
+    }
+    return shared;
+}
+
+Test(pcache, successive_threads_keep_off_the_main_threads_shard) {
+    NEED_PERTHREAD();
+    if (ta_central_shards() < 2) cr_skip_test("one central shard here (one CPU)");
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        const size_t sz = 1800; /* a class nothing else here uses */
+        static void *mine[64];
+        for (int i = 0; i < 64; i++) mine[i] = malloc(sz);
+        int shared = 0;
+        for (int t = 0; t < 6; t++) {
+            struct shard_report r = {.size = sz};
+            pthread_t th;
+            if (pthread_create(&th, NULL, take_blocks, &r) != 0 || pthread_join(th, NULL) != 0) _exit(255);
+            shared += blocks_in_pages_of(r.p, mine);
+        }
+        _exit(shared > 250 ? 250 : shared);
+    }
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFEXITED(st), "the child died (status %#x)", st);
+    cr_assert_eq(WEXITSTATUS(st), 0, "%d blocks of the threads in pages of the main thread's", WEXITSTATUS(st));
 }
 
 /* A thread that only frees (blocks it got from another thread) has a cache too,
