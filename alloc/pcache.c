@@ -51,6 +51,7 @@ typedef struct ta_pcache {
     uint8_t active[TA_MAX_CLASSES]; /* class missed or overflowed since the last decay */
     uint16_t begin[TA_MAX_CLASSES]; /* each class's range now: its short one or its full one (layout) */
     uint64_t scavenged_ms;    /* thread caches: when idle classes were last trimmed */
+    uint64_t active_ms;       /* thread caches: when its thread last took a slow path */
     uint32_t state;           /* TA_PC_* (thread caches) */
     uint32_t busy;            /* thread caches: its thread is in a slow path on it (own_enter) */
     struct ta_pcache *next_all, *prev_all; /* registry of live thread caches */
@@ -711,6 +712,7 @@ static void tick(ta_pcache_t *own, bool may_start) {
     static uint64_t last_ms;
     bool bg = own && __atomic_load_n(&ta_pageheap_bg_active, __ATOMIC_RELAXED);
     uint64_t now = ta_os_now_ms(), last = __atomic_load_n(&last_ms, __ATOMIC_RELAXED);
+    if (own && own->cpu < 0) __atomic_store_n(&own->active_ms, now, __ATOMIC_RELAXED);
     if (!bg && now - last >= ta_cfg.decay_ms &&
         __atomic_compare_exchange_n(&last_ms, &last, now, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
         if (ta_fe_percpu) {
@@ -805,16 +807,25 @@ static void switch_to_percpu(void) {
     }
 }
 
-/* The central shard with the fewest live thread caches (reg_lock held; ties
- * in turn).  Threads of one shard refill from the same spans, so their
- * objects, and the object-state bytes free and malloc write, end up side by
- * side: two busy threads on one shard write the same cache lines from two
- * CPUs for as long as they live. */
+/* The central shard for a new thread cache (reg_lock held): the one with the
+ * fewest busy thread caches (a slow path in the last decay period), then the
+ * fewest live ones, then in turn.  Threads of one shard refill from the same
+ * spans, so their objects, and the object-state bytes free and malloc write,
+ * end up side by side: two busy threads on one shard write the same cache
+ * lines from two CPUs for as long as they live.  (An idle main thread waiting
+ * for its workers is a better neighbour than a busy worker.)  Busy caches are
+ * counted while there are few: past 64 live ones only the live ones are. */
 static uint32_t least_used_shard(void) {
-    uint32_t n = ta_central_shards(), best = pcache_seq++ % n;
+    uint32_t n = ta_central_shards(), best = pcache_seq++ % n, busy[64] = {0};
+    if (live_threads <= 64) {
+        uint64_t now = ta_os_now_ms();
+        for (ta_pcache_t *c = reg_head.next_all; c != &reg_head; c = c->next_all)
+            if (c->state == TA_PC_LIVE && now - __atomic_load_n(&c->active_ms, __ATOMIC_RELAXED) < ta_cfg.decay_ms)
+                busy[c->shard]++;
+    }
     for (uint32_t k = 1; k < n; k++) {
         uint32_t i = (best + k) % n;
-        if (shard_users[i] < shard_users[best]) best = i;
+        if (busy[i] < busy[best] || (busy[i] == busy[best] && shard_users[i] < shard_users[best])) best = i;
     }
     return best;
 }
@@ -837,7 +848,7 @@ static ta_pcache_t *thread_cache_create(void) {
     c->slab = slab;
     c->cpu = -1;
     c->state = TA_PC_LIVE;
-    c->scavenged_ms = ta_os_now_ms();
+    c->scavenged_ms = c->active_ms = ta_os_now_ms();
     layout_headers(c);
     ta_lock(&reg_lock);
     c->shard = least_used_shard();

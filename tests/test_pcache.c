@@ -29,6 +29,8 @@
  *    (per CPU from the start, or after auto mode's switch);
  *  - per-thread mode: thread exit gives everything back, records are reused,
  *    frees alone grow a class to one batch, allocation during thread exit;
+ *    a new thread's cache takes a central shard no busy thread uses, so two
+ *    threads do not refill from the same spans;
  *  - misuse: double free of a cached block, after overflow, and free of an
  *    object never handed out abort (object state bytes).
  *
@@ -823,6 +825,62 @@ Test(pcache, successive_threads_keep_off_the_main_threads_shard) {
     cr_assert_eq(waitpid(pid, &st, 0), pid);
     cr_assert(WIFEXITED(st), "the child died (status %#x)", st);
     cr_assert_eq(WEXITSTATUS(st), 0, "%d blocks of the threads in pages of the main thread's", WEXITSTATUS(st));
+}
+
+/* With a busy main thread and an idle one (each a shard of its own), new
+ * threads take the idle thread's shard: a thread that has taken no slow path
+ * in the last decay period counts as a lighter neighbour than a busy one. */
+static pthread_mutex_t idler_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t idler_cv = PTHREAD_COND_INITIALIZER;
+static int idler_go, idler_ready;
+static void *idler(void *arg) {
+    (void)arg;
+    free(malloc(200)); /* a cache, then nothing more */
+    pthread_mutex_lock(&idler_lock);
+    idler_ready = 1;
+    pthread_cond_broadcast(&idler_cv);
+    while (!idler_go) pthread_cond_wait(&idler_cv, &idler_lock);
+    pthread_mutex_unlock(&idler_lock);
+    return NULL;
+}
+
+Test(pcache, new_threads_take_the_shard_of_an_idle_thread_not_a_busy_one) {
+    NEED_PERTHREAD();
+    if (ta_central_shards() != 2) cr_skip_test("this test wants exactly two central shards (two CPUs)");
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        ta_cfg.decay_ms = 500; /* (a busy thread must start its next within this) */
+        const size_t sz = 1800;
+        static void *mine[64];
+        for (int i = 0; i < 64; i++) mine[i] = malloc(sz);
+        pthread_t idle;
+        if (pthread_create(&idle, NULL, idler, NULL) != 0) _exit(255);
+        pthread_mutex_lock(&idler_lock);
+        while (!idler_ready) pthread_cond_wait(&idler_cv, &idler_lock);
+        pthread_mutex_unlock(&idler_lock);
+        usleep(800 * 1000); /* the idler is idle past a decay period */
+        int shared = 0;
+        for (int t = 0; t < 4; t++) {
+            ta_pcache_flush_current();
+            free(malloc(sz)); /* a slow path: the main thread is busy */
+            struct shard_report r = {.size = sz};
+            pthread_t th;
+            if (pthread_create(&th, NULL, take_blocks, &r) != 0 || pthread_join(th, NULL) != 0) _exit(255);
+            shared += blocks_in_pages_of(r.p, mine);
+        }
+        pthread_mutex_lock(&idler_lock);
+        idler_go = 1;
+        pthread_cond_broadcast(&idler_cv);
+        pthread_mutex_unlock(&idler_lock);
+        pthread_join(idle, NULL);
+        _exit(shared > 250 ? 250 : shared);
+    }
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFEXITED(st), "the child died (status %#x)", st);
+    cr_assert_eq(WEXITSTATUS(st), 0, "%d blocks of the new threads in pages of the busy main thread's",
+                 WEXITSTATUS(st));
 }
 
 /* A thread that only frees (blocks it got from another thread) has a cache too,
