@@ -269,7 +269,29 @@ void *ta_impl_realloc(void *p, size_t n) {
         ta_do_free(p);
         return NULL;
     }
-    ptr_class_t c = classify(p);
+    /* A live block of a size class (the common case) in one pagemap read, as
+     * free() reads it; a move frees it through the state byte found here. */
+    uint64_t info = ta_pagemap_info((uintptr_t)p >> TA_PAGE_SHIFT);
+    if (TA_LIKELY(info) && TA_LIKELY(n <= TA_MAX_REQUEST)) {
+        uint32_t cls = TA_INFO_CLASS(info);
+        bool start;
+        uint8_t *state = ta_info_states(info) + ta_object_index(ta_info_offset(p, info), cls, &start);
+        if (TA_LIKELY(start && ta_state_get(state) == TA_OBJ_LIVE)) {
+            size_t old = ta_class[cls].size, want = n;
+            if (n <= old && n > old / 2) return p; /* still fits and wastes < half */
+            if (n > old && n <= REALLOC_SPAN_MIN) { /* see below */
+                want = old * 2 > n ? old * 2 : n;
+                if (want > REALLOC_SPAN_MIN) want = REALLOC_SPAN_MIN;
+            }
+            void *q = n > REALLOC_SPAN_MIN ? alloc_span_for(n, 0, false, true) : ta_do_malloc(want);
+            if (!q) return NULL; /* errno is ENOMEM; p is untouched */
+            memcpy(q, p, old < n ? old : n);
+            ta_state_set(state, TA_OBJ_FREE);
+            ta_free_small(p, state, cls);
+            return q;
+        }
+    }
+    ptr_class_t c = classify_info(p, info);
     if (TA_UNLIKELY(c.kind == PTR_SCOPED)) return ta_arena_realloc(p, c.span, n); /* scoped: to the heap */
     size_t old = block_size(p, c, "realloc");
     if (n > TA_MAX_REQUEST) return ta_fail_nomem();
