@@ -272,24 +272,21 @@ void *ta_impl_realloc(void *p, size_t n) {
     /* A live block of a size class (the common case) in one pagemap read, as
      * free() reads it; a move frees it through the state byte found here. */
     uint64_t info = ta_pagemap_info((uintptr_t)p >> TA_PAGE_SHIFT);
-    if (TA_LIKELY(info) && TA_LIKELY(n <= TA_MAX_REQUEST)) {
-        uint32_t cls = TA_INFO_CLASS(info);
-        bool start;
-        uint8_t *state = ta_info_states(info) + ta_object_index(ta_info_offset(p, info), cls, &start);
-        if (TA_LIKELY(start && ta_state_get(state) == TA_OBJ_LIVE)) {
-            size_t old = ta_class[cls].size, want = n;
-            if (n <= old && n > old / 2) return p; /* still fits and wastes < half */
-            if (n > old && n <= REALLOC_SPAN_MIN) { /* see below */
-                want = old * 2 > n ? old * 2 : n;
-                if (want > REALLOC_SPAN_MIN) want = REALLOC_SPAN_MIN;
-            }
-            void *q = n > REALLOC_SPAN_MIN ? alloc_span_for(n, 0, false, true) : ta_do_malloc(want);
-            if (!q) return NULL; /* errno is ENOMEM; p is untouched */
-            memcpy(q, p, old < n ? old : n);
-            ta_state_set(state, TA_OBJ_FREE);
-            ta_free_small(p, state, cls);
-            return q;
+    uint32_t cls;
+    uint8_t *state;
+    if (TA_LIKELY(n <= TA_MAX_REQUEST) && TA_LIKELY(state = ta_live_small(p, info, &cls))) {
+        size_t old = ta_class[cls].size, want = n;
+        if (n <= old && n > old / 2) return p; /* still fits and wastes < half */
+        if (n > old && n <= REALLOC_SPAN_MIN) { /* see below */
+            want = old * 2 > n ? old * 2 : n;
+            if (want > REALLOC_SPAN_MIN) want = REALLOC_SPAN_MIN;
         }
+        void *q = n > REALLOC_SPAN_MIN ? alloc_span_for(n, 0, false, true) : ta_do_malloc(want);
+        if (!q) return NULL; /* errno is ENOMEM; p is untouched */
+        memcpy(q, p, old < n ? old : n);
+        ta_state_set(state, TA_OBJ_FREE);
+        ta_free_small(p, state, cls);
+        return q;
     }
     ptr_class_t c = classify_info(p, info);
     if (TA_UNLIKELY(c.kind == PTR_SCOPED)) return ta_arena_realloc(p, c.span, n); /* scoped: to the heap */
@@ -412,7 +409,13 @@ void *ta_impl_pvalloc(size_t n) {
     return ta_alloc_aligned(OS_PAGE, n);
 }
 
-size_t ta_impl_malloc_usable_size(void *p) { return p ? block_size(p, classify(p), "malloc_usable_size") : 0; }
+size_t ta_impl_malloc_usable_size(void *p) {
+    if (!p) return 0;
+    uint64_t info = ta_pagemap_info((uintptr_t)p >> TA_PAGE_SHIFT);
+    uint32_t cls;
+    if (TA_LIKELY(ta_live_small(p, info, &cls))) return ta_class[cls].size; /* (Ruby asks on every malloc and free) */
+    return block_size(p, classify_info(p, info), "malloc_usable_size");
+}
 
 void ta_impl_free_sized(void *p, size_t size) {
     (void)size; /* a hint; the pagemap knows the size */

@@ -61,22 +61,31 @@ TA_ALWAYS_INLINE void ta_free_small(void *p, uint8_t *state, uint32_t cls) {
 #endif
 }
 
+/* The state byte of p when p is the start of a live block of a size class
+ * (its class in *cls), else NULL: an interior pointer, a block that is not
+ * live (double free, never handed out), a large or foreign one.  info: p's
+ * pagemap word.  (A plain load: only a thread that was handed p can write
+ * p's byte meanwhile.)  free, realloc and malloc_usable_size start here. */
+TA_ALWAYS_INLINE uint8_t *ta_live_small(const void *p, uint64_t info, uint32_t *cls) {
+    if (TA_LIKELY(info)) {
+        *cls = TA_INFO_CLASS(info);
+        bool start;
+        uint8_t *state = ta_info_states(info) + ta_object_index(ta_info_offset(p, info), *cls, &start);
+        if (TA_LIKELY(start && *state == TA_OBJ_LIVE)) return state;
+    }
+    return NULL;
+}
+
 TA_ALWAYS_INLINE void ta_do_free(void *p) {
     uint64_t info = ta_pagemap_info((uintptr_t)p >> TA_PAGE_SHIFT);
-    if (TA_LIKELY(info)) {
-        uint32_t cls = TA_INFO_CLASS(info);
-        bool start;
-        uint8_t *state = ta_info_states(info) + ta_object_index(ta_info_offset(p, info), cls, &start);
-        /* an interior pointer and a block that is not live (double free, never
-         * handed out) both go to the slow path, which says which (a plain
-         * load: only a thread that was handed p can write p's byte meanwhile) */
-        if (TA_LIKELY(start && *state == TA_OBJ_LIVE)) {
-            ta_state_set(state, TA_OBJ_FREE);
-            ta_free_small(p, state, cls);
-            return;
-        }
+    uint32_t cls;
+    uint8_t *state = ta_live_small(p, info, &cls);
+    if (TA_LIKELY(state)) {
+        ta_state_set(state, TA_OBJ_FREE);
+        ta_free_small(p, state, cls);
+        return;
     }
-    ta_free_slow(p, info);
+    ta_free_slow(p, info); /* which says what p is */
 }
 
 /* The operations behind the ta_* names (api.c), which override.c's standard
