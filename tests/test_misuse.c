@@ -295,6 +295,26 @@ static void expect_abort_or_zero(void (*fn)(void *)) {
               line);
 }
 
+/* A freed block and an interior pointer of a live one: the pagemap knows them,
+ * so the answer is a diagnostic, not a size. */
+static void usable_freed(void *arg) {
+    (void)arg;
+    char *p = malloc(48);
+    memset(p, 1, 48);
+    free(tu_hide(p));
+    usable_of(p);
+}
+static void usable_interior(void *arg) {
+    (void)arg;
+    char *p = malloc(48);
+    memset(p, 1, 48);
+    usable_of(p + 16);
+}
+Test(misuse, malloc_usable_size_of_freed_block) { expect_abort(usable_freed, "malloc_usable_size of freed pointer"); }
+Test(misuse, malloc_usable_size_of_interior_pointer) {
+    expect_abort(usable_interior, "malloc_usable_size of an interior pointer");
+}
+
 Test(misuse, malloc_usable_size_of_wild_pointer) { expect_abort_or_zero(usable_wild_high); }
 Test(misuse, malloc_usable_size_of_0x10) { expect_abort_or_zero(usable_wild_low); }
 Test(misuse, malloc_usable_size_of_stack_address) { expect_abort_or_zero(usable_stack); }
