@@ -6,7 +6,8 @@
  * allocation misses: slowly at first (2, 6, 14, ... up to a batch), then a batch
  * at a time up to the class's slot range; in a thread cache, past 16 objects
  * only on every 8th refill of a 50 ms window, and a class that seldom runs dry
- * gives a quarter back at the end of a window (grow, trim_thread_cache).  Frees alone grow it to one batch at
+ * gives a quarter back at the end of a window (grow, trim_thread_cache).
+ * Frees alone grow it to one batch at
  * most, so a thread or CPU that frees what others allocated flushes in batches
  * but does not hoard.  The sum over classes of capacity x size never exceeds
  * the cache's budget: a thread draws its own from a global pool
@@ -740,7 +741,8 @@ static void trim_thread_cache(ta_pcache_t *c) {
         c->refills[cls] = 0;
         ta_slab_hdr_t hd = {.word = h[cls].word};
         uint32_t cap = (uint32_t)(hd.end - hd.begin), floor = free_capacity(cls);
-        if (refills >= FEW_REFILLS || cap <= floor || !c->active[cls]) continue; /* (an idle class halves at the decay) */
+        /* (an idle class halves at the decay instead) */
+        if (refills >= FEW_REFILLS || cap <= floor || !c->active[cls]) continue;
         uint32_t keep = cap - cap / 4;
         if (keep < floor) keep = floor;
         uint32_t held = (uint32_t)(hd.cur - hd.begin), k = held > keep ? held - keep : 0;
