@@ -986,7 +986,7 @@ size_t ta_pageheap_release(bool all) {
     /* trim: released stretches of at least a growth step are unmapped
      * (smaller holes would only split the kernel's mappings) */
     if (all) n += unmap_released_locked(PH_GROW_PAGES);
-    ph_last_decay_ms = now;
+    __atomic_store_n(&ph_last_decay_ms, now, __ATOMIC_RELAXED); /* (read unlocked by tick_at) */
     ta_unlock(&ph_lock);
     return n;
 }
@@ -1080,7 +1080,7 @@ static size_t decay_pass(uint64_t now, bool force) {
     }
     recent_flush_locked(); /* blocks not asked for again since the last pass (so
                             * every free resident byte is on the lists) */
-    ph_last_decay_ms = now;
+    __atomic_store_n(&ph_last_decay_ms, now, __ATOMIC_RELAXED); /* (read unlocked by tick_at) */
     peak_rotate(now);
     uint64_t ops = ph_stats.n_alloc + ph_stats.n_free;
     if (ops != ph_ops_seen) {
