@@ -270,14 +270,21 @@ void *ta_impl_realloc(void *p, size_t n) {
         return NULL;
     }
     /* A live block of a size class (the common case) in one pagemap read, as
-     * free() reads it; a move frees it through the state byte found here. */
+     * free() reads it; a move frees it through the state byte found here.
+     * It stays when the new size still fits and wastes < half.  A small
+     * block that grows moves to a class at least twice its size (up to
+     * REALLOC_SPAN_MIN): a buffer grown a little at a time is copied once
+     * per doubling, not at every class boundary.  Growing past
+     * REALLOC_SPAN_MIN, it leaves the classes for a span of its own (whole
+     * pages: a growing buffer has headroom anyway), placed where it can keep
+     * growing in place: no more copies. */
     uint64_t info = ta_pagemap_info((uintptr_t)p >> TA_PAGE_SHIFT);
     uint32_t cls;
     uint8_t *state;
     if (TA_LIKELY(n <= TA_MAX_REQUEST) && TA_LIKELY(state = ta_live_small(p, info, &cls))) {
         size_t old = ta_class[cls].size, want = n;
-        if (n <= old && n > old / 2) return p; /* still fits and wastes < half */
-        if (n > old && n <= REALLOC_SPAN_MIN) { /* see below */
+        if (n <= old && n > old / 2) return p;
+        if (n > old && n <= REALLOC_SPAN_MIN) {
             want = old * 2 > n ? old * 2 : n;
             if (want > REALLOC_SPAN_MIN) want = REALLOC_SPAN_MIN;
         }
@@ -293,27 +300,7 @@ void *ta_impl_realloc(void *p, size_t n) {
     size_t old = block_size(p, c, "realloc");
     if (n > TA_MAX_REQUEST) return ta_fail_nomem();
     if (TA_UNLIKELY(c.kind == PTR_FOREIGN)) return realloc_move(p, old, n); /* made during init */
-    if (c.kind == PTR_SMALL) {
-        /* keep the block when the new size still fits and wastes < half */
-        if (n <= old && n > old / 2) return p;
-        if (n <= old) return realloc_move(p, old, n);
-        /* A small block that grows moves to a class at least twice its size
-         * (up to REALLOC_SPAN_MIN): a buffer grown a little at a time is
-         * copied once per doubling, not at every class boundary.  Growing
-         * past REALLOC_SPAN_MIN, it leaves the classes for a span of its own
-         * (whole pages: a growing buffer has headroom anyway), placed where
-         * it can keep growing in place: no more copies. */
-        if (n <= REALLOC_SPAN_MIN) {
-            size_t want = old * 2 > n ? old * 2 : n;
-            if (want > REALLOC_SPAN_MIN) want = REALLOC_SPAN_MIN;
-            return realloc_move(p, old, want);
-        }
-        void *q = alloc_span_for(n, 0, false, true);
-        if (!q) return NULL;
-        memcpy(q, p, old);
-        ta_do_free(p);
-        return q;
-    }
+    /* (a live small block took the path above: p is a large one) */
     ta_span_t *s = c.span;
     uintptr_t npages = (n + TA_PAGE_SIZE - 1) >> TA_PAGE_SHIFT;
     /* a block with a span of its own; a tail of up to REALLOC_SLACK stays:
