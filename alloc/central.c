@@ -171,7 +171,7 @@ static uint32_t take_returned(ta_span_t *s, uint32_t cls, void **out, uint32_t w
     uint32_t i = s->scan_from & ~7u;
     /* eight states at a time: TA_OBJ_SPAN is the only state with bit 1 set */
     for (; i < carved && got < want && got < left; i += 8) {
-        /* (the state array is line-aligned, i a multiple of 8) */
+        /* (the state array is 16-byte aligned, meta.c, and i a multiple of 8) */
         uint64_t w = __atomic_load_n((const uint64_t *)(const void *)(st + i), __ATOMIC_RELAXED);
         w &= 0x0202020202020202ull;
         while (w && got < want) {
@@ -274,7 +274,7 @@ static uint32_t alloc_from_spans(uint32_t cls, void **out, uint32_t want, uint32
         if (!s) {
             if (!any) break;
             ta_unlock(&cc->lock);
-            s = ta_pageheap_alloc(ta_class[cls].pages, 1, cls);
+            s = ta_pageheap_alloc_small(cls, shard);
             ta_lock(&cc->lock);
             if (!s) break;
             s->carve = ta_span_addr(s);

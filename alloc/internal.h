@@ -361,10 +361,10 @@ void ta_span_delete(struct ta_span *s);
 /* Give back to the OS the slabs of span records that are all free (malloc_trim);
  * returns bytes released. */
 size_t ta_meta_trim(void);
-/* Per-object state bytes of a small span (n objects, n <= TA_STATES_MAX),
- * zeroed; NULL when out of memory.  See pageheap.c. */
+/* Per-object state bytes of a small span (n objects, n <= TA_STATES_MAX) of
+ * central shard `shard`, zeroed; NULL when out of memory.  See pageheap.c. */
 #define TA_STATES_MAX 512
-uint8_t *ta_meta_states_new(size_t n);
+uint8_t *ta_meta_states_new(size_t n, uint32_t shard);
 void ta_meta_states_delete(uint8_t *p, size_t n);
 void ta_meta_lock_all(void);
 void ta_meta_unlock_all(bool child);
@@ -538,6 +538,9 @@ void ta_pageheap_init(void);
  * more, its guard (s->npages is n + TA_GUARD_PAGES; ta_span_usable is n pages);
  * the page counts of ta_pageheap_alloc*, _grow and _shrink are usable pages. */
 ta_span_t *ta_pageheap_alloc(uintptr_t npages, uintptr_t align_pages, uint32_t cls);
+/* A span of size class cls for central shard `shard` (its object states are
+ * packed with the shard's others: meta.c). */
+ta_span_t *ta_pageheap_alloc_small(uint32_t cls, uint32_t shard);
 /* A large span for a block that is growing (realloc): placed at the start of
  * the longest free span, so that ta_pageheap_grow can extend it in place. */
 ta_span_t *ta_pageheap_alloc_growable(uintptr_t npages);

@@ -163,31 +163,57 @@ out:
 }
 
 /* Object-state arrays of small spans (pageheap.c): one byte per object, at
- * most TA_STATES_MAX bytes, in whole cache lines (the state bytes of spans
- * that belong to different CPUs never share one: malloc and free write them),
- * recycled through a free list per number of lines.  Never unmapped: a stale
- * pagemap word may still point at one. */
-#define STATE_LINE 64
-#define STATE_BUCKETS (TA_STATES_MAX / STATE_LINE)
-static void *states_free[STATE_BUCKETS + 1];
+ * most TA_STATES_MAX bytes.  Packed densely, STATE_GRAIN bytes at a time, so
+ * that the state bytes of the spans a program uses fill few cache lines: free()
+ * reads one and malloc writes one, and a span of 8 objects in a line of its
+ * own made a line per 8 blocks (with 64-byte lines, a program replacing
+ * random blocks of up to 1 KiB missed L1 on 60% of its frees' state loads,
+ * cachegrind; 31% packed).  Packed per central shard: the arrays of spans that
+ * belong to different shards (CPUs, or groups of threads) lie in different
+ * 4 KiB pages, so they never share a line that two CPUs write.  A page's first
+ * line holds its shard.  Arrays are recycled through a free list per shard and
+ * size; never unmapped: a stale pagemap word may still point at one. */
+#define STATE_GRAIN 16
+#define STATE_BUCKETS (TA_STATES_MAX / STATE_GRAIN)
+#define STATE_SHARDS 64 /* shard numbers are 0..63 (a span's shard field) */
+#define STATE_PAGE_HDR 64
+static void *states_free[STATE_SHARDS][STATE_BUCKETS + 1];
+static char *states_cur[STATE_SHARDS], *states_end[STATE_SHARDS]; /* the shard's page being carved */
 
-uint8_t *ta_meta_states_new(size_t n) {
-    size_t b = (n + STATE_LINE - 1) / STATE_LINE;
+uint8_t *ta_meta_states_new(size_t n, uint32_t shard) {
+    size_t b = (n + STATE_GRAIN - 1) / STATE_GRAIN, bytes = b * STATE_GRAIN;
     if (!b || b > STATE_BUCKETS) return NULL;
+    shard &= STATE_SHARDS - 1;
     ta_lock(&meta_lock);
-    void *p = states_free[b];
-    if (p) states_free[b] = *(void **)p;
-    else p = meta_alloc_locked(b * STATE_LINE, STATE_LINE);
+    char *p = states_free[shard][b];
+    if (p) {
+        states_free[shard][b] = *(void **)p;
+    } else {
+        if ((size_t)(states_end[shard] - states_cur[shard]) < bytes) {
+            /* a new page (the old one's tail, under TA_STATES_MAX bytes, stays unused) */
+            char *page = meta_alloc_locked(SLAB, SLAB);
+            if (!page) {
+                ta_unlock(&meta_lock);
+                return NULL;
+            }
+            *(uint32_t *)page = shard;
+            states_cur[shard] = page + STATE_PAGE_HDR;
+            states_end[shard] = page + SLAB;
+        }
+        p = states_cur[shard];
+        states_cur[shard] += bytes;
+    }
     ta_unlock(&meta_lock);
-    if (p) memset(p, 0, b * STATE_LINE);
-    return p;
+    memset(p, 0, bytes);
+    return (uint8_t *)p;
 }
 
 void ta_meta_states_delete(uint8_t *p, size_t n) {
-    size_t b = (n + STATE_LINE - 1) / STATE_LINE;
+    size_t b = (n + STATE_GRAIN - 1) / STATE_GRAIN;
+    uint32_t shard = *(uint32_t *)((uintptr_t)p & ~(uintptr_t)(SLAB - 1)); /* its page's */
     ta_lock(&meta_lock);
-    *(void **)p = states_free[b];
-    states_free[b] = p;
+    *(void **)p = states_free[shard][b];
+    states_free[shard][b] = p;
     ta_unlock(&meta_lock);
 }
 

@@ -430,7 +430,7 @@ static ta_span_t *find_largest(int kind) {
     return best;
 }
 
-static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t cls, bool growable);
+static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t cls, uint32_t shard, bool growable);
 
 /* ---- guard pages (hardened build) ---------------------------------------------
  * Every span in use ends with a guard page: its last page, PROT_NONE, so a
@@ -468,7 +468,11 @@ static void guard_move(ta_span_t *s, uintptr_t old_last) {
 #endif
 
 ta_span_t *ta_pageheap_alloc(uintptr_t npages, uintptr_t align_pages, uint32_t cls) {
-    return alloc_span(npages, align_pages, cls, false);
+    return alloc_span(npages, align_pages, cls, 0, false);
+}
+
+ta_span_t *ta_pageheap_alloc_small(uint32_t cls, uint32_t shard) {
+    return alloc_span(ta_class[cls].pages, 1, cls, shard, false);
 }
 
 /* A large block (class 0, page aligned): a recent block of npages ..
@@ -584,7 +588,7 @@ TA_NOINLINE static ta_span_t *alloc_large_search(uintptr_t npages, int how) {
     }
     recent_flush_locked();
     ta_unlock_how(&ph_lock, how);
-    return alloc_span(npages, 1, 0, false);
+    return alloc_span(npages, 1, 0, 0, false);
 }
 
 ta_span_t *ta_pageheap_alloc_large(uintptr_t npages) {
@@ -597,10 +601,10 @@ ta_span_t *ta_pageheap_alloc_large(uintptr_t npages) {
 }
 
 ta_span_t *ta_pageheap_alloc_growable(uintptr_t npages) {
-    return alloc_span(npages, 1, 0, true);
+    return alloc_span(npages, 1, 0, 0, true);
 }
 
-static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t cls, bool growable) {
+static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t cls, uint32_t shard, bool growable) {
     if (align_pages < 1) align_pages = 1;
     uintptr_t want = npages + align_pages - 1;
     if (npages == 0 || want < npages || want > (TA_MAX_REQUEST >> TA_PAGE_SHIFT)) return NULL;
@@ -662,7 +666,7 @@ static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t c
     uintptr_t lead = ((s->page + align_pages - 1) & ~(align_pages - 1)) - s->page;
     if (lead) s = split_head(s, lead);
     split_tail(s, npages);
-    if (cls && cls < TA_MAX_CLASSES && !(states = ta_meta_states_new(ta_class[cls].objects))) {
+    if (cls && cls < TA_MAX_CLASSES && !(states = ta_meta_states_new(ta_class[cls].objects, shard))) {
         free_insert(s); /* no metadata for it: the request fails, the heap stays whole */
         ta_unlock(&ph_lock);
         return NULL;

@@ -732,30 +732,75 @@ Test(central, two_cpus_never_share_a_span) {
                  pin_cpu[1], nspans);
 }
 
-/* The state bytes of two spans never share a cache line (spans of different
- * CPUs would bounce it on every malloc and free): a class with few objects
- * per span, several spans. */
-Test(central, state_arrays_of_spans_share_no_cache_line) {
-    const uint32_t c = ta_size_to_class(20000), per_span = ta_class[c].objects;
-    enum { SPANS = 8 };
-    static void *o[MAXOBJ];
-    cr_assert_leq(per_span * SPANS, MAXOBJ);
-    cr_assert_lt(per_span, 64u, "the class's state array is under a line");
-    quiesce();
-    uint32_t n = ta_central_alloc(c, o, per_span * SPANS, 0);
-    cr_assert_eq(n, per_span * SPANS);
-    uintptr_t line[SPANS * 2];
+/* The state bytes of spans of one shard are packed (a span of few objects
+ * does not take a cache line of its own: free() reads a state byte, and the
+ * fewer lines they fill the more of them stay in L1), and those of spans of
+ * two shards never share a line (two CPUs would bounce it on every malloc and
+ * free): a class with few objects per span, several spans for each of two
+ * shards. */
+static uint32_t state_lines(void **o, uint32_t n, uintptr_t *line, uint32_t max) {
     uint32_t nl = 0;
     for (uint32_t i = 0; i < n; i++) {
         uint64_t info = ta_pagemap_info((uintptr_t)o[i] >> TA_PAGE_SHIFT);
-        uintptr_t a = (uintptr_t)ta_info_states(info), l = a / 64;
-        cr_assert_eq(a % 64, 0u, "state array at %p: not at a line's start", (void *)a);
+        uintptr_t l = (uintptr_t)ta_info_states(info) / 64;
         bool seen_line = false;
         for (uint32_t j = 0; j < nl; j++) seen_line |= line[j] == l;
-        if (!seen_line && nl < SPANS * 2) line[nl++] = l;
+        if (!seen_line && nl < max) line[nl++] = l;
     }
-    ta_central_free_spans(c, o, n);
-    cr_assert_geq(nl, (uint32_t)SPANS, "%u state lines for %u spans", nl, SPANS);
+    return nl;
+}
+
+Test(central, state_arrays_of_a_shard_are_packed_and_shards_share_no_line) {
+    const uint32_t c = ta_size_to_class(20000), per_span = ta_class[c].objects;
+    enum { SPANS = 8 };
+    static void *o[2][MAXOBJ];
+    cr_assert_leq(per_span * SPANS, MAXOBJ);
+    cr_assert_leq(per_span, 16u, "the class's state array is a fraction of a line");
+    quiesce();
+    uintptr_t line[2][SPANS];
+    uint32_t nl[2];
+    for (uint32_t sh = 0; sh < 2; sh++) {
+        cr_assert_eq(ta_central_alloc(c, o[sh], per_span * SPANS, sh), per_span * SPANS);
+        for (uint32_t i = 0; i < per_span * SPANS; i++)
+            cr_assert_eq(ta_pagemap_span((uintptr_t)o[sh][i] >> TA_PAGE_SHIFT)->shard, sh, "a span of shard %u", sh);
+        nl[sh] = state_lines(o[sh], per_span * SPANS, line[sh], SPANS);
+    }
+    for (uint32_t sh = 0; sh < 2; sh++) ta_central_free_spans(c, o[sh], per_span * SPANS);
+    for (uint32_t sh = 0; sh < 2; sh++) /* (recycled arrays may lie apart: fewer lines than spans, not fewest) */
+        cr_assert_lt(nl[sh], (uint32_t)SPANS, "shard %u: %u state lines for %u spans of %u objects", sh, nl[sh],
+                     SPANS, per_span);
+    for (uint32_t i = 0; i < nl[0]; i++)
+        for (uint32_t j = 0; j < nl[1]; j++)
+            cr_assert_neq(line[0][i], line[1][j], "shards 0 and 1 share the state line %p", (void *)(line[0][i] * 64));
+}
+
+/* New state arrays of a shard lie next to each other (here a shard nothing
+ * else uses); a recycled one comes back zeroed and stays with its shard's. */
+Test(central, new_state_arrays_of_a_shard_are_contiguous) {
+    uint8_t *a[8];
+    for (int i = 0; i < 8; i++) {
+        a[i] = ta_meta_states_new(5, 63);
+        cr_assert(a[i]);
+        for (int k = 0; k < 5; k++) cr_assert_eq(a[i][k], 0);
+        if (i && (uintptr_t)a[i] % 4096 > 64) cr_assert_eq(a[i], a[i - 1] + 16, "array %d at %p after %p", i, a[i], a[i - 1]);
+    }
+    for (int i = 0; i < 8; i++) ta_meta_states_delete(a[i], 5);
+}
+
+Test(central, recycled_state_arrays_are_zero_and_keep_their_shard) {
+    uint8_t *a = ta_meta_states_new(40, 1), *b = ta_meta_states_new(40, 2);
+    cr_assert(a && b);
+    cr_assert_neq((uintptr_t)a / 64, (uintptr_t)b / 64);
+    memset(a, 0x55, 40);
+    ta_meta_states_delete(a, 40);
+    uint8_t *c = ta_meta_states_new(40, 2); /* another shard: not a's */
+    cr_assert_neq(c, a);
+    uint8_t *d = ta_meta_states_new(40, 1); /* a's own shard and size: a again, cleared */
+    cr_assert_eq(d, a);
+    for (int i = 0; i < 40; i++) cr_assert_eq(d[i], 0, "byte %d", i);
+    ta_meta_states_delete(b, 40);
+    ta_meta_states_delete(c, 40);
+    ta_meta_states_delete(d, 40);
 }
 
 /* Objects carved from a span whose pages the OS gave zeroed (a new mapping,
