@@ -14,6 +14,8 @@ int main(int argc, char **argv)
 {
     if (argc == 2 && strcmp(argv[1], "--small-process") == 0)
         return bench_small_process(); /* the program spawn_small starts */
+    if (argc == 2 && strcmp(argv[1], "--cpu-roundtrip") == 0)
+        return bench_cpu_roundtrip(); /* tools/tieralloc-compare's probe of the machine */
     bench_register_single();
     bench_register_threads();
     bench_register_memory();

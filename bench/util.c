@@ -3,6 +3,8 @@
 #include "workloads.h"
 
 #include <dlfcn.h>
+#include <pthread.h>
+#include <time.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -116,4 +118,101 @@ const char *bench_malloc_origin(void)
     if (sym && dladdr(sym, &info) && info.dli_fname)
         return info.dli_fname;
     return "unknown";
+}
+
+/* ---- the machine: how long a cache line takes to go between two CPUs ------- */
+/* Two threads pinned to the first two CPUs the process may use hand a counter
+ * back and forth: each round trip moves the counter's cache line there and
+ * back.  On a virtual machine this latency changes while the host moves the
+ * virtual CPUs (here 100 ns at times, 300-480 ns at others, from one second to
+ * the next), and with it the time of every workload whose threads share
+ * memory (pipeline64, server, remote_frees): tools/tieralloc-compare probes it
+ * before each workload and reports it, so that a row can be read with the
+ * machine's state at the time. */
+#define RT_TRIPS 20000
+#define RT_TRIALS 3
+static _Alignas(64) atomic_long rt_flag;
+static atomic_int rt_stop;
+
+static int rt_pin(int cpu)
+{
+    cpu_set_t s;
+    CPU_ZERO(&s);
+    CPU_SET(cpu, &s);
+    return pthread_setaffinity_np(pthread_self(), sizeof s, &s);
+}
+
+static void *rt_echo(void *arg)
+{
+    if (rt_pin((int)(intptr_t)arg) != 0)
+        atomic_store(&rt_stop, 1);
+    for (long i = 0; !atomic_load_explicit(&rt_stop, memory_order_relaxed);) {
+        long v = atomic_load_explicit(&rt_flag, memory_order_acquire);
+        if (v == 2 * i + 1) {
+            atomic_store_explicit(&rt_flag, 2 * i + 2, memory_order_release);
+            i++;
+        }
+    }
+    return NULL;
+}
+
+static double rt_now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e9 + (double)t.tv_nsec;
+}
+
+int bench_cpu_roundtrip(void)
+{
+    cpu_set_t set;
+    int cpu[2], n = 0;
+    if (sched_getaffinity(0, sizeof set, &set) != 0)
+        return 1;
+    for (int c = 0; c < CPU_SETSIZE && n < 2; c++)
+        if (CPU_ISSET(c, &set))
+            cpu[n++] = c;
+    if (n < 2) {
+        printf("cpu_roundtrip none: one CPU\n");
+        return 0;
+    }
+    pthread_t t;
+    if (pthread_create(&t, NULL, rt_echo, (void *)(intptr_t)cpu[1]) != 0 || rt_pin(cpu[0]) != 0)
+        return 1;
+    double best = 0, worst = 0, all = 0;
+    long trips = 0;
+    int trials = 0;
+    for (int k = 0; k < RT_TRIALS && !atomic_load(&rt_stop); k++) {
+        double t0 = rt_now_ns(), per;
+        long i = 0;
+        for (; i < RT_TRIPS; i++) {
+            long base = 2 * (trips + i);
+            atomic_store_explicit(&rt_flag, base + 1, memory_order_release);
+            while (atomic_load_explicit(&rt_flag, memory_order_acquire) != base + 2)
+                if (atomic_load_explicit(&rt_stop, memory_order_relaxed))
+                    break;
+            if (atomic_load_explicit(&rt_stop, memory_order_relaxed))
+                break;
+            /* a busy machine may not run the other thread for a while: give up after a second */
+            if ((i & 1023) == 1023 && rt_now_ns() - t0 > 1e9)
+                break;
+        }
+        i += i < RT_TRIPS; /* the trip that broke off counts */
+        per = (rt_now_ns() - t0) / (double)i;
+        trips += i;
+        trials++;
+        all += per;
+        if (k == 0 || per < best)
+            best = per;
+        if (per > worst)
+            worst = per;
+        if (i < RT_TRIPS)
+            break;
+    }
+    atomic_store(&rt_stop, 1);
+    pthread_join(t, NULL);
+    if (!trips)
+        return 1;
+    printf("cpu_roundtrip cpus %d %d ns %.1f min %.1f max %.1f\n", cpu[0], cpu[1], all / trials, best, worst);
+    return 0;
 }

@@ -34,6 +34,9 @@ static inline size_t bench_rand_range(bench_rng *r, size_t lo, size_t hi)
  * (75% 16..256 B, 20% 257..2048 B, 5% 2049..16384 B). */
 size_t bench_mixed_size(bench_rng *r);
 int bench_small_process(void); /* bench_single.c: the program spawn_small starts */
+/* `tieralloc-bench --cpu-roundtrip`: print the round-trip time of a cache line
+ * between the first two CPUs this process may use (util.c). */
+int bench_cpu_roundtrip(void);
 /* p[0..n) = a random permutation of 0..n-1 */
 void bench_permutation(uint32_t *p, size_t n, bench_rng *r);
 

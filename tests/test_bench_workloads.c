@@ -8,12 +8,16 @@
  *    what was live), and the false-sharing counter is in its range;
  *  - every idle thread allocated its MiB, and the resident set while they
  *    wait is reported;
+ *  - `--cpu-roundtrip` reports the latency between two CPUs (or that there is one);
  *  - tools/tieralloc-compare on the benchmark binary writes the table (time
- *    per operation, peak RSS, geometric mean, counters) and the PNG chart.
+ *    per operation, peak RSS, geometric mean, counters, the cross-CPU latency
+ *    it probed) and the PNG chart.
  * Nothing is timed. */
 #include "testutil.h"
 
 #include <criterion/criterion.h>
+#include <sched.h>
+#include <stdio.h>
 
 static const char *const workloads[] = {
     "fastpath/size:16", "fastpath/size:64", "fastpath/size:256", "fastpath/size:1024",
@@ -79,6 +83,37 @@ Test(bench_binary, rejects_unknown_flags)
     tu_result_t r = tu_run(argv, NULL, NULL, 30);
     cr_expect(!r.timed_out && !r.signaled && r.exit_code != 0, "exit %d", r.exit_code);
     cr_expect(strstr(r.err, "benchmark_no_such_flag") != NULL, "%s", r.err);
+    tu_result_free(&r);
+    free(b);
+}
+
+static int cpus_allowed(void)
+{
+    cpu_set_t set;
+    return sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+}
+
+/* --cpu-roundtrip, the comparison's probe of the machine: a round trip
+ * between two CPUs, or "none" with one CPU allowed. */
+Test(bench_binary, cpu_roundtrip_probe_reports_two_cpus_latency)
+{
+    char *b = bench();
+    char *argv[] = { b, "--cpu-roundtrip", NULL };
+    tu_result_t r = tu_run(argv, NULL, NULL, 30);
+    ASSERT_EXIT0(r);
+    if (cpus_allowed() >= 2) {
+        int c0 = -1, c1 = -1;
+        double ns = 0, lo = 0, hi = 0;
+        cr_assert_eq(sscanf(r.out, "cpu_roundtrip cpus %d %d ns %lf min %lf max %lf", &c0, &c1, &ns, &lo, &hi), 5,
+                     "%s", r.out);
+        cr_expect(c0 >= 0 && c1 > c0, "CPUs %d and %d", c0, c1);
+        cr_expect(lo > 0 && lo <= ns && ns <= hi && hi < 1e7, "round trip %g (%g..%g) ns", ns, lo, hi);
+    }
+    tu_result_free(&r);
+    char *one[] = { "taskset", "-c", "0", b, "--cpu-roundtrip", NULL };
+    r = tu_run(one, NULL, NULL, 30);
+    ASSERT_EXIT0(r);
+    cr_expect(strstr(r.out, "cpu_roundtrip none: one CPU") != NULL, "%s", r.out);
     tu_result_free(&r);
     free(b);
 }
@@ -198,6 +233,9 @@ Test(bench_compare, table_and_chart_from_the_benchmarks, .timeout = 120)
     char *peak = tu_md_cell(md, "Counters of memory", "peak_rss", "tieralloc");
     cr_expect(peak && strstr(peak, "MiB"), "memory counters: %s", peak ? peak : "-");
     cr_expect(strstr(md, "libtieralloc.so") != NULL, "malloc_from not reported");
+    if (cpus_allowed() >= 2) /* the machine's cross-CPU latency, probed before each workload */
+        cr_expect(strstr(md, "- Cross-CPU round trip of a cache line") && strstr(md, "ns over 2 probes"),
+                  "no cross-CPU round trip in the report:\n%.2000s", md);
     char *png = tu_fmt("%s/compare.png", out);
     cr_expect(tu_is_png(png), "no PNG chart:\n%s", r.err);
     free(png);
