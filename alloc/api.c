@@ -259,7 +259,7 @@ static void *realloc_move(void *p, size_t old, size_t n) {
 
 /* Below this a block belongs in a size class; growing past it, a block leaves
  * the classes for a span of its own that can grow in place. */
-#define REALLOC_SPAN_MIN ((size_t)4 << 10)
+#define REALLOC_SPAN_MIN ((size_t)2 << 10)
 #define REALLOC_SLACK ((size_t)128 << 10)
 
 void *ta_impl_realloc(void *p, size_t n) {
