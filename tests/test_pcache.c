@@ -1308,7 +1308,7 @@ static void *worker(void *arg) {
         p[i] = q;
         n[i] = sz;
         fill_edges(q, sz, seed);
-        w->ops++;
+        __atomic_store_n(&w->ops, w->ops + 1, __ATOMIC_RELAXED); /* (read by the test's wait) */
     }
     for (int i = 0; i < HOLD; i++)
         if (p[i]) {
@@ -1380,6 +1380,16 @@ Test(pcache, threads_on_one_cpu_migrations_and_trims) {
     cr_assert_eq(pthread_create(&tt, &attr, trimmer, NULL), 0);
     cr_assert_eq(pthread_create(&ts, &attr, signaller, NULL), 0);
     tu_sleep_ms(3000);
+    /* every worker gets to run before the end, however loaded the machine (CI
+     * runs other tests next to this one: once a worker had not been scheduled
+     * at all in 3 s); up to 30 s more */
+    for (int waited = 0; waited < 30000; waited += 10) {
+        bool all_ran = true;
+        for (int i = 0; i < NPINNED + NMIGRATE; i++)
+            all_ran &= __atomic_load_n(&workers[i].ops, __ATOMIC_RELAXED) > 0 || __atomic_load_n(&workers[i].err[0], __ATOMIC_RELAXED);
+        if (all_ran) break;
+        tu_sleep_ms(10);
+    }
     __atomic_store_n(&stop_flag, 1, __ATOMIC_RELAXED);
     for (int i = 0; i < NPINNED + NMIGRATE; i++) pthread_join(workers[i].tid, NULL);
     pthread_join(tt, NULL);
