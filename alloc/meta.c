@@ -170,7 +170,8 @@ out:
  * random blocks of up to 1 KiB missed L1 on 60% of its frees' state loads,
  * cachegrind; 31% packed).  Packed per central shard: the arrays of spans that
  * belong to different shards (CPUs, or groups of threads) lie in different
- * 4 KiB pages, so they never share a line that two CPUs write.  A page's first
+ * 4 KiB pages, so they never share a line that two CPUs write (a span that
+ * another shard takes over keeps its array where it was).  A page's first
  * line holds its shard.  Arrays are recycled through a free list per shard and
  * size; never unmapped: a stale pagemap word may still point at one. */
 #define STATE_GRAIN 16
