@@ -192,9 +192,7 @@ TA_NOINLINE static void free_classified(void *p, uint64_t info) {
     ptr_class_t c = classify_info(p, info);
     switch (c.kind) {
     case PTR_SMALL: { /* a live block (a race moved it off the fast path) */
-        uint8_t *state = ta_state_of(p, c.cls);
-        ta_state_set(state, TA_OBJ_FREE);
-        ta_free_small(p, state, c.cls);
+        ta_free_small(p, ta_state_of(p, c.cls), c.cls);
         return;
     }
     case PTR_SCOPED:
@@ -292,7 +290,6 @@ void *ta_impl_realloc(void *p, size_t n) {
         void *q = n > REALLOC_SPAN_MIN ? alloc_span_for(n, 0, false, true) : ta_do_malloc(want);
         if (!q) return NULL; /* errno is ENOMEM; p is untouched */
         memcpy(q, p, old < n ? old : n);
-        ta_state_set(state, TA_OBJ_FREE);
         ta_free_small(p, state, cls);
         return q;
     }

@@ -52,9 +52,11 @@ TA_ALWAYS_INLINE void *ta_do_malloc(size_t n) {
     return ta_malloc_large(n);
 }
 
-/* A small block just marked FREE goes back: to tier 1, or in the hardened
- * build to the quarantine first (quarantine.c). */
+/* A live small block goes back: its state byte marked FREE (so that a second
+ * free of it is seen), then to tier 1, or in the hardened build to the
+ * quarantine first (quarantine.c). */
 TA_ALWAYS_INLINE void ta_free_small(void *p, uint8_t *state, uint32_t cls) {
+    ta_state_set(state, TA_OBJ_FREE);
 #ifdef TA_HARDENED
     ta_quarantine_put(p, state, cls);
 #else
@@ -83,7 +85,6 @@ TA_ALWAYS_INLINE void ta_do_free(void *p) {
     uint32_t cls;
     uint8_t *state = ta_live_small(p, info, &cls);
     if (TA_LIKELY(state)) {
-        ta_state_set(state, TA_OBJ_FREE);
         ta_free_small(p, state, cls);
         return;
     }
