@@ -58,7 +58,6 @@ typedef struct ta_pcache {
     uint64_t scavenged_ms;    /* thread caches: when idle classes were last trimmed */
     uint64_t active_ms;       /* thread caches: when its thread last took a slow path */
     uint32_t state;           /* TA_PC_* (thread caches) */
-    uint32_t busy;            /* thread caches: its thread is in a slow path on it (own_enter) */
     struct ta_pcache *next_all, *prev_all; /* registry of live thread caches */
     uint64_t n_alloc_miss, n_free_miss;
     /* per-CPU: threads seen on the slow paths in this decay period */
@@ -657,19 +656,14 @@ static void grow(ta_pcache_t *c, uint32_t cls) {
 }
 
 /* ---- a thread's own cache on its slow paths ------------------------------------ */
-/* The calling thread starts working on its own cache c: false (and c left
- * alone) once the switch to per-CPU caches has happened (switch_to_percpu
- * explains the order of the store and the load). */
+/* The calling thread may work on its own cache c: false once the switch to
+ * per-CPU caches has happened (then c is to be retired, see switch_to_percpu)
+ * or c is no longer live.  Only its thread touches it: nothing to mark. */
 static inline bool own_enter(ta_pcache_t *c) {
-    __atomic_store_n(&c->busy, 1, __ATOMIC_RELAXED);
-    __atomic_signal_fence(__ATOMIC_SEQ_CST); /* (the switch's fence orders them on the CPU) */
-    if (TA_LIKELY(!__atomic_load_n(&ta_fe.percpu, __ATOMIC_RELAXED) &&
-                  __atomic_load_n(&c->state, __ATOMIC_RELAXED) == TA_PC_LIVE))
-        return true;
-    __atomic_store_n(&c->busy, 0, __ATOMIC_RELEASE);
-    return false;
+    return TA_LIKELY(!__atomic_load_n(&ta_fe.percpu, __ATOMIC_RELAXED) &&
+                     __atomic_load_n(&c->state, __ATOMIC_RELAXED) == TA_PC_LIVE);
 }
-static inline void own_leave(ta_pcache_t *c) { __atomic_store_n(&c->busy, 0, __ATOMIC_RELEASE); }
+static inline void own_leave(ta_pcache_t *c) { (void)c; }
 
 /* ---- decay and draining ------------------------------------------------------ */
 /* Give back half of what each class that neither missed nor overflowed since
@@ -808,8 +802,7 @@ static void unregister(ta_pcache_t *c) {
 
 /* Empty thread cache c for good, after the switch to per-CPU caches: its
  * objects go to central, its budget to the pool, its slab's pages to the OS.
- * The caller claimed it (LIVE to RETIRING) and holds reg_lock; no operation
- * of its thread on its slab can be under way (see switch_to_percpu). */
+ * The caller, its thread, claimed it (LIVE to RETIRING) and holds reg_lock. */
 static void retire(ta_pcache_t *c) {
     release(c, true, false);
     unregister(c);
@@ -824,8 +817,8 @@ static bool claim(ta_pcache_t *c) {
     return __atomic_compare_exchange_n(&c->state, &live, TA_PC_RETIRING, false, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
 }
 
-/* The calling thread's own cache, LIVE after the switch (the switch found it
- * busy, or could not fence): its thread empties it. */
+/* The calling thread's own cache, LIVE after the switch: its thread empties
+ * it (see switch_to_percpu). */
 static void retire_own(ta_pcache_t *own) {
     if (!claim(own)) return;
     ta_lock(&reg_lock);
@@ -834,28 +827,20 @@ static void retire_own(ta_pcache_t *own) {
 }
 
 /* Auto mode, reg_lock held: the process has more than percpu_threads threads
- * with a cache; from now on every thread uses the caches of the CPUs, and the
- * thread caches are emptied.  No thread may be touching its slab then:
- *  - fast paths: the flag goes up first, then the fence restarts every
- *    guarded sequence under way (pcache.h), which checks the flag first;
- *  - slow paths: a thread marks its cache busy, and then checks the flag
- *    (own_enter), with a plain store and load: the fence orders them against
- *    ours, so that either the thread sees the flag and keeps off its cache,
- *    or we see it busy and leave the cache to it (it empties it itself once
- *    it sees the flag, retire_own).  No lock, no atomic read-modify-write on
- *    the thread's own slow paths. */
+ * with a cache; from now on every thread uses the caches of the CPUs.  The
+ * fast paths read the flag on every call.  The thread caches are left to
+ * their threads: a thread's operations on its own slab are plain loads and
+ * stores, so no other thread may take its objects; each empties its cache on
+ * its next slow path (cache_lock), at malloc_trim or at its exit (retire_own).
+ * What a thread that never takes one of those holds stays counted in
+ * thread_cache_bytes, as it did before the switch.  (Nothing else to order:
+ * the CPUs' slabs are new, all their headers zero.) */
 static void switch_to_percpu(void) {
     if (!cpu_caches_make()) {
-        ta_fe.guarded = false; /* per-thread caches for good (still in sequences), no more switch */
+        ta_fe.guarded = false; /* per-thread caches for good, no more switch */
         return;
     }
     __atomic_store_n(&ta_fe.percpu, true, __ATOMIC_SEQ_CST);
-    if (!fence_all()) return; /* (registered at start-up, so not expected): each thread empties its own */
-    for (ta_pcache_t *c = reg_head.next_all, *next; c != &reg_head; c = next) {
-        next = c->next_all;
-        if (__atomic_load_n(&c->busy, __ATOMIC_SEQ_CST) || !claim(c)) continue; /* busy, exiting, orphaned */
-        retire(c);
-    }
 }
 
 /* The central shard for a new thread cache (reg_lock held): the one with the
@@ -940,8 +925,9 @@ static ta_pcache_t *cpu_cache_lock(void) {
     return c;
 }
 
-/* The caller's cache for a slow path: its CPU's, locked, or its own, marked
- * busy (NULL or &pcache_dead: none, go to central). */
+/* The caller's cache for a slow path: its CPU's, locked, or its own (NULL or
+ * &pcache_dead: none, go to central).  After the switch, the caller's own
+ * cache, if it still has one, is emptied first. */
 static ta_pcache_t *cache_lock(void) {
     if (!ta_fe_percpu) {
         ta_pcache_t *c = thread_cache();
@@ -1031,7 +1017,12 @@ void ta_pcache_free_slow(void *p, uint32_t cls) {
 
 void ta_pcache_flush_current(void) {
     ta_pcache_t *c = ta_tls.cache;
-    if (ta_fe_percpu || !c || c == &pcache_dead || !own_enter(c)) return;
+    if (!c || c == &pcache_dead) return;
+    if (ta_fe_percpu) { /* the thread's cache from before the switch, if it still has it */
+        if (__atomic_load_n(&c->state, __ATOMIC_RELAXED) == TA_PC_LIVE) retire_own(c);
+        return;
+    }
+    if (!own_enter(c)) return;
     release(c, true, true);
     own_leave(c);
 }

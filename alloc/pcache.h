@@ -15,16 +15,16 @@
  *    that read the CPU number from glibc's rseq area and commit with one
  *    16-bit store; the kernel restarts them on preemption, migration or
  *    signal, so they need no lock and no atomic read-modify-write;
- *  - per thread: one slab per thread, reached through TLS.
+ *  - per thread: one slab per thread, reached through TLS, with plain loads
+ *    and stores (only its thread ever touches it).
  * By default a process starts with per-thread caches and switches to per-CPU
  * ones, once and for good, when it has more than TIERALLOC_PERCPU_THREADS
- * threads with a cache (pcache.c, switch_to_percpu).  Where rseq works, pop
- * and push are one restartable sequence for both kinds of slab, which picks
- * the slab inside (TA_RSEQ_SLAB): after the switch sets ta_fe.percpu it
- * fences every CPU, so no thread is left halfway through an operation on its
- * own slab, and the switching thread may empty them all.  With
- * TIERALLOC_PERCPU=0, or where rseq is not available, the thread operations
- * are plain loads and stores, and there is no switch.
+ * threads with a cache (pcache.c, switch_to_percpu).  The fast paths read
+ * ta_fe.percpu on every call and take the CPU's slab once it is set; a
+ * thread's own slab is emptied by that thread on its next slow path (or its
+ * exit, or malloc_trim), never by another, so that the plain operations need
+ * nothing to guard them.  With TIERALLOC_PERCPU=0, or where rseq is not
+ * available, there is no switch.
  * A thread that has no slab yet, or a CPU slab not yet set up, has all-zero
  * headers: cur = begin = end = 0, so both operations miss into pcache.c. */
 #ifndef TA_PCACHE_H
@@ -58,18 +58,57 @@ extern __thread ta_tls_t ta_tls;
 
 /* What the fast paths read, together (one base address for all of it). */
 typedef struct ta_fe {
-    bool rseq;     /* the operations are restartable sequences (on either kind of slab) */
-    bool percpu;   /* ... on the CPUs' slabs (set once, at start-up or by the switch) */
+    bool rseq;     /* rseq works here (and membarrier is registered): CPU caches may be had */
+    bool percpu;   /* the operations are restartable sequences on the CPUs' slabs (set once,
+                      at start-up or by the switch); else plain, on the thread's slab */
     bool guarded;  /* the switch may happen (auto mode, rseq works; read by the slow paths only) */
     long rseq_off; /* glibc's __rseq_offset: the rseq area from the thread pointer */
     char *slabs;   /* slab of CPU n at slabs + (n << TA_SLAB_SHIFT) */
 } ta_fe_t;
 extern ta_fe_t ta_fe;
 #define ta_fe_percpu (__atomic_load_n(&ta_fe.percpu, __ATOMIC_ACQUIRE)) /* (a plain load on x86-64) */
+/* The fast paths' read of it: plain, so that it folds into a compare.  A
+ * stale false is harmless (the thread's own slab, which only it touches),
+ * and the flag never goes back; ThreadSanitizer gets an atomic load. */
+#if defined(__SANITIZE_THREAD__)
+#define ta_fe_percpu_fast() __atomic_load_n(&ta_fe.percpu, __ATOMIC_RELAXED)
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define ta_fe_percpu_fast() __atomic_load_n(&ta_fe.percpu, __ATOMIC_RELAXED)
+#endif
+#endif
+#ifndef ta_fe_percpu_fast
+#define ta_fe_percpu_fast() (ta_fe.percpu)
+#endif
 #define ta_rseq_off (ta_fe.rseq_off)
 #define ta_cpu_slabs (ta_fe.slabs)
 
 #if defined(__x86_64__)
+/* Pop and push on the slab at %[t], class %[cls] (%[c] a scratch register):
+ * load cur, compare it with begin (end), move the slot, commit cur with one
+ * 16-bit store.  In a restartable sequence on a CPU's slab, or plain on a
+ * thread's own. */
+#define TA_SLAB_POP                                                                           \
+    "movzwl (%[t],%[cls],8), %k[c]\n\t"                                                       \
+    "cmpw 2(%[t],%[cls],8), %w[c]\n\t"                                                        \
+    "jbe %l[miss]\n\t"                                                                        \
+    "shll $4, %k[c]\n\t"                                                                      \
+    "movq -16(%[t],%q[c]), %[p]\n\t"                                                          \
+    "movq -8(%[t],%q[c]), %[st]\n\t"                                                          \
+    "shrl $4, %k[c]\n\t"                                                                      \
+    "decl %k[c]\n\t"                                                                          \
+    "movw %w[c], (%[t],%[cls],8)\n\t" /* commit */
+#define TA_SLAB_PUSH                                                                          \
+    "movzwl (%[t],%[cls],8), %k[c]\n\t"                                                       \
+    "cmpw 4(%[t],%[cls],8), %w[c]\n\t"                                                        \
+    "jae %l[full]\n\t"                                                                        \
+    "shll $4, %k[c]\n\t"                                                                      \
+    "movq %[p], (%[t],%q[c])\n\t"                                                             \
+    "movq %[st], 8(%[t],%q[c])\n\t"                                                           \
+    "shrl $4, %k[c]\n\t"                                                                      \
+    "incl %k[c]\n\t"                                                                          \
+    "movw %w[c], (%[t],%[cls],8)\n\t" /* commit */
+
 #define TA_HAVE_RSEQ 1
 /* An rseq critical section [start, commit] with its descriptor in section
  * __rseq_cs and its abort handler (preceded by the signature glibc registered)
@@ -93,37 +132,21 @@ extern ta_fe_t ta_fe;
 #define TA_RSEQ_ARM TA_RSEQ_ARM_USING("t")
 #define TA_RSEQ_PROLOGUE TA_RSEQ_ARM "movl %%fs:4(%[rs]), %k[t]\n\t" /* rseq->cpu_id */
 
-/* The slab of the sequence in %[t]: the thread's own (its value on entry)
- * until the switch to per-CPU caches sets ta_fe.percpu, then the CPU's.
- * Checked inside the sequence: the switch sets the flag and then fences
- * every CPU, so a thread's operation on its own slab either completes before
- * the fence or restarts and finds the flag set.  (%[t] holds its value
- * across a restart: only the CPU's slab is written to it.) */
+/* The CPU's slab in %[t]: slabs + (cpu << TA_SLAB_SHIFT). */
 #define TA_RSEQ_SLAB                                                                          \
-    "cmpb $0, %[percpu]\n\t"                                                                  \
-    "je 7f\n\t"                                                                               \
     "movl %%fs:4(%[rs]), %k[t]\n\t" /* rseq->cpu_id */                                        \
     "shlq $20, %[t]\n\t"                                                                      \
-    "addq %[base], %[t]\n\t"                                                                  \
-    "7:\n\t"
+    "addq %[base], %[t]\n\t"
 
 TA_ALWAYS_INLINE void *ta_rseq_pop(uint32_t cls, uint8_t **state) {
     void *p;
     uint8_t *st;
-    uintptr_t t = (uintptr_t)ta_tls.slab, c;
+    uintptr_t t, c;
     __asm__ __volatile__ goto(TA_RSEQ_ARM_USING("c") TA_RSEQ_SLAB
-                 "movzwl (%[t],%[cls],8), %k[c]\n\t"
-                 "cmpw 2(%[t],%[cls],8), %w[c]\n\t"
-                 "jbe %l[miss]\n\t"
-                 "shll $4, %k[c]\n\t"
-                 "movq -16(%[t],%q[c]), %[p]\n\t"
-                 "movq -8(%[t],%q[c]), %[st]\n\t"
-                 "shrl $4, %k[c]\n\t"
-                 "decl %k[c]\n\t"
-                 "movw %w[c], (%[t],%[cls],8)\n\t" /* commit */
+                 TA_SLAB_POP
                  "4:\n\t"
-                 : [p] "=&r"(p), [st] "=&r"(st), [t] "+&r"(t), [c] "=&r"(c)
-                 : [rs] "r"(ta_rseq_off), [base] "m"(ta_cpu_slabs), [percpu] "m"(ta_fe.percpu), [cls] "r"((uintptr_t)cls)
+                 : [p] "=&r"(p), [st] "=&r"(st), [t] "=&r"(t), [c] "=&r"(c)
+                 : [rs] "r"(ta_rseq_off), [base] "m"(ta_cpu_slabs), [cls] "r"((uintptr_t)cls)
                  : "memory", "cc"
                  : miss);
     if (!p) __builtin_unreachable(); /* slots hold objects only */
@@ -134,21 +157,13 @@ miss:
 }
 
 TA_ALWAYS_INLINE bool ta_rseq_push(void *p, uint8_t *state, uint32_t cls) {
-    uintptr_t t = (uintptr_t)ta_tls.slab, c;
+    uintptr_t t, c;
     __asm__ __volatile__ goto(TA_RSEQ_ARM_USING("c") TA_RSEQ_SLAB
-                 "movzwl (%[t],%[cls],8), %k[c]\n\t"
-                 "cmpw 4(%[t],%[cls],8), %w[c]\n\t"
-                 "jae %l[full]\n\t"
-                 "shll $4, %k[c]\n\t"
-                 "movq %[p], (%[t],%q[c])\n\t"
-                 "movq %[st], 8(%[t],%q[c])\n\t"
-                 "shrl $4, %k[c]\n\t"
-                 "incl %k[c]\n\t"
-                 "movw %w[c], (%[t],%[cls],8)\n\t" /* commit */
+                 TA_SLAB_PUSH
                  "4:\n\t"
-: [t] "+&r"(t), [c] "=&r"(c)
+                 : [t] "=&r"(t), [c] "=&r"(c)
                  : [p] "r"(p), [st] "r"(state), [rs] "r"(ta_rseq_off), [base] "m"(ta_cpu_slabs),
-                   [percpu] "m"(ta_fe.percpu), [cls] "r"((uintptr_t)cls)
+                   [cls] "r"((uintptr_t)cls)
                  : "memory", "cc"
                  : full);
     return true;
@@ -161,6 +176,37 @@ TA_ALWAYS_INLINE void *ta_rseq_pop(uint32_t cls, uint8_t **state) { (void)cls; (
 TA_ALWAYS_INLINE bool ta_rseq_push(void *p, uint8_t *state, uint32_t cls) { (void)p; (void)state; (void)cls; return false; }
 #endif
 
+/* The thread's own slab: plain loads and stores, the same instructions as
+ * the sequences above without the CPU and the arming (x86-64), or C. */
+#if defined(__x86_64__)
+TA_ALWAYS_INLINE void *ta_thread_pop(uint32_t cls, uint8_t **state) {
+    void *p;
+    uint8_t *st;
+    uintptr_t c;
+    __asm__ __volatile__ goto(TA_SLAB_POP
+                              : [p] "=&r"(p), [st] "=&r"(st), [c] "=&r"(c)
+                              : [t] "r"(ta_tls.slab), [cls] "r"((uintptr_t)cls)
+                              : "memory", "cc"
+                              : miss);
+    if (!p) __builtin_unreachable(); /* slots hold objects only */
+    *state = st;
+    return p;
+miss:
+    return NULL;
+}
+
+TA_ALWAYS_INLINE bool ta_thread_push(void *p, uint8_t *state, uint32_t cls) {
+    uintptr_t c;
+    __asm__ __volatile__ goto(TA_SLAB_PUSH
+                              : [c] "=&r"(c)
+                              : [p] "r"(p), [st] "r"(state), [t] "r"(ta_tls.slab), [cls] "r"((uintptr_t)cls)
+                              : "memory", "cc"
+                              : full);
+    return true;
+full:
+    return false;
+}
+#else
 TA_ALWAYS_INLINE void *ta_thread_pop(uint32_t cls, uint8_t **state) {
     ta_slot_t *slab = ta_tls.slab;
     ta_slab_hdr_t *h = (ta_slab_hdr_t *)slab + cls;
@@ -182,17 +228,18 @@ TA_ALWAYS_INLINE bool ta_thread_push(void *p, uint8_t *state, uint32_t cls) {
     h->cur = (uint16_t)(cur + 1);
     return true;
 }
+#endif
 
 /* An object of class cls from the caller's cache (and in *state the address
  * of its state byte), or NULL on a miss. */
 TA_ALWAYS_INLINE void *ta_fe_pop(uint32_t cls, uint8_t **state) {
-    if (TA_LIKELY(ta_fe.rseq)) return ta_rseq_pop(cls, state);
+    if (ta_fe_percpu_fast()) return ta_rseq_pop(cls, state);
     return ta_thread_pop(cls, state);
 }
 /* Put a free object of class cls (state: its state byte) in the caller's
  * cache; false when full. */
 TA_ALWAYS_INLINE bool ta_fe_push(void *p, uint8_t *state, uint32_t cls) {
-    if (TA_LIKELY(ta_fe.rseq)) return ta_rseq_push(p, state, cls);
+    if (ta_fe_percpu_fast()) return ta_rseq_push(p, state, cls);
     return ta_thread_push(p, state, cls);
 }
 
