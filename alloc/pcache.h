@@ -86,28 +86,29 @@ extern ta_fe_t ta_fe;
 #if defined(__x86_64__)
 /* Pop and push on the slab at %[t], class %[cls] (%[c] a scratch register):
  * load cur, compare it with begin (end), move the slot, commit cur with one
- * 16-bit store.  In a restartable sequence on a CPU's slab, or plain on a
+ * 16-bit store.  The new cur (%[n]) is computed from the loaded one in one
+ * instruction: the next operation's load of cur waits for this store's data,
+ * and a malloc+free loop is as fast as that chain.  In a restartable sequence on a CPU's slab, or plain on a
  * thread's own. */
 #define TA_SLAB_POP                                                                           \
     "movzwl (%[t],%[cls],8), %k[c]\n\t"                                                       \
     "cmpw 2(%[t],%[cls],8), %w[c]\n\t"                                                        \
     "jbe %l[miss]\n\t"                                                                        \
-    "shll $4, %k[c]\n\t"                                                                      \
-    "movq -16(%[t],%q[c]), %[p]\n\t"                                                          \
-    "movq -8(%[t],%q[c]), %[st]\n\t"                                                          \
-    "shrl $4, %k[c]\n\t"                                                                      \
+    "movl %k[c], %k[p]\n\t"                                                                   \
+    "shll $4, %k[p]\n\t"   /* (p: the slot's offset, until it holds the object) */           \
     "decl %k[c]\n\t"                                                                          \
+    "movq -8(%[t],%q[p]), %[st]\n\t"                                                          \
+    "movq -16(%[t],%q[p]), %[p]\n\t"                                                          \
     "movw %w[c], (%[t],%[cls],8)\n\t" /* commit */
 #define TA_SLAB_PUSH                                                                          \
     "movzwl (%[t],%[cls],8), %k[c]\n\t"                                                       \
     "cmpw 4(%[t],%[cls],8), %w[c]\n\t"                                                        \
     "jae %l[full]\n\t"                                                                        \
+    "leal 1(%q[c]), %k[n]\n\t"                                                                \
     "shll $4, %k[c]\n\t"                                                                      \
     "movq %[p], (%[t],%q[c])\n\t"                                                             \
     "movq %[st], 8(%[t],%q[c])\n\t"                                                           \
-    "shrl $4, %k[c]\n\t"                                                                      \
-    "incl %k[c]\n\t"                                                                          \
-    "movw %w[c], (%[t],%[cls],8)\n\t" /* commit */
+    "movw %w[n], (%[t],%[cls],8)\n\t" /* commit */
 
 #define TA_HAVE_RSEQ 1
 /* An rseq critical section [start, commit] with its descriptor in section
@@ -157,11 +158,11 @@ miss:
 }
 
 TA_ALWAYS_INLINE bool ta_rseq_push(void *p, uint8_t *state, uint32_t cls) {
-    uintptr_t t, c;
+    uintptr_t t, c, n;
     __asm__ __volatile__ goto(TA_RSEQ_ARM_USING("c") TA_RSEQ_SLAB
                  TA_SLAB_PUSH
                  "4:\n\t"
-                 : [t] "=&r"(t), [c] "=&r"(c)
+                 : [t] "=&r"(t), [c] "=&r"(c), [n] "=&r"(n)
                  : [p] "r"(p), [st] "r"(state), [rs] "r"(ta_rseq_off), [base] "m"(ta_cpu_slabs),
                    [cls] "r"((uintptr_t)cls)
                  : "memory", "cc"
@@ -196,9 +197,9 @@ miss:
 }
 
 TA_ALWAYS_INLINE bool ta_thread_push(void *p, uint8_t *state, uint32_t cls) {
-    uintptr_t c;
+    uintptr_t c, n;
     __asm__ __volatile__ goto(TA_SLAB_PUSH
-                              : [c] "=&r"(c)
+                              : [c] "=&r"(c), [n] "=&r"(n)
                               : [p] "r"(p), [st] "r"(state), [t] "r"(ta_tls.slab), [cls] "r"((uintptr_t)cls)
                               : "memory", "cc"
                               : full);
