@@ -1,7 +1,7 @@
 /* api.h: the inline fast paths of malloc and free, shared by the ta_* names
  * (api.c) and the standard names (override.c), and what api.c exports to
  * them.  malloc: a size class from a table, the sampling countdown, a pop from
- * tier 1, the object marked live.  free: the pagemap word of the page, two
+ * tier 1, the object marked live.  free: the pagemap entry of the page, two
  * checks (block start, live), the object marked free, a push on tier 1.
  * Neither reads the block. */
 #ifndef TA_API_H
@@ -67,23 +67,24 @@ TA_ALWAYS_INLINE void ta_free_small(void *p, uint8_t *state, uint32_t cls) {
 
 /* The state byte of p when p is the start of a live block of a size class
  * (its class in *cls), else NULL: an interior pointer, a block that is not
- * live (double free, never handed out), a large or foreign one.  info: p's
- * pagemap word.  (A plain load: only a thread that was handed p can write
- * p's byte meanwhile.)  free, realloc and malloc_usable_size start here. */
-TA_ALWAYS_INLINE uint8_t *ta_live_small(const void *p, uint64_t info, uint32_t *cls) {
+ * live (double free, never handed out), a large or foreign one.  info, magic:
+ * p's pagemap entry (ta_pagemap_info_magic).  (A plain load: only a thread
+ * that was handed p can write p's byte meanwhile.)  free, realloc and
+ * malloc_usable_size start here. */
+TA_ALWAYS_INLINE uint8_t *ta_live_small(const void *p, uint64_t info, uint64_t magic, uint32_t *cls) {
     if (TA_LIKELY(info)) {
         *cls = TA_INFO_CLASS(info);
         bool start;
-        uint8_t *state = ta_info_states(info) + ta_object_index(ta_info_offset(p, info), *cls, &start);
+        uint8_t *state = ta_info_states(info) + ta_object_index_m(ta_info_offset(p, info), magic, &start);
         if (TA_LIKELY(start && *state == TA_OBJ_LIVE)) return state;
     }
     return NULL;
 }
 
 TA_ALWAYS_INLINE void ta_do_free(void *p) {
-    uint64_t info = ta_pagemap_info((uintptr_t)p >> TA_PAGE_SHIFT);
+    uint64_t magic, info = ta_pagemap_info_magic((uintptr_t)p >> TA_PAGE_SHIFT, &magic);
     uint32_t cls;
-    uint8_t *state = ta_live_small(p, info, &cls);
+    uint8_t *state = ta_live_small(p, info, magic, &cls);
     if (TA_LIKELY(state)) {
         ta_free_small(p, state, cls);
         return;

@@ -371,30 +371,53 @@ void ta_meta_unlock_all(bool child);
 
 /* ---- pagemap.c: page number → span and size class ---------------------- */
 /* Two-level radix tree over 48-bit addresses: a static root of leaf pointers;
- * each leaf covers 2^18 pages (2 GiB) and holds the span and a 64-bit info word
- * per page.  For a page of a small-class span the word packs what free() needs:
+ * each leaf covers 2^18 pages (2 GiB) and holds the span and a 16-byte entry
+ * per page.  For a page of a small-class span the entry's info word packs
+ * what free() needs:
  *   bits 0..7 the class, bits 8..15 the page's index in its span, bits 16..63
  *   the address of the span's object states (one byte per object, pageheap.c);
- * 0 for pages of large spans and free spans.  So free() of a small block reads
- * the info word and the object's state byte, never the block itself. */
+ * 0 for pages of large spans and free spans.  Next to it, the class's
+ * division magic (ta_object_index), so that free() has both from one line and
+ * one load's latency, instead of loading the magic by class after the info.
+ * So free() of a small block reads the entry and the object's state byte,
+ * never the block itself. */
 #define TA_PM_LEAF_BITS 18
 #define TA_PM_ROOT_BITS (48 - TA_PAGE_SHIFT - TA_PM_LEAF_BITS)
+typedef struct ta_pm_entry {
+    uint64_t info;
+    uint64_t magic; /* ta_class_magic[class] when info is set (written before it); else stale */
+} ta_pm_entry_t;
 typedef struct ta_pm_leaf {
-    uint64_t info[1 << TA_PM_LEAF_BITS];
+    ta_pm_entry_t entry[1 << TA_PM_LEAF_BITS];
     struct ta_span *span[1 << TA_PM_LEAF_BITS];
 } ta_pm_leaf_t;
 extern ta_pm_leaf_t *ta_pm_root[1 << TA_PM_ROOT_BITS];
+extern uint64_t ta_class_magic[]; /* (sizeclass.c) */
 
 static inline uint64_t ta_pagemap_info(uintptr_t page) {
     uintptr_t root = page >> TA_PM_LEAF_BITS; /* one compare rejects addresses above 48 bits */
     if (TA_UNLIKELY(root >= (1u << TA_PM_ROOT_BITS))) return 0;
     ta_pm_leaf_t *leaf = ta_pm_root[root];
-    return leaf ? leaf->info[page & ((1u << TA_PM_LEAF_BITS) - 1)] : 0;
+    return leaf ? __atomic_load_n(&leaf->entry[page & ((1u << TA_PM_LEAF_BITS) - 1)].info, __ATOMIC_ACQUIRE) : 0;
+}
+/* The info word and, in *magic, the class's division magic (meaningful when
+ * the info is not 0).  (The info is read first, with acquire: a set entry's
+ * magic was written before it.) */
+static inline uint64_t ta_pagemap_info_magic(uintptr_t page, uint64_t *magic) {
+    uintptr_t root = page >> TA_PM_LEAF_BITS;
+    *magic = 0;
+    if (TA_UNLIKELY(root >= (1u << TA_PM_ROOT_BITS))) return 0;
+    ta_pm_leaf_t *leaf = ta_pm_root[root];
+    if (!leaf) return 0;
+    const ta_pm_entry_t *e = &leaf->entry[page & ((1u << TA_PM_LEAF_BITS) - 1)];
+    uint64_t info = __atomic_load_n(&e->info, __ATOMIC_ACQUIRE);
+    *magic = e->magic;
+    return info;
 }
 /* The same for a page known to hold one of tieralloc's small blocks (one that
  * tier 1 just handed out): no range or leaf check. */
 static inline uint64_t ta_pagemap_info_known(uintptr_t page) {
-    return ta_pm_root[page >> TA_PM_LEAF_BITS]->info[page & ((1u << TA_PM_LEAF_BITS) - 1)];
+    return ta_pm_root[page >> TA_PM_LEAF_BITS]->entry[page & ((1u << TA_PM_LEAF_BITS) - 1)].info;
 }
 static inline struct ta_span *ta_pagemap_span(uintptr_t page) {
     if (TA_UNLIKELY(page >> (TA_PM_ROOT_BITS + TA_PM_LEAF_BITS))) return NULL;
@@ -419,7 +442,8 @@ static inline void ta_pagemap_set(uintptr_t page, struct ta_span *s, uint64_t in
     TA_ASSERT(leaf);
     uintptr_t i = page & ((1u << TA_PM_LEAF_BITS) - 1);
     leaf->span[i] = s;
-    __atomic_store_n(&leaf->info[i], info, __ATOMIC_RELEASE);
+    if (info) leaf->entry[i].magic = ta_class_magic[TA_INFO_CLASS(info) & (TA_MAX_CLASSES - 1)];
+    __atomic_store_n(&leaf->entry[i].info, info, __ATOMIC_RELEASE);
 }
 /* Clear the entries of pages [first, first+n) (address space given back to
  * the OS); entries already clear are not written. */
@@ -437,7 +461,7 @@ typedef struct ta_class_info {
     uint64_t div_magic; /* offset % size == 0  <=>  (uint32)offset * div_magic <= div_magic - 1 */
 } ta_class_info_t;
 extern ta_class_info_t ta_class[TA_MAX_CLASSES];
-extern uint64_t ta_class_magic[TA_MAX_CLASSES]; /* div_magic, packed for the free fast path */
+extern uint64_t ta_class_magic[TA_MAX_CLASSES]; /* div_magic, packed (and copied into the pagemap's entries) */
 extern uint32_t ta_nclasses; /* classes are 1..ta_nclasses-1 */
 extern uint8_t ta_class_small[(1024 >> 4) + 1];            /* (n+15)>>4, n <= 1024 */
 extern uint8_t ta_class_large[((TA_MAX_SMALL - 1024) >> 7) + 1]; /* (n-1024+127)>>7 */
@@ -454,11 +478,13 @@ static inline uint32_t ta_size_to_class(size_t n) {
 /* The object index of span offset off in class cls and whether off is an
  * object start, with one multiply (m = ceil(2^64 / size): the high half of
  * off * m is off / size, the low half is <= m - 1 exactly when size divides off). */
-TA_ALWAYS_INLINE uint32_t ta_object_index(uint32_t off, uint32_t cls, bool *start) {
-    uint64_t m = ta_class_magic[cls];
+TA_ALWAYS_INLINE uint32_t ta_object_index_m(uint32_t off, uint64_t m, bool *start) {
     unsigned __int128 prod = (unsigned __int128)off * m;
     *start = (uint64_t)prod <= m - 1;
     return (uint32_t)(prod >> 64);
+}
+TA_ALWAYS_INLINE uint32_t ta_object_index(uint32_t off, uint32_t cls, bool *start) {
+    return ta_object_index_m(off, ta_class_magic[cls], start);
 }
 /* The state byte of object p of class cls (p known to be one). */
 static inline uint8_t *ta_state_of(const void *p, uint32_t cls) {

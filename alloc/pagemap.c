@@ -16,7 +16,7 @@ bool ta_pagemap_ensure(uintptr_t first, uintptr_t n) {
         if (__atomic_load_n(&ta_pm_root[i], __ATOMIC_ACQUIRE)) continue;
         ta_lock(&pm_lock);
         if (!ta_pm_root[i]) {
-            /* 3 MiB describing 2 GiB, of which only the entries of pages the
+            /* 6 MiB describing 2 GiB, of which only the entries of pages the
              * heap uses are ever touched: sparse, not accounted */
             ta_pm_leaf_t *leaf = ta_os_map_sparse(sizeof(ta_pm_leaf_t), 4096);
             if (!leaf) {
@@ -41,7 +41,7 @@ void ta_pagemap_clear(uintptr_t first, uintptr_t n) {
         uintptr_t i = page & ((1u << TA_PM_LEAF_BITS) - 1);
         /* only entries that are set are written: an untouched part of a
          * leaf stays untouched (not resident) */
-        if (leaf->info[i]) __atomic_store_n(&leaf->info[i], 0, __ATOMIC_RELEASE);
+        if (leaf->entry[i].info) __atomic_store_n(&leaf->entry[i].info, 0, __ATOMIC_RELEASE);
         if (leaf->span[i]) leaf->span[i] = NULL;
     }
 }
