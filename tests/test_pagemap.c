@@ -228,6 +228,13 @@ Test(pagemap, heap_blocks_are_registered) {
             cr_assert_eq(info & 0xff, cls, "malloc(%zu): info class %u, want %u", n, info & 0xff, cls);
             cr_assert_eq(TA_INFO_PAGE_INDEX(info), pg - s->page);
             cr_assert_eq(s->cls, cls);
+            /* the class's division constant beside it: free's object index */
+            uint64_t magic, full = ta_pagemap_info_magic(pg, &magic);
+            cr_assert_eq(magic, ta_class[cls].div_magic, "malloc(%zu): the entry's constant is not class %u's", n, cls);
+            bool start;
+            uint32_t idx = ta_object_index_m(ta_info_offset(p, full), magic, &start);
+            cr_assert(start, "malloc(%zu) = %p: not an object start by the entry", n, (void *)p);
+            cr_assert_eq((char *)ta_span_addr(s) + (size_t)idx * ta_class[cls].size, p);
         } else {
             cr_assert_eq(info, 0u, "malloc(%zu): large block page has info %#x", n, info);
             cr_assert_eq(s->cls, 0u);
