@@ -1680,6 +1680,9 @@ Test(pcache, two_thousand_threads_hold_at_most_2mib_per_cpu, .timeout = 120) {
     pthread_attr_destroy(&attr);
     cr_assert_not(many_failed, "a malloc failed");
     cr_assert(ta_fe_percpu, "2000 threads and still per-thread caches");
+    cr_log_info("2000 idle threads: tier 1 holds %lu bytes (%ld CPUs), the fullest CPU %lu; ta_stats_get: "
+                "%lu bytes in caches, %lu caches", (unsigned long)in_tier1, n, (unsigned long)worst,
+                (unsigned long)st.thread_cache_bytes, (unsigned long)st.threads);
     cr_assert_leq(in_tier1, (uint64_t)n * (2u << 20), "tier 1 holds %lu bytes for %ld CPUs", (unsigned long)in_tier1, n);
     cr_assert_leq(st.thread_cache_bytes, (uint64_t)n * (2u << 20), "ta_stats_get: %lu bytes in caches",
                   (unsigned long)st.thread_cache_bytes);
