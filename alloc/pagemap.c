@@ -6,6 +6,7 @@
 #include "internal.h"
 
 ta_pm_leaf_t *ta_pm_root[1 << TA_PM_ROOT_BITS];
+struct ta_pm_hot ta_pm_hot __attribute__((aligned(64))) = {.root = ~(uintptr_t)0, .leaf = NULL};
 static ta_lock_t pm_lock = TA_LOCK_INIT(TA_RANK_PAGEMAP);
 static uint64_t pm_bytes;
 
@@ -25,6 +26,10 @@ bool ta_pagemap_ensure(uintptr_t first, uintptr_t n) {
             }
             pm_bytes += sizeof(ta_pm_leaf_t);
             __atomic_store_n(&ta_pm_root[i], leaf, __ATOMIC_RELEASE);
+            if (!ta_pm_hot.leaf) { /* the first leaf: the leaf, then its index (read first) */
+                ta_pm_hot.leaf = leaf;
+                __atomic_store_n(&ta_pm_hot.root, i, __ATOMIC_RELEASE);
+            }
         }
         ta_unlock(&pm_lock);
     }

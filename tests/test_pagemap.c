@@ -25,6 +25,18 @@ static void check_empty(uintptr_t page) {
                    (void *)ta_pagemap_span(page));
     cr_assert_eq(ta_pagemap_info(page), 0u, "page %#lx: unexpected info %#llx", (unsigned long)page,
                  (unsigned long long)ta_pagemap_info(page));
+    uint64_t magic;
+    cr_assert_eq(ta_pagemap_info_magic(page, &magic), 0u, "page %#lx: free's lookup finds an info", (unsigned long)page);
+}
+
+/* free's lookup (through the first leaf's shortcut or the root) reads what
+ * the plain lookup reads, and the class's constant beside it */
+static void check_free_lookup(uintptr_t page, uint64_t info) {
+    uint64_t magic, got = ta_pagemap_info_magic(page, &magic);
+    cr_assert_eq(got, info, "page %#lx: free's lookup reads %#llx, not %#llx", (unsigned long)page,
+                 (unsigned long long)got, (unsigned long long)info);
+    if (info)
+        cr_assert_eq(magic, ta_class_magic[TA_INFO_CLASS(info) & (TA_MAX_CLASSES - 1)], "page %#lx", (unsigned long)page);
 }
 
 static size_t missing_leaves(uintptr_t first, uintptr_t n) {
@@ -77,6 +89,7 @@ Test(pagemap, set_lookup_low_high_and_leaf_boundaries) {
         uint32_t info = (uint32_t)(i + 1) | (uint32_t)(i << 8) | 0x80000000u;
         cr_assert_eq(ta_pagemap_span(pages[i]), &fake[i % 8], "page %#lx lost its span", (unsigned long)pages[i]);
         cr_assert_eq(ta_pagemap_info(pages[i]), info, "page %#lx lost its info", (unsigned long)pages[i]);
+        check_free_lookup(pages[i], info);
     }
     /* untouched pages next to them stay empty */
     const uintptr_t others[] = {3, 4, LEAF_PAGES - 2, LEAF_PAGES + 1, 3 * LEAF_PAGES - 2, 3 * LEAF_PAGES + 1,
@@ -211,8 +224,11 @@ Test(pagemap, concurrent_ensure_creates_one_leaf_each) {
 }
 
 /* The heap itself keeps the map: a live block's page points at a span that
- * covers it.  Its info is the class and page index of a small block. */
+ * covers it.  Its info is the class and page index of a small block.  The
+ * first leaf made is free's shortcut (ta_pm_hot). */
 Test(pagemap, heap_blocks_are_registered) {
+    cr_assert_not_null(ta_pm_hot.leaf, "no leaf yet, with a heap");
+    cr_assert_eq(ta_pm_hot.leaf, ta_pm_root[ta_pm_hot.root], "the shortcut is not the leaf of its root index");
     for (size_t n = 8; n <= (size_t)1 << 20; n *= 2) {
         char *p = malloc(n);
         cr_assert_not_null(p);
