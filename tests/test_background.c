@@ -92,14 +92,31 @@ Test(background, fork_of_a_lone_thread_copies_few_pages, .timeout = 120) {
 Test(background, churn_of_256_threads_keeps_its_heap_while_busy_and_returns_it_idle, .timeout = 300) {
     char *env[] = {"TIERALLOC_BACKGROUND=1", "TIERALLOC_DECAY_MS=100", "TIERALLOC_PERCPU=1", NULL};
     char *args[] = {"churn", "256", NULL};
-    tu_result_t r = run_prog(args, env, 280);
-    ASSERT_RAN(r);
+    tu_result_t r;
     long warm = -1, busy = -1;
     long swaps = 0;
     size_t rss_busy = 0, rss_idle = 0;
-    cr_assert(sscanf(r.out, "churn warm_faults %ld busy_faults %ld busy_swaps %ld rss_busy %zu rss_idle %zu", &warm,
-                     &busy, &swaps, &rss_busy, &rss_idle) == 5,
-              "%s", r.out);
+    /* The decay keys on the clock, and the runs spread: 13 runs of this
+     * program alone on 2 CPUs gave busy 0.01-0.67 x warm-up (median 0.16;
+     * the high ones where the warm-up faulted less, 13 800-14 600 pages
+     * against 16 000-20 000), and CI, running two test binaries at once,
+     * saw 0.61 once.  Up to three runs; a policy that gives back what the
+     * program needs again fails all three (the earlier ones: 0.5-0.9 x in
+     * every run). */
+    for (int attempt = 1;; attempt++) {
+        r = run_prog(args, env, 280);
+        ASSERT_RAN(r);
+        cr_assert(sscanf(r.out, "churn warm_faults %ld busy_faults %ld busy_swaps %ld rss_busy %zu rss_idle %zu", &warm,
+                         &busy, &swaps, &rss_busy, &rss_idle) == 5,
+                  "%s", r.out);
+        cr_log_info("run %d: %s", attempt, r.out);
+#ifndef TA_HARDENED
+        if (busy < warm / 2 || attempt == 3) break;
+#else
+        break;
+#endif
+        tu_result_free(&r);
+    }
     /* the warm-up faults the heap in (the measure is not vacuous) */
     cr_assert_geq(warm, 5000, "%s", r.out);
     /* busy, the same threads in bursts over 12 periods, twice the warm-up's
