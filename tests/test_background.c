@@ -96,13 +96,13 @@ Test(background, churn_of_256_threads_keeps_its_heap_while_busy_and_returns_it_i
     long warm = -1, busy = -1;
     long swaps = 0;
     size_t rss_busy = 0, rss_idle = 0;
-    /* The decay keys on the clock, and the runs spread: 13 runs of this
-     * program alone on 2 CPUs gave busy 0.01-0.67 x warm-up (median 0.16;
-     * the high ones where the warm-up faulted less, 13 800-14 600 pages
-     * against 16 000-20 000), and CI, running two test binaries at once,
-     * saw 0.61 once.  Up to three runs; a policy that gives back what the
-     * program needs again fails all three (the earlier ones: 0.5-0.9 x in
-     * every run). */
+    /* The decay keys on the clock, and the runs spread: alone on 2 CPUs,
+     * 8 runs each of four builds of one day gave busy 0.01-0.52 x warm-up
+     * (medians 0.22-0.32, no build apart; once 0.67, where the warm-up
+     * faulted 13 900 pages rather than the usual 16 000-20 000), and CI,
+     * running two test binaries at once, saw 0.61 once.  Up to three runs;
+     * a policy that gives back what the program needs again fails all
+     * three (the first one faulted 0.8-0.9 x in every run). */
     for (int attempt = 1;; attempt++) {
         r = run_prog(args, env, 280);
         ASSERT_RAN(r);
