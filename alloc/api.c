@@ -243,9 +243,7 @@ void *ta_impl_calloc(size_t n, size_t size) {
     TRACED(ta_trace_calloc(n, size));
     size_t total;
     if (__builtin_mul_overflow(n, size, &total)) return ta_fail_nomem();
-    if (TA_LIKELY(total <= 1024)) return ta_alloc_class_as(ta_class_upto_1k(total), total, true);
-    if (total > TA_MAX_SMALL) return ta_alloc_large(total, 0, true);
-    return ta_alloc_class_as(ta_class_above_1k(total), total, true);
+    return ta_do_alloc(total, true);
 }
 
 static void *realloc_move(void *p, size_t old, size_t n) {

@@ -45,12 +45,14 @@ TA_ALWAYS_INLINE void *ta_alloc_class_as(uint32_t cls, size_t n, bool zero) {
 }
 TA_ALWAYS_INLINE void *ta_alloc_class(uint32_t cls, size_t n) { return ta_alloc_class_as(cls, n, false); }
 
-/* (the common sizes first: one compare and one table for n <= 1 KiB) */
-TA_ALWAYS_INLINE void *ta_do_malloc(size_t n) {
-    if (TA_LIKELY(n <= 1024)) return ta_alloc_class(ta_class_upto_1k(n), n);
-    if (TA_LIKELY(n <= TA_MAX_SMALL)) return ta_alloc_class(ta_class_above_1k(n), n);
-    return ta_malloc_large(n);
+/* malloc, and with `zero` (a constant) calloc: the common sizes first, one
+ * compare and one table for n <= 1 KiB. */
+TA_ALWAYS_INLINE void *ta_do_alloc(size_t n, bool zero) {
+    if (TA_LIKELY(n <= 1024)) return ta_alloc_class_as(ta_class_upto_1k(n), n, zero);
+    if (TA_LIKELY(n <= TA_MAX_SMALL)) return ta_alloc_class_as(ta_class_above_1k(n), n, zero);
+    return zero ? ta_alloc_large(n, 0, true) : ta_malloc_large(n);
 }
+TA_ALWAYS_INLINE void *ta_do_malloc(size_t n) { return ta_do_alloc(n, false); }
 
 /* A live small block goes back: its state byte marked FREE (so that a second
  * free of it is seen), then to tier 1, or in the hardened build to the

@@ -402,15 +402,9 @@ extern struct ta_pm_hot {
 } ta_pm_hot;
 extern uint64_t ta_class_magic[]; /* (sizeclass.c) */
 
-static inline uint64_t ta_pagemap_info(uintptr_t page) {
-    uintptr_t root = page >> TA_PM_LEAF_BITS; /* one compare rejects addresses above 48 bits */
-    if (TA_UNLIKELY(root >= (1u << TA_PM_ROOT_BITS))) return 0;
-    ta_pm_leaf_t *leaf = ta_pm_root[root];
-    return leaf ? __atomic_load_n(&leaf->entry[page & ((1u << TA_PM_LEAF_BITS) - 1)].info, __ATOMIC_ACQUIRE) : 0;
-}
-/* The info word and, in *magic, the class's division magic (meaningful when
- * the info is not 0).  (The info is read first, with acquire: a set entry's
- * magic was written before it.) */
+/* The info word of page and, in *magic, the class's division magic
+ * (meaningful when the info is not 0).  (The info is read first, with
+ * acquire: a set entry's magic was written before it.) */
 static inline uint64_t ta_pagemap_info_magic(uintptr_t page, uint64_t *magic) {
     uintptr_t root = page >> TA_PM_LEAF_BITS;
     ta_pm_leaf_t *leaf;
@@ -418,6 +412,7 @@ static inline uint64_t ta_pagemap_info_magic(uintptr_t page, uint64_t *magic) {
     if (TA_LIKELY(root == __atomic_load_n(&ta_pm_hot.root, __ATOMIC_ACQUIRE))) {
         leaf = ta_pm_hot.leaf;
     } else {
+        /* one compare rejects addresses above 48 bits */
         if (TA_UNLIKELY(root >= (1u << TA_PM_ROOT_BITS))) return 0;
         leaf = ta_pm_root[root];
         if (!leaf) return 0;
@@ -426,6 +421,10 @@ static inline uint64_t ta_pagemap_info_magic(uintptr_t page, uint64_t *magic) {
     uint64_t info = __atomic_load_n(&e->info, __ATOMIC_ACQUIRE);
     *magic = e->magic;
     return info;
+}
+static inline uint64_t ta_pagemap_info(uintptr_t page) {
+    uint64_t magic;
+    return ta_pagemap_info_magic(page, &magic);
 }
 /* The same for a page known to hold one of tieralloc's small blocks (one that
  * tier 1 just handed out): no range or leaf check. */

@@ -67,12 +67,11 @@ typedef struct ta_pcache {
 } __attribute__((aligned(64))) ta_pcache_t; /* the CPUs' records side by side share no line */
 /* A thread cache is LIVE from its creation to its thread's exit flush
  * (EXITING until it leaves the registry, EMPTY on the list for reuse), or
- * until it is emptied after the switch to per-CPU caches (RETIRING, by
- * whoever claimed it, then RETIRED: off the registry, never reused, as its
- * thread still points to it).  In a child after fork, the caches of the
+ * until its thread empties it after the switch to per-CPU caches (then
+ * RETIRED: off the registry, never reused, as its thread still points to it).  In a child after fork, the caches of the
  * parent's other threads are ORPHANs: nobody uses them.  pcache_dead (DEAD)
  * is every exited thread's. */
-enum { TA_PC_EMPTY = 0, TA_PC_LIVE, TA_PC_DEAD, TA_PC_EXITING, TA_PC_RETIRING, TA_PC_RETIRED, TA_PC_ORPHAN };
+enum { TA_PC_EMPTY = 0, TA_PC_LIVE, TA_PC_DEAD, TA_PC_EXITING, TA_PC_RETIRED, TA_PC_ORPHAN };
 
 /* headers only, all zero: every operation misses (a new thread, an exited one) */
 static uint64_t slab_none[TA_MAX_CLASSES] __attribute__((aligned(64)));
@@ -658,12 +657,12 @@ static void grow(ta_pcache_t *c, uint32_t cls) {
 /* ---- a thread's own cache on its slow paths ------------------------------------ */
 /* The calling thread may work on its own cache c: false once the switch to
  * per-CPU caches has happened (then c is to be retired, see switch_to_percpu)
- * or c is no longer live.  Only its thread touches it: nothing to mark. */
+ * or c is no longer live.  Only its thread touches it: nothing to mark, and
+ * nothing to undo when it is done. */
 static inline bool own_enter(ta_pcache_t *c) {
     return TA_LIKELY(!__atomic_load_n(&ta_fe.percpu, __ATOMIC_RELAXED) &&
                      __atomic_load_n(&c->state, __ATOMIC_RELAXED) == TA_PC_LIVE);
 }
-static inline void own_leave(ta_pcache_t *c) { (void)c; }
 
 /* ---- decay and draining ------------------------------------------------------ */
 /* Give back half of what each class that neither missed nor overflowed since
@@ -777,7 +776,6 @@ static void tick(ta_pcache_t *own, bool may_start) {
         if ((window || decay) && own_enter(own)) {
             if (window) own->window_ms = now, trim_thread_cache(own);
             if (decay) own->scavenged_ms = now, release(own, false, false);
-            own_leave(own);
         }
     }
     if (!bg) ta_central_tick(now);
@@ -802,7 +800,7 @@ static void unregister(ta_pcache_t *c) {
 
 /* Empty thread cache c for good, after the switch to per-CPU caches: its
  * objects go to central, its budget to the pool, its slab's pages to the OS.
- * The caller, its thread, claimed it (LIVE to RETIRING) and holds reg_lock. */
+ * The caller is its thread and holds reg_lock. */
 static void retire(ta_pcache_t *c) {
     release(c, true, false);
     unregister(c);
@@ -812,15 +810,10 @@ static void retire(ta_pcache_t *c) {
     __atomic_store_n(&c->state, TA_PC_RETIRED, __ATOMIC_RELEASE);
 }
 
-static bool claim(ta_pcache_t *c) {
-    uint32_t live = TA_PC_LIVE;
-    return __atomic_compare_exchange_n(&c->state, &live, TA_PC_RETIRING, false, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
-}
-
-/* The calling thread's own cache, LIVE after the switch: its thread empties
- * it (see switch_to_percpu). */
+/* The calling thread's own cache after the switch: emptied if still LIVE
+ * (see switch_to_percpu).  Only its thread changes a LIVE cache's state. */
 static void retire_own(ta_pcache_t *own) {
-    if (!claim(own)) return;
+    if (__atomic_load_n(&own->state, __ATOMIC_RELAXED) != TA_PC_LIVE) return;
     ta_lock(&reg_lock);
     retire(own);
     ta_unlock(&reg_lock);
@@ -936,14 +929,12 @@ static ta_pcache_t *cache_lock(void) {
         /* the switch happened meanwhile (perhaps in thread_cache) */
     }
     ta_pcache_t *own = ta_tls.cache;
-    if (TA_UNLIKELY(own && own != &pcache_dead && __atomic_load_n(&own->state, __ATOMIC_RELAXED) == TA_PC_LIVE))
-        retire_own(own);
+    if (TA_UNLIKELY(own && own != &pcache_dead)) retire_own(own);
     return cpu_cache_lock();
 }
 
 static inline void cache_unlock(ta_pcache_t *c) {
     if (c->cpu >= 0) ta_unlock(&c->lock);
-    else own_leave(c);
 }
 
 /* ---- the slow paths ------------------------------------------------------------ */
@@ -1019,12 +1010,10 @@ void ta_pcache_flush_current(void) {
     ta_pcache_t *c = ta_tls.cache;
     if (!c || c == &pcache_dead) return;
     if (ta_fe_percpu) { /* the thread's cache from before the switch, if it still has it */
-        if (__atomic_load_n(&c->state, __ATOMIC_RELAXED) == TA_PC_LIVE) retire_own(c);
+        retire_own(c);
         return;
     }
-    if (!own_enter(c)) return;
-    release(c, true, true);
-    own_leave(c);
+    if (own_enter(c)) release(c, true, true);
 }
 
 void ta_pcache_drain_all(void) {
@@ -1046,13 +1035,12 @@ void ta_pcache_thread_exit(void *arg) {
         return;
     }
     if (!own_enter(c)) { /* the switch happened: emptied, or to be emptied now */
-        if (__atomic_load_n(&c->state, __ATOMIC_RELAXED) == TA_PC_LIVE) retire_own(c);
+        retire_own(c);
         ta_sample_thread_exit();
         return;
     }
     release(c, true, true); /* straight into the spans: whole spans can go back */
     __atomic_store_n(&c->state, TA_PC_EXITING, __ATOMIC_RELAXED);
-    own_leave(c);
     ta_sample_thread_exit();
     ta_tls.cache = &pcache_dead;
     ta_tls.slab = (ta_slot_t *)slab_none;
