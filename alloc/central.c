@@ -45,7 +45,7 @@ typedef struct central_class {
 typedef struct transfer {
     ta_lock_t lock;
     uint32_t n;
-    void **slots;
+    ta_slot_t *slots;
     uint64_t hits, misses;
 } __attribute__((aligned(64))) transfer_t;
 
@@ -138,6 +138,9 @@ static void shuffle_fresh(central_class_t *cc, ta_span_t *s, uint32_t cls) {
 }
 #endif
 
+/* the span's object-state bytes (pageheap.c) */
+static inline uint8_t *span_states(const ta_span_t *s) { return ta_info_states(ta_pagemap_info_known(s->page)); }
+
 /* ---- objects given back to their span --------------------------------------------
  * The release build keeps them in the span's object-state bytes (pageheap.c),
  * not in the objects: a returned object's state is TA_OBJ_SPAN, and a refill
@@ -148,24 +151,22 @@ static void shuffle_fresh(central_class_t *cc, ta_span_t *s, uint32_t cls) {
  * followed.  The hardened build links them into a free list through their
  * first word instead (encoded and checked, above), in a shuffled order. */
 #ifndef TA_HARDENED
-static inline uint8_t *span_states(const ta_span_t *s) { return ta_info_states(ta_pagemap_info_known(s->page)); }
 static inline uint32_t span_carved(const ta_span_t *s, uint32_t cls) {
     return (uint32_t)((size_t)(s->carve - (char *)ta_span_addr(s)) / ta_class[cls].size);
 }
 static inline bool has_returned(const ta_span_t *s, uint32_t cls) { return span_carved(s, cls) > s->allocated; }
 
-static inline void put_returned(ta_span_t *s, uint32_t cls, void *obj) {
+static inline void put_returned(ta_span_t *s, uint32_t cls, ta_slot_t o) {
     bool start;
-    uint32_t idx = ta_object_index((uint32_t)((char *)obj - (char *)ta_span_addr(s)), cls, &start);
-    ta_state_set(span_states(s) + idx, TA_OBJ_SPAN);
+    uint32_t idx = ta_object_index((uint32_t)((char *)o.obj - (char *)ta_span_addr(s)), cls, &start);
+    ta_state_set(o.state, TA_OBJ_SPAN);
     if (idx < s->scan_from) s->scan_from = idx;
 }
 
 /* Up to want of the span's returned objects, lowest first, marked FREE. */
-static uint32_t take_returned(ta_span_t *s, uint32_t cls, void **out, uint32_t want) {
+static uint32_t take_returned(ta_span_t *s, uint32_t cls, ta_slot_t *out, uint32_t want, uint8_t *st) {
     uint32_t carved = span_carved(s, cls), left = carved - s->allocated, got = 0;
     if (!left) return 0;
-    uint8_t *st = span_states(s);
     char *base = ta_span_addr(s);
     const uint32_t size = ta_class[cls].size;
     uint32_t i = s->scan_from & ~7u;
@@ -178,7 +179,7 @@ static uint32_t take_returned(ta_span_t *s, uint32_t cls, void **out, uint32_t w
             uint32_t k = i + (uint32_t)__builtin_ctzll(w) / 8;
             w &= w - 1;
             ta_state_set(st + k, TA_OBJ_FREE);
-            out[got++] = base + (size_t)k * size;
+            out[got++] = (ta_slot_t){base + (size_t)k * size, st + k};
         }
         if (w) break; /* want reached inside this word: the rest of it is looked at next time */
     }
@@ -191,25 +192,28 @@ static inline bool has_returned(const ta_span_t *s, uint32_t cls) {
     (void)cls;
     return s->freelist != NULL;
 }
-static inline void put_returned(ta_span_t *s, uint32_t cls, void *obj) {
+static inline void put_returned(ta_span_t *s, uint32_t cls, ta_slot_t o) {
     (void)cls;
-    link_set(obj, s->freelist);
-    s->freelist = obj;
+    link_set(o.obj, s->freelist);
+    s->freelist = o.obj;
 }
-static uint32_t take_returned(ta_span_t *s, uint32_t cls, void **out, uint32_t want) {
+static uint32_t take_returned(ta_span_t *s, uint32_t cls, ta_slot_t *out, uint32_t want, uint8_t *st) {
     uint32_t got = 0;
+    char *base = ta_span_addr(s);
     while (got < want && s->freelist) {
-        out[got++] = s->freelist;
-        s->freelist = link_get(s, cls, s->freelist);
+        bool start;
+        void *obj = s->freelist;
+        out[got++] = (ta_slot_t){obj, st + ta_object_index((uint32_t)((char *)obj - base), cls, &start)};
+        s->freelist = link_get(s, cls, obj);
     }
     s->allocated += got;
     return got;
 }
 #endif
 
-static void reverse(void **v, uint32_t n) {
+static void reverse(ta_slot_t *v, uint32_t n) {
     for (uint32_t i = 0; i + 1 < n - i; i++) {
-        void *t = v[i];
+        ta_slot_t t = v[i];
         v[i] = v[n - 1 - i];
         v[n - 1 - i] = t;
     }
@@ -263,7 +267,7 @@ static ta_span_t *span_with_objects(central_class_t *cc, uint32_t shard, bool an
 /* Take up to want objects from the class's spans: the shard's own; with
  * `any`, then the other shards' (not fresh) and then fresh spans from the
  * page heap, which are the shard's. */
-static uint32_t alloc_from_spans(uint32_t cls, void **out, uint32_t want, uint32_t shard, bool any) {
+static uint32_t alloc_from_spans(uint32_t cls, ta_slot_t *out, uint32_t want, uint32_t shard, bool any) {
     central_class_t *cc = &central[cls];
     const uint32_t size = ta_class[cls].size;
     const size_t span_objs_bytes = (size_t)ta_class[cls].objects * size;
@@ -293,12 +297,16 @@ static uint32_t alloc_from_spans(uint32_t cls, void **out, uint32_t want, uint32
             span_list_push(cc, s);
         }
         char *carve_end = (char *)ta_span_addr(s) + span_objs_bytes;
+        uint8_t *st = span_states(s);
         uint32_t first = got;
-        got += take_returned(s, cls, out + got, want - got);
-        while (got < want && s->carve < carve_end) {
-            out[got++] = s->carve;
-            s->carve += size;
-            s->allocated++;
+        got += take_returned(s, cls, out + got, want - got, st);
+        if (got < want && s->carve < carve_end) {
+            uint32_t k = (uint32_t)((size_t)(s->carve - (char *)ta_span_addr(s)) / size);
+            while (got < want && s->carve < carve_end) {
+                out[got++] = (ta_slot_t){s->carve, st + k++};
+                s->carve += size;
+                s->allocated++;
+            }
         }
         /* highest first: a refill hands out the last of its batch first and
          * stacks the rest (pcache.c), so the span's objects go out lowest
@@ -314,18 +322,18 @@ static uint32_t alloc_from_spans(uint32_t cls, void **out, uint32_t want, uint32
     return got;
 }
 
-/* Return n chained objects to their spans; spans left with nothing handed out
- * go back to the page heap. */
-static void free_to_spans(uint32_t cls, void *const *objs, uint32_t n) {
+/* Return n objects to their spans; spans left with nothing handed out go
+ * back to the page heap. */
+static void free_to_spans(uint32_t cls, const ta_slot_t *in, uint32_t n) {
     central_class_t *cc = &central[cls];
     ta_span_t *empty = NULL;
     ta_lock(&cc->lock);
     for (uint32_t i = 0; i < n; i++) {
-        void *obj = objs[i];
-        ta_span_t *s = ta_pagemap_span((uintptr_t)obj >> TA_PAGE_SHIFT);
+        ta_span_t *s = ta_pagemap_span((uintptr_t)in[i].obj >> TA_PAGE_SHIFT);
         TA_ASSERT(s && s->cls == cls && s->state == TA_SPAN_INUSE && s->allocated > 0);
-        TA_ASSERT(ta_obj_cached_state(ta_state_get(ta_state_of(obj, cls)))); /* no live object goes back to its span */
-        put_returned(s, cls, obj);
+        TA_ASSERT(in[i].state == ta_state_of(in[i].obj, cls));
+        TA_ASSERT(ta_obj_cached_state(ta_state_get(in[i].state))); /* no live object goes back to its span */
+        put_returned(s, cls, in[i]);
         s->fresh = 0;
         s->allocated--;
         cc->free_objects++;
@@ -350,7 +358,7 @@ static void free_to_spans(uint32_t cls, void *const *objs, uint32_t n) {
 
 /* Up to want objects from the top of a shard's transfer cache; an empty own
  * shard counts a miss. */
-static uint32_t transfer_take(uint32_t sh, uint32_t cls, void **out, uint32_t want, bool own) {
+static uint32_t transfer_take(uint32_t sh, uint32_t cls, ta_slot_t *out, uint32_t want, bool own) {
     transfer_t *t = &transfer[sh][cls];
     if (!__atomic_load_n(&t->n, __ATOMIC_RELAXED)) { /* empty: no lock needed to see it */
         if (own) __atomic_add_fetch(&t->misses, 1, __ATOMIC_RELAXED);
@@ -359,13 +367,13 @@ static uint32_t transfer_take(uint32_t sh, uint32_t cls, void **out, uint32_t wa
     ta_lock(&t->lock);
     uint32_t n = t->n, k = n < want ? n : want;
     __atomic_store_n(&t->n, n - k, __ATOMIC_RELAXED); /* read unlocked above */
-    memcpy(out, t->slots + (n - k), k * sizeof(void *));
+    memcpy(out, t->slots + (n - k), k * sizeof(ta_slot_t));
     if (k) t->hits++;
     ta_unlock(&t->lock);
     return k;
 }
 
-uint32_t ta_central_alloc(uint32_t cls, void **out, uint32_t want, uint32_t shard) {
+uint32_t ta_central_alloc(uint32_t cls, ta_slot_t *out, uint32_t want, uint32_t shard) {
     shard %= nshards;
     /* own transfer cache, own spans, then the other shards' transfer caches (a
      * thread that only frees must not park objects that a thread that only
@@ -380,11 +388,11 @@ uint32_t ta_central_alloc(uint32_t cls, void **out, uint32_t want, uint32_t shar
     return got;
 }
 
-void ta_central_free(uint32_t cls, void *const *objs, uint32_t n, uint32_t shard) {
+void ta_central_free(uint32_t cls, const ta_slot_t *in, uint32_t n, uint32_t shard) {
     transfer_t *t = &transfer[shard % nshards][cls];
     __atomic_add_fetch(&central[cls].from_caches, n, __ATOMIC_RELAXED);
     if (TA_UNLIKELY(!__atomic_load_n(&t->slots, __ATOMIC_ACQUIRE))) {
-        void **slots = ta_meta_alloc((size_t)tc_cap[cls] * sizeof(void *));
+        ta_slot_t *slots = ta_meta_alloc((size_t)tc_cap[cls] * sizeof(ta_slot_t));
         ta_lock(&t->lock);
         if (!t->slots) __atomic_store_n(&t->slots, slots, __ATOMIC_RELEASE);
         ta_unlock(&t->lock);
@@ -394,30 +402,30 @@ void ta_central_free(uint32_t cls, void *const *objs, uint32_t n, uint32_t shard
     if (t->slots) {
         ta_lock(&t->lock);
         k = tc_cap[cls] - t->n < n ? tc_cap[cls] - t->n : n;
-        memcpy(t->slots + t->n, objs, k * sizeof(void *));
+        memcpy(t->slots + t->n, in, k * sizeof(ta_slot_t));
         __atomic_store_n(&t->n, t->n + k, __ATOMIC_RELAXED); /* read unlocked by the others */
         TA_ASSERT(t->n <= tc_cap[cls]);
         ta_unlock(&t->lock);
     }
-    if (k < n) free_to_spans(cls, objs + k, n - k);
+    if (k < n) free_to_spans(cls, in + k, n - k);
 }
 
-void ta_central_free_spans(uint32_t cls, void *const *objs, uint32_t n) {
+void ta_central_free_spans(uint32_t cls, const ta_slot_t *in, uint32_t n) {
     __atomic_add_fetch(&central[cls].from_caches, n, __ATOMIC_RELAXED);
-    free_to_spans(cls, objs, n);
+    free_to_spans(cls, in, n);
 }
 
 /* Move half (or, without `half`, all) of a transfer cache's objects back to their spans. */
 static void transfer_release(uint32_t sh, uint32_t c, bool half) {
     transfer_t *t = &transfer[sh][c];
-    void *buf[256];
+    ta_slot_t buf[256];
     for (;;) {
         if (!__atomic_load_n(&t->n, __ATOMIC_RELAXED)) return;
         ta_lock(&t->lock);
         uint32_t n = t->n, k = half ? (n + 1) / 2 : n;
         if (k > 256) k = 256;
         __atomic_store_n(&t->n, n - k, __ATOMIC_RELAXED);
-        memcpy(buf, t->slots + (n - k), k * sizeof(void *));
+        memcpy(buf, t->slots + (n - k), k * sizeof(ta_slot_t));
         ta_unlock(&t->lock);
         free_to_spans(c, buf, k);
         if (half) return;

@@ -638,15 +638,21 @@ void ta_pageheap_lock_all(void);   /* fork */
 void ta_pageheap_unlock_all(bool child);
 
 /* ---- central.c: tier 2 ---------------------------------------------------- */
-/* Objects travel as arrays of pointers: a batch is copied, never walked. */
+/* Objects travel as arrays of slots, each an object and the address of its
+ * state byte, as tier 1 keeps them: a batch is copied, never walked, and
+ * neither side looks the state bytes up again. */
+typedef struct ta_slot {
+    void *obj;
+    uint8_t *state;
+} ta_slot_t;
 void ta_central_init(void);
 /* Up to `want` objects of class cls into out[]; returns how many (0 = out of memory). */
-uint32_t ta_central_alloc(uint32_t cls, void **out, uint32_t want, uint32_t shard);
+uint32_t ta_central_alloc(uint32_t cls, ta_slot_t *out, uint32_t want, uint32_t shard);
 /* Give back n objects. */
-void ta_central_free(uint32_t cls, void *const *objs, uint32_t n, uint32_t shard);
+void ta_central_free(uint32_t cls, const ta_slot_t *in, uint32_t n, uint32_t shard);
 /* The same, straight into their spans, bypassing the transfer caches: for
  * caches that are going away (thread exit, trim), so whole spans can be freed. */
-void ta_central_free_spans(uint32_t cls, void *const *objs, uint32_t n);
+void ta_central_free_spans(uint32_t cls, const ta_slot_t *in, uint32_t n);
 /* Called from tier 1's slow paths: once per decay period, half of every
  * transfer cache goes back to its spans; then the page heap's decay. */
 void ta_central_tick(uint64_t now);

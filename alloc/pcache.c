@@ -293,12 +293,10 @@ static int slab_put(ta_pcache_t *c, uint32_t cls, const ta_slot_t *in, uint32_t 
 
 /* Give k cached objects back to central (to_spans: straight to their spans). */
 static void give_back(ta_pcache_t *c, uint32_t cls, const ta_slot_t *slots, uint32_t k, bool to_spans) {
-    void *objs[MAX_BATCH];
-    while (k) {
+    while (k) { /* a batch at a time: central's locks are held for one batch */
         uint32_t n = k < MAX_BATCH ? k : MAX_BATCH;
-        for (uint32_t i = 0; i < n; i++) objs[i] = slots[i].obj;
-        if (to_spans) ta_central_free_spans(cls, objs, n);
-        else ta_central_free(cls, objs, n, c->shard);
+        if (to_spans) ta_central_free_spans(cls, slots, n);
+        else ta_central_free(cls, slots, n, c->shard);
         slots += n;
         k -= n;
     }
@@ -940,10 +938,10 @@ static inline void cache_unlock(ta_pcache_t *c) {
 /* ---- the slow paths ------------------------------------------------------------ */
 void *ta_pcache_alloc_slow(uint32_t cls) {
     ta_pcache_t *c = cache_lock();
-    void *buf[MAX_BATCH];
+    ta_slot_t buf[MAX_BATCH];
     if (TA_UNLIKELY(!c || c->state == TA_PC_DEAD)) {
         /* no cache (the thread is past its exit flush, or out of memory): straight to central */
-        return ta_central_alloc(cls, buf, 1, 0) ? buf[0] : NULL;
+        return ta_central_alloc(cls, buf, 1, 0) ? buf[0].obj : NULL;
     }
     c->n_alloc_miss++;
     c->active[cls] = 1;
@@ -954,21 +952,9 @@ void *ta_pcache_alloc_slow(uint32_t cls) {
     uint32_t want = ta_class[cls].batch, cap = capacity(c, cls);
     if (want > cap + 1) want = cap + 1;
     uint32_t got = ta_central_alloc(cls, buf, want, c->shard);
-    void *p = got ? buf[--got] : NULL;
+    void *p = got ? buf[--got].obj : NULL;
     if (got) {
-        /* each with the address of its state byte: a pagemap read, not the object */
-        ta_slot_t slots[MAX_BATCH];
-        uintptr_t page = 0;
-        uint64_t info = 0;
-        for (uint32_t i = 0; i < got; i++) { /* neighbours share a page: one lookup for them */
-            if ((uintptr_t)buf[i] >> TA_PAGE_SHIFT != page) {
-                page = (uintptr_t)buf[i] >> TA_PAGE_SHIFT;
-                info = ta_pagemap_info_known(page);
-            }
-            bool start;
-            slots[i] = (ta_slot_t){buf[i], ta_info_states(info) + ta_object_index(ta_info_offset(buf[i], info), cls, &start)};
-        }
-        int k = slab_put(c, cls, slots, got);
+        int k = slab_put(c, cls, buf, got);
         if (k < 0) k = 0; /* migrated to another CPU: the rest goes back */
         if ((uint32_t)k < got) ta_central_free(cls, buf + k, got - (uint32_t)k, c->shard);
     }
@@ -981,14 +967,14 @@ void *ta_pcache_alloc_slow(uint32_t cls) {
 void ta_pcache_free_slow(void *p, uint32_t cls) {
     if (TA_UNLIKELY(ta_trace_on)) ta_trace_free(p);
     ta_pcache_t *c = cache_lock();
+    ta_slot_t mine = {p, ta_state_of(p, cls)};
     if (TA_UNLIKELY(!c || c->state == TA_PC_DEAD)) {
-        ta_central_free(cls, &p, 1, 0);
+        ta_central_free(cls, &mine, 1, 0);
         return;
     }
     c->n_free_miss++;
     /* frees alone grow a class to one batch at most */
     if (capacity(c, cls) < ta_class[cls].batch) grow(c, cls);
-    ta_slot_t mine = {p, ta_state_of(p, cls)};
     int k = slab_put(c, cls, &mine, 1);
     if (k == 0) {
         /* full: a batch goes to central, p stays (it is the most recently used) */
@@ -999,7 +985,7 @@ void ta_pcache_free_slow(void *p, uint32_t cls) {
         if (slab_put(c, cls, &mine, 1) != 1) buf[n++] = mine;
         give_back(c, cls, buf, (uint32_t)n, false);
     } else if (k < 0) {
-        ta_central_free(cls, &p, 1, c->shard); /* migrated meanwhile */
+        ta_central_free(cls, &mine, 1, c->shard); /* migrated meanwhile */
     }
     check_cache(c, cls);
     cache_unlock(c);

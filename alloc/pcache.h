@@ -36,10 +36,7 @@
 #define TA_SLAB_HDR_SLOTS (TA_MAX_CLASSES * 8 / 16) /* the headers take the first slots */
 #define TA_SLOT_SKEW 4 /* slots (one cache line) between two classes' ranges (pcache.c) */
 
-typedef struct ta_slot {
-    void *obj;
-    uint8_t *state;
-} ta_slot_t;
+/* (ta_slot_t, an object and its state byte's address: internal.h) */
 
 typedef union ta_slab_hdr {
     uint64_t word;

@@ -1,6 +1,6 @@
-/* test_central.c: tier 2 (central.c).  Objects travel as arrays of pointers:
- * ta_central_alloc fills an array with distinct, properly placed, FREE
- * objects of the class; objects given back in whole and partial batches
+/* test_central.c: tier 2 (central.c).  Objects travel as arrays of slots
+ * (object, state byte): ta_central_alloc fills an array with distinct,
+ * properly placed, FREE objects of the class, each with its own state byte; objects given back in whole and partial batches
  * return their spans to the page heap once drained; batches come back intact
  * (object for object, contents untouched) through the transfer caches, which
  * count hits and misses, halve once per decay period and overflow to the
@@ -140,6 +140,32 @@ static void quiesce(void) {
 static uint32_t nshards(void) { return ta_cfg.ncpu < 1 ? 1 : ta_cfg.ncpu > 4 ? 4 : (uint32_t)ta_cfg.ncpu; }
 
 #define MAXOBJ 8192
+
+/* Central moves slots (an object and the address of its state byte); these
+ * tests work on objects.  c_alloc also checks that every slot it gets carries
+ * its object's own state byte, c_free and c_free_spans pass the right ones.
+ * (A thread's own buffer, no malloc: see above.) */
+static __thread ta_slot_t wrap_buf[MAXOBJ];
+static uint32_t c_alloc(uint32_t cls, void **out, uint32_t want, uint32_t shard) {
+    if (want > MAXOBJ) abort();
+    uint32_t got = ta_central_alloc(cls, wrap_buf, want, shard);
+    for (uint32_t i = 0; i < got; i++) {
+        if (wrap_buf[i].state != ta_state_of(wrap_buf[i].obj, cls)) abort();
+        out[i] = wrap_buf[i].obj;
+    }
+    return got;
+}
+static const ta_slot_t *to_slots(uint32_t cls, void *const *objs, uint32_t n) {
+    if (n > MAXOBJ) abort();
+    for (uint32_t i = 0; i < n; i++) wrap_buf[i] = (ta_slot_t){objs[i], ta_state_of(objs[i], cls)};
+    return wrap_buf;
+}
+static void c_free(uint32_t cls, void *const *objs, uint32_t n, uint32_t shard) {
+    ta_central_free(cls, to_slots(cls, objs, n), n, shard);
+}
+static void c_free_spans(uint32_t cls, void *const *objs, uint32_t n) {
+    ta_central_free_spans(cls, to_slots(cls, objs, n), n);
+}
 static void *objs[MAXOBJ];
 
 /* Every free object of the class's spans, taken by the shard whose list holds
@@ -152,12 +178,12 @@ static uint32_t nheld;
 static void hold_all_free(uint32_t c) {
     nheld = 0;
     for (uint32_t sh = 0; sh < nshards(); sh++)
-        while (ta_central_listed(c, sh) && nheld < MAXOBJ && ta_central_alloc(c, held + nheld, 1, sh)) nheld++;
+        while (ta_central_listed(c, sh) && nheld < MAXOBJ && c_alloc(c, held + nheld, 1, sh)) nheld++;
     for (uint32_t sh = 0; sh < nshards(); sh++)
         cr_assert_eq(ta_central_listed(c, sh), 0u, "class %u: shard %u still lists a span", c, sh);
 }
 static void release_held(uint32_t c) {
-    ta_central_free_spans(c, held, nheld);
+    c_free_spans(c, held, nheld);
     nheld = 0;
 }
 
@@ -169,7 +195,7 @@ Test(central, arrays_hold_distinct_valid_objects) {
         for (size_t w = 0; w < sizeof wants / sizeof wants[0]; w++) {
             uint32_t want = wants[w];
             if (want > MAXOBJ) continue;
-            uint32_t n = ta_central_alloc(c, objs, want, 0);
+            uint32_t n = c_alloc(c, objs, want, 0);
             cr_assert_eq(n, want, "class %u: asked %u, got %u", c, want, n);
             const char *e = check(objs, n, c);
             cr_assert_null(e, "class %u (size %u), want %u: object %s", c, ta_class[c].size, want, e);
@@ -181,12 +207,12 @@ Test(central, arrays_hold_distinct_valid_objects) {
             /* give them back: a whole batch when there is one, then odd pieces */
             uint32_t done = 0;
             if (n >= batch) {
-                ta_central_free(c, objs, batch, 0);
+                c_free(c, objs, batch, 0);
                 done = batch;
             }
             while (done < n) {
                 uint32_t k = n - done > 3 ? 3 : n - done;
-                ta_central_free(c, objs + done, k, 1);
+                c_free(c, objs + done, k, 1);
                 done += k;
             }
         }
@@ -213,7 +239,7 @@ static void round_trip_returns_spans(uint32_t c, uint32_t spans_worth) {
     while (n < total) {
         uint32_t want = (calls % 3 == 0) ? batch : 1 + (calls * 7) % (batch + 5);
         if (want > total - n) want = total - n;
-        uint32_t got = ta_central_alloc(c, objs + n, want, calls % 4);
+        uint32_t got = c_alloc(c, objs + n, want, calls % 4);
         if (!got) break;
         if (got != want && !bad) bad = "short array";
         const char *e = check(objs + n, got, c);
@@ -229,8 +255,8 @@ static void round_trip_returns_spans(uint32_t c, uint32_t spans_worth) {
     while (left) {
         uint32_t m = (k % 2 == 0) ? batch : 1 + k % (batch > 1 ? batch - 1 : 1);
         if (m > left) m = left;
-        if (k % 5 == 4) ta_central_free_spans(c, objs + left - m, m);
-        else ta_central_free(c, objs + left - m, m, k % 4);
+        if (k % 5 == 4) c_free_spans(c, objs + left - m, m);
+        else c_free(c, objs + left - m, m, k % 4);
         left -= m;
         k++;
     }
@@ -285,7 +311,7 @@ Test(central, batches_survive_the_transfer_cache) {
     cr_assert_leq(batch, MAXOBJ / K);
     quiesce();
     for (int i = 0; i < K; i++) {
-        uint32_t got = ta_central_alloc(c, given[i], batch, 0);
+        uint32_t got = c_alloc(c, given[i], batch, 0);
         cr_assert_eq(got, batch, "asked a batch of %u, got %u", batch, got);
         cr_assert_null(check(given[i], batch, c));
         for (uint32_t j = 0; j < batch; j++) memset(given[i][j], (int)(i * 31 + j) & 0xff, size);
@@ -293,9 +319,9 @@ Test(central, batches_survive_the_transfer_cache) {
     ta_central_stats_t s0, s1, s2;
     uint32_t got[K];
     ta_central_stats(c, &s0);
-    for (int i = 0; i < K; i++) ta_central_free(c, given[i], batch, 0);
+    for (int i = 0; i < K; i++) c_free(c, given[i], batch, 0);
     ta_central_stats(c, &s1);
-    for (int i = 0; i < K; i++) got[i] = ta_central_alloc(c, back[i], batch, 0);
+    for (int i = 0; i < K; i++) got[i] = c_alloc(c, back[i], batch, 0);
     ta_central_stats(c, &s2);
 
     cr_assert_eq(s1.transfer_bytes - s0.transfer_bytes, (uint64_t)K * batch * size,
@@ -317,7 +343,7 @@ Test(central, batches_survive_the_transfer_cache) {
                              back[i][j], x);
         }
     }
-    for (int i = 0; i < K; i++) ta_central_free(c, back[i], batch, 0);
+    for (int i = 0; i < K; i++) c_free(c, back[i], batch, 0);
     ta_central_drain();
     ta_central_stats(c, &s2);
     cr_assert_eq(s2.transfer_bytes, 0u);
@@ -333,13 +359,13 @@ Test(central, partial_refill_takes_from_another_shard) {
     quiesce();
     hold_all_free(c); /* shard 0 has no span of the class listed */
     cr_assert_geq(batch, 8u);
-    uint32_t got = ta_central_alloc(c, mine, batch, 1); /* a fresh span of shard 1 */
+    uint32_t got = c_alloc(c, mine, batch, 1); /* a fresh span of shard 1 */
     cr_assert_eq(got, batch);
-    ta_central_free(c, mine, batch, 1); /* parked in shard 1 */
+    c_free(c, mine, batch, 1); /* parked in shard 1 */
     ta_central_stats_t s0, s1;
     ta_central_stats(c, &s0);
     const uint32_t want = 3;
-    uint32_t n = ta_central_alloc(c, part, want, 0); /* from shard 0: looks at the others too */
+    uint32_t n = c_alloc(c, part, want, 0); /* from shard 0: looks at the others too */
     ta_central_stats(c, &s1);
     cr_assert_eq(n, want, "asked %u, got %u", want, n);
     const char *e = check(part, n, c);
@@ -351,7 +377,7 @@ Test(central, partial_refill_takes_from_another_shard) {
     cr_assert_eq(s1.span_free_bytes, s0.span_free_bytes, "the spans were touched");
     cr_assert_eq(s1.hits - s0.hits, 1u);
     cr_assert_eq(s1.misses - s0.misses, 1u, "the empty own shard is a miss");
-    ta_central_free(c, part, n, 0);
+    c_free(c, part, n, 0);
     ta_central_drain();
     release_held(c);
 }
@@ -370,27 +396,27 @@ Test(central, refill_takes_own_spans_before_another_shards_batch) {
     hold_all_free(c);
     /* shard 1 carves a whole span, shard 0 another (no span is listed, and
      * shard 1's is full: nothing to take but a fresh one) */
-    cr_assert_eq(ta_central_alloc(c, b, per_span, 1), per_span);
-    cr_assert_eq(ta_central_alloc(c, a, per_span, 0), per_span);
+    cr_assert_eq(c_alloc(c, b, per_span, 1), per_span);
+    cr_assert_eq(c_alloc(c, a, per_span, 0), per_span);
     ta_span_t *sa = span_of(a[0]), *sb = span_of(b[0]);
     cr_assert_neq(sa, sb);
     cr_assert_eq(sa->shard, 0u);
     cr_assert_eq(sb->shard, 1u);
     for (uint32_t i = 0; i < per_span; i++) cr_assert(span_of(a[i]) == sa && span_of(b[i]) == sb);
-    ta_central_free_spans(c, a, 4);         /* four objects back into shard 0's span: listed */
-    ta_central_free(c, b, batch, 1);        /* a batch parked in shard 1's transfer cache */
+    c_free_spans(c, a, 4);         /* four objects back into shard 0's span: listed */
+    c_free(c, b, batch, 1);        /* a batch parked in shard 1's transfer cache */
     cr_assert_eq(ta_central_listed(c, 0), 1u);
     ta_central_stats_t s0, s1;
     ta_central_stats(c, &s0);
-    uint32_t n = ta_central_alloc(c, part, 3, 0);
+    uint32_t n = c_alloc(c, part, 3, 0);
     ta_central_stats(c, &s1);
     cr_assert_eq(n, 3u);
     for (uint32_t i = 0; i < n; i++) cr_assert_eq(span_of(part[i]), sa, "object %u is not from shard 0's span", i);
     cr_assert_eq(s1.transfer_bytes, s0.transfer_bytes, "the other shard's batch was taken");
     cr_assert_eq(s0.span_free_bytes - s1.span_free_bytes, 3ull * ta_class[c].size);
-    ta_central_free_spans(c, part, n);
-    ta_central_free_spans(c, a + 4, per_span - 4);
-    ta_central_free_spans(c, b + batch, per_span - batch);
+    c_free_spans(c, part, n);
+    c_free_spans(c, a + 4, per_span - 4);
+    c_free_spans(c, b + batch, per_span - batch);
     ta_central_drain();
     release_held(c);
 }
@@ -408,30 +434,30 @@ Test(central, empty_shard_takes_a_used_span_not_a_fresh_one) {
     quiesce();
     hold_all_free(c);
     /* a fresh span of shard 1, partly carved: shard 0 carves its own */
-    cr_assert_eq(ta_central_alloc(c, b, 2, 1), 2u);
+    cr_assert_eq(c_alloc(c, b, 2, 1), 2u);
     ta_span_t *sb = span_of(b[0]);
     ta_pageheap_stats(&h0);
-    cr_assert_eq(ta_central_alloc(c, &x, 1, 0), 1u);
+    cr_assert_eq(c_alloc(c, &x, 1, 0), 1u);
     ta_pageheap_stats(&h1);
     cr_assert_neq(span_of(x), sb, "shard 0 took an object of shard 1's fresh span");
     cr_assert_eq(span_of(x)->shard, 0u);
     cr_assert_eq(h1.inuse_bytes - h0.inuse_bytes, span_bytes);
-    ta_central_free_spans(c, &x, 1); /* shard 0's span goes back to the page heap */
+    c_free_spans(c, &x, 1); /* shard 0's span goes back to the page heap */
     /* shard 1's span, carved to the end and then given an object back: shard 0 takes it */
-    cr_assert_eq(ta_central_alloc(c, b + 2, per_span - 2, 1), per_span - 2);
+    cr_assert_eq(c_alloc(c, b + 2, per_span - 2, 1), per_span - 2);
     for (uint32_t i = 0; i < per_span; i++) cr_assert_eq(span_of(b[i]), sb);
-    ta_central_free_spans(c, b, 1);
+    c_free_spans(c, b, 1);
     cr_assert_eq(ta_central_listed(c, 1), 1u);
     ta_pageheap_stats(&h1);
-    cr_assert_eq(ta_central_alloc(c, &y, 1, 0), 1u);
+    cr_assert_eq(c_alloc(c, &y, 1, 0), 1u);
     ta_pageheap_stats(&h2);
     cr_assert_eq(y, b[0], "shard 0 did not take the free object of shard 1's span");
     cr_assert_eq(h2.inuse_bytes, h1.inuse_bytes, "a span was carved while another had a free object");
     cr_assert_eq(sb->shard, 0u, "the span taken is not shard 0's now");
-    ta_central_free_spans(c, &y, 1);
+    c_free_spans(c, &y, 1);
     cr_assert_eq(ta_central_listed(c, 0), 1u, "the span's objects do not come back to its new owner");
     cr_assert_eq(ta_central_listed(c, 1), 0u);
-    ta_central_free_spans(c, b + 1, per_span - 1);
+    c_free_spans(c, b + 1, per_span - 1);
     ta_central_drain();
     release_held(c);
 }
@@ -446,10 +472,10 @@ Test(central, transfer_caches_decay_by_half) {
     cr_assert_leq(batch, MAXOBJ / K);
     quiesce();
     for (int i = 0; i < K; i++) {
-        cr_assert_eq(ta_central_alloc(c, objs4[i], batch, 0), batch);
+        cr_assert_eq(c_alloc(c, objs4[i], batch, 0), batch);
         cr_assert_null(check(objs4[i], batch, c));
     }
-    for (int i = 0; i < K; i++) ta_central_free(c, objs4[i], batch, 0);
+    for (int i = 0; i < K; i++) c_free(c, objs4[i], batch, 0);
     ta_central_stats_t s0, s1, s2;
     ta_central_stats(c, &s0);
     cr_assert_eq(s0.transfer_bytes, (uint64_t)K * batch * size);
@@ -484,13 +510,13 @@ Test(central, transfer_cache_overflow_goes_to_spans) {
     quiesce();
     ta_pageheap_stats(&h0);
     for (uint32_t i = 0; i < nb; i++) {
-        uint32_t got = ta_central_alloc(c, objs + n, batch, 0);
+        uint32_t got = c_alloc(c, objs + n, batch, 0);
         if (got != batch && !bad) bad = "short array";
         const char *e = check(objs + n, got, c);
         if (e && !bad) bad = e;
         n += got;
     }
-    for (uint32_t i = 0; i < nb; i++) ta_central_free(c, objs + i * batch, batch, 0);
+    for (uint32_t i = 0; i < nb; i++) c_free(c, objs + i * batch, batch, 0);
     ta_central_stats(c, &s1);
     ta_central_drain();
     ta_pageheap_stats(&h2);
@@ -517,11 +543,11 @@ Test(central, free_spans_bypasses_the_transfer_cache) {
     ta_central_stats(c, &s0);
     uint32_t got = 0;
     while (got < n) {
-        uint32_t k = ta_central_alloc(c, objs + got, n - got > 64 ? 64 : n - got, 0);
+        uint32_t k = c_alloc(c, objs + got, n - got > 64 ? 64 : n - got, 0);
         if (!k) break;
         got += k;
     }
-    ta_central_free_spans(c, objs, got);
+    c_free_spans(c, objs, got);
     ta_central_stats(c, &s1);
     ta_pageheap_stats(&h1);
     cr_assert_eq(got, n);
@@ -551,7 +577,7 @@ static void *conc_worker(void *arg) {
         x = x * 1664525u + 1013904223u;
         if (n + 2 * batch + 8 <= STASH && ((x >> 7) & 1 || n == 0)) {
             uint32_t want = (x >> 9) % 3 == 0 ? batch : 1 + (x >> 12) % (2 * batch + 5);
-            uint32_t got = ta_central_alloc(c, tmp, want, (uint32_t)id + (x >> 20) % 2);
+            uint32_t got = c_alloc(c, tmp, want, (uint32_t)id + (x >> 20) % 2);
             if (!got || got > want) {
                 err = "bad count";
                 break;
@@ -575,13 +601,13 @@ static void *conc_worker(void *arg) {
                 if (!set_del_locked(&seen, give[i])) err = "object lost from the set";
             }
             if (err) break;
-            if ((x >> 14) % 8 == 0) ta_central_free_spans(c, give, k);
-            else ta_central_free(c, give, k, (uint32_t)id);
+            if ((x >> 14) % 8 == 0) c_free_spans(c, give, k);
+            else c_free(c, give, k, (uint32_t)id);
             n -= k;
         }
     }
     for (uint32_t i = 0; i < n && !err; i++) set_del_locked(&seen, stash[i]);
-    if (n && !err) ta_central_free(c, stash, n, (uint32_t)id);
+    if (n && !err) c_free(c, stash, n, (uint32_t)id);
     free(stash);
     free(tmp);
     conc_err[id] = err;
@@ -629,10 +655,10 @@ Test(central, stats_count_hits_and_misses) {
     quiesce();
     ta_central_stats_t a, b, d;
     ta_central_stats(c, &a);
-    uint32_t n1 = ta_central_alloc(c, a1, batch, 0); /* nothing in transfer: a miss */
+    uint32_t n1 = c_alloc(c, a1, batch, 0); /* nothing in transfer: a miss */
     ta_central_stats(c, &b);
-    ta_central_free(c, a1, n1, 0);                   /* a whole batch: parked */
-    uint32_t n2 = ta_central_alloc(c, a2, batch, 0); /* the same batch: a hit */
+    c_free(c, a1, n1, 0);                   /* a whole batch: parked */
+    uint32_t n2 = c_alloc(c, a2, batch, 0); /* the same batch: a hit */
     ta_central_stats(c, &d);
     cr_assert_eq(n1, batch);
     cr_assert_eq(n2, batch);
@@ -643,7 +669,7 @@ Test(central, stats_count_hits_and_misses) {
     cr_assert_eq(d.misses, b.misses);
     cr_assert_eq(b.to_caches - a.to_caches, (uint64_t)batch);
     cr_assert_eq(d.from_caches - b.from_caches, (uint64_t)batch);
-    ta_central_free(c, a2, n2, 0);
+    c_free(c, a2, n2, 0);
     ta_central_drain();
 }
 
@@ -758,12 +784,12 @@ Test(central, state_arrays_of_two_shards_share_no_line) {
     uintptr_t line[2][SPANS];
     uint32_t nl[2];
     for (uint32_t sh = 0; sh < 2; sh++) {
-        cr_assert_eq(ta_central_alloc(c, o[sh], per_span * SPANS, sh), per_span * SPANS);
+        cr_assert_eq(c_alloc(c, o[sh], per_span * SPANS, sh), per_span * SPANS);
         for (uint32_t i = 0; i < per_span * SPANS; i++)
             cr_assert_eq(ta_pagemap_span((uintptr_t)o[sh][i] >> TA_PAGE_SHIFT)->shard, sh, "a span of shard %u", sh);
         nl[sh] = state_lines(o[sh], per_span * SPANS, line[sh], SPANS);
     }
-    for (uint32_t sh = 0; sh < 2; sh++) ta_central_free_spans(c, o[sh], per_span * SPANS);
+    for (uint32_t sh = 0; sh < 2; sh++) c_free_spans(c, o[sh], per_span * SPANS);
     /* (how densely: new arrays lie side by side, new_state_arrays_of_a_shard_are_contiguous;
      * these may be recycled ones, from wherever the shard's spans of other classes left them) */
     cr_assert_geq(nl[0] + nl[1], 2u);
@@ -810,11 +836,11 @@ Test(central, fresh_objects_on_zeroed_pages_are_zero) {
     quiesce();
     malloc_trim(0); /* every free page of the heap released: zero */
     static void *o[256];
-    cr_assert_eq(ta_central_alloc(c, o, 1, 0), 0u + 1);
+    cr_assert_eq(c_alloc(c, o, 1, 0), 0u + 1);
     cr_assert(ta_pagemap_span((uintptr_t)o[0] >> TA_PAGE_SHIFT)->fresh, "class %u was used before", c);
-    ta_central_free_spans(c, o, 1); /* its span goes back to the page heap, and trim releases it */
+    c_free_spans(c, o, 1); /* its span goes back to the page heap, and trim releases it */
     malloc_trim(0);
-    uint32_t n = ta_central_alloc(c, o, 2 * ta_class[c].objects, 0);
+    uint32_t n = c_alloc(c, o, 2 * ta_class[c].objects, 0);
     cr_assert_eq(n, 2 * ta_class[c].objects);
     for (uint32_t i = 0; i < n; i++) {
         uint8_t st = *ta_state_of(o[i], c);
@@ -834,9 +860,9 @@ Test(central, fresh_objects_on_zeroed_pages_are_zero) {
         memset(o[i], 0x5a, ta_class[c].size);
         *ta_state_of(o[i], c) = TA_OBJ_FREE;
     }
-    ta_central_free(c, o, n / 2, 0);
-    ta_central_free_spans(c, o + n / 2, n - n / 2);
-    uint32_t k = ta_central_alloc(c, o, n / 2, 0);
+    c_free(c, o, n / 2, 0);
+    c_free_spans(c, o + n / 2, n - n / 2);
+    uint32_t k = c_alloc(c, o, n / 2, 0);
     for (uint32_t i = 0; i < k; i++) cr_assert_eq(*ta_state_of(o[i], c), TA_OBJ_FREE);
-    ta_central_free_spans(c, o, k);
+    c_free_spans(c, o, k);
 }
