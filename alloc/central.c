@@ -327,26 +327,27 @@ static uint32_t alloc_from_spans(uint32_t cls, ta_slot_t *out, uint32_t want, ui
 static void free_to_spans(uint32_t cls, const ta_slot_t *in, uint32_t n) {
     central_class_t *cc = &central[cls];
     ta_span_t *empty = NULL;
+    uint64_t back = 0; /* objects back in spans still in use (cc->free_objects, added once) */
     ta_lock(&cc->lock);
     for (uint32_t i = 0; i < n; i++) {
-        ta_span_t *s = ta_pagemap_span((uintptr_t)in[i].obj >> TA_PAGE_SHIFT);
+        ta_span_t *s = ta_pagemap_span_known((uintptr_t)in[i].obj >> TA_PAGE_SHIFT);
         TA_ASSERT(s && s->cls == cls && s->state == TA_SPAN_INUSE && s->allocated > 0);
         TA_ASSERT(in[i].state == ta_state_of(in[i].obj, cls));
         TA_ASSERT(ta_obj_cached_state(ta_state_get(in[i].state))); /* no live object goes back to its span */
         put_returned(s, cls, in[i]);
         s->fresh = 0;
-        s->allocated--;
-        cc->free_objects++;
-        if (s->allocated == 0) {
+        if (--s->allocated == 0) {
             if (s->in_list) span_list_remove(cc, s);
             s->next = empty;
             empty = s;
             cc->spans--;
-            cc->free_objects -= ta_class[cls].objects;
-        } else if (!s->in_list) {
-            span_list_push(cc, s);
+            cc->free_objects -= ta_class[cls].objects - 1; /* the span's, but for this one */
+        } else {
+            back++;
+            if (!s->in_list) span_list_push(cc, s);
         }
     }
+    cc->free_objects += back;
     ta_unlock(&cc->lock);
     while (empty) {
         ta_span_t *s = empty;

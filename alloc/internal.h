@@ -431,6 +431,11 @@ static inline uint64_t ta_pagemap_info(uintptr_t page) {
 static inline uint64_t ta_pagemap_info_known(uintptr_t page) {
     return ta_pm_root[page >> TA_PM_LEAF_BITS]->entry[page & ((1u << TA_PM_LEAF_BITS) - 1)].info;
 }
+/* The span of a page known to be in use (an object that tier 1 held): no range
+ * or leaf check. */
+static inline struct ta_span *ta_pagemap_span_known(uintptr_t page) {
+    return ta_pm_root[page >> TA_PM_LEAF_BITS]->span[page & ((1u << TA_PM_LEAF_BITS) - 1)];
+}
 static inline struct ta_span *ta_pagemap_span(uintptr_t page) {
     if (TA_UNLIKELY(page >> (TA_PM_ROOT_BITS + TA_PM_LEAF_BITS))) return NULL;
     ta_pm_leaf_t *leaf = ta_pm_root[page >> TA_PM_LEAF_BITS];
