@@ -212,10 +212,11 @@ static uint32_t take_returned(ta_span_t *s, uint32_t cls, ta_slot_t *out, uint32
 #endif
 
 static void reverse(ta_slot_t *v, uint32_t n) {
-    for (uint32_t i = 0; i + 1 < n - i; i++) {
-        ta_slot_t t = v[i];
-        v[i] = v[n - 1 - i];
-        v[n - 1 - i] = t;
+    if (n < 2) return;
+    for (ta_slot_t *a = v, *b = v + n - 1; a < b; a++, b--) {
+        ta_slot_t t = *a;
+        *a = *b;
+        *b = t;
     }
 }
 
