@@ -236,8 +236,8 @@ void *ta_heap_alloc(size_t n, size_t align, bool zero) {
 }
 
 /* ---- the public operations ------------------------------------------------ */
-TA_EXPORT void *ta_malloc(size_t n) { return ta_do_malloc(n); }
-TA_EXPORT void ta_free(void *p) { ta_do_free(p); }
+TA_EXPORT TA_HOT_ENTRY void *ta_malloc(size_t n) { return ta_do_malloc(n); }
+TA_EXPORT TA_HOT_ENTRY void ta_free(void *p) { ta_do_free(p); }
 
 void *ta_impl_calloc(size_t n, size_t size) {
     TRACED(ta_trace_calloc(n, size));

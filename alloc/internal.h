@@ -26,6 +26,11 @@
 #pragma GCC visibility push(hidden)
 
 #define TA_EXPORT __attribute__((visibility("default")))
+/* The entry points of the fast paths each start a cache line: where the
+ * linker happened to put malloc and free (the same instructions at other
+ * offsets) moved the fastpath rows by 5-20% (pinned, 8 interleaved rounds:
+ * 16 B 1.05x, 64 B 1.22x, 1 KiB 1.16x, random sizes 1.04x faster aligned). */
+#define TA_HOT_ENTRY __attribute__((aligned(64)))
 #define TA_LIKELY(x) __builtin_expect(!!(x), 1)
 #define TA_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define TA_NOINLINE __attribute__((noinline))

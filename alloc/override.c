@@ -15,8 +15,8 @@
     extern __typeof(target) name __attribute__((alias(#target), visibility("default")))
 
 /* ---- the malloc family ------------------------------------------------------- */
-TA_EXPORT void *malloc(size_t n) { return ta_do_malloc(n); }
-TA_EXPORT void free(void *p) { ta_do_free(p); }
+TA_EXPORT TA_HOT_ENTRY void *malloc(size_t n) { return ta_do_malloc(n); }
+TA_EXPORT TA_HOT_ENTRY void free(void *p) { ta_do_free(p); }
 TA_EXPORT void *calloc(size_t n, size_t size) { return ta_impl_calloc(n, size); }
 TA_EXPORT void *realloc(void *p, size_t n) { return ta_impl_realloc(p, n); }
 TA_EXPORT void *reallocarray(void *p, size_t n, size_t size) { return ta_impl_reallocarray(p, n, size); }
@@ -133,8 +133,8 @@ static inline void *cxx_new_aligned_nothrow(size_t n, size_t al) {
 }
 
 #define NOTHROW_T const void * /* const std::nothrow_t & */
-TA_EXPORT void *_Znwm(size_t n) { return cxx_new(n); }
-TA_EXPORT void *_Znam(size_t n) { return cxx_new(n); }
+TA_EXPORT TA_HOT_ENTRY void *_Znwm(size_t n) { return cxx_new(n); }
+TA_EXPORT TA_HOT_ENTRY void *_Znam(size_t n) { return cxx_new(n); }
 TA_EXPORT void *_ZnwmRKSt9nothrow_t(size_t n, NOTHROW_T t) { (void)t; return cxx_new_nothrow(n); }
 TA_EXPORT void *_ZnamRKSt9nothrow_t(size_t n, NOTHROW_T t) { (void)t; return cxx_new_nothrow(n); }
 TA_EXPORT void *_ZnwmSt11align_val_t(size_t n, size_t al) { return cxx_new_aligned(n, al); }
@@ -147,10 +147,10 @@ TA_EXPORT void *_ZnamSt11align_val_tRKSt9nothrow_t(size_t n, size_t al, NOTHROW_
     (void)t;
     return cxx_new_aligned_nothrow(n, al);
 }
-TA_EXPORT void _ZdlPv(void *p) { ta_do_free(p); }
-TA_EXPORT void _ZdaPv(void *p) { ta_do_free(p); }
-TA_EXPORT void _ZdlPvm(void *p, size_t n) { (void)n; ta_do_free(p); }
-TA_EXPORT void _ZdaPvm(void *p, size_t n) { (void)n; ta_do_free(p); }
+TA_EXPORT TA_HOT_ENTRY void _ZdlPv(void *p) { ta_do_free(p); }
+TA_EXPORT TA_HOT_ENTRY void _ZdaPv(void *p) { ta_do_free(p); }
+TA_EXPORT TA_HOT_ENTRY void _ZdlPvm(void *p, size_t n) { (void)n; ta_do_free(p); }
+TA_EXPORT TA_HOT_ENTRY void _ZdaPvm(void *p, size_t n) { (void)n; ta_do_free(p); }
 TA_EXPORT void _ZdlPvRKSt9nothrow_t(void *p, NOTHROW_T t) { (void)t; ta_do_free(p); }
 TA_EXPORT void _ZdaPvRKSt9nothrow_t(void *p, NOTHROW_T t) { (void)t; ta_do_free(p); }
 TA_EXPORT void _ZdlPvSt11align_val_t(void *p, size_t al) { (void)al; ta_do_free(p); }
