@@ -63,7 +63,7 @@ TA_ALWAYS_INLINE void ta_free_small(void *p, uint8_t *state, uint32_t cls) {
     ta_quarantine_put(p, state, cls);
 #else
     if (TA_LIKELY(ta_fe_push(p, state, cls))) return;
-    ta_pcache_free_slow(p, cls);
+    ta_pcache_free_slow(p, cls, state);
 #endif
 }
 

@@ -138,8 +138,11 @@ static void shuffle_fresh(central_class_t *cc, ta_span_t *s, uint32_t cls) {
 }
 #endif
 
-/* the span's object-state bytes (pageheap.c) */
+/* the span's object-state bytes (pageheap.c), and how many of its objects were ever carved */
 static inline uint8_t *span_states(const ta_span_t *s) { return ta_info_states(ta_pagemap_info_known(s->page)); }
+static inline uint32_t span_carved(const ta_span_t *s, uint32_t cls) {
+    return (uint32_t)((size_t)(s->carve - (char *)ta_span_addr(s)) / ta_class[cls].size);
+}
 
 /* ---- objects given back to their span --------------------------------------------
  * The release build keeps them in the span's object-state bytes (pageheap.c),
@@ -151,9 +154,6 @@ static inline uint8_t *span_states(const ta_span_t *s) { return ta_info_states(t
  * followed.  The hardened build links them into a free list through their
  * first word instead (encoded and checked, above), in a shuffled order. */
 #ifndef TA_HARDENED
-static inline uint32_t span_carved(const ta_span_t *s, uint32_t cls) {
-    return (uint32_t)((size_t)(s->carve - (char *)ta_span_addr(s)) / ta_class[cls].size);
-}
 static inline bool has_returned(const ta_span_t *s, uint32_t cls) { return span_carved(s, cls) > s->allocated; }
 
 static inline void put_returned(ta_span_t *s, uint32_t cls, ta_slot_t o) {
@@ -302,7 +302,7 @@ static uint32_t alloc_from_spans(uint32_t cls, ta_slot_t *out, uint32_t want, ui
         uint32_t first = got;
         got += take_returned(s, cls, out + got, want - got, st);
         if (got < want && s->carve < carve_end) {
-            uint32_t k = (uint32_t)((size_t)(s->carve - (char *)ta_span_addr(s)) / size);
+            uint32_t k = span_carved(s, cls);
             while (got < want && s->carve < carve_end) {
                 out[got++] = (ta_slot_t){s->carve, st + k++};
                 s->carve += size;

@@ -964,10 +964,10 @@ void *ta_pcache_alloc_slow(uint32_t cls) {
     return p;
 }
 
-void ta_pcache_free_slow(void *p, uint32_t cls) {
+void ta_pcache_free_slow(void *p, uint32_t cls, uint8_t *state) {
     if (TA_UNLIKELY(ta_trace_on)) ta_trace_free(p);
     ta_pcache_t *c = cache_lock();
-    ta_slot_t mine = {p, ta_state_of(p, cls)};
+    ta_slot_t mine = {p, state};
     if (TA_UNLIKELY(!c || c->state == TA_PC_DEAD)) {
         ta_central_free(cls, &mine, 1, 0);
         return;
