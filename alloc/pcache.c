@@ -68,9 +68,9 @@ typedef struct ta_pcache {
 /* A thread cache is LIVE from its creation to its thread's exit flush
  * (EXITING until it leaves the registry, EMPTY on the list for reuse), or
  * until its thread empties it after the switch to per-CPU caches (then
- * RETIRED: off the registry, never reused, as its thread still points to it).  In a child after fork, the caches of the
- * parent's other threads are ORPHANs: nobody uses them.  pcache_dead (DEAD)
- * is every exited thread's. */
+ * RETIRED: off the registry, never reused, as its thread still points to it).
+ * In a child after fork, the caches of the parent's other threads are
+ * ORPHANs: nobody uses them.  pcache_dead (DEAD) is every exited thread's. */
 enum { TA_PC_EMPTY = 0, TA_PC_LIVE, TA_PC_DEAD, TA_PC_EXITING, TA_PC_RETIRED, TA_PC_ORPHAN };
 
 /* headers only, all zero: every operation misses (a new thread, an exited one) */

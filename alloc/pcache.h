@@ -85,8 +85,8 @@ extern ta_fe_t ta_fe;
  * load cur, compare it with begin (end), move the slot, commit cur with one
  * 16-bit store.  The new cur (%[n]) is computed from the loaded one in one
  * instruction: the next operation's load of cur waits for this store's data,
- * and a malloc+free loop is as fast as that chain.  In a restartable sequence on a CPU's slab, or plain on a
- * thread's own. */
+ * and a malloc+free loop is as fast as that chain.  In a restartable sequence
+ * on a CPU's slab, or plain on a thread's own. */
 #define TA_SLAB_POP                                                                           \
     "movzwl (%[t],%[cls],8), %k[c]\n\t"                                                       \
     "cmpw 2(%[t],%[cls],8), %w[c]\n\t"                                                        \
