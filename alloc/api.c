@@ -275,10 +275,11 @@ void *ta_impl_realloc(void *p, size_t n) {
      * REALLOC_SPAN_MIN, it leaves the classes for a span of its own (whole
      * pages: a growing buffer has headroom anyway), placed where it can keep
      * growing in place: no more copies. */
-    uint64_t magic, info = ta_pagemap_info_magic((uintptr_t)p >> TA_PAGE_SHIFT, &magic);
+    const ta_pm_entry_t *e = ta_pagemap_entry((uintptr_t)p >> TA_PAGE_SHIFT);
+    uint64_t info = ta_pm_entry_info(e);
     uint32_t cls;
     uint8_t *state;
-    if (TA_LIKELY(n <= TA_MAX_REQUEST) && TA_LIKELY(state = ta_live_small(p, info, magic, &cls))) {
+    if (TA_LIKELY(n <= TA_MAX_REQUEST) && TA_LIKELY(state = ta_live_small(p, e, info, &cls))) {
         size_t old = ta_class[cls].size, want = n;
         if (n <= old && n > old / 2) return p;
         if (n > old && n <= REALLOC_SPAN_MIN) {
@@ -394,9 +395,10 @@ void *ta_impl_pvalloc(size_t n) {
 
 size_t ta_impl_malloc_usable_size(void *p) {
     if (!p) return 0;
-    uint64_t magic, info = ta_pagemap_info_magic((uintptr_t)p >> TA_PAGE_SHIFT, &magic);
+    const ta_pm_entry_t *e = ta_pagemap_entry((uintptr_t)p >> TA_PAGE_SHIFT);
+    uint64_t info = ta_pm_entry_info(e);
     uint32_t cls;
-    if (TA_LIKELY(ta_live_small(p, info, magic, &cls))) return ta_class[cls].size; /* (Ruby asks on every malloc and free) */
+    if (TA_LIKELY(ta_live_small(p, e, info, &cls))) return ta_class[cls].size; /* (Ruby asks on every malloc and free) */
     return block_size(p, classify_info(p, info), "malloc_usable_size");
 }
 

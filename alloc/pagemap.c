@@ -6,6 +6,7 @@
 #include "internal.h"
 
 ta_pm_leaf_t *ta_pm_root[1 << TA_PM_ROOT_BITS];
+const ta_pm_entry_t ta_pm_none; /* what free() reads for a page no leaf covers */
 struct ta_pm_hot ta_pm_hot __attribute__((aligned(64))) = {.root = ~(uintptr_t)0, .leaf = NULL};
 static ta_lock_t pm_lock = TA_LOCK_INIT(TA_RANK_PAGEMAP);
 static uint64_t pm_bytes;
@@ -17,7 +18,7 @@ bool ta_pagemap_ensure(uintptr_t first, uintptr_t n) {
         if (__atomic_load_n(&ta_pm_root[i], __ATOMIC_ACQUIRE)) continue;
         ta_lock(&pm_lock);
         if (!ta_pm_root[i]) {
-            /* 6 MiB describing 2 GiB, of which only the entries of pages the
+            /* 10 MiB describing 2 GiB, of which only the entries of pages the
              * heap uses are ever touched: sparse, not accounted */
             ta_pm_leaf_t *leaf = ta_os_map_sparse(sizeof(ta_pm_leaf_t), 4096);
             if (!leaf) {

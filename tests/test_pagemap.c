@@ -25,18 +25,22 @@ static void check_empty(uintptr_t page) {
                    (void *)ta_pagemap_span(page));
     cr_assert_eq(ta_pagemap_info(page), 0u, "page %#lx: unexpected info %#llx", (unsigned long)page,
                  (unsigned long long)ta_pagemap_info(page));
-    uint64_t magic;
-    cr_assert_eq(ta_pagemap_info_magic(page, &magic), 0u, "page %#lx: free's lookup finds an info", (unsigned long)page);
+    cr_assert_eq(ta_pm_entry_info(ta_pagemap_entry(page)), 0u, "page %#lx: free's lookup finds an info", (unsigned long)page);
 }
 
 /* free's lookup (through the first leaf's shortcut or the root) reads what
- * the plain lookup reads, and the class's constant beside it */
+ * the plain lookup reads, and beside it the class's constant, the span's
+ * first byte and its states, as the info says them */
 static void check_free_lookup(uintptr_t page, uint64_t info) {
-    uint64_t magic, got = ta_pagemap_info_magic(page, &magic);
+    const ta_pm_entry_t *e = ta_pagemap_entry(page);
+    uint64_t got = ta_pm_entry_info(e);
     cr_assert_eq(got, info, "page %#lx: free's lookup reads %#llx, not %#llx", (unsigned long)page,
                  (unsigned long long)got, (unsigned long long)info);
-    if (info)
-        cr_assert_eq(magic, ta_class_magic[TA_INFO_CLASS(info) & (TA_MAX_CLASSES - 1)], "page %#lx", (unsigned long)page);
+    if (info) {
+        cr_assert_eq(e->magic, ta_class_magic[TA_INFO_CLASS(info) & (TA_MAX_CLASSES - 1)], "page %#lx", (unsigned long)page);
+        cr_assert_eq(e->base, (page - TA_INFO_PAGE_INDEX(info)) << TA_PAGE_SHIFT, "page %#lx", (unsigned long)page);
+        cr_assert_eq(e->states, ta_info_states(info), "page %#lx", (unsigned long)page);
+    }
 }
 
 static size_t missing_leaves(uintptr_t first, uintptr_t n) {
@@ -245,10 +249,13 @@ Test(pagemap, heap_blocks_are_registered) {
             cr_assert_eq(TA_INFO_PAGE_INDEX(info), pg - s->page);
             cr_assert_eq(s->cls, cls);
             /* the class's division constant beside it: free's object index */
-            uint64_t magic, full = ta_pagemap_info_magic(pg, &magic);
-            cr_assert_eq(magic, ta_class[cls].div_magic, "malloc(%zu): the entry's constant is not class %u's", n, cls);
+            const ta_pm_entry_t *e = ta_pagemap_entry(pg);
+            uint64_t full = ta_pm_entry_info(e);
+            cr_assert_eq(e->magic, ta_class[cls].div_magic, "malloc(%zu): the entry's constant is not class %u's", n, cls);
+            cr_assert_eq(e->base, (uintptr_t)ta_span_addr(s), "malloc(%zu): the entry's base is not its span's", n);
+            cr_assert_eq(e->states, ta_info_states(full));
             bool start;
-            uint32_t idx = ta_object_index_m(ta_info_offset(p, full), magic, &start);
+            uint32_t idx = ta_object_index_m(ta_info_offset(p, full), e->magic, &start);
             cr_assert(start, "malloc(%zu) = %p: not an object start by the entry", n, (void *)p);
             cr_assert_eq((char *)ta_span_addr(s) + (size_t)idx * ta_class[cls].size, p);
         } else {
