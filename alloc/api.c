@@ -275,7 +275,7 @@ void *ta_impl_realloc(void *p, size_t n) {
      * REALLOC_SPAN_MIN, it leaves the classes for a span of its own (whole
      * pages: a growing buffer has headroom anyway), placed where it can keep
      * growing in place: no more copies. */
-    const ta_pm_entry_t *e = ta_pagemap_entry((uintptr_t)p >> TA_PAGE_SHIFT);
+    const ta_pm_entry_t *e = ta_pagemap_entry_at((uintptr_t)p);
     uint64_t info = ta_pm_entry_info(e);
     uint32_t cls;
     uint8_t *state;
@@ -395,7 +395,7 @@ void *ta_impl_pvalloc(size_t n) {
 
 size_t ta_impl_malloc_usable_size(void *p) {
     if (!p) return 0;
-    const ta_pm_entry_t *e = ta_pagemap_entry((uintptr_t)p >> TA_PAGE_SHIFT);
+    const ta_pm_entry_t *e = ta_pagemap_entry_at((uintptr_t)p);
     uint64_t info = ta_pm_entry_info(e);
     uint32_t cls;
     if (TA_LIKELY(ta_live_small(p, e, info, &cls))) return ta_class[cls].size; /* (Ruby asks on every malloc and free) */

@@ -88,7 +88,7 @@ TA_ALWAYS_INLINE uint8_t *ta_live_small(const void *p, const ta_pm_entry_t *e, u
 }
 
 TA_ALWAYS_INLINE void ta_do_free(void *p) {
-    const ta_pm_entry_t *e = ta_pagemap_entry((uintptr_t)p >> TA_PAGE_SHIFT);
+    const ta_pm_entry_t *e = ta_pagemap_entry_at((uintptr_t)p);
     uint64_t info = ta_pm_entry_info(e);
     uint32_t cls;
     uint8_t *state = ta_live_small(p, e, info, &cls);

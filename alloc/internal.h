@@ -404,32 +404,40 @@ typedef struct ta_pm_leaf {
     struct ta_span *span[1 << TA_PM_LEAF_BITS];
 } ta_pm_leaf_t;
 extern ta_pm_leaf_t *ta_pm_root[1 << TA_PM_ROOT_BITS];
-/* The first leaf made (where a heap of up to 2 GiB usually lies whole) and its
- * root index (~0 until then): free's lookup compares its page's root index
- * with it and so has the leaf without loading it from the root, one load
- * fewer in the chain from p to its class (the push's header address). */
+/* The first leaf made (where a heap of up to 2 GiB usually lies whole): the
+ * first address it covers, the leaf, its root index.  free's lookup subtracts
+ * the base from p and, below 2 GiB, has the entry with a shift and an add,
+ * without the root index or a load of the leaf from the root.  Until a leaf
+ * is made, base and leaf are non-canonical addresses: no pointer that can be
+ * read matches, and reading through one faults. */
+#define TA_PM_LEAF_SPAN ((uintptr_t)1 << (TA_PM_LEAF_BITS + TA_PAGE_SHIFT)) /* bytes a leaf covers */
+#define TA_PM_NONCANONICAL ((uintptr_t)1 << 63)
 extern struct ta_pm_hot {
-    uintptr_t root;
+    uintptr_t base;
     ta_pm_leaf_t *leaf;
+    uintptr_t root;
 } ta_pm_hot;
 extern uint64_t ta_class_magic[]; /* (sizeclass.c) */
 
-/* free()'s lookup: the entry of page, or an all-zero one (ta_pm_none) when
- * no leaf covers it.  (Read the info first, with acquire: a set entry's other
- * words were written before it.) */
+/* free()'s lookup: the entry of the page of address a, or an all-zero one
+ * (ta_pm_none) when no leaf covers it.  (Read the info first, with acquire:
+ * a set entry's other words were written before it.) */
 extern const ta_pm_entry_t ta_pm_none;
-static inline const ta_pm_entry_t *ta_pagemap_entry(uintptr_t page) {
+static inline const ta_pm_entry_t *ta_pagemap_entry_far(uintptr_t page) {
     uintptr_t root = page >> TA_PM_LEAF_BITS;
-    ta_pm_leaf_t *leaf;
-    if (TA_LIKELY(root == __atomic_load_n(&ta_pm_hot.root, __ATOMIC_ACQUIRE))) {
-        leaf = ta_pm_hot.leaf;
-    } else {
-        /* one compare rejects addresses above 48 bits */
-        if (TA_UNLIKELY(root >= (1u << TA_PM_ROOT_BITS))) return &ta_pm_none;
-        leaf = ta_pm_root[root];
-        if (!leaf) return &ta_pm_none;
-    }
+    /* one compare rejects addresses above 48 bits */
+    if (TA_UNLIKELY(root >= (1u << TA_PM_ROOT_BITS))) return &ta_pm_none;
+    ta_pm_leaf_t *leaf = ta_pm_root[root];
+    if (!leaf) return &ta_pm_none;
     return &leaf->entry[page & ((1u << TA_PM_LEAF_BITS) - 1)];
+}
+static inline const ta_pm_entry_t *ta_pagemap_entry_at(uintptr_t a) {
+    uintptr_t off = a - __atomic_load_n(&ta_pm_hot.base, __ATOMIC_ACQUIRE);
+    if (TA_LIKELY(off < TA_PM_LEAF_SPAN)) return &ta_pm_hot.leaf->entry[off >> TA_PAGE_SHIFT];
+    return ta_pagemap_entry_far(a >> TA_PAGE_SHIFT);
+}
+static inline const ta_pm_entry_t *ta_pagemap_entry(uintptr_t page) {
+    return ta_pagemap_entry_at(page << TA_PAGE_SHIFT);
 }
 static inline uint64_t ta_pm_entry_info(const ta_pm_entry_t *e) { return __atomic_load_n(&e->info, __ATOMIC_ACQUIRE); }
 static inline uint64_t ta_pagemap_info(uintptr_t page) { return ta_pm_entry_info(ta_pagemap_entry(page)); }

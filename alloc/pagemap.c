@@ -7,7 +7,8 @@
 
 ta_pm_leaf_t *ta_pm_root[1 << TA_PM_ROOT_BITS];
 const ta_pm_entry_t ta_pm_none; /* what free() reads for a page no leaf covers */
-struct ta_pm_hot ta_pm_hot __attribute__((aligned(64))) = {.root = ~(uintptr_t)0, .leaf = NULL};
+struct ta_pm_hot ta_pm_hot __attribute__((aligned(64))) = {
+    .base = TA_PM_NONCANONICAL, .leaf = (ta_pm_leaf_t *)TA_PM_NONCANONICAL, .root = ~(uintptr_t)0};
 static ta_lock_t pm_lock = TA_LOCK_INIT(TA_RANK_PAGEMAP);
 static uint64_t pm_bytes;
 
@@ -27,9 +28,10 @@ bool ta_pagemap_ensure(uintptr_t first, uintptr_t n) {
             }
             pm_bytes += sizeof(ta_pm_leaf_t);
             __atomic_store_n(&ta_pm_root[i], leaf, __ATOMIC_RELEASE);
-            if (!ta_pm_hot.leaf) { /* the first leaf: the leaf, then its index (read first) */
+            if (ta_pm_hot.base == TA_PM_NONCANONICAL) { /* the first leaf: the leaf, then its base (read first) */
                 ta_pm_hot.leaf = leaf;
-                __atomic_store_n(&ta_pm_hot.root, i, __ATOMIC_RELEASE);
+                ta_pm_hot.root = i;
+                __atomic_store_n(&ta_pm_hot.base, i * TA_PM_LEAF_SPAN, __ATOMIC_RELEASE);
             }
         }
         ta_unlock(&pm_lock);
