@@ -18,7 +18,7 @@
  * thread cache would give it, while thousands of threads sharing a CPU get no
  * more than the base.  The borrowed budget goes back when a CPU becomes
  * crowded or its classes shrink by decay.  Past the budget, a class takes
- * capacity from the others (round-robin, halving them).
+ * capacity from the others (halving them, the largest in bytes first).
  *
  * Per-CPU caches.  A slow path works on the CPU it runs on, holding that
  * CPU's lock, and changes the slab only through restartable sequences that
@@ -50,7 +50,6 @@ typedef struct ta_pcache {
     uint64_t budget;          /* bytes of capacity it may have */
     uint64_t committed;       /* sum over classes of capacity x size: never above budget */
     uint32_t shard;           /* central shard it uses */
-    uint32_t steal_next;      /* next class to take capacity from */
     uint8_t active[TA_MAX_CLASSES]; /* class missed or overflowed since the last decay */
     uint8_t refills[TA_MAX_CLASSES]; /* thread caches: its allocation misses in this window (up to 255) */
     uint64_t window_ms;       /* thread caches: when the refill window began (see grow) */
@@ -599,16 +598,25 @@ static void note_owner(ta_pcache_t *c) {
     return_borrowed(c);
 }
 
-/* Move capacity to cls from the other classes, round-robin, halving them. */
+/* Move capacity to cls from the other classes, halving them, the one whose
+ * capacity takes the most bytes first.  (Round-robin, as it was, halved the
+ * small classes as often as the large ones: a crowded CPU cache with a mix
+ * of sizes, its budget filled by a batch of each class of 2-16 KiB, kept
+ * halving the classes of 16-256 bytes that take three quarters of the calls,
+ * which then started again from two slots.) */
 static int64_t steal_capacity(ta_pcache_t *c, uint32_t cls, int64_t spare, uint64_t need) {
-    for (uint32_t n = 1; n < ta_nclasses && spare < (int64_t)need; n++) {
-        uint32_t j = c->steal_next = c->steal_next + 1 >= ta_nclasses ? 1 : c->steal_next + 1;
-        uint32_t cap = capacity(c, j);
-        if (j == cls || !cap) continue;
-        uint32_t keep = cap / 2;
-        if (keep < ta_class[j].batch) keep = 0;
+    while (spare < (int64_t)need) {
+        uint32_t victim = 0;
+        uint64_t most = 0;
+        for (uint32_t j = 1; j < ta_nclasses; j++) {
+            uint64_t bytes = (uint64_t)capacity(c, j) * ta_class[j].size;
+            if (j != cls && bytes > most) most = bytes, victim = j;
+        }
+        if (!victim) break;
+        uint32_t cap = capacity(c, victim), keep = cap / 2;
+        if (keep < ta_class[victim].batch) keep = 0;
         uint64_t before = c->committed;
-        if (!shrink(c, j, cap - keep)) break;
+        if (!shrink(c, victim, cap - keep)) break;
         spare += (int64_t)(before - c->committed);
     }
     return spare;
