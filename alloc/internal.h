@@ -500,12 +500,12 @@ typedef struct ta_class_info {
 extern ta_class_info_t ta_class[TA_MAX_CLASSES];
 extern uint64_t ta_class_magic[TA_MAX_CLASSES]; /* div_magic, packed (and copied into the pagemap's entries) */
 extern uint32_t ta_nclasses; /* classes are 1..ta_nclasses-1 */
-extern uint8_t ta_class_small[(1024 >> 4) + 1];            /* (n+15)>>4, n <= 1024 */
+extern uint8_t ta_class_small[1024 + 1];                     /* by n itself, n <= 1024 */
 extern uint8_t ta_class_large[((TA_MAX_SMALL - 1024) >> 7) + 1]; /* (n-1024+127)>>7 */
 void ta_sizeclass_init(void);
 /* the class of n <= 1024, and of 1024 < n <= TA_MAX_SMALL (the fast paths
  * test the first range alone: one compare for the common sizes) */
-static inline uint32_t ta_class_upto_1k(size_t n) { return ta_class_small[(n + 15) >> 4]; }
+static inline uint32_t ta_class_upto_1k(size_t n) { return ta_class_small[n]; }
 static inline uint32_t ta_class_above_1k(size_t n) { return ta_class_large[(n - 1024 + 127) >> 7]; }
 static inline uint32_t ta_size_to_class(size_t n) {
     if (TA_LIKELY(n <= 1024)) return ta_class_upto_1k(n);

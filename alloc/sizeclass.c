@@ -7,7 +7,7 @@
 ta_class_info_t ta_class[TA_MAX_CLASSES];
 uint64_t ta_class_magic[TA_MAX_CLASSES];
 uint32_t ta_nclasses;
-uint8_t ta_class_small[(1024 >> 4) + 1];
+uint8_t ta_class_small[1024 + 1];
 uint8_t ta_class_large[((TA_MAX_SMALL - 1024) >> 7) + 1];
 
 /* Pages per span: the fewest pages whose tail (bytes left over after the last
@@ -41,10 +41,9 @@ void ta_sizeclass_init(void) {
         for (uint32_t s = base + base / 8; s <= base * 2; s += base / 8) add_class(s);
     /* lookup tables: the smallest class that fits */
     uint32_t c = 1;
-    for (size_t i = 0; i < sizeof ta_class_small; i++) {
-        size_t n = i << 4;
+    for (size_t n = 0; n < sizeof ta_class_small; n++) {
         while (ta_class[c].size < n) c++;
-        ta_class_small[i] = (uint8_t)c;
+        ta_class_small[n] = (uint8_t)c;
     }
     for (size_t i = 0; i < sizeof ta_class_large; i++) {
         size_t n = 1024 + (i << 7);
