@@ -69,29 +69,32 @@ TA_ALWAYS_INLINE void ta_free_small(void *p, uint8_t *state, uint32_t cls) {
 
 /* The state byte of p when p is the start of a live block of a size class
  * (its class in *cls), else NULL: an interior pointer, a block that is not
- * live (double free, never handed out), a large or foreign one.  e, info:
- * p's pagemap entry (ta_pagemap_entry) and its info word.  The offset is
- * taken in 32 bits (a span is far smaller), so that whatever the entry says,
- * the index stays below 2^28.  (A plain load of the byte: only a thread that
- * was handed p can write it meanwhile.)  free, realloc and
- * malloc_usable_size start here. */
-TA_ALWAYS_INLINE uint8_t *ta_live_small(const void *p, const ta_pm_entry_t *e, uint64_t info, uint32_t *cls) {
-    if (TA_LIKELY(info)) {
-        *cls = TA_INFO_CLASS(info);
-        uint64_t m = e->magic;
-        unsigned __int128 prod = (unsigned __int128)((uint32_t)(uintptr_t)p - (uint32_t)e->base) * m;
-        uint8_t *state = e->states + (uint64_t)(prod >> 64);
-        /* (the low half below m: p is an object start, ta_object_index_m) */
-        if (TA_LIKELY((uint64_t)prod < m && *state == TA_OBJ_LIVE)) return state;
+ * live (double free, never handed out), a large or foreign one.  e: p's
+ * pagemap entry (ta_pagemap_entry_at); *info: its info word, for the slow
+ * path.  The entry's magic is 0 on every page that is not a small span's,
+ * so the object-start test (the low half of the product below m) fails there
+ * and no separate test of the info word is needed.  The offset is taken in
+ * 32 bits (a span is far smaller), so that whatever the entry says, the
+ * index stays below 2^28.  (A plain load of the byte: only a thread that was
+ * handed p can write it meanwhile.)  free, realloc and malloc_usable_size
+ * start here. */
+TA_ALWAYS_INLINE uint8_t *ta_live_small(const void *p, const ta_pm_entry_t *e, uint64_t *info, uint32_t *cls) {
+    uint64_t m = ta_pm_entry_magic(e);
+    uint64_t i = *info = e->info;
+    unsigned __int128 prod = (unsigned __int128)((uint32_t)(uintptr_t)p - (uint32_t)e->base) * m;
+    uint8_t *state = e->states + (uint64_t)(prod >> 64);
+    if (TA_LIKELY((uint64_t)prod < m && *state == TA_OBJ_LIVE)) {
+        *cls = TA_INFO_CLASS(i);
+        return state;
     }
     return NULL;
 }
 
 TA_ALWAYS_INLINE void ta_do_free(void *p) {
     const ta_pm_entry_t *e = ta_pagemap_entry_at((uintptr_t)p);
-    uint64_t info = ta_pm_entry_info(e);
+    uint64_t info;
     uint32_t cls;
-    uint8_t *state = ta_live_small(p, e, info, &cls);
+    uint8_t *state = ta_live_small(p, e, &info, &cls);
     if (TA_LIKELY(state)) {
         ta_free_small(p, state, cls);
         return;

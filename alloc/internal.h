@@ -391,11 +391,11 @@ void ta_meta_unlock_all(bool child);
  * never the block itself. */
 #define TA_PM_LEAF_BITS 18
 #define TA_PM_ROOT_BITS (48 - TA_PAGE_SHIFT - TA_PM_LEAF_BITS)
-/* (magic, base, states: written before info is set, meaningful while it is;
- * stale otherwise) */
+/* (base, states: written before info and magic are set, meaningful while
+ * they are; stale otherwise) */
 typedef struct ta_pm_entry {
     uint64_t info;
-    uint64_t magic;  /* ta_class_magic[class] */
+    uint64_t magic;  /* ta_class_magic[class]; 0 exactly when info is 0 (free's test) */
     uintptr_t base;  /* the span's first byte */
     uint8_t *states; /* ta_info_states(info) */
 } __attribute__((aligned(32))) ta_pm_entry_t;
@@ -440,6 +440,9 @@ static inline const ta_pm_entry_t *ta_pagemap_entry(uintptr_t page) {
     return ta_pagemap_entry_at(page << TA_PAGE_SHIFT);
 }
 static inline uint64_t ta_pm_entry_info(const ta_pm_entry_t *e) { return __atomic_load_n(&e->info, __ATOMIC_ACQUIRE); }
+/* free's gate: written last when a page becomes a small span's, first (to 0)
+ * when it stops being one */
+static inline uint64_t ta_pm_entry_magic(const ta_pm_entry_t *e) { return __atomic_load_n(&e->magic, __ATOMIC_ACQUIRE); }
 static inline uint64_t ta_pagemap_info(uintptr_t page) { return ta_pm_entry_info(ta_pagemap_entry(page)); }
 /* The same for a page known to hold one of tieralloc's small blocks (one that
  * tier 1 just handed out): no range or leaf check. */
@@ -474,13 +477,16 @@ static inline void ta_pagemap_set(uintptr_t page, struct ta_span *s, uint64_t in
     TA_ASSERT(leaf);
     uintptr_t i = page & ((1u << TA_PM_LEAF_BITS) - 1);
     leaf->span[i] = s;
+    ta_pm_entry_t *e = &leaf->entry[i];
     if (info) {
-        ta_pm_entry_t *e = &leaf->entry[i];
-        e->magic = ta_class_magic[TA_INFO_CLASS(info) & (TA_MAX_CLASSES - 1)];
         e->base = (page - TA_INFO_PAGE_INDEX(info)) << TA_PAGE_SHIFT;
         e->states = ta_info_states(info);
+        __atomic_store_n(&e->info, info, __ATOMIC_RELEASE);
+        __atomic_store_n(&e->magic, ta_class_magic[TA_INFO_CLASS(info) & (TA_MAX_CLASSES - 1)], __ATOMIC_RELEASE);
+    } else {
+        if (e->magic) __atomic_store_n(&e->magic, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&e->info, 0, __ATOMIC_RELEASE);
     }
-    __atomic_store_n(&leaf->entry[i].info, info, __ATOMIC_RELEASE);
 }
 /* Clear the entries of pages [first, first+n) (address space given back to
  * the OS); entries already clear are not written. */

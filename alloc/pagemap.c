@@ -49,7 +49,10 @@ void ta_pagemap_clear(uintptr_t first, uintptr_t n) {
         uintptr_t i = page & ((1u << TA_PM_LEAF_BITS) - 1);
         /* only entries that are set are written: an untouched part of a
          * leaf stays untouched (not resident) */
-        if (leaf->entry[i].info) __atomic_store_n(&leaf->entry[i].info, 0, __ATOMIC_RELEASE);
+        if (leaf->entry[i].info) {
+            __atomic_store_n(&leaf->entry[i].magic, 0, __ATOMIC_RELAXED); /* free's gate first */
+            __atomic_store_n(&leaf->entry[i].info, 0, __ATOMIC_RELEASE);
+        }
         if (leaf->span[i]) leaf->span[i] = NULL;
     }
 }
