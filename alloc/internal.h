@@ -431,8 +431,26 @@ static inline const ta_pm_entry_t *ta_pagemap_entry_far(uintptr_t page) {
     if (!leaf) return &ta_pm_none;
     return &leaf->entry[page & ((1u << TA_PM_LEAF_BITS) - 1)];
 }
+/* free's read of the base: on x86-64 a plain load, so that it folds into the
+ * subtract (the hardware keeps loads in order, and the signal fence below
+ * keeps the compiler from reading the leaf first: a reader that sees the new
+ * base sees the leaf written before it); elsewhere, and for
+ * ThreadSanitizer, an acquire load. */
+#if defined(__SANITIZE_THREAD__)
+#define TA_PM_HOT_BASE() __atomic_load_n(&ta_pm_hot.base, __ATOMIC_ACQUIRE)
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TA_PM_HOT_BASE() __atomic_load_n(&ta_pm_hot.base, __ATOMIC_ACQUIRE)
+#endif
+#endif
+#if !defined(TA_PM_HOT_BASE) && defined(__x86_64__)
+#define TA_PM_HOT_BASE() (ta_pm_hot.base)
+#elif !defined(TA_PM_HOT_BASE)
+#define TA_PM_HOT_BASE() __atomic_load_n(&ta_pm_hot.base, __ATOMIC_ACQUIRE)
+#endif
 static inline const ta_pm_entry_t *ta_pagemap_entry_at(uintptr_t a) {
-    uintptr_t off = a - __atomic_load_n(&ta_pm_hot.base, __ATOMIC_ACQUIRE);
+    uintptr_t off = a - TA_PM_HOT_BASE();
+    __atomic_signal_fence(__ATOMIC_ACQUIRE); /* the compiler reads the leaf after the base */
     if (TA_LIKELY(off < TA_PM_LEAF_SPAN)) return &ta_pm_hot.leaf->entry[off >> TA_PAGE_SHIFT];
     return ta_pagemap_entry_far(a >> TA_PAGE_SHIFT);
 }
