@@ -36,6 +36,18 @@
 #define TA_NOINLINE __attribute__((noinline))
 #define TA_COLD __attribute__((cold, noinline))
 #define TA_ALWAYS_INLINE static inline __attribute__((always_inline))
+/* TA_TSAN: built for ThreadSanitizer (gcc or clang), where the fast paths'
+ * plain reads of flags written once become atomic loads */
+#if defined(__SANITIZE_THREAD__)
+#define TA_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TA_TSAN 1
+#endif
+#endif
+#ifndef TA_TSAN
+#define TA_TSAN 0
+#endif
 
 /* ---- geometry -------------------------------------------------------------- */
 #define TA_PAGE_SHIFT 13 /* 8 KiB pages: the unit of spans and of the pagemap */
@@ -436,16 +448,9 @@ static inline const ta_pm_entry_t *ta_pagemap_entry_far(uintptr_t page) {
  * keeps the compiler from reading the leaf first: a reader that sees the new
  * base sees the leaf written before it); elsewhere, and for
  * ThreadSanitizer, an acquire load. */
-#if defined(__SANITIZE_THREAD__)
-#define TA_PM_HOT_BASE() __atomic_load_n(&ta_pm_hot.base, __ATOMIC_ACQUIRE)
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define TA_PM_HOT_BASE() __atomic_load_n(&ta_pm_hot.base, __ATOMIC_ACQUIRE)
-#endif
-#endif
-#if !defined(TA_PM_HOT_BASE) && defined(__x86_64__)
+#if defined(__x86_64__) && !TA_TSAN
 #define TA_PM_HOT_BASE() (ta_pm_hot.base)
-#elif !defined(TA_PM_HOT_BASE)
+#else
 #define TA_PM_HOT_BASE() __atomic_load_n(&ta_pm_hot.base, __ATOMIC_ACQUIRE)
 #endif
 static inline const ta_pm_entry_t *ta_pagemap_entry_at(uintptr_t a) {

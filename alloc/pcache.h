@@ -67,14 +67,9 @@ extern ta_fe_t ta_fe;
 /* The fast paths' read of it: plain, so that it folds into a compare.  A
  * stale false is harmless (the thread's own slab, which only it touches),
  * and the flag never goes back; ThreadSanitizer gets an atomic load. */
-#if defined(__SANITIZE_THREAD__)
+#if TA_TSAN
 #define ta_fe_percpu_fast() __atomic_load_n(&ta_fe.percpu, __ATOMIC_RELAXED)
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define ta_fe_percpu_fast() __atomic_load_n(&ta_fe.percpu, __ATOMIC_RELAXED)
-#endif
-#endif
-#ifndef ta_fe_percpu_fast
+#else
 #define ta_fe_percpu_fast() (ta_fe.percpu)
 #endif
 #define ta_rseq_off (ta_fe.rseq_off)
@@ -228,17 +223,35 @@ TA_ALWAYS_INLINE bool ta_thread_push(void *p, uint8_t *state, uint32_t cls) {
 }
 #endif
 
+/* Which kind of cache free works on.  On x86-64 the flag is compared in
+ * place by its own instruction (gcc otherwise forms ta_fe's address in a
+ * register first, one instruction more); a stale false is harmless, as
+ * above. */
+#if defined(__x86_64__) && !TA_TSAN
+#define TA_IF_PERCPU(label)                                                                   \
+    __asm__ goto("cmpb $0, ta_fe+%c[off](%%rip)\n\tjne %l[" #label "]"                         \
+                 : : [off] "i"(__builtin_offsetof(ta_fe_t, percpu)) : "cc" : label)
+#else
+#define TA_IF_PERCPU(label)                                                                   \
+    do {                                                                                      \
+        if (ta_fe_percpu_fast()) goto label;                                                  \
+    } while (0)
+#endif
 /* An object of class cls from the caller's cache (and in *state the address
  * of its state byte), or NULL on a miss. */
 TA_ALWAYS_INLINE void *ta_fe_pop(uint32_t cls, uint8_t **state) {
+    /* (not TA_IF_PERCPU: in malloc gcc then zero-extends the class again and
+     * copies the state's address, two instructions for the one it saves) */
     if (ta_fe_percpu_fast()) return ta_rseq_pop(cls, state);
     return ta_thread_pop(cls, state);
 }
 /* Put a free object of class cls (state: its state byte) in the caller's
  * cache; false when full. */
 TA_ALWAYS_INLINE bool ta_fe_push(void *p, uint8_t *state, uint32_t cls) {
-    if (ta_fe_percpu_fast()) return ta_rseq_push(p, state, cls);
+    TA_IF_PERCPU(percpu);
     return ta_thread_push(p, state, cls);
+percpu:
+    return ta_rseq_push(p, state, cls);
 }
 
 /* ---- the slow paths (pcache.c) -------------------------------------------- */

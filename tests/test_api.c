@@ -513,7 +513,7 @@ Test(api, regrown_buffer_starts_in_the_pages_of_the_last_one) {
  * with objdump; the longest stays under a ceiling (gcc today: 33 and 49,
  * clang 34 and 54: the per-CPU hits of the larger small classes, and for
  * free a page outside the pagemap's first leaf; with gcc a thread's own slab
- * and a page of the first leaf take 22 (sizes up to 1 KiB) and 35).
+ * and a page of the first leaf take 22 (sizes up to 1 KiB) and 34).
  * A lock, an atomic or a loop slipped onto a fast path fails this: a loop on
  * a path to a ret is reported as such. */
 #define FP_MAX 512
