@@ -432,8 +432,10 @@ extern struct ta_pm_hot {
 extern uint64_t ta_class_magic[]; /* (sizeclass.c) */
 
 /* free()'s lookup: the entry of the page of address a, or an all-zero one
- * (ta_pm_none) when no leaf covers it.  (Read the info first, with acquire:
- * a set entry's other words were written before it.) */
+ * (ta_pm_none) when no leaf covers it.  (free reads the magic first, with
+ * acquire: it is written last when a page becomes a small span's; other
+ * readers read the info first, with acquire: base and states were written
+ * before it.) */
 extern const ta_pm_entry_t ta_pm_none;
 static inline const ta_pm_entry_t *ta_pagemap_entry_far(uintptr_t page) {
     uintptr_t root = page >> TA_PM_LEAF_BITS;

@@ -145,6 +145,9 @@ Test(pageheap, small_class_spans_register_every_page) {
             cr_assert_eq(info & 0xffff, TA_INFO(c, i), "class %u page %lu: info %#llx", c, (unsigned long)i,
                          (unsigned long long)info);
             cr_assert_neq(ta_info_states(info), NULL, "class %u page %lu: no object states", c, (unsigned long)i);
+            /* free's gate: the class's constant, set with the info */
+            cr_assert_eq(ta_pagemap_entry(s->page + i)->magic, ta_class[c].div_magic, "class %u page %lu", c,
+                         (unsigned long)i);
         }
         if (G) { /* the guard page: the span's, but no objects (info 0) */
             cr_assert_eq(ta_pagemap_span(s->page + n), s);
@@ -157,9 +160,13 @@ Test(pageheap, small_class_spans_register_every_page) {
         ta_pageheap_free(s);
         /* no page of a freed span still claims a class: a late free() of one
          * of its objects must not look like a live small block */
-        for (uintptr_t i = 0; i < n; i++)
+        for (uintptr_t i = 0; i < n; i++) {
             cr_assert_eq(ta_pagemap_info(first + i), 0u, "class %u: freed page %lu keeps info %#llx", c,
                          (unsigned long)i, (unsigned long long)ta_pagemap_info(first + i));
+            /* nor free's gate: its object-start test must fail there by itself */
+            cr_assert_eq(ta_pagemap_entry(first + i)->magic, 0u, "class %u: freed page %lu keeps its constant", c,
+                         (unsigned long)i);
+        }
     }
 }
 

@@ -26,6 +26,7 @@ static void check_empty(uintptr_t page) {
     cr_assert_eq(ta_pagemap_info(page), 0u, "page %#lx: unexpected info %#llx", (unsigned long)page,
                  (unsigned long long)ta_pagemap_info(page));
     cr_assert_eq(ta_pm_entry_info(ta_pagemap_entry(page)), 0u, "page %#lx: free's lookup finds an info", (unsigned long)page);
+    cr_assert_eq(ta_pagemap_entry(page)->magic, 0u, "page %#lx: free's lookup finds a class constant", (unsigned long)page);
 }
 
 /* free's lookup (through the first leaf's shortcut or the root) reads what
