@@ -417,7 +417,7 @@ typedef struct ta_pm_leaf {
 } ta_pm_leaf_t;
 extern ta_pm_leaf_t *ta_pm_root[1 << TA_PM_ROOT_BITS];
 /* The first leaf made (where a heap of up to 2 GiB usually lies whole): the
- * first address it covers, the leaf, its root index.  free's lookup subtracts
+ * first address it covers and the leaf.  free's lookup subtracts
  * the base from p and, below 2 GiB, has the entry with a shift and an add,
  * without the root index or a load of the leaf from the root.  Until a leaf
  * is made, base and leaf are non-canonical addresses: no pointer that can be
@@ -427,7 +427,6 @@ extern ta_pm_leaf_t *ta_pm_root[1 << TA_PM_ROOT_BITS];
 extern struct ta_pm_hot {
     uintptr_t base;
     ta_pm_leaf_t *leaf;
-    uintptr_t root;
 } ta_pm_hot;
 extern uint64_t ta_class_magic[]; /* (sizeclass.c) */
 
@@ -469,6 +468,11 @@ static inline uint64_t ta_pm_entry_info(const ta_pm_entry_t *e) { return __atomi
  * when it stops being one */
 static inline uint64_t ta_pm_entry_magic(const ta_pm_entry_t *e) { return __atomic_load_n(&e->magic, __ATOMIC_ACQUIRE); }
 static inline uint64_t ta_pagemap_info(uintptr_t page) { return ta_pm_entry_info(ta_pagemap_entry(page)); }
+/* An entry no longer a small span's page: free's gate first, then the info. */
+static inline void ta_pm_entry_clear(ta_pm_entry_t *e) {
+    __atomic_store_n(&e->magic, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&e->info, 0, __ATOMIC_RELEASE);
+}
 /* The same for a page known to hold one of tieralloc's small blocks (one that
  * tier 1 just handed out): no range or leaf check. */
 static inline uint64_t ta_pagemap_info_known(uintptr_t page) {
@@ -509,8 +513,7 @@ static inline void ta_pagemap_set(uintptr_t page, struct ta_span *s, uint64_t in
         __atomic_store_n(&e->info, info, __ATOMIC_RELEASE);
         __atomic_store_n(&e->magic, ta_class_magic[TA_INFO_CLASS(info) & (TA_MAX_CLASSES - 1)], __ATOMIC_RELEASE);
     } else {
-        if (e->magic) __atomic_store_n(&e->magic, 0, __ATOMIC_RELAXED);
-        __atomic_store_n(&e->info, 0, __ATOMIC_RELEASE);
+        ta_pm_entry_clear(e);
     }
 }
 /* Clear the entries of pages [first, first+n) (address space given back to

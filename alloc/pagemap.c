@@ -8,7 +8,7 @@
 ta_pm_leaf_t *ta_pm_root[1 << TA_PM_ROOT_BITS];
 const ta_pm_entry_t ta_pm_none; /* what free() reads for a page no leaf covers */
 struct ta_pm_hot ta_pm_hot __attribute__((aligned(64))) = {
-    .base = TA_PM_NONCANONICAL, .leaf = (ta_pm_leaf_t *)TA_PM_NONCANONICAL, .root = ~(uintptr_t)0};
+    .base = TA_PM_NONCANONICAL, .leaf = (ta_pm_leaf_t *)TA_PM_NONCANONICAL};
 static ta_lock_t pm_lock = TA_LOCK_INIT(TA_RANK_PAGEMAP);
 static uint64_t pm_bytes;
 
@@ -30,7 +30,6 @@ bool ta_pagemap_ensure(uintptr_t first, uintptr_t n) {
             __atomic_store_n(&ta_pm_root[i], leaf, __ATOMIC_RELEASE);
             if (ta_pm_hot.base == TA_PM_NONCANONICAL) { /* the first leaf: the leaf, then its base (read first) */
                 ta_pm_hot.leaf = leaf;
-                ta_pm_hot.root = i;
                 __atomic_store_n(&ta_pm_hot.base, i * TA_PM_LEAF_SPAN, __ATOMIC_RELEASE);
             }
         }
@@ -49,10 +48,7 @@ void ta_pagemap_clear(uintptr_t first, uintptr_t n) {
         uintptr_t i = page & ((1u << TA_PM_LEAF_BITS) - 1);
         /* only entries that are set are written: an untouched part of a
          * leaf stays untouched (not resident) */
-        if (leaf->entry[i].info) {
-            __atomic_store_n(&leaf->entry[i].magic, 0, __ATOMIC_RELAXED); /* free's gate first */
-            __atomic_store_n(&leaf->entry[i].info, 0, __ATOMIC_RELEASE);
-        }
+        if (leaf->entry[i].info) ta_pm_entry_clear(&leaf->entry[i]);
         if (leaf->span[i]) leaf->span[i] = NULL;
     }
 }

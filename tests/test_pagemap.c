@@ -233,8 +233,8 @@ Test(pagemap, concurrent_ensure_creates_one_leaf_each) {
  * first leaf made is free's shortcut (ta_pm_hot). */
 Test(pagemap, heap_blocks_are_registered) {
     cr_assert_neq(ta_pm_hot.base, TA_PM_NONCANONICAL, "no leaf yet, with a heap");
-    cr_assert_eq(ta_pm_hot.leaf, ta_pm_root[ta_pm_hot.root], "the shortcut is not the leaf of its root index");
-    cr_assert_eq(ta_pm_hot.base, ta_pm_hot.root * TA_PM_LEAF_SPAN, "the shortcut's base is not its leaf's first address");
+    cr_assert_eq(ta_pm_hot.base % TA_PM_LEAF_SPAN, 0u, "the shortcut's base is not a leaf's first address");
+    cr_assert_eq(ta_pm_hot.leaf, ta_pm_root[ta_pm_hot.base / TA_PM_LEAF_SPAN], "the shortcut is not the leaf of its base");
     for (size_t n = 8; n <= (size_t)1 << 20; n *= 2) {
         char *p = malloc(n);
         cr_assert_not_null(p);
