@@ -302,12 +302,14 @@ static uint32_t alloc_from_spans(uint32_t cls, ta_slot_t *out, uint32_t want, ui
         uint32_t first = got;
         got += take_returned(s, cls, out + got, want - got, st);
         if (got < want && s->carve < carve_end) {
-            uint32_t k = span_carved(s, cls);
-            while (got < want && s->carve < carve_end) {
-                out[got++] = (ta_slot_t){s->carve, st + k++};
-                s->carve += size;
-                s->allocated++;
-            }
+            uint32_t k = span_carved(s, cls), m = ta_class[cls].objects - k;
+            if (m > want - got) m = want - got;
+            char *c = s->carve;
+            uint8_t *sk = st + k;
+            for (uint32_t j = 0; j < m; j++, c += size) out[got + j] = (ta_slot_t){c, sk + j};
+            s->carve = c;
+            s->allocated += m;
+            got += m;
         }
         /* highest first: a refill hands out the last of its batch first and
          * stacks the rest (pcache.c), so the span's objects go out lowest
