@@ -157,33 +157,50 @@ static inline uint32_t span_carved(const ta_span_t *s, uint32_t cls) {
 static inline bool has_returned(const ta_span_t *s, uint32_t cls) { return span_carved(s, cls) > s->allocated; }
 
 static inline void put_returned(ta_span_t *s, uint32_t cls, ta_slot_t o) {
-    bool start;
-    uint32_t idx = ta_object_index((uint32_t)((char *)o.obj - (char *)ta_span_addr(s)), cls, &start);
+    (void)cls;
     ta_state_set(o.state, TA_OBJ_SPAN);
-    if (idx < s->scan_from) s->scan_from = idx;
+    /* (the slot has the state's address: where the scan starts, without the object's index) */
+    if ((uintptr_t)o.state < s->scan_state) s->scan_state = (uintptr_t)o.state;
 }
 
-/* Up to want of the span's returned objects, lowest first, marked FREE. */
-static uint32_t take_returned(ta_span_t *s, uint32_t cls, ta_slot_t *out, uint32_t want, uint8_t *st) {
+/* Up to want of the span's returned objects, marked FREE, written from
+ * out_end[-1] downwards, lowest first (alloc_from_spans); how many. */
+static uint32_t take_returned(ta_span_t *s, uint32_t cls, ta_slot_t *out_end, uint32_t want, uint8_t *st) {
     uint32_t carved = span_carved(s, cls), left = carved - s->allocated, got = 0;
-    if (!left) return 0;
+    if (want > left) want = left;
+    if (!want) return 0;
     char *base = ta_span_addr(s);
     const uint32_t size = ta_class[cls].size;
-    uint32_t i = s->scan_from & ~7u;
+    uint32_t i = s->scan_state ? (uint32_t)(s->scan_state - (uintptr_t)st) & ~7u : 0;
     /* eight states at a time: TA_OBJ_SPAN is the only state with bit 1 set */
-    for (; i < carved && got < want && got < left; i += 8) {
+    for (; i < carved && got < want; i += 8) {
         /* (the state array is 16-byte aligned, meta.c, and i a multiple of 8) */
         uint64_t w = __atomic_load_n((const uint64_t *)(const void *)(st + i), __ATOMIC_RELAXED);
         w &= 0x0202020202020202ull;
-        while (w && got < want) {
+        /* (how many the word gives, so that the loop below tests only w) */
+        uint32_t room = want - got;
+        if ((uint32_t)__builtin_popcountll(w) > room) {
+            uint64_t keep = w;
+            while (room--) keep &= keep - 1; /* keep: the ones past what is wanted */
+            w ^= keep;
+            while (w) {
+                uint32_t k = i + (uint32_t)__builtin_ctzll(w) / 8;
+                w &= w - 1;
+                ta_state_set(st + k, TA_OBJ_FREE);
+                *--out_end = (ta_slot_t){base + (size_t)k * size, st + k};
+            }
+            got = want;
+            break; /* the rest of this word is looked at next time */
+        }
+        while (w) {
             uint32_t k = i + (uint32_t)__builtin_ctzll(w) / 8;
             w &= w - 1;
             ta_state_set(st + k, TA_OBJ_FREE);
-            out[got++] = (ta_slot_t){base + (size_t)k * size, st + k};
+            *--out_end = (ta_slot_t){base + (size_t)k * size, st + k};
+            got++;
         }
-        if (w) break; /* want reached inside this word: the rest of it is looked at next time */
     }
-    s->scan_from = i;
+    s->scan_state = (uintptr_t)(st + i);
     s->allocated += got;
     return got;
 }
@@ -197,28 +214,20 @@ static inline void put_returned(ta_span_t *s, uint32_t cls, ta_slot_t o) {
     link_set(o.obj, s->freelist);
     s->freelist = o.obj;
 }
-static uint32_t take_returned(ta_span_t *s, uint32_t cls, ta_slot_t *out, uint32_t want, uint8_t *st) {
+static uint32_t take_returned(ta_span_t *s, uint32_t cls, ta_slot_t *out_end, uint32_t want, uint8_t *st) {
     uint32_t got = 0;
     char *base = ta_span_addr(s);
     while (got < want && s->freelist) {
         bool start;
         void *obj = s->freelist;
-        out[got++] = (ta_slot_t){obj, st + ta_object_index((uint32_t)((char *)obj - base), cls, &start)};
+        *--out_end = (ta_slot_t){obj, st + ta_object_index((uint32_t)((char *)obj - base), cls, &start)};
+        got++;
         s->freelist = link_get(s, cls, obj);
     }
     s->allocated += got;
     return got;
 }
 #endif
-
-static void reverse(ta_slot_t *v, uint32_t n) {
-    if (n < 2) return;
-    for (ta_slot_t *a = v, *b = v + n - 1; a < b; a++, b--) {
-        ta_slot_t t = *a;
-        *a = *b;
-        *b = t;
-    }
-}
 
 /* A span onto (the front of) its shard's list, and off it; cc's lock held.
  * (A release build's start writes none of central[]: the classes a program
@@ -283,7 +292,7 @@ static uint32_t alloc_from_spans(uint32_t cls, ta_slot_t *out, uint32_t want, ui
             ta_lock(&cc->lock);
             if (!s) break;
             s->carve = ta_span_addr(s);
-            s->freelist = NULL; /* (and scan_from 0) */
+            s->freelist = NULL; /* (and scan_state 0) */
             s->allocated = 0;
             s->shard = shard & 63u;
             s->fresh = 1;
@@ -299,24 +308,33 @@ static uint32_t alloc_from_spans(uint32_t cls, ta_slot_t *out, uint32_t want, ui
         }
         char *carve_end = (char *)ta_span_addr(s) + span_objs_bytes;
         uint8_t *st = span_states(s);
-        uint32_t first = got;
-        got += take_returned(s, cls, out + got, want - got, st);
-        if (got < want && s->carve < carve_end) {
-            uint32_t k = span_carved(s, cls), m = ta_class[cls].objects - k;
-            if (m > want - got) m = want - got;
-            char *c = s->carve;
-            uint8_t *sk = st + k;
-            for (uint32_t j = 0; j < m; j++, c += size) out[got + j] = (ta_slot_t){c, sk + j};
-            s->carve = c;
-            s->allocated += m;
-            got += m;
+        /* This span's part of the batch, highest address first: its fresh
+         * objects (above all the others), then those given back.  A refill
+         * hands out the last of its batch first and stacks the rest
+         * (pcache.c), so the span's objects go out lowest first, and a
+         * program that grows its heap finds what it allocated in address
+         * order when it walks it (an interpreter's object lists, its garbage
+         * collector). */
+        uint32_t need = want - got, carved = span_carved(s, cls), back = carved - s->allocated;
+        uint32_t r = back < need ? back : need, c = 0;
+        if (r < need && s->carve < carve_end) {
+            c = ta_class[cls].objects - carved;
+            if (c > need - r) c = need - r;
+            char *p = s->carve;
+            uint8_t *sk = st + carved;
+            ta_slot_t *o = out + got + c;
+            for (uint32_t j = 0; j < c; j++, p += size) *--o = (ta_slot_t){p, sk + j};
+            s->carve = p;
+            s->allocated += c;
         }
-        /* highest first: a refill hands out the last of its batch first and
-         * stacks the rest (pcache.c), so the span's objects go out lowest
-         * first, and a program that grows its heap finds what it allocated in
-         * address order when it walks it (an interpreter's object lists, its
-         * garbage collector) */
-        reverse(out + first, got - first);
+        if (r) {
+            uint32_t f = take_returned(s, cls, out + got + c + r, r, st);
+            TA_ASSERT(f == r);
+            if (TA_UNLIKELY(f < r)) /* (states that disagree with the counts: close the gap) */
+                memmove(out + got + c, out + got + c + (r - f), f * sizeof(ta_slot_t));
+            r = f;
+        }
+        got += c + r;
         if (!has_returned(s, cls) && s->carve >= carve_end) span_list_remove(cc, s);
     }
     cc->free_objects -= got;
@@ -338,7 +356,7 @@ static void free_to_spans(uint32_t cls, const ta_slot_t *in, uint32_t n) {
         TA_ASSERT(in[i].state == ta_state_of(in[i].obj, cls));
         TA_ASSERT(ta_obj_cached_state(ta_state_get(in[i].state))); /* no live object goes back to its span */
         put_returned(s, cls, in[i]);
-        s->fresh = 0;
+        if (s->fresh) s->fresh = 0; /* (a test first: a bit-field's store is a read, a mask and a write) */
         if (--s->allocated == 0) {
             if (s->in_list) span_list_remove(cc, s);
             s->next = empty;

@@ -592,7 +592,8 @@ typedef struct ta_span {
     union {
         uint64_t free_since_ms;  /* free spans: when they became free (decay) */
         void *freelist;          /* small spans in use, hardened build: their returned objects */
-        uint32_t scan_from;      /* small spans in use, release build: no returned object below (central.c) */
+        uintptr_t scan_state;    /* small spans in use, release build: no returned object's state byte
+                                  * below this address; 0: none below the first (central.c) */
         struct ta_srec *sample;  /* large blocks in use: sampled-allocation record (sample.c) or NULL */
     };
 } ta_span_t;
