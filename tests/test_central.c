@@ -4,7 +4,8 @@
  * return their spans to the page heap once drained; batches come back intact
  * (object for object, contents untouched) through the transfer caches, which
  * count hits and misses, halve once per decay period and overflow to the
- * spans; four threads working one class never receive the same object twice.
+ * spans; a refill's batch holds each span's objects highest first, fresh or
+ * given back; four threads working one class never receive the same object twice.
  *
  * Runs in both tier-1 modes (tests/test_central_perthread.sh sets
  * TIERALLOC_PERCPU=0): quiesce() empties whichever caches there are, so that
@@ -555,6 +556,61 @@ Test(central, free_spans_bypasses_the_transfer_cache) {
     cr_assert_eq(s1.from_caches - s0.from_caches, (uint64_t)n);
     cr_assert_eq(h1.inuse_bytes, h0.inuse_bytes, "%ld bytes of spans kept", (long)(h1.inuse_bytes - h0.inuse_bytes));
     cr_assert_eq(s1.span_free_bytes, s0.span_free_bytes);
+}
+
+/* A refill's batch holds each span's objects highest address first (tier 1
+ * pops from the end, so a span's objects go out lowest first): fresh ones
+ * carved, and ones given back in random order and taken again. */
+static void check_highest_first(uint32_t c, void *const *o, uint32_t n, const char *what) {
+    for (uint32_t i = 1; i < n; i++) {
+        ta_span_t *a = ta_pagemap_span((uintptr_t)o[i - 1] >> TA_PAGE_SHIFT), *b = ta_pagemap_span((uintptr_t)o[i] >> TA_PAGE_SHIFT);
+        cr_assert(a && b && a->cls == c && b->cls == c, "%s: object %u not of class %u", what, i, c);
+        if (a == b)
+            cr_assert_gt((uintptr_t)o[i - 1], (uintptr_t)o[i], "%s: objects %u and %u of one span in rising order", what, i - 1, i);
+    }
+}
+Test(central, refill_batches_hold_each_span_highest_first) {
+    const uint32_t c = ta_size_to_class(200);
+    const uint32_t per_span = ta_class[c].objects;
+    quiesce();
+    hold_all_free(c);
+    /* two spans' worth, from fresh spans */
+    uint32_t n = 2 * per_span > MAXOBJ ? MAXOBJ : 2 * per_span, got = 0;
+    while (got < n) {
+        uint32_t k = c_alloc(c, objs + got, n - got, 0);
+        if (!k) break;
+        check_highest_first(c, objs + got, k, "fresh");
+        got += k;
+    }
+    cr_assert_eq(got, n);
+    /* give back every third object in a shuffled order, then take them again */
+    static void *back[MAXOBJ], *again[MAXOBJ];
+    uint32_t nb = 0;
+    for (uint32_t i = 0; i < got; i += 3) back[nb++] = objs[i];
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    for (uint32_t i = nb; i > 1; i--) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        uint32_t j = (uint32_t)(x % i);
+        void *t = back[i - 1];
+        back[i - 1] = back[j];
+        back[j] = t;
+    }
+    c_free_spans(c, back, nb);
+    uint32_t na = c_alloc(c, again, nb, 0);
+    cr_assert_eq(na, nb, "took %u of the %u given back", na, nb);
+    check_highest_first(c, again, na, "given back");
+    /* the same objects (the spans had nothing else free) */
+    static ptrset_t seen;
+    set_clear(&seen);
+    for (uint32_t i = 0; i < nb; i++) set_add(&seen, back[i]);
+    for (uint32_t i = 0; i < na; i++) cr_assert(set_del(&seen, again[i]), "object %p was not given back, or came twice", again[i]);
+    for (uint32_t i = 0; i < got; i += 3) objs[i] = NULL;
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < got; i++)
+        if (objs[i]) objs[k++] = objs[i];
+    c_free_spans(c, objs, k);
+    c_free_spans(c, again, na);
+    release_held(c);
 }
 
 /* ---- four threads on one class ------------------------------------------------ */
