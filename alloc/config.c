@@ -27,7 +27,7 @@ ta_config_t ta_cfg = {
     .percpu = TA_PERCPU_AUTO,
     .percpu_threads = 2,
     .background = true,
-    .cpu_cache_bytes = (uint64_t)2 << 20, /* the most a CPU may hold while its threads sleep (issue 9) */
+    .cpu_cache_bytes = (uint64_t)3 << 19,
     .sample_bytes = TA_DEFAULT_SAMPLE_BYTES,
 };
 
@@ -105,7 +105,7 @@ void ta_config_read(char **env, int ncpu, bool secure) {
      * decay passes */
     const char *bg = env_get(env, "TIERALLOC_BACKGROUND");
     ta_cfg.background = !(bg && bg[0] == '0' && !bg[1]);
-    ta_cfg.cpu_cache_bytes = ta_parse_size(env_get(env, "TIERALLOC_CPU_CACHE_BYTES"), (uint64_t)2 << 20);
+    ta_cfg.cpu_cache_bytes = ta_parse_size(env_get(env, "TIERALLOC_CPU_CACHE_BYTES"), (uint64_t)3 << 19);
     /* hardened build only: what each quarantine shard holds (0: no quarantine) */
     ta_cfg.quarantine_bytes = ta_parse_size(env_get(env, "TIERALLOC_QUARANTINE_BYTES"), (uint64_t)256 << 10);
     const char *rate = env_get(env, "TIERALLOC_SAMPLE_BYTES");
