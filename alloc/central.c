@@ -177,20 +177,14 @@ static uint32_t take_returned(ta_span_t *s, uint32_t cls, ta_slot_t *out_end, ui
         /* (the state array is 16-byte aligned, meta.c, and i a multiple of 8) */
         uint64_t w = __atomic_load_n((const uint64_t *)(const void *)(st + i), __ATOMIC_RELAXED);
         w &= 0x0202020202020202ull;
-        /* (how many the word gives, so that the loop below tests only w) */
+        /* a word with more than is wanted keeps only its lowest ones (so
+         * that the loop below tests only w) and is looked at again next time */
         uint32_t room = want - got;
-        if ((uint32_t)__builtin_popcountll(w) > room) {
-            uint64_t keep = w;
-            while (room--) keep &= keep - 1; /* keep: the ones past what is wanted */
-            w ^= keep;
-            while (w) {
-                uint32_t k = i + (uint32_t)__builtin_ctzll(w) / 8;
-                w &= w - 1;
-                ta_state_set(st + k, TA_OBJ_FREE);
-                *--out_end = (ta_slot_t){base + (size_t)k * size, st + k};
-            }
-            got = want;
-            break; /* the rest of this word is looked at next time */
+        bool rest = (uint32_t)__builtin_popcountll(w) > room;
+        if (rest) {
+            uint64_t past = w;
+            while (room--) past &= past - 1;
+            w ^= past;
         }
         while (w) {
             uint32_t k = i + (uint32_t)__builtin_ctzll(w) / 8;
@@ -199,6 +193,7 @@ static uint32_t take_returned(ta_span_t *s, uint32_t cls, ta_slot_t *out_end, ui
             *--out_end = (ta_slot_t){base + (size_t)k * size, st + k};
             got++;
         }
+        if (rest) break;
     }
     s->scan_state = (uintptr_t)(st + i);
     s->allocated += got;
