@@ -163,12 +163,12 @@ static inline void put_returned(ta_span_t *s, uint32_t cls, ta_slot_t o) {
     if ((uintptr_t)o.state < s->scan_state) s->scan_state = (uintptr_t)o.state;
 }
 
-/* Up to want of the span's returned objects, marked FREE, written from
- * out_end[-1] downwards, lowest first (alloc_from_spans); how many. */
+/* want (1 .. those given back: the caller counts them) of the span's returned
+ * objects, marked FREE, written from out_end[-1] downwards, lowest first
+ * (alloc_from_spans); how many were found. */
 static uint32_t take_returned(ta_span_t *s, uint32_t cls, ta_slot_t *out_end, uint32_t want, uint8_t *st) {
-    uint32_t carved = span_carved(s, cls), left = carved - s->allocated, got = 0;
-    if (want > left) want = left;
-    if (!want) return 0;
+    uint32_t carved = span_carved(s, cls), got = 0;
+    TA_ASSERT(want && want <= carved - s->allocated);
     char *base = ta_span_addr(s);
     const uint32_t size = ta_class[cls].size;
     uint32_t i = s->scan_state ? (uint32_t)(s->scan_state - (uintptr_t)st) & ~7u : 0;
@@ -180,7 +180,7 @@ static uint32_t take_returned(ta_span_t *s, uint32_t cls, ta_slot_t *out_end, ui
         /* a word with more than is wanted keeps only its lowest ones (so
          * that the loop below tests only w) and is looked at again next time */
         uint32_t room = want - got;
-        bool rest = (uint32_t)__builtin_popcountll(w) > room;
+        bool rest = room < 8 && (uint32_t)__builtin_popcountll(w) > room; /* (8 at most in a word) */
         if (rest) {
             uint64_t past = w;
             while (room--) past &= past - 1;
