@@ -24,7 +24,7 @@ static __thread bool initialising; /* this thread is inside ta_init_slow */
  * runtime, or libc, calling malloc from a function init calls) cannot wait
  * for init: they get bump-allocated blocks from a static buffer, with a
  * 16-byte header holding the size; free ignores them, realloc copies them. */
-static char boot_buf[256 << 10] __attribute__((aligned(64)));
+static char boot_buf[256 << 10] TA_BIG_TABLE;
 static size_t boot_used;
 
 void *ta_boot_alloc(size_t n, size_t align) {
@@ -51,7 +51,6 @@ bool ta_init_slow(void) {
     initialising = true;
     if (!ta_inited) {
         ta_config_init();
-        ta_sizeclass_init();
         ta_pageheap_init();
         ta_central_init();
         ta_pcache_init();
@@ -180,7 +179,7 @@ static void fork_after(bool child) {
     if (child) { /* (its locks are untouched unless fork_prepare took them) */
         ta_solo_after_fork(true);
         ta_witness_forget_all();
-        ta_bg_state = TA_BG_NONE; /* started again lazily (the page heap forgets it too) */
+        if (ta_bg_state != TA_BG_NONE) ta_bg_state = TA_BG_NONE; /* started again lazily (the page heap forgets it too) */
     }
     ta_meta_unlock_all(child);
     ta_trace_unlock_all(child);

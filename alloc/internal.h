@@ -34,6 +34,12 @@
 #define TA_LIKELY(x) __builtin_expect(!!(x), 1)
 #define TA_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define TA_NOINLINE __attribute__((noinline))
+/* A table of several pages, or one touched only here and there: page-aligned,
+ * so that the link, which orders data by alignment (Makefile.am), puts these
+ * first and the small state every process touches at its start together on a
+ * few pages (each page a program writes is a fault, and one more in each
+ * child of fork that writes it again). */
+#define TA_BIG_TABLE __attribute__((aligned(4096)))
 #define TA_COLD __attribute__((cold, noinline))
 #define TA_ALWAYS_INLINE static inline __attribute__((always_inline))
 /* TA_TSAN: built for ThreadSanitizer (gcc or clang), where the fast paths'
@@ -428,7 +434,7 @@ extern struct ta_pm_hot {
     uintptr_t base;
     ta_pm_leaf_t *leaf;
 } ta_pm_hot;
-extern uint64_t ta_class_magic[]; /* (sizeclass.c) */
+extern const uint64_t ta_class_magic[]; /* (sizeclass.c) */
 
 /* free()'s lookup: the entry of the page of address a, or an all-zero one
  * (ta_pm_none) when no leaf covers it.  (free reads the magic first, with
@@ -531,12 +537,13 @@ typedef struct ta_class_info {
     uint32_t objects;   /* objects per span */
     uint64_t div_magic; /* offset % size == 0  <=>  (uint32)offset * div_magic <= div_magic - 1 */
 } ta_class_info_t;
-extern ta_class_info_t ta_class[TA_MAX_CLASSES];
-extern uint64_t ta_class_magic[TA_MAX_CLASSES]; /* div_magic, packed (and copied into the pagemap's entries) */
-extern uint32_t ta_nclasses; /* classes are 1..ta_nclasses-1 */
-extern uint8_t ta_class_small[1024 + 1];                     /* by n itself, n <= 1024 */
-extern uint8_t ta_class_large[((TA_MAX_SMALL - 1024) >> 7) + 1]; /* (n-1024+127)>>7 */
-void ta_sizeclass_init(void);
+/* (constants: built by the compiler, in read-only pages) */
+extern const ta_class_info_t ta_class[TA_MAX_CLASSES];
+extern const uint64_t ta_class_magic[TA_MAX_CLASSES]; /* div_magic, packed (and copied into the pagemap's entries) */
+#define TA_NCLASSES 97 /* (sizeclass.c checks it against its list) */
+static const uint32_t ta_nclasses = TA_NCLASSES; /* classes are 1..ta_nclasses-1 */
+extern const uint8_t ta_class_small[1024 + 1];                     /* by n itself, n <= 1024 */
+extern const uint8_t ta_class_large[((TA_MAX_SMALL - 1024) >> 7) + 1]; /* (n-1024+127)>>7 */
 /* the class of n <= 1024, and of 1024 < n <= TA_MAX_SMALL (the fast paths
  * test the first range alone: one compare for the common sizes) */
 static inline uint32_t ta_class_upto_1k(size_t n) { return ta_class_small[n]; }

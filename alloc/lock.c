@@ -154,6 +154,11 @@ void ta_solo_resume(void) {
  * becomes the solo thread; the locks it held are started afresh. */
 void ta_solo_after_fork(bool child) {
     if (!child) return;
+    /* The child of a parent with one thread and solo mode off: nothing to
+     * start afresh (no lock was held, no window open) and no registration
+     * needed until ta_solo_start; writing nothing spares the page copies and
+     * the membarrier call in every child (a shell forks one per command). */
+    if (ta_fork_mode == TA_FORK_LONE && !__atomic_load_n(&ta_solo_mode, __ATOMIC_RELAXED)) return;
     ta_solo_held = 0;
     ta_solo_suspend = 0;
     solo_ended = 0;

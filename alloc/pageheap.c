@@ -1157,7 +1157,16 @@ void ta_pageheap_tick(uint64_t now) { tick_at(now); }
 #define PH_BG_MIN_BYTES ((uint64_t)4 << 20)
 bool ta_pageheap_bg_due(void) {
     uint64_t r = __atomic_load_n(&ph_stats.inuse_bytes, __ATOMIC_RELAXED) + free_resident();
-    return r >= PH_BG_MIN_BYTES && (!ph_forked || ta_os_now_ms() - ph_fork_ms >= ta_cfg.decay_ms);
+    if (r < PH_BG_MIN_BYTES) return false;
+    if (!__atomic_load_n(&ph_forked, __ATOMIC_RELAXED)) return true;
+    /* a child of fork: the period counts from the first time its heap is big
+     * enough (fork itself reads no clock: a first read costs a child a fault) */
+    uint64_t now = ta_os_now_ms(), since = __atomic_load_n(&ph_fork_ms, __ATOMIC_RELAXED);
+    if (!since) {
+        __atomic_compare_exchange_n(&ph_fork_ms, &since, now, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+        return false;
+    }
+    return now - since >= ta_cfg.decay_ms;
 }
 
 void ta_pageheap_stats(ta_pageheap_stats_t *out) {
@@ -1179,12 +1188,13 @@ void ta_pageheap_unlock_all(bool child) {
         /* spans a decay pass had out: the parent releases them; the child's
          * copies may or may not have been madvised, so they come back FREE */
         if (ph_nflight) flight_return(TA_SPAN_FREE, ta_os_now_ms());
-        ph_decaying = false;
-        ta_pageheap_bg_active = false; /* no background thread in the child */
+        /* (each store only where the value changes: a page written is a page copied) */
+        if (ph_decaying) ph_decaying = false;
+        if (ta_pageheap_bg_active) ta_pageheap_bg_active = false; /* no background thread in the child */
         /* a background thread starts only in a child that lives a decay
-         * period (not in one that goes on to exec) */
-        ph_fork_ms = ta_os_now_ms();
-        ph_forked = true;
+         * period (not in one that goes on to exec): ta_pageheap_bg_due */
+        if (ph_fork_ms) ph_fork_ms = 0;
+        if (!ph_forked) ph_forked = true;
     }
     ta_lock_after_fork(&ph_lock, child);
 }

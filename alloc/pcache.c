@@ -245,11 +245,20 @@ static int rseq_replace(int cpu, uint32_t cls, uint64_t from, uint64_t to) { (vo
 static int current_cpu(void) { return 0; }
 #endif
 
+/* The rseq fence; a process not registered for it (a child of fork, on a
+ * kernel that does not carry the parent's registration over) registers on
+ * this first need, not at every fork (a shell forks once per command). */
+static bool rseq_fence(unsigned flags, int cpu) {
+    if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, flags, cpu) == 0) return true;
+    return errno == EPERM && syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0 &&
+           syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, flags, cpu) == 0;
+}
+
 /* Restart whatever sequence runs on any CPU of the process (and order
  * memory there against the caller); false if the kernel refused. */
 static bool fence_all(void) {
     int saved = errno; /* a refusal must not show in the caller's errno */
-    bool ok = syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0;
+    bool ok = rseq_fence(0, 0);
     errno = saved;
     return ok;
 }
@@ -262,7 +271,7 @@ static bool fence_cpu(int cpu) {
      * slab once, and would pay for an IPI to do it) */
     if (ta_single_threaded()) return true;
     int saved = errno;
-    bool ok = syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, MEMBARRIER_CMD_FLAG_CPU, cpu) == 0;
+    bool ok = rseq_fence(MEMBARRIER_CMD_FLAG_CPU, cpu);
     errno = saved;
     return ok || fence_all();
 }
@@ -761,6 +770,10 @@ static void tick(ta_pcache_t *own, bool may_start) {
     static uint64_t last_ms;
     bool bg = own && __atomic_load_n(&ta_pageheap_bg_active, __ATOMIC_RELAXED);
     uint64_t now = ta_os_now_ms(), last = __atomic_load_n(&last_ms, __ATOMIC_RELAXED);
+    if (TA_UNLIKELY(!last)) { /* the first tick starts the first period (no pass over caches just filled) */
+        __atomic_compare_exchange_n(&last_ms, &last, now, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+        last = now;
+    }
     if (own && own->cpu < 0) __atomic_store_n(&own->active_ms, now, __ATOMIC_RELAXED);
     if (!bg && now - last >= ta_cfg.decay_ms &&
         __atomic_compare_exchange_n(&last_ms, &last, now, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
@@ -1111,8 +1124,6 @@ void ta_pcache_unlock_all(bool child) {
         }
     }
     ta_lock_after_fork(&reg_lock, child);
-    /* membarrier registration belongs to the address space: registered again
-     * in the child (Linux 6.18 keeps it across fork; registering twice is
-     * harmless), also before the switch: the child's own switch fences with it */
-    if (child && ta_fe.rseq) syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0);
+    /* (membarrier's registration belongs to the address space: a child that
+     * lacks it registers at its first fence, rseq_fence) */
 }

@@ -1,56 +1,71 @@
 /* sizeclass.c: request size → size class, by two table lookups.
  * Classes step by 16 bytes up to 256, then by 1/8 of the power of two below
  * (8 classes per doubling) up to 256 KiB: a request wastes < 16 bytes below
- * 128 bytes and < 12.5% of its block above. */
+ * 128 bytes and < 12.5% of its block above.
+ *
+ * The tables are constants, built here by the compiler: they sit in the
+ * library's read-only pages, shared by every process that maps it, so a
+ * program's start neither computes them (some 38 000 instructions) nor
+ * faults in the three zero pages they took when they were filled at start. */
 #include "internal.h"
 
-ta_class_info_t ta_class[TA_MAX_CLASSES];
-uint64_t ta_class_magic[TA_MAX_CLASSES];
-uint32_t ta_nclasses;
-uint8_t ta_class_small[1024 + 1];
-uint8_t ta_class_large[((TA_MAX_SMALL - 1024) >> 7) + 1];
+/* Each class as X(index, size of the class below, size). */
+#define BY16(X, i) X(i, 16 * ((i) - 1), 16 * (i))
+#define DOUBLING(X, i, b)                                                                                          \
+    X(i, (b), (b) + (b) / 8) X((i) + 1, (b) + (b) / 8, (b) + 2 * (b) / 8)                                          \
+    X((i) + 2, (b) + 2 * (b) / 8, (b) + 3 * (b) / 8) X((i) + 3, (b) + 3 * (b) / 8, (b) + 4 * (b) / 8)              \
+    X((i) + 4, (b) + 4 * (b) / 8, (b) + 5 * (b) / 8) X((i) + 5, (b) + 5 * (b) / 8, (b) + 6 * (b) / 8)              \
+    X((i) + 6, (b) + 6 * (b) / 8, (b) + 7 * (b) / 8) X((i) + 7, (b) + 7 * (b) / 8, 2 * (b))
+/* classes 1..32: sizes up to 1 KiB (the table indexed by n itself) */
+#define CLASSES_TO_1K(X)                                                                                          \
+    BY16(X, 1) BY16(X, 2) BY16(X, 3) BY16(X, 4) BY16(X, 5) BY16(X, 6) BY16(X, 7) BY16(X, 8) BY16(X, 9)            \
+    BY16(X, 10) BY16(X, 11) BY16(X, 12) BY16(X, 13) BY16(X, 14) BY16(X, 15) BY16(X, 16)                            \
+    DOUBLING(X, 17, 256) DOUBLING(X, 25, 512)
+/* classes 33..96: above 1 KiB, up to TA_MAX_SMALL */
+#define CLASSES_ABOVE_1K(X)                                                                                       \
+    DOUBLING(X, 33, 1024) DOUBLING(X, 41, 2048) DOUBLING(X, 49, 4096) DOUBLING(X, 57, 8192)                        \
+    DOUBLING(X, 65, 16384) DOUBLING(X, 73, 32768) DOUBLING(X, 81, 65536) DOUBLING(X, 89, 131072)
 
-/* Pages per span: the fewest pages whose tail (bytes left over after the last
- * whole object) is at most 1/8 of the span and which hold at least a few objects. */
-static uint32_t span_pages(uint32_t size) {
-    uint32_t min_objs = size <= 4096 ? 8 : (size <= 32768 ? 4 : 1);
-    for (uint32_t pages = 1;; pages++) {
-        size_t bytes = (size_t)pages << TA_PAGE_SHIFT;
-        if (bytes < size * (size_t)min_objs) continue;
-        if ((bytes % size) * 8 <= bytes) return pages;
-    }
-}
+/* Pages per span: the fewest pages that hold at least a few objects and
+ * whose tail (bytes after the last whole object) is at most 1/8 of the span.
+ * The first page count with room enough or one of the next three always
+ * qualifies (checked below for every class). */
+#define MIN_OBJECTS(s) ((s) <= 4096 ? 8 : (s) <= 32768 ? 4 : 1)
+#define ROOM_PAGES(s) ((((s) * MIN_OBJECTS(s)) + TA_PAGE_SIZE - 1) >> TA_PAGE_SHIFT)
+#define TAIL_OK(p, s) ((((size_t)(p) << TA_PAGE_SHIFT) % (s)) * 8 <= ((size_t)(p) << TA_PAGE_SHIFT))
+#define SPAN_PAGES(s)                                                                                             \
+    (TAIL_OK(ROOM_PAGES(s), s)       ? ROOM_PAGES(s)                                                               \
+     : TAIL_OK(ROOM_PAGES(s) + 1, s) ? ROOM_PAGES(s) + 1                                                           \
+     : TAIL_OK(ROOM_PAGES(s) + 2, s) ? ROOM_PAGES(s) + 2                                                           \
+     : TAIL_OK(ROOM_PAGES(s) + 3, s) ? ROOM_PAGES(s) + 3                                                           \
+                                     : 0)
+/* move ~64 KiB at a time between a cache and central, 2..64 objects */
+#define BATCH(s) ((65536 / (s)) < 2 ? 2 : (65536 / (s)) > 64 ? 64 : (65536 / (s)))
+#define MAGIC(s) (UINT64_MAX / (s) + 1)
 
-static void add_class(uint32_t size) {
-    ta_class_info_t *c = &ta_class[ta_nclasses++];
-    c->size = size;
-    c->pages = span_pages(size);
-    c->objects = (uint32_t)(((size_t)c->pages << TA_PAGE_SHIFT) / size);
-    /* move ~64 KiB at a time between a cache and central, 2..64 objects */
-    uint32_t b = (64u << 10) / size;
-    c->batch = b < 2 ? 2 : (b > 64 ? 64 : b);
-    c->div_magic = UINT64_MAX / size + 1;
-    ta_class_magic[c - ta_class] = c->div_magic;
-}
+#define CHECK(i, below, s) _Static_assert(SPAN_PAGES(s) != 0 && (below) < (s), "class " #i);
+CLASSES_TO_1K(CHECK)
+CLASSES_ABOVE_1K(CHECK)
+#define ONE(i, below, s) +1
+_Static_assert(1 CLASSES_TO_1K(ONE) CLASSES_ABOVE_1K(ONE) == TA_NCLASSES, "TA_NCLASSES is the count of classes, 0 included");
+_Static_assert(TA_NCLASSES <= TA_MAX_CLASSES, "too many classes");
+_Static_assert(2 * 131072 == TA_MAX_SMALL, "the last class is TA_MAX_SMALL");
 
-void ta_sizeclass_init(void) {
-    if (ta_nclasses) return;
-    ta_nclasses = 1; /* class 0: not a small block */
-    for (uint32_t s = 16; s <= 256; s += 16) add_class(s);
-    for (uint32_t base = 256; base < TA_MAX_SMALL; base *= 2)
-        for (uint32_t s = base + base / 8; s <= base * 2; s += base / 8) add_class(s);
-    /* lookup tables: the smallest class that fits */
-    uint32_t c = 1;
-    for (size_t n = 0; n < sizeof ta_class_small; n++) {
-        while (ta_class[c].size < n) c++;
-        ta_class_small[n] = (uint8_t)c;
-    }
-    for (size_t i = 0; i < sizeof ta_class_large; i++) {
-        size_t n = 1024 + (i << 7);
-        while (ta_class[c].size < n) c++;
-        ta_class_large[i] = (uint8_t)c;
-    }
-}
+#define CLASS(i, below, s)                                                                                        \
+    [i] = {.size = (s), .pages = SPAN_PAGES(s), .batch = BATCH(s), .objects = (SPAN_PAGES(s) << TA_PAGE_SHIFT) / (s), \
+           .div_magic = MAGIC(s)},
+const ta_class_info_t ta_class[TA_MAX_CLASSES] = {CLASSES_TO_1K(CLASS) CLASSES_ABOVE_1K(CLASS)};
+
+#define CLASS_MAGIC(i, below, s) [i] = MAGIC(s),
+const uint64_t ta_class_magic[TA_MAX_CLASSES] = {CLASSES_TO_1K(CLASS_MAGIC) CLASSES_ABOVE_1K(CLASS_MAGIC)};
+
+/* the smallest class that fits: n <= 1024 by n itself (0 gets the first class) */
+#define UPTO_1K(i, below, s) [(below) + 1 ... (s)] = (i),
+const uint8_t ta_class_small[1024 + 1] = {[0] = 1, CLASSES_TO_1K(UPTO_1K)};
+/* 1024 < n <= TA_MAX_SMALL by (n - 1024 + 127) >> 7; the sizes above 1 KiB are
+ * multiples of 128, so each class owns whole slots (slot 0 is n == 1024) */
+#define ABOVE_1K(i, below, s) [((below) - 1024) / 128 + 1 ... ((s) - 1024) / 128] = (i),
+const uint8_t ta_class_large[((TA_MAX_SMALL - 1024) >> 7) + 1] = {[0] = 32, CLASSES_ABOVE_1K(ABOVE_1K)};
 
 uint32_t ta_class_for_aligned(size_t n, size_t align) {
     if (align > TA_PAGE_SIZE || n > TA_MAX_SMALL) return 0;

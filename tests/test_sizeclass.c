@@ -12,7 +12,6 @@
 
 static void setup(void) {
     ta_ensure_init();
-    ta_sizeclass_init(); /* idempotent */
 }
 
 TestSuite(sizeclass, .init = setup, .timeout = 30);
