@@ -207,6 +207,11 @@ static ta_span_t *free_list_for(const ta_span_t *s) {
 
 void ta_pageheap_init(void) {
     if (ph_ready) return;
+    /* the lists of large spans, which the first growth uses in every process:
+     * made here, written before anything reads them, their pages fault once
+     * (a first read maps the zero page, and the first write then copies it) */
+    ta_spanlist_init(&ph_list[0][0]);
+    ta_spanlist_init(&ph_list[1][0]);
     ph_last_decay_ms = ta_os_now_ms();
     ph_peak_epoch = ph_last_decay_ms / (ta_cfg.decay_ms ? ta_cfg.decay_ms : 1);
     ph_idle_since_ms = ph_last_decay_ms;
