@@ -81,10 +81,10 @@ TA_ALWAYS_INLINE void ta_free_small(void *p, uint8_t *state, uint32_t cls) {
 TA_ALWAYS_INLINE uint8_t *ta_live_small(const void *p, const ta_pm_entry_t *e, uint64_t *info, uint32_t *cls) {
     uint64_t m = ta_pm_entry_magic(e);
     uint64_t i = *info = e->info;
-    unsigned __int128 prod = (unsigned __int128)((uint32_t)(uintptr_t)p - (uint32_t)e->base) * m;
+    unsigned __int128 prod = (unsigned __int128)ta_info_offset(p, i) * m;
     /* (the address as an integer until the test has passed: on a page that
      * is not a small span's, states may be NULL or stale) */
-    uintptr_t state = (uintptr_t)e->states + (uint64_t)(prod >> 64);
+    uintptr_t state = (uintptr_t)(i >> 16) + (uint64_t)(prod >> 64);
     if (TA_LIKELY((uint64_t)prod < m && *(const uint8_t *)state == TA_OBJ_LIVE)) {
         *cls = TA_INFO_CLASS(i);
         return (uint8_t *)state;
