@@ -24,7 +24,7 @@ static __thread bool initialising; /* this thread is inside ta_init_slow */
  * runtime, or libc, calling malloc from a function init calls) cannot wait
  * for init: they get bump-allocated blocks from a static buffer, with a
  * 16-byte header holding the size; free ignores them, realloc copies them. */
-static char boot_buf[256 << 10] TA_BIG_TABLE;
+static char boot_buf[256 << 10] __attribute__((aligned(64)));
 static size_t boot_used;
 
 void *ta_boot_alloc(size_t n, size_t align) {

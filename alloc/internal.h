@@ -34,12 +34,6 @@
 #define TA_LIKELY(x) __builtin_expect(!!(x), 1)
 #define TA_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define TA_NOINLINE __attribute__((noinline))
-/* A table of several pages, or one touched only here and there: page-aligned,
- * so that the link, which orders data by alignment (Makefile.am), puts these
- * first and the small state every process touches at its start together on a
- * few pages (each page a program writes is a fault, and one more in each
- * child of fork that writes it again). */
-#define TA_BIG_TABLE __attribute__((aligned(4096)))
 #define TA_COLD __attribute__((cold, noinline))
 #define TA_ALWAYS_INLINE static inline __attribute__((always_inline))
 /* TA_TSAN: built for ThreadSanitizer (gcc or clang), where the fast paths'

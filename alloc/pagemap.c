@@ -5,7 +5,7 @@
  * of its pages, so a later mapping there (ours or anyone's) starts unknown. */
 #include "internal.h"
 
-ta_pm_leaf_t *ta_pm_root[1 << TA_PM_ROOT_BITS] TA_BIG_TABLE;
+ta_pm_leaf_t *ta_pm_root[1 << TA_PM_ROOT_BITS];
 const ta_pm_entry_t ta_pm_none; /* what free() reads for a page no leaf covers */
 struct ta_pm_hot ta_pm_hot __attribute__((aligned(64))) = {
     .base = TA_PM_NONCANONICAL, .leaf = (ta_pm_leaf_t *)TA_PM_NONCANONICAL};

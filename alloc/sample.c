@@ -66,7 +66,7 @@ struct ta_srec {
 };
 
 static ta_lock_t sample_lock = TA_LOCK_INIT(TA_RANK_SAMPLE);
-static bucket_t *table[NBUCKETS] TA_BIG_TABLE;
+static bucket_t *table[NBUCKETS];
 static struct ta_srec *rec_free;
 static struct ta_hooks hooks;
 static uint64_t sample_rate = TA_DEFAULT_SAMPLE_BYTES;
