@@ -455,13 +455,7 @@ static void transfer_release(uint32_t sh, uint32_t c, bool half) {
  * page heap's own decay. */
 void ta_central_tick(uint64_t now) {
     static uint64_t last_ms;
-    uint64_t last = __atomic_load_n(&last_ms, __ATOMIC_RELAXED);
-    if (TA_UNLIKELY(!last)) { /* the first tick starts the first period: nothing is old yet */
-        __atomic_compare_exchange_n(&last_ms, &last, now, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
-        last = now;
-    }
-    if (now - last >= ta_cfg.decay_ms &&
-        __atomic_compare_exchange_n(&last_ms, &last, now, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    if (ta_period_claim(&last_ms, now, ta_cfg.decay_ms)) {
         for (uint32_t sh = 0; sh < nshards; sh++)
             for (uint32_t c = 1; c < ta_nclasses; c++) transfer_release(sh, c, true);
     }

@@ -350,6 +350,18 @@ bool ta_os_protect(void *p, size_t size, bool access);
 /* Give the pages back to the OS (they read as zero afterwards). */
 void ta_os_release(void *p, size_t size);
 uint64_t ta_os_now_ms(void);
+/* A pass once per period across threads (the decay ticks): true for the one
+ * caller that claims the period that has run out at now.  The first call
+ * starts the first period (a process's start has nothing old to pass over). */
+static inline bool ta_period_claim(uint64_t *last_ms, uint64_t now, uint64_t period) {
+    uint64_t last = __atomic_load_n(last_ms, __ATOMIC_RELAXED);
+    if (TA_UNLIKELY(!last)) {
+        __atomic_compare_exchange_n(last_ms, &last, now, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+        return false;
+    }
+    return now - last >= period &&
+           __atomic_compare_exchange_n(last_ms, &last, now, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+}
 typedef struct ta_os_stats {
     uint64_t mapped_bytes;    /* currently mapped */
     uint64_t released_bytes;  /* cumulative bytes given back with madvise */

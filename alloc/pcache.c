@@ -769,14 +769,9 @@ static void trim_thread_cache(ta_pcache_t *c) {
 static void tick(ta_pcache_t *own, bool may_start) {
     static uint64_t last_ms;
     bool bg = own && __atomic_load_n(&ta_pageheap_bg_active, __ATOMIC_RELAXED);
-    uint64_t now = ta_os_now_ms(), last = __atomic_load_n(&last_ms, __ATOMIC_RELAXED);
-    if (TA_UNLIKELY(!last)) { /* the first tick starts the first period (no pass over caches just filled) */
-        __atomic_compare_exchange_n(&last_ms, &last, now, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
-        last = now;
-    }
+    uint64_t now = ta_os_now_ms();
     if (own && own->cpu < 0) __atomic_store_n(&own->active_ms, now, __ATOMIC_RELAXED);
-    if (!bg && now - last >= ta_cfg.decay_ms &&
-        __atomic_compare_exchange_n(&last_ms, &last, now, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    if (!bg && ta_period_claim(&last_ms, now, ta_cfg.decay_ms)) {
         if (ta_fe_percpu) {
             for (uint32_t i = 0; i < ncpus; i++) {
                 ta_pcache_t *c = &cpus[i];

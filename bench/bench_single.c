@@ -128,19 +128,34 @@ static void batch_rounds(tb_state *st, size_t n, const uint32_t *sizes, const ui
     tb_set_items_processed(st, tb_iterations(st) * (int64_t)n);
 }
 
+static size_t teardown_size(bench_rng *r) { return bench_rand_range(r, 16, 256); }
+
+/* batch and teardown: n live blocks of sizes drawn by `size`, freed in a
+ * random order; teardown first makes its heap in an untimed round, so that
+ * the timed rounds measure the allocator, not the kernel's zeroing of
+ * 140 MiB (as long as the allocator keeps its pages from round to round). */
+typedef struct {
+    uint64_t seed;
+    size_t (*size)(bench_rng *r);
+    bool warm;
+} batch_kind;
+static const batch_kind batch_mixed = { 7, bench_mixed_size, false };
+static const batch_kind batch_teardown = { 13, teardown_size, true };
+
 static void bm_batch(tb_state *st, void *arg)
 {
-    (void)arg;
+    const batch_kind *k = arg;
     static uint32_t sizes[BATCH_MAX], order[BATCH_MAX];
     size_t n = (size_t)tb_range(st, 0);
     if (n > BATCH_MAX) {
         tb_skip_with_error(st, "too many blocks");
         return;
     }
-    bench_rng r = { 7 };
+    bench_rng r = { k->seed };
     for (size_t i = 0; i < n; i++)
-        sizes[i] = (uint32_t)bench_mixed_size(&r);
+        sizes[i] = (uint32_t)k->size(&r);
     bench_permutation(order, n, &r);
+    if (k->warm && !batch_round(st, n, sizes, order, false)) return;
     batch_rounds(st, n, sizes, order, false);
 }
 
@@ -156,25 +171,6 @@ static void bm_scattered_reuse(tb_state *st, void *arg)
     bench_rng r = { 11 };
     bench_permutation(order, n, &r);
     batch_rounds(st, n, NULL, order, true);
-}
-
-static void bm_teardown(tb_state *st, void *arg)
-{
-    (void)arg;
-    static uint32_t sizes[BATCH_MAX], order[BATCH_MAX];
-    size_t n = (size_t)tb_range(st, 0);
-    if (n > BATCH_MAX) {
-        tb_skip_with_error(st, "too many blocks");
-        return;
-    }
-    bench_rng r = { 13 };
-    for (size_t i = 0; i < n; i++)
-        sizes[i] = (uint32_t)bench_rand_range(&r, 16, 256);
-    bench_permutation(order, n, &r);
-    /* a first round, not timed, makes the heap: the timed rounds measure the
-     * allocator, not the kernel's zeroing of 140 MiB (as long as the
-     * allocator keeps its pages from one round to the next) */
-    if (batch_round(st, n, sizes, order, false)) batch_rounds(st, n, sizes, order, false);
 }
 
 /* Growth of 1/8 plus 16 bytes per step, as a buffer that appends does:
@@ -425,10 +421,10 @@ void bench_register_single(void)
 
     tb_register("fastpath_random", bm_fastpath_random, NULL);
 
-    tb_bench_arg(tb_bench_arg_name(tb_register("batch", bm_batch, NULL), "blocks"), 4096);
+    tb_bench_arg(tb_bench_arg_name(tb_register("batch", bm_batch, (void *)&batch_mixed), "blocks"), 4096);
     tb_bench_arg(tb_bench_arg_name(tb_register("scattered_reuse", bm_scattered_reuse, NULL), "blocks"), 32768);
     /* a round takes 0.1-0.3 s: a second of them, not one */
-    tb_bench_min_time(tb_bench_arg(tb_bench_arg_name(tb_register("teardown", bm_teardown, NULL), "blocks"), 1 << 20), 1.0);
+    tb_bench_min_time(tb_bench_arg(tb_bench_arg_name(tb_register("teardown", bm_batch, (void *)&batch_teardown), "blocks"), 1 << 20), 1.0);
 
     tb_bench_unit(tb_register("realloc_growth", bm_realloc_growth, NULL), TB_US);
     tb_register("realloc_growth_64k", bm_realloc_growth_64k, NULL);
