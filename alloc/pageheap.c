@@ -64,7 +64,7 @@ typedef struct {
 static ph_ring_t ph_inuse_peak, ph_res_peak;
 static uint64_t ph_peak_epoch;
 static uint64_t ph_ops_seen, ph_idle_since_ms; /* page-heap activity, for "idle" */
-static uint64_t ph_fork_ms; /* when this process was forked (a child of fork: ph_forked) */
+static uint64_t ph_fork_ms; /* a child of fork (ph_forked): when its heap first became big enough for a background thread, 0 before */
 static bool ph_forked;
 bool ta_pageheap_bg_active;                    /* the background thread runs the decay */
 
@@ -1166,12 +1166,7 @@ bool ta_pageheap_bg_due(void) {
     if (!__atomic_load_n(&ph_forked, __ATOMIC_RELAXED)) return true;
     /* a child of fork: the period counts from the first time its heap is big
      * enough (fork itself reads no clock: a first read costs a child a fault) */
-    uint64_t now = ta_os_now_ms(), since = __atomic_load_n(&ph_fork_ms, __ATOMIC_RELAXED);
-    if (!since) {
-        __atomic_compare_exchange_n(&ph_fork_ms, &since, now, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
-        return false;
-    }
-    return now - since >= ta_cfg.decay_ms;
+    return ta_period_claim(&ph_fork_ms, ta_os_now_ms(), ta_cfg.decay_ms);
 }
 
 void ta_pageheap_stats(ta_pageheap_stats_t *out) {
