@@ -390,6 +390,12 @@ static uint32_t transfer_take(uint32_t sh, uint32_t cls, ta_slot_t *out, uint32_
     return k;
 }
 
+void ta_central_touch(uint32_t cls, uint32_t shard) {
+    shard %= nshards;
+    ta_touch_for_write(&transfer[shard][cls].n);
+    ta_touch_for_write(&central[cls].listed[shard]);
+}
+
 uint32_t ta_central_alloc(uint32_t cls, ta_slot_t *out, uint32_t want, uint32_t shard) {
     shard %= nshards;
     /* own transfer cache, own spans, then the other shards' transfer caches (a

@@ -196,6 +196,7 @@ static void fork_parent(void) { fork_after(false); }
 static void fork_child(void) { fork_after(true); }
 
 __attribute__((constructor)) static void ta_constructor(void) {
+    ta_touch_for_write(&ta_inited); /* read next, written by init: one fault */
     ta_ensure_init();
     pthread_atfork(fork_prepare, fork_parent, fork_child);
     ta_stats_at_start();

@@ -350,6 +350,12 @@ bool ta_os_protect(void *p, size_t size, bool access);
 /* Give the pages back to the OS (they read as zero afterwards). */
 void ta_os_release(void *p, size_t size);
 uint64_t ta_os_now_ms(void);
+/* Write *p without changing it (an atomic add of 0; p: a pointer to an integer
+ * or pointer), so that its page, when a process start finds it untouched
+ * (BSS or fresh metadata), faults once: a first read maps the shared zero page
+ * and the first write then copies it, two faults where a first write makes
+ * one.  For the few records a start reads before it writes them. */
+#define ta_touch_for_write(p) ((void)__atomic_fetch_add((p), 0, __ATOMIC_RELAXED))
 /* A pass once per period across threads (the decay ticks): true for the one
  * caller that claims the period that has run out at now.  The first call
  * starts the first period (a process's start has nothing old to pass over). */
@@ -719,6 +725,10 @@ typedef struct ta_slot {
 void ta_central_init(void);
 /* Up to `want` objects of class cls into out[]; returns how many (0 = out of memory). */
 uint32_t ta_central_alloc(uint32_t cls, ta_slot_t *out, uint32_t want, uint32_t shard);
+/* Before a cache's first refill of cls: the records that refill reads before
+ * it writes them (the shard's transfer cache, the class's span lists) are
+ * written first (ta_touch_for_write: one page fault, not two, on first use). */
+void ta_central_touch(uint32_t cls, uint32_t shard);
 /* Give back n objects. */
 void ta_central_free(uint32_t cls, const ta_slot_t *in, uint32_t n, uint32_t shard);
 /* The same, straight into their spans, bypassing the transfer caches: for

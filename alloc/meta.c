@@ -25,6 +25,7 @@ static size_t slabs_released_n, slabs_released_cap;
 /* NULL when the OS refuses a chunk: the caller fails its allocation (the
  * rest of the current chunk stays for smaller requests). */
 static void *meta_alloc_locked(size_t size, size_t align) {
+    ta_touch_for_write(&meta_cur); /* (written below in any case) */
     char *cur = (char *)(((uintptr_t)meta_cur + align - 1) & ~(uintptr_t)(align - 1));
     if (cur > meta_end) cur = meta_end;
     if ((size_t)(meta_end - cur) < size) {

@@ -36,7 +36,6 @@ static inline void ph_stat_add(uint64_t *field, uint64_t delta) {
 }
 static uint64_t ph_class_spans[TA_MAX_CLASSES]; /* in-use spans of each size class (stats) */
 static uint64_t ph_last_decay_ms;
-static bool ph_ready;
 
 /* Demand, by decay period (rings of the last periods; `cur` is the current
  * period's):
@@ -205,8 +204,7 @@ static ta_span_t *free_list_for(const ta_span_t *s) {
     return ph_head(kind, s->npages <= PH_EXACT ? s->npages : 0);
 }
 
-void ta_pageheap_init(void) {
-    if (ph_ready) return;
+void ta_pageheap_init(void) { /* once, from ta_init_slow */
     /* the lists of large spans, which the first growth uses in every process:
      * made here, written before anything reads them, their pages fault once
      * (a first read maps the zero page, and the first write then copies it) */
@@ -215,7 +213,6 @@ void ta_pageheap_init(void) {
     ph_last_decay_ms = ta_os_now_ms();
     ph_peak_epoch = ph_last_decay_ms / (ta_cfg.decay_ms ? ta_cfg.decay_ms : 1);
     ph_idle_since_ms = ph_last_decay_ms;
-    ph_ready = true;
 }
 
 /* first and last page → s, both with info 0 (free spans and large blocks) */
@@ -381,6 +378,9 @@ static bool grow(uintptr_t n, bool last) {
     s->state = TA_SPAN_RELEASED;
     s->free_since_ms = 0;
     ph_stats.n_grow_os++;
+    /* its end cells written before free_insert reads their neighbours' (which
+     * share their pagemap page: one fault, not a read's and then a write's) */
+    register_ends(s);
     free_insert(s);
     return true;
 }

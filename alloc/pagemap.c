@@ -16,6 +16,7 @@ bool ta_pagemap_ensure(uintptr_t first, uintptr_t n) {
     uintptr_t last = first + n - 1;
     if (n == 0 || last < first || (last >> (TA_PM_ROOT_BITS + TA_PM_LEAF_BITS))) return false;
     for (uintptr_t i = first >> TA_PM_LEAF_BITS; i <= last >> TA_PM_LEAF_BITS; i++) {
+        ta_touch_for_write(&ta_pm_root[i]); /* (the root's page is written when empty) */
         if (__atomic_load_n(&ta_pm_root[i], __ATOMIC_ACQUIRE)) continue;
         ta_lock(&pm_lock);
         if (!ta_pm_root[i]) {

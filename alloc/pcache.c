@@ -878,8 +878,10 @@ static ta_pcache_t *thread_cache_create(void) {
     ta_pcache_t *c = pcache_free;
     if (c) pcache_free = c->next_all;
     ta_unlock(&reg_lock);
+    /* a new record is written first (memset below), not read: one fault */
+    ta_slot_t *slab = c ? c->slab : NULL;
     if (!c && !(c = ta_meta_alloc(sizeof *c))) return NULL;
-    ta_slot_t *slab = c->slab ? c->slab : ta_meta_map(slab_bytes, 4096);
+    if (!slab) slab = ta_meta_map(slab_bytes, 4096);
     if (!slab) { /* out of memory: the record waits for the next thread */
         ta_lock(&reg_lock);
         c->next_all = pcache_free;
@@ -963,6 +965,7 @@ void *ta_pcache_alloc_slow(uint32_t cls) {
     c->active[cls] = 1;
     if (c->refills[cls] < 248) c->refills[cls]++; /* (a multiple of GROW_REFILLS: see grow) */
     else c->refills[cls] = 248 - GROW_REFILLS + 1;
+    if (!capacity(c, cls)) ta_central_touch(cls, c->shard); /* first use (or after decay) */
     grow(c, cls);
     /* one for the caller, the rest for the cache (no more than it may hold) */
     uint32_t want = ta_class[cls].batch, cap = capacity(c, cls);
