@@ -633,20 +633,24 @@ Test(pcache, budget_moves_to_the_classes_in_use) {
 
 /* A CPU used by one thread lends it the budget of a thread cache: a working
  * set of 4 MiB (twice the base budget of a CPU) stops missing; once more than
- * CPU_OWNERS threads use that CPU, it gives the borrowed budget back and
- * holds no more than its base.  (The six-classes tests keep thread_cache_max
- * at 1 MiB, below the CPU base: no borrowing there.) */
+ * CPU_OWNERS threads use that CPU at the same time, it gives the borrowed
+ * budget back and holds no more than its base.  Threads that have exited do
+ * not count: as many that come and go one at a time leave it its budget.
+ * (The six-classes tests keep thread_cache_max at 1 MiB, below the CPU base:
+ * no borrowing there.) */
 static struct growth_report lone_thread;
+static pthread_barrier_t crowd_all_in; /* the crowd: its members wait for each other before they exit */
+static bool crowd_waits;
 static void *crowd_member(void *arg) {
     pin(*(int *)arg);
     enum { N = 3000 }; /* more than a class keeps: this thread takes slow paths */
     static __thread void *p[N];
     for (int i = 0; i < N; i++) p[i] = malloc(48);
     for (int i = 0; i < N; i++) free(p[i]);
+    if (crowd_waits) pthread_barrier_wait(&crowd_all_in); /* all alive together */
     return NULL;
 }
-Test(pcache, a_cpu_used_by_one_thread_borrows_budget_and_a_crowded_one_returns_it) {
-    NEED_PERCPU();
+static void lone_thread_borrows(void) {
     lone_thread = (struct growth_report){.cpu = first_cpu(), .size = {768, 1024, 1536, 2048}, .nsizes = 4,
                                          .nobj = 1024, .rounds = 6};
     run_thread(grow_classes, &lone_thread);
@@ -661,12 +665,36 @@ Test(pcache, a_cpu_used_by_one_thread_borrows_budget_and_a_crowded_one_returns_i
                   (unsigned long)lone_thread.worst_committed);
     cr_assert_lt(lone_thread.miss_last, (uint64_t)lone_thread.nobj * lone_thread.nsizes / 8,
                  "the 4 MiB working set still misses %lu times a round", (unsigned long)lone_thread.miss_last);
-    for (int i = 0; i < 12; i++) run_thread(crowd_member, &lone_thread.cpu);
+}
+Test(pcache, a_cpu_used_by_one_thread_borrows_budget_and_a_crowded_one_returns_it) {
+    NEED_PERCPU();
+    lone_thread_borrows();
+    enum { CROWD = 12 };
+    pthread_t t[CROWD];
+    crowd_waits = true;
+    cr_assert_eq(pthread_barrier_init(&crowd_all_in, NULL, CROWD), 0);
+    for (int i = 0; i < CROWD; i++) cr_assert_eq(pthread_create(&t[i], NULL, crowd_member, &lone_thread.cpu), 0);
+    for (int i = 0; i < CROWD; i++) cr_assert_eq(pthread_join(t[i], NULL), 0);
+    const uint64_t base = ta_cfg.cpu_cache_bytes;
     uint64_t held_after = slab_bytes(cpu_slab(lone_thread.cpu), false);
     uint64_t cap_after = slab_bytes(cpu_slab(lone_thread.cpu), true);
-    cr_assert_leq(cap_after, base, "after 13 threads the CPU's capacity is %lu bytes, base %lu", (unsigned long)cap_after,
-                  (unsigned long)base);
+    cr_assert_leq(cap_after, base, "after 13 threads at once the CPU's capacity is %lu bytes, base %lu",
+                  (unsigned long)cap_after, (unsigned long)base);
     cr_assert_leq(held_after, base);
+}
+Test(pcache, threads_that_come_and_go_one_at_a_time_leave_a_cpu_its_budget) {
+    NEED_PERCPU();
+    ta_cfg.decay_ms = 60000; /* (no decay period ends during the test: it would also give budget back) */
+    lone_thread_borrows();
+    crowd_waits = false;
+    for (int i = 0; i < 12; i++) run_thread(crowd_member, &lone_thread.cpu);
+    const uint64_t base = ta_cfg.cpu_cache_bytes;
+    uint64_t cap_after = slab_bytes(cpu_slab(lone_thread.cpu), true);
+    cr_log_info("after 12 threads one at a time: capacity %lu bytes (base %lu)", (unsigned long)cap_after,
+                (unsigned long)base);
+    cr_assert_gt(cap_after, base,
+                 "12 threads that used the CPU one after another took its budget: capacity %lu bytes, base %lu",
+                 (unsigned long)cap_after, (unsigned long)base);
 }
 
 /* A class nobody uses any more gives back half of what it holds (and as much
