@@ -675,6 +675,7 @@ Test(pcache, a_cpu_used_by_one_thread_borrows_budget_and_a_crowded_one_returns_i
     cr_assert_eq(pthread_barrier_init(&crowd_all_in, NULL, CROWD), 0);
     for (int i = 0; i < CROWD; i++) cr_assert_eq(pthread_create(&t[i], NULL, crowd_member, &lone_thread.cpu), 0);
     for (int i = 0; i < CROWD; i++) cr_assert_eq(pthread_join(t[i], NULL), 0);
+    pthread_barrier_destroy(&crowd_all_in);
     const uint64_t base = ta_cfg.cpu_cache_bytes;
     uint64_t held_after = slab_bytes(cpu_slab(lone_thread.cpu), false);
     uint64_t cap_after = slab_bytes(cpu_slab(lone_thread.cpu), true);
