@@ -142,8 +142,8 @@ static int rseq_take(int cpu, uint32_t cls, ta_slot_t *out, uint32_t n) {
     long k;
     uintptr_t t;
     __asm__ __volatile__(TA_RSEQ_PROLOGUE TA_RSEQ_ON_CPU("k")
-                         "movzwl (%%rax,%[cls],8), %%ecx\n\t" /* cur */
-                         "movzwl 2(%%rax,%[cls],8), %%edx\n\t" /* begin */
+                         "movl (%%rax,%[cls],8), %%ecx\n\t" /* cur */
+                         "movzwl 4(%%rax,%[cls],8), %%edx\n\t" /* begin */
                          "movl %%ecx, %%r8d\n\t"
                          "subl %%edx, %%r8d\n\t"
                          "cmpl %k[n], %%r8d\n\t"
@@ -156,7 +156,7 @@ static int rseq_take(int cpu, uint32_t cls, ta_slot_t *out, uint32_t n) {
                          "xorl %%edx, %%edx\n\t"
                          TA_RSEQ_COPY("(%%rax,%%r9)", "(%[out],%%rdx)")
                          "movq %%r8, %[k]\n\t"
-                         "movw %%cx, (%%rax,%[cls],8)\n\t" /* commit */
+                         "movl %%ecx, (%%rax,%[cls],8)\n\t" /* commit */
                          "4:\n\t"
 : [k] "=&r"(k), [t] "=&a"(t)
                          : [rs] "r"(ta_rseq_off), [cpu] "r"(cpu), [base] "m"(ta_cpu_slabs),
@@ -171,8 +171,8 @@ static int rseq_put(int cpu, uint32_t cls, const ta_slot_t *in, uint32_t n) {
     long k;
     uintptr_t t;
     __asm__ __volatile__(TA_RSEQ_PROLOGUE TA_RSEQ_ON_CPU("k")
-                         "movzwl (%%rax,%[cls],8), %%ecx\n\t" /* cur */
-                         "movzwl 4(%%rax,%[cls],8), %%r8d\n\t" /* end */
+                         "movl (%%rax,%[cls],8), %%ecx\n\t" /* cur */
+                         "movzwl 6(%%rax,%[cls],8), %%r8d\n\t" /* end */
                          "xorl %%edx, %%edx\n\t"
                          "subl %%ecx, %%r8d\n\t"
                          "cmovbl %%edx, %%r8d\n\t" /* room = end > cur ? end - cur : 0 */
@@ -185,7 +185,7 @@ static int rseq_put(int cpu, uint32_t cls, const ta_slot_t *in, uint32_t n) {
                          TA_RSEQ_COPY("(%[in],%%rdx)", "(%%rax,%%r9)")
                          "movq %%r8, %[k]\n\t"
                          "addl %%r8d, %%ecx\n\t"
-                         "movw %%cx, (%%rax,%[cls],8)\n\t" /* commit */
+                         "movl %%ecx, (%%rax,%[cls],8)\n\t" /* commit */
                          "4:\n\t"
 : [k] "=&r"(k), [t] "=&a"(t)
                          : [rs] "r"(ta_rseq_off), [cpu] "r"(cpu), [base] "m"(ta_cpu_slabs),
@@ -201,11 +201,11 @@ static int rseq_set_end(int cpu, uint32_t cls, uint32_t end) {
     uintptr_t t;
     __asm__ __volatile__(TA_RSEQ_PROLOGUE TA_RSEQ_ON_CPU("r")
                          "movq $0, %[r]\n\t"
-                         "movzwl (%%rax,%[cls],8), %%ecx\n\t"
+                         "movl (%%rax,%[cls],8), %%ecx\n\t" /* cur */
                          "cmpl %k[end], %%ecx\n\t"
                          "ja 4f\n\t"
                          "movq $1, %[r]\n\t"
-                         "movw %w[end], 4(%%rax,%[cls],8)\n\t" /* commit */
+                         "movw %w[end], 6(%%rax,%[cls],8)\n\t" /* commit */
                          "4:\n\t"
 : [r] "=&r"(r), [t] "=&a"(t)
                          : [rs] "r"(ta_rseq_off), [cpu] "r"(cpu), [base] "m"(ta_cpu_slabs),
@@ -284,7 +284,7 @@ static int slab_take(ta_pcache_t *c, uint32_t cls, ta_slot_t *out, uint32_t n) {
     ta_slab_hdr_t *h = hdr_of(c, cls);
     uint32_t k = h->cur - h->begin;
     if (k > n) k = n;
-    h->cur = (uint16_t)(h->cur - k);
+    h->cur -= k;
     memcpy(out, c->slab + h->cur, k * sizeof(ta_slot_t));
     return (int)k;
 }
@@ -295,7 +295,7 @@ static int slab_put(ta_pcache_t *c, uint32_t cls, const ta_slot_t *in, uint32_t 
     uint32_t k = h->end > h->cur ? h->end - h->cur : 0;
     if (k > n) k = n;
     memcpy(c->slab + h->cur, in, k * sizeof(ta_slot_t));
-    h->cur = (uint16_t)(h->cur + k);
+    h->cur += k;
     return (int)k;
 }
 
@@ -324,10 +324,8 @@ static inline uint32_t range_max(const ta_pcache_t *c, uint32_t cls) {
 static bool move_to_full(ta_pcache_t *c, uint32_t cls) {
     uint32_t from = c->begin[cls], to = slot_begin[cls];
     uint32_t cap = __atomic_load_n(&hdr_of(c, cls)->end, __ATOMIC_RELAXED) - from; /* only we change end */
-    ta_slab_hdr_t empty = {.cur = (uint16_t)from, .begin = (uint16_t)from, .end = (uint16_t)(from + cap),
-                           .max_end = (uint16_t)(from + short_max[cls])};
-    ta_slab_hdr_t moved = {.cur = (uint16_t)to, .begin = (uint16_t)to, .end = (uint16_t)(to + cap),
-                           .max_end = (uint16_t)(to + slot_max[cls])};
+    ta_slab_hdr_t empty = {.cur = from, .begin = (uint16_t)from, .end = (uint16_t)(from + cap)};
+    ta_slab_hdr_t moved = {.cur = to, .begin = (uint16_t)to, .end = (uint16_t)(to + cap)};
     ta_slot_t buf[SHORT_SLOTS];
     for (;;) {
         int k = slab_take(c, cls, buf, SHORT_SLOTS), r;
@@ -384,8 +382,7 @@ static inline uint32_t capacity(const ta_pcache_t *c, uint32_t cls) {
 static void check_cache(const ta_pcache_t *c, uint32_t cls) {
 #ifdef TA_DEBUG
     ta_slab_hdr_t h = {.word = __atomic_load_n(&hdr_of(c, cls)->word, __ATOMIC_RELAXED)};
-    TA_ASSERT(h.begin == c->begin[cls] && h.begin <= h.cur && h.end <= h.max_end);
-    TA_ASSERT(h.max_end == c->begin[cls] + range_max(c, cls));
+    TA_ASSERT(h.begin == c->begin[cls] && h.begin <= h.cur && h.end <= c->begin[cls] + range_max(c, cls));
     TA_ASSERT(c->committed <= c->budget);
     if (c->cpu < 0) { /* a thread's own cache: nothing moves under us */
         TA_ASSERT(h.cur <= h.end);
@@ -424,8 +421,7 @@ static void layout_headers(ta_pcache_t *c) {
     ta_slab_hdr_t h[TA_MAX_CLASSES];
     for (uint32_t cls = 0; cls < TA_MAX_CLASSES; cls++) {
         __atomic_store_n(&c->begin[cls], short_begin[cls], __ATOMIC_RELAXED);
-        h[cls] = (ta_slab_hdr_t){.cur = short_begin[cls], .begin = short_begin[cls], .end = short_begin[cls],
-                                 .max_end = (uint16_t)(short_begin[cls] + short_max[cls])};
+        h[cls] = (ta_slab_hdr_t){.cur = short_begin[cls], .begin = short_begin[cls], .end = short_begin[cls]};
     }
     if (c->cpu >= 0) {
         for (uint32_t cls = 0; cls < TA_MAX_CLASSES; cls++)
@@ -760,8 +756,7 @@ static void release(ta_pcache_t *c, bool all, bool to_spans) {
             give_back(c, cls, c->slab + cur - k, k, to_spans);
         }
         c->committed -= (uint64_t)shrink_by * ta_class[cls].size;
-        open[cls] = (ta_slab_hdr_t){.cur = (uint16_t)(cur - k), .begin = (uint16_t)begin,
-                                    .end = (uint16_t)(end[cls] - shrink_by), .max_end = h[cls].max_end};
+        open[cls] = (ta_slab_hdr_t){.cur = cur - k, .begin = (uint16_t)begin, .end = (uint16_t)(end[cls] - shrink_by)};
         __atomic_store_n(&h[cls].word, (percpu ? closed(open[cls]) : open[cls]).word, __ATOMIC_RELEASE);
     }
     if (!percpu) return;
@@ -788,7 +783,7 @@ static void trim_thread_cache(ta_pcache_t *c) {
         uint32_t held = (uint32_t)(hd.cur - hd.begin), k = held > keep ? held - keep : 0;
         if (k) give_back(c, cls, c->slab + hd.cur - k, k, false);
         c->committed -= (uint64_t)(cap - keep) * ta_class[cls].size;
-        hd.cur = (uint16_t)(hd.cur - k);
+        hd.cur -= k;
         hd.end = (uint16_t)(hd.begin + keep);
         __atomic_store_n(&h[cls].word, hd.word, __ATOMIC_RELEASE);
     }
