@@ -172,6 +172,7 @@ TA_NOINLINE void *ta_alloc_sample_slow(size_t n, uint32_t cls) {
         ta_trace_alloc(TA_TR_MALLOC, p, n, 0);
         return p;
     }
+    if (ta_fe_percpu) ta_pcache_note_user();
     if (ta_sample_tick(n)) {
         void *p = alloc_span(n, 0, false);
         if (p) {

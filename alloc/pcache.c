@@ -13,10 +13,10 @@
  * the cache's budget: a thread draws its own from a global pool
  * (TIERALLOC_CACHE_BYTES), up to 8 MiB; a CPU has a base
  * (TIERALLOC_CPU_CACHE_BYTES) and borrows more from the same pool, up to what a
- * thread may have, only while few threads use it (CPU_OWNERS in this period and
- * the last): one program thread with a large working set gets the cache a
- * thread cache would give it, while thousands of threads sharing a CPU get no
- * more than the base.  The borrowed budget goes back when a CPU becomes
+ * thread may have, only while few live threads have used it (CPU_USERS): a
+ * few program threads with large working sets get the caches thread caches
+ * would give them, while thousands of threads sharing a CPU get no more than
+ * the base.  The borrowed budget goes back when a CPU becomes
  * crowded or its classes shrink by decay.  Past the budget, a class takes
  * capacity from the others (halving them, the largest in bytes first).
  *
@@ -41,7 +41,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#define CPU_OWNERS 8 /* threads a CPU's cache may serve and still borrow budget */
+#define CPU_USERS 32  /* live threads that may have used a CPU's cache while it still borrows budget */
+#define USER_BITS 1024 /* CPUs whose users are counted (note_user); those from here on keep their base */
 typedef struct ta_pcache {
     ta_slot_t *slab;          /* its slab (pcache.h) */
     int cpu;                  /* the CPU it belongs to, -1 for a thread's cache */
@@ -59,10 +60,9 @@ typedef struct ta_pcache {
     uint32_t state;           /* TA_PC_* (thread caches) */
     struct ta_pcache *next_all, *prev_all; /* registry of live thread caches */
     uint64_t n_alloc_miss, n_free_miss;
-    /* per-CPU: threads seen on the slow paths in this decay period */
-    uint32_t owners[CPU_OWNERS];
-    uint32_t nowners;
-    bool crowded, was_crowded; /* more than CPU_OWNERS threads: this period, the last */
+    /* per-CPU: live threads that have taken a slow path on it (note_user) */
+    uint32_t users;
+    bool crowded; /* more than CPU_USERS of them: its base budget only */
 } __attribute__((aligned(64))) ta_pcache_t; /* the CPUs' records side by side share no line */
 /* A thread cache is LIVE from its creation to its thread's exit flush
  * (EXITING until it leaves the registry, EMPTY on the list for reuse), or
@@ -545,7 +545,7 @@ ta_slot_ranges_t ta_pcache_ranges(uint32_t cls) {
 /* ---- capacity ---------------------------------------------------------------- */
 /* Take budget for `need` more bytes of capacity from the global pool. */
 static bool take_budget(ta_pcache_t *c, uint64_t need) {
-    if (c->cpu >= 0 && (c->crowded || c->was_crowded)) return false; /* shared: the base only */
+    if (c->cpu >= 0 && c->crowded) return false; /* shared: the base only */
     uint64_t want = need < BUDGET_STEP ? BUDGET_STEP : need;
     if (c->budget + want > ta_cfg.thread_cache_max) return false;
     bool above_floor = c->budget + want > THREAD_BUDGET_FLOOR;
@@ -579,59 +579,63 @@ static void return_borrowed(ta_pcache_t *c) {
     __atomic_add_fetch(&budget_pool, (int64_t)give, __ATOMIC_RELAXED);
 }
 
-/* The thread's number in the CPUs' owners lists (not the TLS address: a new
- * thread may reuse an old one's), and the CPUs whose lists it is on (bit n:
- * CPU n; bit 63: any CPU from 63 on), which its exit leaves (forget_owner). */
-static __thread uint32_t owner_id;
-static __thread uint64_t owner_of;
+/* The CPUs whose caches the thread has used (bit n: CPU n), which its exit
+ * counts off (forget_user). */
+static __thread uint64_t used_cpus[USER_BITS / 64];
+static __thread bool used_any;
 
-/* The calling thread uses CPU cache c (its lock held, running on it): note it;
- * when it is one thread too many, give up what was borrowed, largest classes
- * first. */
-static void note_owner(ta_pcache_t *c) {
-    static uint32_t last_id;
-    if (TA_UNLIKELY(!owner_id)) owner_id = __atomic_add_fetch(&last_id, 1, __ATOMIC_RELAXED) | 1u << 31;
-    uint32_t me = owner_id;
-    for (uint32_t i = 0; i < c->nowners; i++)
-        if (c->owners[i] == me) return;
-    if (c->nowners < CPU_OWNERS) {
-        c->owners[c->nowners++] = me;
-        owner_of |= (uint64_t)1 << (c->cpu < 63 ? c->cpu : 63);
-        return;
+/* The calling thread uses CPU cache c (its lock held, running on it): count it
+ * among the CPU's users the first time; once they are more than CPU_USERS,
+ * give up what was borrowed, largest classes first.  Users are the threads
+ * still alive, not the threads seen in a period: a program with more threads
+ * than that keeps every CPU at its base for as long as they live (2 000
+ * threads that each churned 1 MiB and wait: a CPU holds at most its base),
+ * while one with a few busy threads a CPU (16 on 2 CPUs) lets its CPUs
+ * borrow as a thread cache would.  (Counting the threads seen in each decay
+ * period, as until stop 32, could not tell the two apart: 8 threads a period
+ * kept the 16 busy ones at the base, and 32 let the first 32 of the 2 000
+ * borrow again after each period.) */
+static void note_user(ta_pcache_t *c) {
+    uint32_t cpu = (uint32_t)c->cpu;
+    if (cpu < USER_BITS) {
+        uint64_t bit = (uint64_t)1 << (cpu % 64);
+        if (!(used_cpus[cpu / 64] & bit)) {
+            used_cpus[cpu / 64] |= bit;
+            used_any = true;
+            if (++c->users > CPU_USERS) c->crowded = true;
+        }
+    } else {
+        c->crowded = true; /* (its users are not counted: the base only) */
     }
     /* crowded: back to the base.  Also when already crowded, while it is
      * still above it: a shrink fails when the thread is migrated, and the
      * next slow path of another thread must go on with it */
-    if (c->crowded && c->committed <= ta_cfg.cpu_cache_bytes) return;
-    c->crowded = true;
+    if (!c->crowded || c->committed <= ta_cfg.cpu_cache_bytes) return;
     for (uint32_t cls = ta_nclasses - 1; cls >= 1 && c->committed > ta_cfg.cpu_cache_bytes; cls--)
         if (!shrink(c, cls, capacity(c, cls))) break; /* migrated: the next slow path goes on */
     return_borrowed(c);
 }
 
-/* An exiting thread leaves the owners lists it is on: a CPU counts the
+/* An exiting thread is no longer a user of the CPUs it used: a CPU counts the
  * threads that use it, not those that did.  (A program that starts a thread
  * per task, or a benchmark harness that starts its threads again for each
- * run, made 8 CPUs' worth of dead threads in a decay period and kept every
- * CPU crowded, at its base budget: `remote_frees` on 8 threads missed tier 1
- * 168 k times in a one-second run, and 1.8 k times once the dead were left
- * out.) */
-static void forget_owner(void) {
-    uint64_t m = owner_of;
-    owner_of = 0;
+ * run, would otherwise crowd every CPU: before stop 31 `remote_frees` on 8
+ * threads missed tier 1 168 k times in a one-second run, and 1.8 k times once
+ * the dead were left out.) */
+static void forget_user(void) {
     uint32_t n = __atomic_load_n(&ncpus, __ATOMIC_ACQUIRE);
-    for (uint32_t i = 0; i < n && m; i++) {
-        uint64_t bit = (uint64_t)1 << (i < 63 ? i : 63);
-        if (!(m & bit)) continue;
-        ta_pcache_t *c = &cpus[i];
-        ta_lock(&c->lock);
-        for (uint32_t k = 0; k < c->nowners; k++)
-            if (c->owners[k] == owner_id) {
-                c->owners[k] = c->owners[--c->nowners];
-                break;
-            }
-        ta_unlock(&c->lock);
-        if (i < 63) m &= ~bit;
+    used_any = false;
+    for (uint32_t w = 0; w < USER_BITS / 64; w++) {
+        uint64_t m = used_cpus[w];
+        used_cpus[w] = 0;
+        for (; m; m &= m - 1) {
+            uint32_t cpu = w * 64 + (uint32_t)__builtin_ctzll(m);
+            if (cpu >= n) continue;
+            ta_pcache_t *c = &cpus[cpu];
+            ta_lock(&c->lock);
+            if (c->users && --c->users <= CPU_USERS) c->crowded = false;
+            ta_unlock(&c->lock);
+        }
     }
 }
 
@@ -805,9 +809,6 @@ static void tick(ta_pcache_t *own, bool may_start) {
                 if (!__atomic_load_n(&c->ready, __ATOMIC_ACQUIRE) || !ta_trylock(&c->lock)) continue;
                 release(c, false, false);
                 return_borrowed(c);
-                c->was_crowded = c->crowded;
-                c->crowded = false;
-                c->nowners = 0;
                 ta_unlock(&c->lock);
             }
         }
@@ -957,7 +958,7 @@ static ta_pcache_t *cpu_cache_lock(void) {
     ta_pcache_t *c = &cpus[(uint32_t)cpu < ncpus ? (uint32_t)cpu : 0];
     ta_lock(&c->lock);
     if (!c->ready) layout_headers(c);
-    note_owner(c);
+    note_user(c);
     return c;
 }
 
@@ -981,6 +982,19 @@ static inline void cache_unlock(ta_pcache_t *c) {
 }
 
 /* ---- the slow paths ------------------------------------------------------------ */
+/* From the sampling slow path, which every thread takes at its first malloc
+ * and then every TIERALLOC_SAMPLE_BYTES (512 KiB) it allocates: the thread is
+ * counted among its CPU's users even if the CPU's cache serves it without a
+ * miss (2 000 threads that each churned 1 MiB through a CPU cache that had
+ * borrowed 4 MiB: 28 of its 1 000 took a slow path, and the CPU stayed
+ * uncrowded with 4.9 MB).  Once a thread is counted there, nothing to do. */
+void ta_pcache_note_user(void) {
+    int cpu = current_cpu();
+    if ((uint32_t)cpu >= __atomic_load_n(&ncpus, __ATOMIC_ACQUIRE)) return;
+    if ((uint32_t)cpu < USER_BITS && (used_cpus[cpu / 64] >> (cpu % 64) & 1)) return;
+    cache_unlock(cpu_cache_lock()); /* (which notes it) */
+}
+
 void *ta_pcache_alloc_slow(uint32_t cls) {
     ta_pcache_t *c = cache_lock();
     ta_slot_t buf[MAX_BATCH];
@@ -1062,7 +1076,7 @@ void ta_pcache_drain_all(void) {
 void ta_pcache_thread_exit(void *arg) {
     ta_pcache_t *c = arg;
     if (ta_trace_on) ta_trace_thread_exit();
-    if (owner_of) forget_owner();
+    if (used_any) forget_user();
     if (!c || c == &pcache_dead || c->cpu >= 0) {
         ta_sample_thread_exit();
         return;
@@ -1147,6 +1161,11 @@ void ta_pcache_unlock_all(bool child) {
             c->state = TA_PC_ORPHAN;
             live_threads--;
             shard_users[c->shard]--; /* a new thread may take its shard */
+        }
+        /* the only live user of a CPU is now the forking thread, if it used it */
+        for (uint32_t i = 0; i < ncpus; i++) {
+            cpus[i].users = i < USER_BITS && (used_cpus[i / 64] >> (i % 64) & 1);
+            cpus[i].crowded = i >= USER_BITS && cpus[i].crowded;
         }
     }
     ta_lock_after_fork(&reg_lock, child);

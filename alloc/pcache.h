@@ -269,6 +269,7 @@ typedef struct ta_slot_ranges {
 } ta_slot_ranges_t;
 ta_slot_ranges_t ta_pcache_ranges(uint32_t cls);
 void *ta_pcache_alloc_slow(uint32_t cls);        /* refill, then allocate; NULL if out of memory */
+void ta_pcache_note_user(void);                  /* per CPU: count the caller among its CPU's users */
 void ta_pcache_free_slow(void *p, uint32_t cls, uint8_t *state); /* overflow: flush a batch, then keep p (state: its byte) */
 void ta_pcache_flush_current(void);              /* empty the calling thread's cache (per-thread mode) */
 void ta_pcache_drain_all(void);                  /* malloc_trim: empty every CPU's cache */

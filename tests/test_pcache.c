@@ -632,9 +632,10 @@ Test(pcache, budget_moves_to_the_classes_in_use) {
 
 /* A CPU used by one thread lends it the budget of a thread cache: a working
  * set of 4 MiB (twice the base budget of a CPU) stops missing; once more than
- * CPU_OWNERS threads use that CPU at the same time, it gives the borrowed
- * budget back and holds no more than its base.  Threads that have exited do
- * not count: as many that come and go one at a time leave it its budget.
+ * CPU_USERS (32, pcache.c) live threads have used that CPU, it gives the
+ * borrowed budget back and holds no more than its base.  Threads that have
+ * exited do not count: as many that come and go one at a time leave it its
+ * budget.
  * (The six-classes tests keep thread_cache_max at 1 MiB, below the CPU base:
  * no borrowing there.) */
 static struct growth_report lone_thread;
@@ -668,7 +669,7 @@ static void lone_thread_borrows(void) {
 Test(pcache, a_cpu_used_by_one_thread_borrows_budget_and_a_crowded_one_returns_it) {
     NEED_PERCPU();
     lone_thread_borrows();
-    enum { CROWD = 12 };
+    enum { CROWD = 40 }; /* more than CPU_USERS */
     pthread_t t[CROWD];
     crowd_waits = true;
     cr_assert_eq(pthread_barrier_init(&crowd_all_in, NULL, CROWD), 0);
@@ -678,7 +679,7 @@ Test(pcache, a_cpu_used_by_one_thread_borrows_budget_and_a_crowded_one_returns_i
     const uint64_t base = ta_cfg.cpu_cache_bytes;
     uint64_t held_after = slab_bytes(cpu_slab(lone_thread.cpu), false);
     uint64_t cap_after = slab_bytes(cpu_slab(lone_thread.cpu), true);
-    cr_assert_leq(cap_after, base, "after 13 threads at once the CPU's capacity is %lu bytes, base %lu",
+    cr_assert_leq(cap_after, base, "after 40 threads at once the CPU's capacity is %lu bytes, base %lu",
                   (unsigned long)cap_after, (unsigned long)base);
     cr_assert_leq(held_after, base);
 }
@@ -1679,7 +1680,7 @@ Test(pcache, two_thousand_threads_hold_at_most_2mib_per_cpu, .timeout = 120) {
     cr_assert_eq(pthread_barrier_init(&many_exit, NULL, MANY + 1), 0);
     /* spread over the CPUs, as a program's thousands of threads are: left to
      * the scheduler, a CPU that a busy thread (here the creating one) keeps
-     * may see fewer than CPU_OWNERS threads in a period, and rightly borrows
+     * may see fewer than CPU_USERS threads, and rightly borrows
      * budget beyond its base */
     static int use[CPU_SETSIZE];
     int nuse = ncpu_allowed(use, CPU_SETSIZE);
