@@ -582,7 +582,9 @@ static void return_borrowed(ta_pcache_t *c) {
 /* The CPUs whose caches the thread has used (bit n: CPU n), which its exit
  * counts off (forget_user). */
 static __thread uint64_t used_cpus[USER_BITS / 64];
-static __thread bool used_any;
+
+/* The calling thread is counted among the users of cpu (false past USER_BITS). */
+static inline bool is_user(uint32_t cpu) { return cpu < USER_BITS && (used_cpus[cpu / 64] >> (cpu % 64) & 1); }
 
 /* The calling thread uses CPU cache c (its lock held, running on it): count it
  * among the CPU's users the first time; once they are more than CPU_USERS,
@@ -598,10 +600,8 @@ static __thread bool used_any;
 static void note_user(ta_pcache_t *c) {
     uint32_t cpu = (uint32_t)c->cpu;
     if (cpu < USER_BITS) {
-        uint64_t bit = (uint64_t)1 << (cpu % 64);
-        if (!(used_cpus[cpu / 64] & bit)) {
-            used_cpus[cpu / 64] |= bit;
-            used_any = true;
+        if (!is_user(cpu)) {
+            used_cpus[cpu / 64] |= (uint64_t)1 << (cpu % 64);
             if (++c->users > CPU_USERS) c->crowded = true;
         }
     } else {
@@ -624,7 +624,6 @@ static void note_user(ta_pcache_t *c) {
  * the dead were left out.) */
 static void forget_user(void) {
     uint32_t n = __atomic_load_n(&ncpus, __ATOMIC_ACQUIRE);
-    used_any = false;
     for (uint32_t w = 0; w < USER_BITS / 64; w++) {
         uint64_t m = used_cpus[w];
         used_cpus[w] = 0;
@@ -991,7 +990,7 @@ static inline void cache_unlock(ta_pcache_t *c) {
 void ta_pcache_note_user(void) {
     int cpu = current_cpu();
     if ((uint32_t)cpu >= __atomic_load_n(&ncpus, __ATOMIC_ACQUIRE)) return;
-    if ((uint32_t)cpu < USER_BITS && (used_cpus[cpu / 64] >> (cpu % 64) & 1)) return;
+    if (is_user((uint32_t)cpu)) return;
     cache_unlock(cpu_cache_lock()); /* (which notes it) */
 }
 
@@ -1076,7 +1075,7 @@ void ta_pcache_drain_all(void) {
 void ta_pcache_thread_exit(void *arg) {
     ta_pcache_t *c = arg;
     if (ta_trace_on) ta_trace_thread_exit();
-    if (used_any) forget_user();
+    forget_user();
     if (!c || c == &pcache_dead || c->cpu >= 0) {
         ta_sample_thread_exit();
         return;
@@ -1164,7 +1163,7 @@ void ta_pcache_unlock_all(bool child) {
         }
         /* the only live user of a CPU is now the forking thread, if it used it */
         for (uint32_t i = 0; i < ncpus; i++) {
-            cpus[i].users = i < USER_BITS && (used_cpus[i / 64] >> (i % 64) & 1);
+            cpus[i].users = is_user(i);
             cpus[i].crowded = i >= USER_BITS && cpus[i].crowded;
         }
     }
