@@ -338,15 +338,16 @@ static uint32_t alloc_from_spans(uint32_t cls, ta_slot_t *out, uint32_t want, ui
     return got;
 }
 
-/* Return n objects to their spans; spans left with nothing handed out go
- * back to the page heap. */
+/* The lines free_to_spans writes for o: its span record and its state byte;
+ * asked for FREE_AHEAD objects ahead. */
 #define FREE_AHEAD 8
-/* the lines free_to_spans writes for o: its span record and its state byte */
 static inline void prefetch_return(const ta_slot_t *o) {
     ta_prefetch_write(ta_pagemap_span_known((uintptr_t)o->obj >> TA_PAGE_SHIFT));
     ta_prefetch_write(o->state);
 }
 
+/* Return n objects to their spans; spans left with nothing handed out go
+ * back to the page heap. */
 static void free_to_spans(uint32_t cls, const ta_slot_t *in, uint32_t n) {
     central_class_t *cc = &central[cls];
     ta_span_t *empty = NULL;
