@@ -14,7 +14,7 @@
  * Two kinds of cache:
  *  - per CPU: one slab per CPU; pop and push are restartable sequences (rseq)
  *    that read the CPU number from glibc's rseq area and commit with one
- *    16-bit store; the kernel restarts them on preemption, migration or
+ *    store of cur; the kernel restarts them on preemption, migration or
  *    signal, so they need no lock and no atomic read-modify-write;
  *  - per thread: one slab per thread, reached through TLS, with plain loads
  *    and stores (only its thread ever touches it).
