@@ -55,14 +55,16 @@ TA_ALWAYS_INLINE void *ta_do_alloc(size_t n, bool zero) {
 TA_ALWAYS_INLINE void *ta_do_malloc(size_t n) { return ta_do_alloc(n, false); }
 
 /* A live small block goes back: its state byte marked FREE (so that a second
- * free of it is seen), then to tier 1, or in the hardened build to the
- * quarantine first (quarantine.c). */
+ * free of it is seen) and the block put in tier 1, or in the hardened build
+ * in the quarantine first (quarantine.c).  The push marks it itself, just
+ * before its commit (TA_SLAB_PUSH); a full cache leaves that to this path. */
 TA_ALWAYS_INLINE void ta_free_small(void *p, uint8_t *state, uint32_t cls) {
-    ta_state_set(state, TA_OBJ_FREE);
 #ifdef TA_HARDENED
+    ta_state_set(state, TA_OBJ_FREE);
     ta_quarantine_put(p, state, cls);
 #else
     if (TA_LIKELY(ta_fe_push(p, state, cls))) return;
+    ta_state_set(state, TA_OBJ_FREE);
     ta_pcache_free_slow(p, cls, state);
 #endif
 }
