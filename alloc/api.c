@@ -279,7 +279,7 @@ void *ta_impl_realloc(void *p, size_t n) {
     const ta_pm_entry_t *e = ta_pagemap_entry_at((uintptr_t)p);
     uint64_t info;
     uint32_t cls;
-    uint8_t *state = ta_live_small(p, e, &info, &cls);
+    uint8_t *state = ta_live_small(p, e, &info, &cls, false);
     if (TA_LIKELY(n <= TA_MAX_REQUEST) && TA_LIKELY(state)) {
         size_t old = ta_class[cls].size, want = n;
         if (n <= old && n > old / 2) return p;
@@ -399,7 +399,7 @@ size_t ta_impl_malloc_usable_size(void *p) {
     const ta_pm_entry_t *e = ta_pagemap_entry_at((uintptr_t)p);
     uint64_t info;
     uint32_t cls;
-    if (TA_LIKELY(ta_live_small(p, e, &info, &cls))) return ta_class[cls].size; /* (Ruby asks on every malloc and free) */
+    if (TA_LIKELY(ta_live_small(p, e, &info, &cls, false))) return ta_class[cls].size; /* (Ruby asks on every malloc and free) */
     return block_size(p, classify_info(p, info), "malloc_usable_size");
 }
 
