@@ -112,10 +112,9 @@ extern ta_fe_t ta_fe;
 /* Push marks the object FREE in its state byte too, after the slot's stores
  * and before the commit: never visible in a cache while its state still says
  * LIVE (another thread on this CPU may pop it the moment cur is stored), and
- * a restart only repeats the store.  There rather than before the push (where
- * free did it until stop 34), pinned paired runs were 4% faster on
- * `fastpath_random`, 10% on `batch` and 9% on `scattered_reuse`
- * (alloc/README.md). */
+ * a restart only repeats the store.  There rather than before the push,
+ * where free did it until stop 34: the same instructions, yet `batch` and
+ * `scattered_reuse` about 6% faster (alloc/README.md, free(p)). */
 _Static_assert(TA_OBJ_FREE == 0, "TA_SLAB_PUSH stores TA_OBJ_FREE as the immediate 0");
 #define TA_SLAB_PUSH                                                                          \
     "movl (%[t],%[cls],8), %k[c]\n\t"                                                         \
