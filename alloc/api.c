@@ -88,6 +88,15 @@ static size_t block_size(const void *p, ptr_class_t c, const char *op) {
 }
 
 /* ---- large blocks ---------------------------------------------------------- */
+/* The large block this thread's realloc last made, kept or grew, and its span
+ * record: a buffer grown step by step comes back at once, and a check of the
+ * record (records are never unmapped) answers what the pagemap would, without
+ * its three dependent reads (realloc below). */
+static __thread struct realloc_last {
+    void *p;
+    ta_span_t *s;
+} realloc_last __attribute__((tls_model("initial-exec")));
+
 /* A large block; growable: it is being grown by realloc (see ta_pageheap_alloc_growable). */
 TA_ALWAYS_INLINE void *alloc_span_for(size_t size, size_t align, bool zero, bool growable) {
     if (!ta_ensure_init()) return ta_boot_alloc(size, align);
@@ -100,6 +109,7 @@ TA_ALWAYS_INLINE void *alloc_span_for(size_t size, size_t align, bool zero, bool
                                       : ta_pageheap_alloc(npages, align_pages, 0);
     if (!s) return ta_fail_nomem();
     void *p = ta_span_addr(s);
+    if (growable) realloc_last = (struct realloc_last){p, s};
     if (zero && !s->zeroed) memset(p, 0, size);
     ta_background_kick(); /* no lock held, a malloc: see init.c */
     return p;
@@ -260,12 +270,20 @@ static void *realloc_move(void *p, size_t old, size_t n) {
 #define REALLOC_SPAN_MIN ((size_t)2 << 10)
 #define REALLOC_SLACK ((size_t)128 << 10)
 
+static void *realloc_large(void *p, ta_span_t *s, size_t n);
+
 void *ta_impl_realloc(void *p, size_t n) {
     TRACED(ta_trace_realloc(p, n));
     if (!p) return ta_do_malloc(n);
     if (n == 0) { /* glibc: frees and returns NULL */
         ta_do_free(p);
         return NULL;
+    }
+    /* the large block realloc'd last, its record checked: still p's span, in use */
+    if (p == realloc_last.p) {
+        ta_span_t *s = realloc_last.s;
+        if (ta_span_addr(s) == p && s->state == TA_SPAN_INUSE && !s->cls && s->npages && n <= TA_MAX_REQUEST)
+            return realloc_large(p, s, n);
     }
     /* A live block of a size class (the common case) in one pagemap read, as
      * free() reads it; a move frees it through the state byte found here.
@@ -299,7 +317,13 @@ void *ta_impl_realloc(void *p, size_t n) {
     if (n > TA_MAX_REQUEST) return ta_fail_nomem();
     if (TA_UNLIKELY(c.kind == PTR_FOREIGN)) return realloc_move(p, old, n); /* made during init */
     /* (a live small block took the path above: p is a large one) */
-    ta_span_t *s = c.span;
+    return realloc_large(p, c.span, n);
+}
+
+/* realloc of p, the live large block of span s, to n (at most TA_MAX_REQUEST) bytes */
+static void *realloc_large(void *p, ta_span_t *s, size_t n) {
+    size_t old = ta_span_usable(s);
+    realloc_last = (struct realloc_last){p, s};
     uintptr_t npages = (n + TA_PAGE_SIZE - 1) >> TA_PAGE_SHIFT;
     /* a block with a span of its own; a tail of up to REALLOC_SLACK stays:
      * a buffer that grows may have been given that much room (see

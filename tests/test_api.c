@@ -507,6 +507,60 @@ Test(api, regrown_buffer_starts_in_the_pages_of_the_last_one) {
               (void *)span, usable, (void *)last, span == (unsigned char *)1 ? "it moved later" : "");
 }
 
+/* realloc remembers the large block it kept or grew last (alloc/api.c); once
+ * that block is freed and its pages serve other blocks, a realloc of a block
+ * at the same address answers for the new block: a large one in its place,
+ * then small ones that may be carved from its pages. */
+Test(api, realloc_after_the_block_it_grew_is_freed) {
+    unsigned char *span = NULL;
+    size_t usable = 0;
+    unsigned char *p = grow_buffer((size_t)64 << 10, &span, &usable);
+    cr_assert_not_null(p);
+    free(p);
+    unsigned char *b = malloc((size_t)64 << 10); /* most likely where p was */
+    cr_assert_not_null(b);
+    tu_fill_base(b, (size_t)64 << 10, 7);
+    unsigned char *c = realloc(b, (size_t)48 << 10);
+    cr_assert_not_null(c);
+    cr_assert_eq(tu_check_base(c, (size_t)48 << 10, 7), (size_t)-1);
+    c = realloc(c, 1000); /* to a size class */
+    cr_assert_not_null(c);
+    cr_assert_eq(tu_check_base(c, 1000, 7), (size_t)-1);
+    cr_assert_geq(malloc_usable_size(c), 1000);
+    cr_assert_lt(malloc_usable_size(c), 4096);
+    malloc_trim(0); /* the freed pages among the free ones, for small spans to take */
+    /* small blocks until one is carved at p or b (the free pages below them
+     * go first; 32 MiB at most) */
+    enum { MAX = 1 << 17 };
+    unsigned char **small = malloc(MAX * sizeof *small);
+    cr_assert_not_null(small);
+    int n = 0, at_p = 0;
+    while (n < MAX && !at_p) {
+        small[n] = malloc(256);
+        cr_assert_not_null(small[n]);
+        tu_fill_base(small[n], 256, (uint64_t)n);
+        at_p += small[n] == p || small[n] == b;
+        n++;
+    }
+    cr_assert_gt(at_p, 0, "no small block at a freed grown block's address: the case is not tested");
+    /* a block of a size class never grows where it is: one byte past its
+     * class, it moves (taken for the large block once at its address, it
+     * would stay) */
+    for (int i = 0; i < n; i++) {
+        size_t u = malloc_usable_size(small[i]);
+        unsigned char *q = realloc(small[i], u + 1);
+        cr_assert_not_null(q);
+        cr_assert_neq(q, small[i], "block %d (%s) grew in place past its class", i,
+                      small[i] == p || small[i] == b ? "at a grown block's address" : "elsewhere");
+        cr_assert_eq(tu_check_base(q, 256, (uint64_t)i), (size_t)-1, "block %d lost its contents", i);
+        cr_assert_geq(malloc_usable_size(q), u + 1);
+        small[i] = q;
+    }
+    for (int i = 0; i < n; i++) free(small[i]);
+    free(small);
+    free(c);
+}
+
 /* The fast paths stay short: every path from the entry of malloc and of
  * free to a ret of theirs (the cache hits: per CPU in a restartable
  * sequence, per thread in plain loads and stores), in the built library, read

@@ -250,6 +250,26 @@ static void realloc_freed(void *arg) {
 }
 Test(misuse, realloc_of_freed_block) { expect_abort(realloc_freed, NULL); }
 
+/* a buffer grown by realloc past the size classes, freed, then realloc'd: the
+ * record realloc keeps of the block it grew last must not answer for it */
+static void realloc_freed_grown(void *arg) {
+    (void)arg;
+    char *p = NULL;
+    for (size_t n = 16; n <= ((size_t)64 << 10); n += n / 4 + 16) {
+        p = realloc(p, n);
+        if (!p) return;
+        memset(p, 1, n);
+    }
+    p = realloc(p, (size_t)80 << 10); /* once more: the block's record is the one kept */
+    if (!p) return;
+    report(p);
+    free(tu_hide(p));
+    void *r = realloc(tu_hide(p), (size_t)96 << 10);
+    shared->reached_end = 1;
+    (void)r;
+}
+Test(misuse, realloc_of_freed_block_grown_by_realloc) { expect_abort(realloc_freed_grown, NULL); }
+
 /* ---- malloc_usable_size of a wild pointer: abort with a diagnostic, or return 0,
  * but never crash on the lookup. ------------------------------------------------------ */
 static void usable_of(void *p) {
