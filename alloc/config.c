@@ -10,9 +10,11 @@
 #define _GNU_SOURCE 1
 #include "internal.h"
 
+#include <fcntl.h>
 #include <sched.h>
 #include <string.h>
 #include <sys/auxv.h>
+#include <sys/syscall.h>
 #include <time.h>
 
 extern char **environ;
@@ -142,19 +144,51 @@ void ta_config_read(char **env, int ncpu, bool secure) {
     if (ta_cfg.trace_path[0]) ta_cfg.percpu = TA_PERCPU_NEVER; /* tracing runs on the per-thread slow paths */
 }
 
+/* The auxiliary vector's AT_SECURE and AT_RANDOM, read once at start: from
+ * /proc/self/auxv with raw system calls (libc's getauxval lies in a page of
+ * libc's text that few programs touch: see ta_sys in internal.h), else, with
+ * no /proc, from getauxval. */
+static struct {
+    bool read, secure;
+    const unsigned char *random;
+} aux;
+
+static void aux_read(void) {
+    unsigned long v[2 * 64];
+    long fd = ta_sys3(SYS_openat, AT_FDCWD, "/proc/self/auxv", O_RDONLY | O_CLOEXEC), n = -1;
+    if (fd >= 0) {
+        n = ta_sys3(SYS_read, fd, v, sizeof v);
+        ta_sys1(SYS_close, fd);
+    }
+    bool found = false;
+    for (long i = 0; n > 0 && i + 1 < n / (long)sizeof *v && v[i] != AT_NULL; i += 2) {
+        if (v[i] == AT_SECURE) aux.secure = v[i + 1] != 0, found = true;
+        else if (v[i] == AT_RANDOM) aux.random = (const unsigned char *)v[i + 1];
+    }
+    if (!found) {
+        aux.secure = getauxval(AT_SECURE) != 0;
+        aux.random = (const unsigned char *)getauxval(AT_RANDOM);
+    }
+    aux.read = true;
+}
+
 void ta_config_init(void) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    int ncpu = 1;
-    if (sched_getaffinity(0, sizeof set, &set) == 0) ncpu = CPU_COUNT(&set);
-    ta_config_read(environ, ncpu, getauxval(AT_SECURE) != 0);
+    /* the CPUs this process may run on (the kernel's mask, counted here) */
+    unsigned long mask[1024 / (8 * sizeof(unsigned long))];
+    long bytes = ta_sys3(SYS_sched_getaffinity, 0, sizeof mask, mask);
+    int ncpu = 0;
+    for (long i = 0; i < bytes / (long)sizeof *mask; i++) ncpu += __builtin_popcountl(mask[i]);
+    if (ncpu < 1) ncpu = 1;
+    if (!aux.read) aux_read();
+    ta_config_read(environ, ncpu, aux.secure);
 }
 
 /* The kernel's 16 random bytes (AT_RANDOM) folded to 64 bits.  They sit at
  * any address (usually not 8-aligned), so they are copied, not loaded as
  * words.  Without them: an address and the clock, which is no secret. */
 uint64_t ta_random_seed(void) {
-    const unsigned char *r = (const unsigned char *)getauxval(AT_RANDOM);
+    if (!aux.read) aux_read();
+    const unsigned char *r = aux.random;
     uint64_t a, b;
     if (r) {
         __builtin_memcpy(&a, r, sizeof a);

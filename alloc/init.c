@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <sys/auxv.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <time.h>
 
 volatile int ta_inited;
@@ -90,7 +91,7 @@ int ta_bg_state;
 
 static void *bg_main(void *arg) {
     (void)arg;
-    prctl(PR_SET_NAME, "tieralloc-bg", 0, 0, 0);
+    ta_sys2(SYS_prctl, PR_SET_NAME, "tieralloc-bg");
     __atomic_store_n(&ta_pageheap_bg_active, true, __ATOMIC_RELAXED);
     for (;;) {
         uint64_t ms = ta_cfg.decay_ms / 4;

@@ -49,6 +49,43 @@
 #define TA_TSAN 0
 #endif
 
+/* ---- system calls ------------------------------------------------------------
+ * tieralloc's own calls to the kernel (mappings, futexes, membarrier, the CPU
+ * mask, /proc reads) go to it directly, not through libc's wrappers: those lie
+ * in pages of libc's text that a program may never run, and the kernel maps
+ * each page it faults in with its 64 KiB neighbourhood (fault-around), so
+ * calling them at start made every process 60-100 KiB larger.  ta_sys
+ * returns the kernel's answer, -errno on failure, and never touches errno.
+ * Built for a sanitizer, or off x86-64, the calls go through libc, whose
+ * wrappers the sanitizers watch. */
+#if defined(__x86_64__) && !TA_TSAN && !defined(__SANITIZE_ADDRESS__)
+#define TA_SYS_RAW 1
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(memory_sanitizer)
+#undef TA_SYS_RAW
+#endif
+#endif
+#endif
+#ifdef TA_SYS_RAW
+static inline long ta_sys(long nr, long a, long b, long c, long d, long e, long f) {
+    register long r10 __asm__("r10") = d, r8 __asm__("r8") = e, r9 __asm__("r9") = f;
+    long ret;
+    __asm__ __volatile__("syscall"
+                         : "=a"(ret)
+                         : "0"(nr), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+                         : "rcx", "r11", "memory");
+    return ret;
+}
+#else
+long ta_sys(long nr, long a, long b, long c, long d, long e, long f); /* (os.c: libc's syscall) */
+#endif
+#define ta_sys0(nr) ta_sys((nr), 0, 0, 0, 0, 0, 0)
+#define ta_sys1(nr, a) ta_sys((nr), (long)(a), 0, 0, 0, 0, 0)
+#define ta_sys2(nr, a, b) ta_sys((nr), (long)(a), (long)(b), 0, 0, 0, 0)
+#define ta_sys3(nr, a, b, c) ta_sys((nr), (long)(a), (long)(b), (long)(c), 0, 0, 0)
+#define ta_sys4(nr, a, b, c, d) ta_sys((nr), (long)(a), (long)(b), (long)(c), (long)(d), 0, 0)
+#define ta_sys6(nr, a, b, c, d, e, f) ta_sys((nr), (long)(a), (long)(b), (long)(c), (long)(d), (long)(e), (long)(f))
+
 /* ---- geometry -------------------------------------------------------------- */
 #define TA_PAGE_SHIFT 13 /* 8 KiB pages: the unit of spans and of the pagemap */
 #define TA_PAGE_SIZE ((size_t)1 << TA_PAGE_SHIFT)

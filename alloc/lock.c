@@ -27,19 +27,13 @@ void ta_lock_wait(ta_lock_t *l) {
             return;
     }
     /* sleep: mark the lock contended, so the holder's unlock wakes us.  A
-     * FUTEX_WAIT that finds the word changed fails with EAGAIN: the caller's
-     * errno is kept (free and friends must not change it). */
-    int saved = errno;
+     * FUTEX_WAIT that finds the word changed fails with EAGAIN, which never
+     * reaches errno (ta_sys: free and friends must not change it). */
     while (__atomic_exchange_n(&l->state, 2, __ATOMIC_ACQUIRE) != 0)
-        syscall(SYS_futex, &l->state, FUTEX_WAIT_PRIVATE, 2, NULL, NULL, 0);
-    errno = saved;
+        ta_sys4(SYS_futex, &l->state, FUTEX_WAIT_PRIVATE, 2, NULL);
 }
 
-void ta_lock_wake(ta_lock_t *l) {
-    int saved = errno;
-    syscall(SYS_futex, &l->state, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
-    errno = saved;
-}
+void ta_lock_wake(ta_lock_t *l) { ta_sys3(SYS_futex, &l->state, FUTEX_WAKE_PRIVATE, 1); }
 
 #ifdef TA_DEBUG
 /* The lock-rank witness: the locks a thread holds.  A lock taken while one of
@@ -94,13 +88,13 @@ __thread int ta_solo_window __attribute__((tls_model("initial-exec")));
 static __thread bool window_raised; /* this thread's window raised ta_solo_suspend */
 static int solo_ended;              /* someone raised ta_solo_suspend for good */
 
-static bool barrier_all(void) { return syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0; }
+static bool barrier_all(void) { return ta_sys3(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0; }
 
 /* wait until *word is 0 (a thread that was preempted may take a while) */
 static void wait_zero(const int *word) {
     for (unsigned i = 0; __atomic_load_n(word, __ATOMIC_ACQUIRE); i++) {
         if (i < SPINS) cpu_relax();
-        else sched_yield();
+        else ta_sys0(SYS_sched_yield);
     }
 }
 
@@ -110,7 +104,7 @@ bool ta_solo_start(void) {
         return false;
     }
     /* the one thread: nobody reads these concurrently */
-    if (syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) != 0) return false;
+    if (ta_sys3(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) != 0) return false;
     ta_solo_held = 0;
     ta_solo_suspend = 0;
     solo_ended = 0;
@@ -122,7 +116,6 @@ bool ta_solo_start(void) {
 /* A thread other than the solo one takes a lock outside a window: a program
  * thread (solo mode ends) or a lock taken where no window was expected. */
 void ta_solo_end_for_good(void) {
-    int saved = errno;
     if (!__atomic_exchange_n(&solo_ended, 1, __ATOMIC_ACQ_REL)) {
         __atomic_add_fetch(&ta_solo_suspend, 1, __ATOMIC_SEQ_CST);
         if (!barrier_all()) ta_fatal("membarrier failed for solo mode at %p", (void *)&ta_solo_mode);
@@ -130,17 +123,14 @@ void ta_solo_end_for_good(void) {
         __atomic_store_n(&ta_solo_mode, 0, __ATOMIC_RELEASE);
     }
     wait_zero(&ta_solo_mode); /* the thread that ended it waits for the solo thread */
-    errno = saved;
 }
 
 void ta_solo_pause(void) {
     if (ta_solo_window++ || !__atomic_load_n(&ta_solo_mode, __ATOMIC_ACQUIRE)) return;
-    int saved = errno;
     __atomic_add_fetch(&ta_solo_suspend, 1, __ATOMIC_SEQ_CST);
     window_raised = true;
     if (!barrier_all()) ta_fatal("membarrier failed for solo mode at %p", (void *)&ta_solo_mode);
     wait_zero(&ta_solo_held);
-    errno = saved;
 }
 
 void ta_solo_resume(void) {
@@ -165,6 +155,6 @@ void ta_solo_after_fork(bool child) {
     ta_solo_window = 0;
     window_raised = false;
     /* (the registration belongs to the address space: the child's is new) */
-    ta_solo_me = syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+    ta_solo_me = ta_sys3(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
     ta_solo_mode = ta_solo_me;
 }

@@ -11,17 +11,29 @@
 
 #include <errno.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
+
+#ifndef TA_SYS_RAW
+long ta_sys(long nr, long a, long b, long c, long d, long e, long f) {
+    int saved = errno;
+    long r = syscall(nr, a, b, c, d, e, f);
+    if (r == -1) r = -errno;
+    errno = saved;
+    return r;
+}
+#endif
 
 static uint64_t os_mapped, os_released, os_nmmap, os_nmunmap, os_nmadvise;
 
 static void *map_raw(void *hint, size_t size, int extra) {
-    void *p = mmap(hint, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | extra, -1, 0);
-    return p == MAP_FAILED ? NULL : p;
+    long r = ta_sys6(SYS_mmap, hint, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | extra, -1, 0);
+    return r < 0 && r > -4096 ? NULL : (void *)r;
 }
+static long unmap_raw(void *p, size_t size) { return ta_sys2(SYS_munmap, p, size); }
 
 static void *map(void *hint, size_t size, size_t align, int extra) {
-    int saved = errno;
     __atomic_fetch_add(&os_nmmap, 1, __ATOMIC_RELAXED);
     if (align < 4096) align = 4096;
     char *p = NULL;
@@ -32,10 +44,9 @@ static void *map(void *hint, size_t size, size_t align, int extra) {
          * is misaligned. */
         p = map_raw(hint, size, extra);
         if (p && (uintptr_t)p % align) {
-            munmap(p, size);
+            unmap_raw(p, size);
             p = NULL;
         } else if (!p) {
-            errno = saved;
             return NULL; /* not even size bytes: more would fail too */
         }
     }
@@ -43,22 +54,19 @@ static void *map(void *hint, size_t size, size_t align, int extra) {
         /* over-map by the alignment, then trim both ends */
         size_t span = size + align;
         if (span < size) {
-            errno = saved;
             return NULL;
         }
         char *q = map_raw(NULL, span, extra);
         if (!q) {
-            errno = saved;
             return NULL;
         }
         uintptr_t start = ((uintptr_t)q + align - 1) & ~(uintptr_t)(align - 1);
-        if (start > (uintptr_t)q) munmap(q, start - (uintptr_t)q);
+        if (start > (uintptr_t)q) unmap_raw(q, start - (uintptr_t)q);
         uintptr_t end = (uintptr_t)q + span, want_end = start + size;
-        if (end > want_end) munmap((void *)want_end, end - want_end);
+        if (end > want_end) unmap_raw((void *)want_end, end - want_end);
         p = (char *)start;
     }
     __atomic_fetch_add(&os_mapped, size, __ATOMIC_RELAXED);
-    errno = saved;
     return p;
 }
 
@@ -72,32 +80,26 @@ void *ta_os_map_near(void *hint, size_t size, size_t align) {
 void *ta_os_map_sparse(size_t size, size_t align) { return map(NULL, size, align, MAP_NORESERVE); }
 
 bool ta_os_unmap(void *p, size_t size) {
-    int saved = errno;
     /* munmap can fail when it would split a mapping past vm.max_map_count */
-    bool ok = munmap(p, size) == 0;
+    bool ok = unmap_raw(p, size) == 0;
     if (ok) {
         __atomic_fetch_sub(&os_mapped, size, __ATOMIC_RELAXED);
         __atomic_fetch_add(&os_nmunmap, 1, __ATOMIC_RELAXED);
     }
-    errno = saved;
     return ok;
 }
 
 bool ta_os_protect(void *p, size_t size, bool access) {
-    int saved = errno;
-    bool ok = mprotect(p, size, access ? PROT_READ | PROT_WRITE : PROT_NONE) == 0;
-    errno = saved;
+    bool ok = ta_sys3(SYS_mprotect, p, size, access ? PROT_READ | PROT_WRITE : PROT_NONE) == 0;
     return ok;
 }
 
 void ta_os_release(void *p, size_t size) {
-    int saved = errno;
     /* MADV_DONTNEED drops the pages at once, so RSS tells the truth (MADV_FREE
      * would leave them counted until the kernel is under pressure). */
-    madvise(p, size, MADV_DONTNEED);
+    ta_sys3(SYS_madvise, p, size, MADV_DONTNEED);
     __atomic_fetch_add(&os_released, size, __ATOMIC_RELAXED);
     __atomic_fetch_add(&os_nmadvise, 1, __ATOMIC_RELAXED);
-    errno = saved;
 }
 
 uint64_t ta_os_now_ms(void) {

@@ -249,19 +249,15 @@ static int current_cpu(void) { return 0; }
  * kernel that does not carry the parent's registration over) registers on
  * this first need, not at every fork (a shell forks once per command). */
 static bool rseq_fence(unsigned flags, int cpu) {
-    if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, flags, cpu) == 0) return true;
-    return errno == EPERM && syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0 &&
-           syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, flags, cpu) == 0;
+    long r = ta_sys3(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, flags, cpu);
+    if (r == 0) return true;
+    return r == -EPERM && ta_sys3(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0 &&
+           ta_sys3(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, flags, cpu) == 0;
 }
 
 /* Restart whatever sequence runs on any CPU of the process (and order
  * memory there against the caller); false if the kernel refused. */
-static bool fence_all(void) {
-    int saved = errno; /* a refusal must not show in the caller's errno */
-    bool ok = rseq_fence(0, 0);
-    errno = saved;
-    return ok;
-}
+static bool fence_all(void) { return rseq_fence(0, 0); }
 
 /* Restart whatever sequence runs on cpu; false if the kernel refused (a
  * seccomp filter, say): then the CPU's slab must not be touched. */
@@ -270,10 +266,7 @@ static bool fence_cpu(int cpu) {
      * interrupt sent to the CPU (a short-lived process lays out its CPU's
      * slab once, and would pay for an IPI to do it) */
     if (ta_single_threaded()) return true;
-    int saved = errno;
-    bool ok = rseq_fence(MEMBARRIER_CMD_FLAG_CPU, cpu);
-    errno = saved;
-    return ok || fence_all();
+    return rseq_fence(MEMBARRIER_CMD_FLAG_CPU, cpu) || fence_all();
 }
 
 /* ---- slab operations, for either kind of cache ----------------------------- */
@@ -444,7 +437,7 @@ static bool percpu_possible(void) {
     if (!&__rseq_offset || !&__rseq_size || __rseq_size < 8) return false;
     ta_rseq_off = (long)__rseq_offset;
     if (current_cpu() < 0) return false; /* registration failed or was turned off */
-    if (syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) != 0) return false;
+    if (ta_sys3(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) != 0) return false;
     return true;
 #else
     return false;
@@ -491,10 +484,10 @@ void ta_pcache_init(void) {
 static uint32_t possible_cpus(void) {
     char buf[256];
     /* raw system calls: open and read are cancellation points */
-    long fd = syscall(SYS_openat, AT_FDCWD, "/sys/devices/system/cpu/possible", O_RDONLY | O_CLOEXEC);
+    long fd = ta_sys3(SYS_openat, AT_FDCWD, "/sys/devices/system/cpu/possible", O_RDONLY | O_CLOEXEC);
     if (fd < 0) return 0;
-    long n = syscall(SYS_read, fd, buf, sizeof buf - 1);
-    syscall(SYS_close, fd);
+    long n = ta_sys3(SYS_read, fd, buf, sizeof buf - 1);
+    ta_sys1(SYS_close, fd);
     if (n <= 0) return 0;
     buf[n] = '\0';
     uint32_t top = 0, v = 0;
@@ -517,9 +510,7 @@ static uint32_t possible_cpus(void) {
 /* Set up the per-CPU caches (address space only: a CPU's slab becomes
  * resident as its classes fill); false if they cannot be had. */
 static bool cpu_caches_make(void) {
-    int saved = errno;
     uint32_t n = possible_cpus();
-    errno = saved;
     if (n < 1 || n > 4096) return false;
     char *slabs = ta_meta_map((size_t)n << TA_SLAB_SHIFT, (size_t)1 << TA_SLAB_SHIFT);
     ta_pcache_t *cs = ta_meta_alloc((size_t)n * sizeof *cs);
@@ -845,9 +836,8 @@ static void unregister(ta_pcache_t *c) {
 static void retire(ta_pcache_t *c) {
     release(c, true, false);
     unregister(c);
-    int saved = errno; /* (not ta_os_release: these are metadata, not heap pages) */
-    madvise(c->slab, slab_bytes, MADV_DONTNEED);
-    errno = saved;
+    /* (not ta_os_release: these are metadata, not heap pages) */
+    ta_sys3(SYS_madvise, c->slab, slab_bytes, MADV_DONTNEED);
     __atomic_store_n(&c->state, TA_PC_RETIRED, __ATOMIC_RELEASE);
 }
 

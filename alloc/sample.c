@@ -207,13 +207,7 @@ void ta_sample_thread_exit(void) {
 /* Can 8 bytes at a (8-aligned) be read?  rt_sigprocmask reads its set argument
  * before it looks at `how`: EFAULT if unreadable, else EINVAL for the bad how,
  * and the signal mask is never changed. */
-static bool readable(uintptr_t a) {
-    int saved = errno;
-    long r = syscall(SYS_rt_sigprocmask, ~0L, (void *)a, (void *)0, (size_t)8);
-    bool ok = !(r == -1 && errno == EFAULT);
-    errno = saved;
-    return ok;
-}
+static bool readable(uintptr_t a) { return ta_sys4(SYS_rt_sigprocmask, ~0L, a, 0, 8) != -EFAULT; }
 
 /* Pages of this thread's stack already seen readable: [stack_ok_lo, stack_ok_hi].
  * A thread's stack stays mapped while it runs, so later walks through the
