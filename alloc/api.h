@@ -34,7 +34,13 @@ TA_ALWAYS_INLINE void *ta_alloc_class_as(uint32_t cls, size_t n, bool zero) {
         uint8_t *state;
         p = ta_fe_pop(cls, &state);
         if (TA_LIKELY(p)) {
-            if (zero && ta_state_get(state) != TA_OBJ_ZERO) memset(p, 0, n);
+            if (zero) {
+                /* LIVE first, so that the clearing is a tail call: calloc's
+                 * hit then saves no registers */
+                bool fresh = ta_state_get(state) == TA_OBJ_ZERO;
+                ta_state_set(state, TA_OBJ_LIVE);
+                return fresh ? p : memset(p, 0, n);
+            }
             ta_state_set(state, TA_OBJ_LIVE);
             return p;
         }
