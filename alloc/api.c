@@ -89,13 +89,25 @@ static size_t block_size(const void *p, ptr_class_t c, const char *op) {
 
 /* ---- large blocks ---------------------------------------------------------- */
 /* The large block this thread's realloc last made, kept or grew, and its span
- * record: a buffer grown step by step comes back at once, and a check of the
- * record (records are never unmapped) answers what the pagemap would, without
- * its three dependent reads (realloc below). */
+ * record: a buffer grown step by step comes back at once, and the pagemap's
+ * span word for its page and a check of the record answer what the pagemap
+ * entry, the state byte and the classifier would (realloc below). */
 static __thread struct realloc_last {
     void *p;
     ta_span_t *s;
 } realloc_last __attribute__((tls_model("initial-exec")));
+
+/* The record of realloc_last when p is still its block: the pagemap names it
+ * for p's page first (p is live, so its page's entry and record stay as they
+ * are while realloc runs; a record freed or reused since, perhaps being
+ * written by another thread right now, is never read), then it is in use, a
+ * large block's, starting at p.  NULL otherwise. */
+TA_ALWAYS_INLINE ta_span_t *realloc_last_of(const void *p) {
+    if (p != realloc_last.p) return NULL;
+    ta_span_t *s = realloc_last.s;
+    if (ta_pagemap_span_at((uintptr_t)p) != s) return NULL;
+    return ta_span_addr(s) == p && s->state == TA_SPAN_INUSE && !s->cls && s->npages ? s : NULL;
+}
 
 /* A large block; growable: it is being grown by realloc (see ta_pageheap_alloc_growable). */
 TA_ALWAYS_INLINE void *alloc_span_for(size_t size, size_t align, bool zero, bool growable) {
@@ -281,12 +293,10 @@ TA_NOINLINE static void *realloc_slow(void *p, size_t n);
  * fifth of realloc's instructions). */
 void *ta_impl_realloc(void *p, size_t n) {
     if (TA_LIKELY(p && n && n <= TA_MAX_REQUEST && !ta_trace_on)) {
-        if (p == realloc_last.p) {
-            const ta_span_t *s = realloc_last.s;
+        const ta_span_t *s = realloc_last_of(p);
+        if (s) {
             size_t old = ta_span_usable(s);
-            if (ta_span_addr(s) == p && s->state == TA_SPAN_INUSE && !s->cls && s->npages && n <= old &&
-                (n > old / 2 || old - n <= REALLOC_SLACK))
-                return p;
+            if (n <= old && (n > old / 2 || old - n <= REALLOC_SLACK)) return p;
         } else {
             const ta_pm_entry_t *e = ta_pagemap_entry_at((uintptr_t)p);
             uint64_t info;
@@ -306,11 +316,8 @@ TA_NOINLINE static void *realloc_slow(void *p, size_t n) {
         return NULL;
     }
     /* the large block realloc'd last, its record checked: still p's span, in use */
-    if (p == realloc_last.p) {
-        ta_span_t *s = realloc_last.s;
-        if (ta_span_addr(s) == p && s->state == TA_SPAN_INUSE && !s->cls && s->npages && n <= TA_MAX_REQUEST)
-            return realloc_large(p, s, n);
-    }
+    ta_span_t *last = realloc_last_of(p);
+    if (last && n <= TA_MAX_REQUEST) return realloc_large(p, last, n);
     /* A live block of a size class (the common case) in one pagemap read, as
      * free() reads it; a move frees it through the state byte found here.
      * It stays when the new size still fits and wastes < half.  A small
