@@ -282,32 +282,61 @@ static void *realloc_move(void *p, size_t old, size_t n) {
 #define REALLOC_SPAN_MIN ((size_t)2 << 10)
 #define REALLOC_SLACK ((size_t)128 << 10)
 
+/* The block stays where it is: a small block whose class still fits n and
+ * wastes under half; a large block whose pages hold n, with a tail of at most
+ * half or REALLOC_SLACK (a buffer that grows may have been given that much
+ * room, see ta_pageheap_alloc_growable). */
+static inline bool small_stays(size_t old, size_t n) { return n <= old && n > old / 2; }
+static inline bool large_stays(size_t old, size_t n) { return n <= old && (n > old / 2 || old - n <= REALLOC_SLACK); }
+
 static void *realloc_large(void *p, ta_span_t *s, size_t n);
+TA_NOINLINE static void *realloc_small(void *p, uint8_t *state, uint32_t cls, size_t n);
 TA_NOINLINE static void *realloc_slow(void *p, size_t n);
 
-/* A realloc that leaves the block where it is (a small block whose class
- * still fits, the large block realloc'd last with room enough; most calls of
- * a buffer that grows step by step) is answered here, in a function that
- * saves no registers; anything else goes on to realloc_slow (callgrind,
- * `realloc_growth_64k`'s loop: the save and restore of six registers were a
- * fifth of realloc's instructions). */
+/* A realloc that leaves the block where it is (most calls of a buffer that
+ * grows step by step) is answered here, in a function that saves no
+ * registers; the large block realloc'd last and a live small block go on to
+ * realloc_large and realloc_small with what was found here, anything else to
+ * realloc_slow (callgrind, `realloc_growth_64k`'s loop: the save and restore
+ * of six registers were a fifth of realloc's instructions). */
 void *ta_impl_realloc(void *p, size_t n) {
     if (TA_LIKELY(p && n && n <= TA_MAX_REQUEST && !ta_trace_on)) {
-        const ta_span_t *s = realloc_last_of(p);
-        if (s) {
-            size_t old = ta_span_usable(s);
-            if (n <= old && (n > old / 2 || old - n <= REALLOC_SLACK)) return p;
-        } else {
-            const ta_pm_entry_t *e = ta_pagemap_entry_at((uintptr_t)p);
-            uint64_t info;
-            uint32_t cls;
-            if (ta_live_small(p, e, &info, &cls, false) && n <= ta_class[cls].size && n > ta_class[cls].size / 2)
-                return p;
-        }
+        ta_span_t *s = realloc_last_of(p);
+        if (s) return large_stays(ta_span_usable(s), n) ? p : realloc_large(p, s, n);
+        const ta_pm_entry_t *e = ta_pagemap_entry_at((uintptr_t)p);
+        uint64_t info;
+        uint32_t cls;
+        uint8_t *state = ta_live_small(p, e, &info, &cls, false);
+        if (state) return small_stays(ta_class[cls].size, n) ? p : realloc_small(p, state, cls, n);
     }
     return realloc_slow(p, n);
 }
 
+/* A live block of a size class (state: its state byte, through which a move
+ * frees it) to n <= TA_MAX_REQUEST bytes.  It stays when the new size still
+ * fits and wastes < half.  A small block that grows moves to a class at least
+ * twice its size (up to REALLOC_SPAN_MIN): a buffer grown a little at a time
+ * is copied once per doubling, not at every class boundary.  Growing past
+ * REALLOC_SPAN_MIN, it leaves the classes for a span of its own (whole pages:
+ * a growing buffer has headroom anyway), placed where it can keep growing in
+ * place: no more copies. */
+TA_NOINLINE static void *realloc_small(void *p, uint8_t *state, uint32_t cls, size_t n) {
+    size_t old = ta_class[cls].size, want = n;
+    if (small_stays(old, n)) return p;
+    if (n > old && n <= REALLOC_SPAN_MIN) {
+        want = old * 2 > n ? old * 2 : n;
+        if (want > REALLOC_SPAN_MIN) want = REALLOC_SPAN_MIN;
+    }
+    void *q = n > REALLOC_SPAN_MIN ? alloc_span_for(n, 0, false, true) : ta_do_malloc(want);
+    if (!q) return NULL; /* errno is ENOMEM; p is untouched */
+    memcpy(q, p, old < n ? old : n);
+    ta_free_small(p, state, cls);
+    return q;
+}
+
+/* Everything else: tracing, NULL, size 0, impossible sizes, large blocks not
+ * realloc'd last, scoped and foreign blocks; live small blocks too when
+ * tracing (the fast checks above are skipped then). */
 TA_NOINLINE static void *realloc_slow(void *p, size_t n) {
     TRACED(ta_trace_realloc(p, n));
     if (!p) return ta_do_malloc(n);
@@ -315,35 +344,12 @@ TA_NOINLINE static void *realloc_slow(void *p, size_t n) {
         ta_do_free(p);
         return NULL;
     }
-    /* the large block realloc'd last, its record checked: still p's span, in use */
-    ta_span_t *last = realloc_last_of(p);
-    if (last && n <= TA_MAX_REQUEST) return realloc_large(p, last, n);
-    /* A live block of a size class (the common case) in one pagemap read, as
-     * free() reads it; a move frees it through the state byte found here.
-     * It stays when the new size still fits and wastes < half.  A small
-     * block that grows moves to a class at least twice its size (up to
-     * REALLOC_SPAN_MIN): a buffer grown a little at a time is copied once
-     * per doubling, not at every class boundary.  Growing past
-     * REALLOC_SPAN_MIN, it leaves the classes for a span of its own (whole
-     * pages: a growing buffer has headroom anyway), placed where it can keep
-     * growing in place: no more copies. */
+    /* a live small block in one pagemap read, as free() reads it */
     const ta_pm_entry_t *e = ta_pagemap_entry_at((uintptr_t)p);
     uint64_t info;
     uint32_t cls;
     uint8_t *state = ta_live_small(p, e, &info, &cls, false);
-    if (TA_LIKELY(n <= TA_MAX_REQUEST) && TA_LIKELY(state)) {
-        size_t old = ta_class[cls].size, want = n;
-        if (n <= old && n > old / 2) return p;
-        if (n > old && n <= REALLOC_SPAN_MIN) {
-            want = old * 2 > n ? old * 2 : n;
-            if (want > REALLOC_SPAN_MIN) want = REALLOC_SPAN_MIN;
-        }
-        void *q = n > REALLOC_SPAN_MIN ? alloc_span_for(n, 0, false, true) : ta_do_malloc(want);
-        if (!q) return NULL; /* errno is ENOMEM; p is untouched */
-        memcpy(q, p, old < n ? old : n);
-        ta_free_small(p, state, cls);
-        return q;
-    }
+    if (TA_LIKELY(n <= TA_MAX_REQUEST) && TA_LIKELY(state)) return realloc_small(p, state, cls, n);
     ptr_class_t c = classify_info(p, info);
     if (TA_UNLIKELY(c.kind == PTR_SCOPED)) return ta_arena_realloc(p, c.span, n); /* scoped: to the heap */
     size_t old = block_size(p, c, "realloc");
@@ -358,11 +364,8 @@ static void *realloc_large(void *p, ta_span_t *s, size_t n) {
     size_t old = ta_span_usable(s);
     realloc_last = (struct realloc_last){p, s};
     uintptr_t npages = (n + TA_PAGE_SIZE - 1) >> TA_PAGE_SHIFT;
-    /* a block with a span of its own; a tail of up to REALLOC_SLACK stays:
-     * a buffer that grows may have been given that much room (see
-     * ta_pageheap_alloc_growable) */
+    if (large_stays(old, n)) return p;
     if (n <= old) {
-        if (n > old / 2 || old - n <= REALLOC_SLACK) return p;
         if (n <= REALLOC_SPAN_MIN) return realloc_move(p, old, n);
         ta_pageheap_shrink(s, npages, false); /* the tail goes back to the heap */
         return p;

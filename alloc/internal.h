@@ -522,8 +522,6 @@ static inline const ta_pm_entry_t *ta_pagemap_entry_at(uintptr_t a) {
     if (TA_LIKELY(off < TA_PM_LEAF_SPAN)) return &ta_pm_hot.leaf->entry[off >> TA_PAGE_SHIFT];
     return ta_pagemap_entry_far(a >> TA_PAGE_SHIFT);
 }
-/* The span record the pagemap names for the page of address a (NULL: none) */
-static inline struct ta_span *ta_pagemap_span_at(uintptr_t a);
 static inline const ta_pm_entry_t *ta_pagemap_entry(uintptr_t page) {
     return ta_pagemap_entry_at(page << TA_PAGE_SHIFT);
 }
@@ -552,6 +550,7 @@ static inline struct ta_span *ta_pagemap_span(uintptr_t page) {
     ta_pm_leaf_t *leaf = ta_pm_root[page >> TA_PM_LEAF_BITS];
     return leaf ? leaf->span[page & ((1u << TA_PM_LEAF_BITS) - 1)] : NULL;
 }
+/* The span record the pagemap names for the page of address a (NULL: none) */
 static inline struct ta_span *ta_pagemap_span_at(uintptr_t a) {
     uintptr_t off = a - TA_PM_HOT_BASE();
     __atomic_signal_fence(__ATOMIC_ACQUIRE); /* (as ta_pagemap_entry_at) */

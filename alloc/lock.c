@@ -3,12 +3,9 @@
  * usually running on the other core, and only then sleeps on a futex. */
 #include "internal.h"
 
-#include <errno.h>
 #include <linux/futex.h>
 #include <linux/membarrier.h>
-#include <sched.h>
 #include <sys/syscall.h>
-#include <unistd.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #define cpu_relax() __builtin_ia32_pause()

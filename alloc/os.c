@@ -46,20 +46,15 @@ static void *map(void *hint, size_t size, size_t align, int extra) {
         if (p && (uintptr_t)p % align) {
             unmap_raw(p, size);
             p = NULL;
-        } else if (!p) {
+        } else if (!p)
             return NULL; /* not even size bytes: more would fail too */
-        }
     }
     if (!p) {
         /* over-map by the alignment, then trim both ends */
         size_t span = size + align;
-        if (span < size) {
-            return NULL;
-        }
+        if (span < size) return NULL;
         char *q = map_raw(NULL, span, extra);
-        if (!q) {
-            return NULL;
-        }
+        if (!q) return NULL;
         uintptr_t start = ((uintptr_t)q + align - 1) & ~(uintptr_t)(align - 1);
         if (start > (uintptr_t)q) unmap_raw(q, start - (uintptr_t)q);
         uintptr_t end = (uintptr_t)q + span, want_end = start + size;
@@ -90,8 +85,7 @@ bool ta_os_unmap(void *p, size_t size) {
 }
 
 bool ta_os_protect(void *p, size_t size, bool access) {
-    bool ok = ta_sys3(SYS_mprotect, p, size, access ? PROT_READ | PROT_WRITE : PROT_NONE) == 0;
-    return ok;
+    return ta_sys3(SYS_mprotect, p, size, access ? PROT_READ | PROT_WRITE : PROT_NONE) == 0;
 }
 
 void ta_os_release(void *p, size_t size) {
