@@ -386,6 +386,9 @@ bool ta_os_unmap(void *p, size_t size);
 bool ta_os_protect(void *p, size_t size, bool access);
 /* Give the pages back to the OS (they read as zero afterwards). */
 void ta_os_release(void *p, size_t size);
+/* Bytes of [p, p + size) resident now (mincore: OS pages present, the shared
+ * zero page included where a read mapped it); p page aligned.  For statistics. */
+uint64_t ta_os_resident(const void *p, size_t size);
 uint64_t ta_os_now_ms(void);
 /* Write *p without changing it (an atomic add of 0; p: a pointer to an integer
  * or pointer), so that its page, when a process start finds it untouched
@@ -433,6 +436,7 @@ void *ta_meta_map(size_t size, size_t align);
  * read as zero) and reuses those slabs first (ta_meta_trim). */
 void *ta_meta_alloc(size_t size); /* zeroed, 16-aligned; aborts on OOM (metadata is tiny) */
 uint64_t ta_meta_bytes(void);
+uint64_t ta_meta_resident(void); /* of ta_meta_bytes, resident now (statistics; takes the metadata lock) */
 /* span records come from their own free list */
 struct ta_span;
 struct ta_span *ta_span_new(void); /* zeroed; NULL when out of memory */
@@ -587,6 +591,7 @@ static inline void ta_pagemap_set(uintptr_t page, struct ta_span *s, uint64_t in
  * the OS); entries already clear are not written. */
 void ta_pagemap_clear(uintptr_t first, uintptr_t n);
 uint64_t ta_pagemap_bytes(void);
+uint64_t ta_pagemap_resident(void); /* of ta_pagemap_bytes, resident now (statistics) */
 
 /* ---- sizeclass.c --------------------------------------------------------- */
 /* Classes: 16..256 by 16, then 8 per doubling up to 256 KiB, so a block wastes

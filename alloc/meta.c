@@ -19,6 +19,56 @@ static ta_span_t *span_free; /* recycled span records, linked through next */
 #define SLAB 4096
 #define SLAB_RECORDS (SLAB / sizeof(ta_span_t))
 static uint64_t slabs_total;      /* slabs of span records ever made */
+
+/* Every mapping counted in meta_total, so that the statistics can tell how
+ * much of it is resident (ta_meta_resident): a cache's slab is mapped whole
+ * and touched only where classes hold slots, a chunk only up to its cursor.
+ * First in a static table, then in a mapped array that doubles (its own
+ * pages counted with the rest). */
+typedef struct meta_region {
+    uintptr_t addr;
+    size_t len;
+} meta_region_t;
+static meta_region_t regions_first[32];
+static meta_region_t *regions = regions_first;
+static size_t nregions, regions_cap = 32;
+
+/* (meta_lock held) a new mapping of metadata; false when the OS refuses
+ * room to note it (the caller gives the mapping back) */
+static bool region_add(void *p, size_t len) {
+    if (nregions == regions_cap) {
+        size_t ncap = 2 * regions_cap;
+        meta_region_t *n = ta_os_map(ncap * sizeof *n, SLAB);
+        if (!n) return false;
+        memcpy(n, regions, nregions * sizeof *n);
+        if (regions != regions_first) {
+            ta_os_unmap(regions, regions_cap * sizeof *regions);
+            meta_total -= regions_cap * sizeof *regions;
+        }
+        regions = n;
+        regions_cap = ncap;
+        meta_total += ncap * sizeof *n;
+    }
+    regions[nregions++] = (meta_region_t){(uintptr_t)p, len};
+    return true;
+}
+
+/* (meta_lock held) the mapping at p is given back */
+static void region_remove(void *p) {
+    for (size_t i = 0; i < nregions; i++)
+        if (regions[i].addr == (uintptr_t)p) {
+            regions[i] = regions[--nregions];
+            return;
+        }
+}
+
+uint64_t ta_meta_resident(void) {
+    ta_lock(&meta_lock);
+    uint64_t r = regions == regions_first ? 0 : ta_os_resident(regions, regions_cap * sizeof *regions);
+    for (size_t i = 0; i < nregions; i++) r += ta_os_resident((void *)regions[i].addr, regions[i].len);
+    ta_unlock(&meta_lock);
+    return r;
+}
 static uintptr_t *slabs_released; /* slabs given back to the OS, to be reused first */
 static size_t slabs_released_n, slabs_released_cap;
 
@@ -33,6 +83,10 @@ static void *meta_alloc_locked(size_t size, size_t align) {
         if (chunk < size) return NULL;
         char *p = ta_os_map(chunk, SLAB);
         if (!p) return NULL;
+        if (!region_add(p, chunk)) {
+            ta_os_unmap(p, chunk);
+            return NULL;
+        }
         cur = p;
         meta_end = p + chunk;
         meta_total += chunk;
@@ -55,6 +109,10 @@ void *ta_meta_map(size_t size, size_t align) {
      * count together or neither */
     ta_lock(&meta_lock);
     void *p = ta_os_map(size, align);
+    if (p && !region_add(p, size)) {
+        ta_os_unmap(p, size);
+        p = NULL;
+    }
     if (p) meta_total += size;
     ta_unlock(&meta_lock);
     return p;
@@ -126,10 +184,15 @@ size_t ta_meta_trim(void) {
         size_t ncap = slabs_released_cap ? 2 * slabs_released_cap : 512;
         while (ncap < slabs_released_n + nfull) ncap *= 2;
         uintptr_t *n = ta_os_map(ncap * sizeof *n, SLAB);
+        if (n && !region_add(n, ncap * sizeof *n)) {
+            ta_os_unmap(n, ncap * sizeof *n);
+            n = NULL;
+        }
         if (!n) nfull = 0;
         else {
             if (slabs_released_n) memcpy(n, slabs_released, slabs_released_n * sizeof *n);
             if (slabs_released) {
+                region_remove(slabs_released);
                 ta_os_unmap(slabs_released, slabs_released_cap * sizeof *n);
                 meta_total -= slabs_released_cap * sizeof *n;
             }

@@ -96,6 +96,18 @@ void ta_os_release(void *p, size_t size) {
     __atomic_fetch_add(&os_nmadvise, 1, __ATOMIC_RELAXED);
 }
 
+uint64_t ta_os_resident(const void *p, size_t size) {
+    unsigned char vec[1024]; /* one byte per OS page: 4 MiB per call */
+    uint64_t resident = 0;
+    for (uintptr_t a = (uintptr_t)p, end = a + size; a < end;) {
+        size_t len = end - a < sizeof vec * 4096 ? end - a : sizeof vec * 4096;
+        if (ta_sys3(SYS_mincore, a, len, vec) != 0) return resident; /* (not a mapping of ours: stop) */
+        for (size_t i = 0; i < (len + 4095) / 4096; i++) resident += (vec[i] & 1) ? 4096 : 0;
+        a += len;
+    }
+    return resident < size ? resident : size;
+}
+
 uint64_t ta_os_now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);

@@ -112,6 +112,10 @@ void ta_snapshot(struct ta_stats *st) {
     st->released_bytes = ph.released_bytes;
     st->pageheap_free_bytes = ph.free_bytes;
     st->metadata_bytes = meta;
+    /* after the locks are let go (a look at every page of the mappings, one
+     * system call per 4 MiB): a chunk mapped meanwhile is not in `meta` */
+    uint64_t meta_res = ta_meta_resident() + ta_pagemap_resident();
+    st->metadata_resident_bytes = meta_res < meta ? meta_res : meta;
     st->guard_bytes = ph.guard_bytes;
 
     st->cache_alloc_misses_total = pc.alloc_misses;
@@ -208,6 +212,7 @@ static void write_text(ta_out_t *o, const struct ta_stats *s) {
     mem_row(o, "page heap free (resident)", s->pageheap_free_bytes);
     mem_row(o, "scoped arenas", s->arena_bytes);
     mem_row(o, "metadata", s->metadata_bytes);
+    mem_row(o, "  of which resident", s->metadata_resident_bytes);
     if (s->guard_bytes) mem_row(o, "guard pages (never resident)", s->guard_bytes);
     mem_row(o, "= mapped - released", s->mapped_bytes - s->released_bytes);
     mem_row(o, "released to the OS (free)", s->released_bytes);
@@ -274,6 +279,7 @@ static const struct {
     J(pageheap_grows_total), J(pageheap_coalesces_total), J(os_mmap_total), J(os_munmap_total),
     J(os_madvise_total), J(os_released_bytes_total), J(threads), J(sample_rate), J(samples_total),
     J(sampled_live_blocks), J(sampled_live_bytes), J(guard_bytes), J(quarantine_bytes),
+    J(metadata_resident_bytes),
 };
 #undef J
 #define K(name) {#name, offsetof(struct ta_class_stats, name)}

@@ -70,6 +70,7 @@ int ta_owns(const void *p);
  *     + pageheap_free_bytes          free pages still resident
  *     + arena_bytes                  scoped-arena chunks (tier 0)
  *     + metadata_bytes               span records, caches, pagemap, samples
+ *                                    (mapped; metadata_resident_bytes of it resident)
  *     + guard_bytes                  guard pages (hardened build; 0 otherwise)
  *
  * It holds exactly in every snapshot, even while other threads allocate.  The
@@ -83,7 +84,7 @@ int ta_owns(const void *p);
  * or ta_stats_read does); the library fills at most that many bytes and sets
  * version and size to what it filled.  New fields are only ever added at the
  * end, so a program built against an older header keeps working. */
-#define TA_STATS_VERSION 2 /* 2: guard_bytes and quarantine_bytes */
+#define TA_STATS_VERSION 3 /* 2: guard_bytes and quarantine_bytes; 3: metadata_resident_bytes */
 #define TA_STATS_CLASSES 128
 
 struct ta_class_stats {
@@ -148,6 +149,11 @@ struct ta_stats {
                                   resident, holding no block (a term of the identity) */
     uint64_t quarantine_bytes; /* of thread_cache_bytes: freed small blocks waiting in the
                                   quarantine before they can be handed out again */
+    /* version 3 */
+    uint64_t metadata_resident_bytes; /* of metadata_bytes, the pages resident now (mincore;
+                                  the shared zero page counts where a read mapped it): a
+                                  pagemap leaf maps 6 MiB for 2 GiB of heap and a thread's
+                                  or CPU's slab 1 MiB, touched only where they are used */
 };
 #ifndef __cplusplus
 #define TA_STATS_INIT {.version = TA_STATS_VERSION, .size = (uint32_t)sizeof(struct ta_stats)}

@@ -188,6 +188,32 @@ Test(stats, versioned_struct_fills_only_what_the_caller_has) {
     cr_assert_eq(ta_stats_print(NULL, TA_STATS_TEXT), -1);
 }
 
+/* metadata_resident_bytes counts the pages of metadata in memory, not the
+ * mappings: a pagemap leaf maps 6 MiB for 2 GiB of heap, a thread's slab
+ * 1 MiB, and a small heap touches little of either; new spans write their
+ * records, state bytes and pagemap entries, and the count grows. */
+Test(stats, metadata_resident_counts_pages_in_memory_not_mappings) {
+    struct ta_stats a, b;
+    snap(&a);
+    cr_assert_gt(a.metadata_resident_bytes, 0);
+    cr_assert_eq(a.metadata_resident_bytes % 4096, 0);
+    cr_assert_lt(a.metadata_resident_bytes, a.metadata_bytes / 2, "resident %llu of %llu: the mappings, not the pages",
+                 (unsigned long long)a.metadata_resident_bytes, (unsigned long long)a.metadata_bytes);
+    enum { N = 20000 };
+    static void *v[N];
+    for (int i = 0; i < N; i++) {
+        v[i] = malloc(16 + (size_t)(i % 97) * 40);
+        cr_assert_not_null(v[i]);
+    }
+    snap(&b);
+    cr_assert_gt(b.metadata_resident_bytes, a.metadata_resident_bytes, "%llu spans more, resident %llu -> %llu",
+                 (unsigned long long)(b.pageheap_allocs_total - a.pageheap_allocs_total),
+                 (unsigned long long)a.metadata_resident_bytes, (unsigned long long)b.metadata_resident_bytes);
+    cr_assert_leq(b.metadata_resident_bytes, b.metadata_bytes);
+    cr_assert_null(identity_error(&b), "%s", identity_error(&b));
+    for (int i = 0; i < N; i++) free(v[i]);
+}
+
 Test(stats, inuse_bytes_match_the_blocks_held_exactly) {
     tu_start_bg_thread(); /* its TLS vector is not among the blocks */
     enum { N = 3000 };
@@ -479,6 +505,9 @@ Test(stats, text_report_has_the_tiers_and_the_classes) {
     cr_assert_eq(number_after(text, "mapped from the OS"), a.mapped_bytes);
     cr_assert_eq(number_after(text, "= mapped - released"), a.mapped_bytes - a.released_bytes);
     cr_assert_eq(number_after(text, "metadata"), a.metadata_bytes);
+    uint64_t resident = number_after(text, "of which resident");
+    cr_assert(resident > 0 && resident <= a.metadata_bytes, "metadata resident %llu of %llu",
+              (unsigned long long)resident, (unsigned long long)a.metadata_bytes);
     const char *words[] = {"caches (", "central transfer caches", "page heap", "Activity by tier",
                            "transfer caches", "OS ", "sampling", "Size classes"};
     for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
@@ -508,6 +537,7 @@ static int python_check_json(const char *path) {
         "                          'guard_bytes'))\n"
         "assert held == d['mapped_bytes'] - d['released_bytes'], (held, d['mapped_bytes'], d['released_bytes'])\n"
         "assert d['version'] >= 1 and d['pid'] > 0\n"
+        "assert 0 < d['metadata_resident_bytes'] <= d['metadata_bytes'], d['metadata_resident_bytes']\n"
         "cl = d['classes']\n"
         "assert len(cl) > 10 and [c['class'] for c in cl] == list(range(1, len(cl) + 1))\n"
         "assert sum(c['inuse_bytes'] for c in cl) == d['small_inuse_bytes']\n"
