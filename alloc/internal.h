@@ -836,7 +836,7 @@ void ta_quarantine_unlock_all(bool child);
  * Takes the pcache registry, central, page heap and metadata locks at once,
  * in the fork order; allocates nothing. */
 struct ta_stats;
-void ta_snapshot(struct ta_stats *st);
+void ta_snapshot(struct ta_stats *st, bool resident); /* resident: fill metadata_resident_bytes (system calls) */
 struct mallinfo2;
 void ta_stats_mallinfo(struct mallinfo2 *mi);
 void ta_stats_write_text(int fd);          /* the TIERALLOC_STATS=1 report */

@@ -37,7 +37,7 @@ static uint64_t take(int64_t *have, int64_t want) {
     return (uint64_t)t;
 }
 
-void ta_snapshot(struct ta_stats *st) {
+void ta_snapshot(struct ta_stats *st, bool resident) {
     ta_ensure_init();
     memset(st, 0, sizeof *st);
     ta_os_stats_t os;
@@ -112,10 +112,13 @@ void ta_snapshot(struct ta_stats *st) {
     st->released_bytes = ph.released_bytes;
     st->pageheap_free_bytes = ph.free_bytes;
     st->metadata_bytes = meta;
-    /* after the locks are let go (a look at every page of the mappings, one
-     * system call per 4 MiB): a chunk mapped meanwhile is not in `meta` */
-    uint64_t meta_res = ta_meta_resident() + ta_pagemap_resident();
-    st->metadata_resident_bytes = meta_res < meta ? meta_res : meta;
+    /* after the locks are let go (a look at every page of the mappings, a
+     * system call per mapping and per 4 MiB): a chunk mapped meanwhile is not
+     * in `meta`.  Not for mallinfo2 and malloc_info, which programs may poll */
+    if (resident) {
+        uint64_t meta_res = ta_meta_resident() + ta_pagemap_resident();
+        st->metadata_resident_bytes = meta_res < meta ? meta_res : meta;
+    }
     st->guard_bytes = ph.guard_bytes;
 
     st->cache_alloc_misses_total = pc.alloc_misses;
@@ -139,7 +142,7 @@ TA_EXPORT int ta_stats_get(struct ta_stats *st) {
         return -1;
     }
     struct ta_stats s;
-    ta_snapshot(&s);
+    ta_snapshot(&s, true);
     uint32_t n = st->size < sizeof s ? st->size : (uint32_t)sizeof s;
     s.size = n;
     memcpy(st, &s, n);
@@ -322,7 +325,7 @@ TA_EXPORT int ta_stats_print(FILE *fp, int flags) {
         return -1;
     }
     struct ta_stats s;
-    ta_snapshot(&s);
+    ta_snapshot(&s, true);
     ta_out_t o;
     out_to_file(&o, fp);
     if (flags & TA_STATS_JSON)
@@ -334,7 +337,7 @@ TA_EXPORT int ta_stats_print(FILE *fp, int flags) {
 
 void ta_stats_write_text(int fd) {
     struct ta_stats s;
-    ta_snapshot(&s);
+    ta_snapshot(&s, true);
     ta_out_t o;
     ta_out_init(&o, fd);
     write_text(&o, &s);
@@ -343,7 +346,7 @@ void ta_stats_write_text(int fd) {
 
 static int write_json_fd(int fd) {
     struct ta_stats s;
-    ta_snapshot(&s);
+    ta_snapshot(&s, true);
     ta_out_t o;
     ta_out_init(&o, fd);
     write_json(&o, &s);
@@ -353,7 +356,7 @@ static int write_json_fd(int fd) {
 /* ---- glibc's introspection ---------------------------------------------------------- */
 void ta_stats_mallinfo(struct mallinfo2 *mi) {
     struct ta_stats s;
-    ta_snapshot(&s);
+    ta_snapshot(&s, false);
     memset(mi, 0, sizeof *mi);
     mi->arena = s.mapped_bytes;          /* all memory from the OS */
     mi->hblks = s.large_inuse_blocks;     /* blocks with a span of their own */
@@ -367,7 +370,7 @@ void ta_stats_mallinfo(struct mallinfo2 *mi) {
 
 int ta_stats_write_xml(FILE *fp) {
     struct ta_stats s;
-    ta_snapshot(&s);
+    ta_snapshot(&s, false);
     ta_out_t o;
     out_to_file(&o, fp);
     ta_out_printf(&o,

@@ -153,7 +153,9 @@ struct ta_stats {
     uint64_t metadata_resident_bytes; /* of metadata_bytes, the pages resident now (mincore;
                                   the shared zero page counts where a read mapped it): a
                                   pagemap leaf maps 6 MiB for 2 GiB of heap and a thread's
-                                  or CPU's slab 1 MiB, touched only where they are used */
+                                  or CPU's slab 1 MiB, touched only where they are used.
+                                  Found with a system call per metadata mapping (a process
+                                  with 2 000 threads has 2 000 slabs: some milliseconds) */
 };
 #ifndef __cplusplus
 #define TA_STATS_INIT {.version = TA_STATS_VERSION, .size = (uint32_t)sizeof(struct ta_stats)}
