@@ -20,34 +20,37 @@ static ta_span_t *span_free; /* recycled span records, linked through next */
 #define SLAB_RECORDS (SLAB / sizeof(ta_span_t))
 static uint64_t slabs_total;      /* slabs of span records ever made */
 
+static uintptr_t *slabs_released; /* slabs given back to the OS, to be reused first */
+static size_t slabs_released_n, slabs_released_cap;
+
 /* Every mapping counted in meta_total, so that the statistics can tell how
  * much of it is resident (ta_meta_resident): a cache's slab is mapped whole
  * and touched only where classes hold slots, a chunk only up to its cursor.
- * First in a static table, then in a mapped array that doubles (its own
- * pages counted with the rest). */
+ * The table is metadata itself, carved from the chunks (the first from the
+ * first chunk's first page, which the first record touches anyway: a
+ * process start writes no page more); when it is full, one twice its size
+ * replaces it (the old one stays in its chunk: 16 bytes a mapping). */
 typedef struct meta_region {
     uintptr_t addr;
     size_t len;
 } meta_region_t;
-static meta_region_t regions_first[32];
-static meta_region_t *regions = regions_first;
-static size_t nregions, regions_cap = 32;
+static meta_region_t *regions;
+static size_t nregions, regions_cap;
 
-/* (meta_lock held) a new mapping of metadata; false when the OS refuses
- * room to note it (the caller gives the mapping back) */
+static void *meta_alloc_locked(size_t size, size_t align);
+
+/* (meta_lock held) a new mapping of metadata; false when no room is left
+ * to note it (the caller gives the mapping back) */
 static bool region_add(void *p, size_t len) {
     if (nregions == regions_cap) {
-        size_t ncap = 2 * regions_cap;
-        meta_region_t *n = ta_os_map(ncap * sizeof *n, SLAB);
+        size_t ncap = regions_cap ? 2 * regions_cap : 32;
+        /* (may map a chunk, noted first, by this function: then the table
+         * it grew is the one copied here) */
+        meta_region_t *n = meta_alloc_locked(ncap * sizeof *n, 64);
         if (!n) return false;
-        memcpy(n, regions, nregions * sizeof *n);
-        if (regions != regions_first) {
-            ta_os_unmap(regions, regions_cap * sizeof *regions);
-            meta_total -= regions_cap * sizeof *regions;
-        }
+        if (nregions) memcpy(n, regions, nregions * sizeof *n);
         regions = n;
         regions_cap = ncap;
-        meta_total += ncap * sizeof *n;
     }
     regions[nregions++] = (meta_region_t){(uintptr_t)p, len};
     return true;
@@ -72,19 +75,15 @@ uint64_t ta_meta_resident(void) {
     uint64_t r = 0;
     for (size_t i = 0;; i++) {
         ta_lock(&meta_lock);
-        meta_region_t g = {0, 0};
-        if (i == 0 && regions != regions_first) g = (meta_region_t){(uintptr_t)regions, regions_cap * sizeof *regions};
-        else if (i > 0 && i - 1 < nregions) g = regions[i - 1];
-        else if (i > 0) {
+        if (i >= nregions) {
             ta_unlock(&meta_lock);
             return r;
         }
+        meta_region_t g = regions[i];
         ta_unlock(&meta_lock);
-        if (g.len) r += ta_os_resident((void *)g.addr, g.len);
+        r += ta_os_resident((void *)g.addr, g.len);
     }
 }
-static uintptr_t *slabs_released; /* slabs given back to the OS, to be reused first */
-static size_t slabs_released_n, slabs_released_cap;
 
 /* NULL when the OS refuses a chunk: the caller fails its allocation (the
  * rest of the current chunk stays for smaller requests). */
@@ -93,17 +92,22 @@ static void *meta_alloc_locked(size_t size, size_t align) {
     char *cur = (char *)(((uintptr_t)meta_cur + align - 1) & ~(uintptr_t)(align - 1));
     if (cur > meta_end) cur = meta_end;
     if ((size_t)(meta_end - cur) < size) {
-        size_t chunk = size > META_CHUNK ? (size + META_CHUNK - 1) & ~(META_CHUNK - 1) : META_CHUNK;
-        if (chunk < size) return NULL;
+        size_t need = size + align;
+        if (nregions == regions_cap) /* the table of mappings may grow into the chunk */
+            need += (regions_cap ? 2 * regions_cap : 32) * sizeof(meta_region_t) + 64;
+        size_t chunk = need > META_CHUNK ? (need + META_CHUNK - 1) & ~(META_CHUNK - 1) : META_CHUNK;
+        if (need < size || chunk < need) return NULL;
         char *p = ta_os_map(chunk, SLAB);
         if (!p) return NULL;
-        if (!region_add(p, chunk)) {
-            ta_os_unmap(p, chunk);
-            return NULL;
-        }
-        cur = p;
+        meta_cur = p;
         meta_end = p + chunk;
         meta_total += chunk;
+        /* noted before the request is carved: the table may grow into the
+         * new chunk (a few hundred bytes of a chunk of at least a MiB, made
+         * bigger than the request when the request is big) */
+        if (!region_add(p, chunk)) return NULL; /* (not reached: the chunk has room for the table) */
+        cur = (char *)(((uintptr_t)meta_cur + align - 1) & ~(uintptr_t)(align - 1));
+        if ((size_t)(meta_end - cur) < size) return NULL;
     }
     meta_cur = cur + size;
     return cur; /* fresh from mmap: already zero */

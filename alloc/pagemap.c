@@ -11,11 +11,6 @@ struct ta_pm_hot ta_pm_hot __attribute__((aligned(64))) = {
     .base = TA_PM_NONCANONICAL, .leaf = (ta_pm_leaf_t *)TA_PM_NONCANONICAL};
 static ta_lock_t pm_lock = TA_LOCK_INIT(TA_RANK_PAGEMAP);
 static uint64_t pm_bytes;
-/* the first leaves made, for the statistics' look at what is resident (a
- * heap with more looks through the root) */
-#define PM_LEAVES_LISTED 16
-static ta_pm_leaf_t *pm_leaves[PM_LEAVES_LISTED];
-static uint32_t pm_nleaves;
 
 bool ta_pagemap_ensure(uintptr_t first, uintptr_t n) {
     uintptr_t last = first + n - 1;
@@ -33,8 +28,6 @@ bool ta_pagemap_ensure(uintptr_t first, uintptr_t n) {
                 return false;
             }
             pm_bytes += sizeof(ta_pm_leaf_t);
-            if (pm_nleaves < PM_LEAVES_LISTED) pm_leaves[pm_nleaves] = leaf;
-            pm_nleaves++;
             __atomic_store_n(&ta_pm_root[i], leaf, __ATOMIC_RELEASE);
             if (ta_pm_hot.base == TA_PM_NONCANONICAL) { /* the first leaf: the leaf, then its base (read first) */
                 ta_pm_hot.leaf = leaf;
@@ -63,12 +56,15 @@ void ta_pagemap_clear(uintptr_t first, uintptr_t n) {
 
 uint64_t ta_pagemap_bytes(void) { return pm_bytes; }
 
+/* The first leaf is ta_pm_hot's; a heap spread over more than its 2 GiB has
+ * more, found through the root (a read of its 1 MiB, untouched parts
+ * mapping the shared zero page: no memory).  Leaves are never unmapped. */
 uint64_t ta_pagemap_resident(void) {
-    ta_lock(&pm_lock); /* (leaves are never unmapped: the lock only keeps the count still) */
-    uint64_t r = 0;
-    if (pm_nleaves <= PM_LEAVES_LISTED) {
-        for (uint32_t i = 0; i < pm_nleaves; i++) r += ta_os_resident(pm_leaves[i], sizeof(ta_pm_leaf_t));
-    } else {
+    ta_lock(&pm_lock);
+    uint64_t leaves = pm_bytes / sizeof(ta_pm_leaf_t), r = 0;
+    if (leaves == 1) {
+        r = ta_os_resident(ta_pm_hot.leaf, sizeof(ta_pm_leaf_t));
+    } else if (leaves > 1) {
         for (size_t i = 0; i < sizeof ta_pm_root / sizeof ta_pm_root[0]; i++)
             if (ta_pm_root[i]) r += ta_os_resident(ta_pm_root[i], sizeof(ta_pm_leaf_t));
     }

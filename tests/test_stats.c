@@ -214,6 +214,44 @@ Test(stats, metadata_resident_counts_pages_in_memory_not_mappings) {
     for (int i = 0; i < N; i++) free(v[i]);
 }
 
+/* Many threads alive at once: with per-thread caches (the suite's
+ * TIERALLOC_PERCPU=0 run) each has a slab of its own, a metadata mapping
+ * each, more than the first table of mappings holds; the count stays within
+ * the metadata and the identity holds while they live and after. */
+#define MANY 48
+static pthread_barrier_t many_started, many_looked;
+static void *many_thread(void *arg) {
+    (void)arg;
+    void *v[32];
+    for (int i = 0; i < 32; i++) v[i] = malloc(16 + (size_t)i * 24);
+    pthread_barrier_wait(&many_started);
+    pthread_barrier_wait(&many_looked);
+    for (int i = 0; i < 32; i++) free(v[i]);
+    return NULL;
+}
+Test(stats, metadata_resident_with_a_slab_per_thread) {
+    pthread_t t[MANY];
+    cr_assert_eq(pthread_barrier_init(&many_started, NULL, MANY + 1), 0);
+    cr_assert_eq(pthread_barrier_init(&many_looked, NULL, MANY + 1), 0);
+    for (int i = 0; i < MANY; i++) cr_assert_eq(pthread_create(&t[i], NULL, many_thread, NULL), 0);
+    pthread_barrier_wait(&many_started);
+    struct ta_stats a, b;
+    snap(&a);
+    pthread_barrier_wait(&many_looked);
+    for (int i = 0; i < MANY; i++) pthread_join(t[i], NULL);
+    snap(&b);
+    const struct ta_stats *both[] = {&a, &b};
+    for (int k = 0; k < 2; k++) {
+        const struct ta_stats *s = both[k];
+        cr_assert_gt(s->metadata_resident_bytes, 0);
+        cr_assert_leq(s->metadata_resident_bytes, s->metadata_bytes, "resident %llu of %llu",
+                      (unsigned long long)s->metadata_resident_bytes, (unsigned long long)s->metadata_bytes);
+        cr_assert_null(identity_error(s), "%s", identity_error(s));
+    }
+    pthread_barrier_destroy(&many_started);
+    pthread_barrier_destroy(&many_looked);
+}
+
 Test(stats, inuse_bytes_match_the_blocks_held_exactly) {
     tu_start_bg_thread(); /* its TLS vector is not among the blocks */
     enum { N = 3000 };
