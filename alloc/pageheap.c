@@ -15,6 +15,7 @@
 #include "internal.h"
 
 #include <string.h>
+#include <sys/syscall.h>
 
 #define PH_EXACT 128               /* lists 1..128 hold spans of exactly that many pages */
 #define PH_GROW_PAGES 256          /* grow the heap 2 MiB at a time at least */
@@ -63,8 +64,11 @@ typedef struct {
 static ph_ring_t ph_inuse_peak, ph_res_peak;
 static uint64_t ph_peak_epoch;
 static uint64_t ph_ops_seen, ph_idle_since_ms; /* page-heap activity, for "idle" */
-static uint64_t ph_fork_ms; /* a child of fork (ph_forked): when its heap first became big enough for a background thread, 0 before */
-static bool ph_forked;
+static uint64_t ph_fork_ms; /* a child of fork: when its heap first became big enough for a background thread, 0 before */
+/* The process that made the heap (ta_pageheap_init): under another pid the
+ * heap is a fork child's.  Asked, not noted by the child: fork_child writing
+ * a flag cost every child a page copied (a shell forks for every command). */
+static int ph_pid;
 bool ta_pageheap_bg_active;                    /* the background thread runs the decay */
 
 static inline void note_inuse(void) {
@@ -213,6 +217,7 @@ void ta_pageheap_init(void) { /* once, from ta_init_slow */
     ph_last_decay_ms = ta_os_now_ms();
     ph_peak_epoch = ph_last_decay_ms / (ta_cfg.decay_ms ? ta_cfg.decay_ms : 1);
     ph_idle_since_ms = ph_last_decay_ms;
+    ph_pid = (int)ta_sys0(SYS_getpid);
 }
 
 /* first and last page → s, both with info 0 (free spans and large blocks) */
@@ -1163,7 +1168,7 @@ void ta_pageheap_tick(uint64_t now) { tick_at(now); }
 bool ta_pageheap_bg_due(void) {
     uint64_t r = __atomic_load_n(&ph_stats.inuse_bytes, __ATOMIC_RELAXED) + free_resident();
     if (r < PH_BG_MIN_BYTES) return false;
-    if (!__atomic_load_n(&ph_forked, __ATOMIC_RELAXED)) return true;
+    if ((int)ta_sys0(SYS_getpid) == ph_pid) return true; /* (once: the thread starts) */
     /* a child of fork: the period counts from the first time its heap is big
      * enough (fork itself reads no clock: a first read costs a child a fault) */
     return ta_period_claim(&ph_fork_ms, ta_os_now_ms(), ta_cfg.decay_ms);
@@ -1194,7 +1199,6 @@ void ta_pageheap_unlock_all(bool child) {
         /* a background thread starts only in a child that lives a decay
          * period (not in one that goes on to exec): ta_pageheap_bg_due */
         if (ph_fork_ms) ph_fork_ms = 0;
-        if (!ph_forked) ph_forked = true;
     }
     ta_lock_after_fork(&ph_lock, child);
 }
