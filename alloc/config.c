@@ -10,7 +10,6 @@
 #define _GNU_SOURCE 1
 #include "internal.h"
 
-#include <fcntl.h>
 #include <sched.h>
 #include <string.h>
 #include <sys/auxv.h>
@@ -155,11 +154,7 @@ static struct {
 
 static void aux_read(void) {
     unsigned long v[2 * 64];
-    long fd = ta_sys3(SYS_openat, AT_FDCWD, "/proc/self/auxv", O_RDONLY | O_CLOEXEC), n = -1;
-    if (fd >= 0) {
-        n = ta_sys3(SYS_read, fd, v, sizeof v);
-        ta_sys1(SYS_close, fd);
-    }
+    long n = ta_os_read_file("/proc/self/auxv", v, sizeof v);
     bool found = false;
     for (long i = 0; n > 0 && i + 1 < n / (long)sizeof *v && v[i] != AT_NULL; i += 2) {
         if (v[i] == AT_SECURE) aux.secure = v[i + 1] != 0, found = true;

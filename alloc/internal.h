@@ -389,6 +389,10 @@ void ta_os_release(void *p, size_t size);
 /* Bytes of [p, p + size) resident now (mincore: OS pages present, the shared
  * zero page included where a read mapped it); p page aligned.  For statistics. */
 uint64_t ta_os_resident(const void *p, size_t size);
+/* Read up to size bytes of a small file (/proc, /sys) with raw system calls
+ * (libc's open and read are cancellation points, and lie in pages of libc a
+ * program may never touch): the bytes read, -1 if it cannot be read. */
+long ta_os_read_file(const char *path, void *buf, size_t size);
 uint64_t ta_os_now_ms(void);
 /* Write *p without changing it (an atomic add of 0; p: a pointer to an integer
  * or pointer), so that its page, when a process start finds it untouched

@@ -19,7 +19,6 @@ static ta_span_t *span_free; /* recycled span records, linked through next */
 #define SLAB 4096
 #define SLAB_RECORDS (SLAB / sizeof(ta_span_t))
 static uint64_t slabs_total;      /* slabs of span records ever made */
-
 static uintptr_t *slabs_released; /* slabs given back to the OS, to be reused first */
 static size_t slabs_released_n, slabs_released_cap;
 
@@ -89,7 +88,8 @@ uint64_t ta_meta_resident(void) {
  * rest of the current chunk stays for smaller requests). */
 static void *meta_alloc_locked(size_t size, size_t align) {
     ta_touch_for_write(&meta_cur); /* (written below in any case) */
-    char *cur = (char *)(((uintptr_t)meta_cur + align - 1) & ~(uintptr_t)(align - 1));
+#define META_ALIGNED(a) ((char *)(((uintptr_t)(a) + align - 1) & ~(uintptr_t)(align - 1)))
+    char *cur = META_ALIGNED(meta_cur);
     if (cur > meta_end) cur = meta_end;
     if ((size_t)(meta_end - cur) < size) {
         size_t need = size + align;
@@ -106,9 +106,10 @@ static void *meta_alloc_locked(size_t size, size_t align) {
          * new chunk (a few hundred bytes of a chunk of at least a MiB, made
          * bigger than the request when the request is big) */
         if (!region_add(p, chunk)) return NULL; /* (not reached: the chunk has room for the table) */
-        cur = (char *)(((uintptr_t)meta_cur + align - 1) & ~(uintptr_t)(align - 1));
+        cur = META_ALIGNED(meta_cur);
         if ((size_t)(meta_end - cur) < size) return NULL;
     }
+#undef META_ALIGNED
     meta_cur = cur + size;
     return cur; /* fresh from mmap: already zero */
 }

@@ -10,6 +10,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -106,6 +107,14 @@ uint64_t ta_os_resident(const void *p, size_t size) {
         a += len;
     }
     return resident < size ? resident : size;
+}
+
+long ta_os_read_file(const char *path, void *buf, size_t size) {
+    long fd = ta_sys3(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    long n = ta_sys3(SYS_read, fd, buf, size);
+    ta_sys1(SYS_close, fd);
+    return n < 0 ? -1 : n;
 }
 
 uint64_t ta_os_now_ms(void) {

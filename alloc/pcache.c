@@ -33,7 +33,6 @@
 #include "pcache.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <linux/membarrier.h>
 #include <sched.h>
 #include <string.h>
@@ -483,11 +482,7 @@ void ta_pcache_init(void) {
  * it cannot be read.  Read here rather than by sysconf, which may allocate. */
 static uint32_t possible_cpus(void) {
     char buf[256];
-    /* raw system calls: open and read are cancellation points */
-    long fd = ta_sys3(SYS_openat, AT_FDCWD, "/sys/devices/system/cpu/possible", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
-    long n = ta_sys3(SYS_read, fd, buf, sizeof buf - 1);
-    ta_sys1(SYS_close, fd);
+    long n = ta_os_read_file("/sys/devices/system/cpu/possible", buf, sizeof buf - 1);
     if (n <= 0) return 0;
     buf[n] = '\0';
     uint32_t top = 0, v = 0;
