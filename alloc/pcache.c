@@ -104,7 +104,7 @@ static uint32_t live_threads;                /* LIVE thread caches: past percpu_
 
 static ta_pcache_t *cpus;                    /* per-CPU caches, ncpus of them (set before ta_fe.percpu) */
 static uint32_t ncpus;                       /* (read with acquire: the switch may set it meanwhile) */
-static __thread bool thread_registered;      /* per-CPU mode: exit destructor set */
+static __thread bool thread_registered;      /* pcache_key set: the exit destructor runs */
 
 #define BUDGET_STEP ((uint64_t)64 << 10)
 /* Every thread may hold this much even when the global pool is spent. */
@@ -920,6 +920,9 @@ static ta_pcache_t *thread_cache_create(void) {
     ta_tls.cache = c;
     ta_tls.slab = ta_trace_on ? (ta_slot_t *)slab_none : c->slab; /* tracing: every call misses */
     pthread_setspecific(pcache_key, c);
+    /* the key holds c: cpu_cache_lock (the sampling path's, after a switch)
+     * must not put &pcache_dead in its place, or the exit would not retire c */
+    thread_registered = true;
     return c;
 }
 

@@ -1639,6 +1639,57 @@ Test(pcache, auto_mode_switch_in_a_child_of_fork) {
     cr_assert_eq(sw_error[0], 0, "%s", sw_error);
 }
 
+/* A thread whose cache dates from before the switch and whose next slow
+ * path after it is the sampling one (which only counts it among its CPU's
+ * users) still retires that cache at its exit: the sampling path must not
+ * take the exit destructor's key from it. */
+static int late_ready, late_go;
+static void *late_sampler(void *arg) {
+    (void)arg;
+    free(malloc(100)); /* its thread cache */
+    __atomic_store_n(&late_ready, 1, __ATOMIC_RELEASE);
+    while (!__atomic_load_n(&late_go, __ATOMIC_ACQUIRE)) sched_yield();
+    ta_pcache_note_user(); /* what malloc's sampling slow path calls after the switch */
+    return NULL;
+}
+
+static void late_sampler_child(void *arg) {
+    (void)arg;
+    static pthread_t t[256];
+    int n = (int)ta_cfg.percpu_threads + 8;
+    ta_pcache_flush_current();
+    const uint64_t orphans = thread_caches_now() - 1;
+    pthread_t late;
+    if (pthread_create(&late, NULL, late_sampler, NULL)) _exit(5);
+    while (!__atomic_load_n(&late_ready, __ATOMIC_ACQUIRE)) sched_yield();
+    __atomic_store_n(&sw_stop, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&sw_started, 0, __ATOMIC_RELAXED);
+    start_churn(t, 0, n);
+    __atomic_store_n(&sw_stop, 1, __ATOMIC_RELAXED);
+    for (int i = 0; i < n; i++) pthread_join(t[i], NULL);
+    if (!ta_fe_percpu) {
+        fprintf(stderr, "child: no switch\n");
+        _exit(3);
+    }
+    __atomic_store_n(&late_go, 1, __ATOMIC_RELEASE);
+    pthread_join(late, NULL);
+    free(malloc(100));
+    malloc_trim(0);
+    if (thread_caches_now() != orphans) {
+        fprintf(stderr, "child: %lu thread caches after malloc_trim, orphans %lu\n", (unsigned long)thread_caches_now(),
+                (unsigned long)orphans);
+        _exit(4);
+    }
+}
+
+Test(pcache, a_thread_cache_is_retired_at_exit_after_a_sampling_slow_path) {
+    NEED_AUTO();
+    tu_child_t c;
+    tu_run_child(late_sampler_child, NULL, 60000, &c);
+    cr_assert_not(c.timed_out, "the child hung");
+    cr_assert(c.exited && c.exit_code == 0, "child exit %d signal %d: %s", c.exit_code, c.signal, c.err);
+}
+
 /* ---- 2000 threads: caches scale with CPUs, not threads ---------------------------- */
 #define MANY 2000
 static pthread_barrier_t many_done, many_exit;
