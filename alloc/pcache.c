@@ -105,6 +105,7 @@ static uint32_t live_threads;                /* LIVE thread caches: past percpu_
 static ta_pcache_t *cpus;                    /* per-CPU caches, ncpus of them (set before ta_fe.percpu) */
 static uint32_t ncpus;                       /* (read with acquire: the switch may set it meanwhile) */
 static __thread bool thread_registered;      /* pcache_key set: the exit destructor runs */
+static __thread bool thread_gone;            /* past its exit destructor: counted among no CPU's users */
 
 #define BUDGET_STEP ((uint64_t)64 << 10)
 /* Every thread may hold this much even when the global pool is spent. */
@@ -586,7 +587,7 @@ static inline bool is_user(uint32_t cpu) { return cpu < USER_BITS && (used_cpus[
 static void note_user(ta_pcache_t *c) {
     uint32_t cpu = (uint32_t)c->cpu;
     if (cpu < USER_BITS) {
-        if (!is_user(cpu)) {
+        if (!is_user(cpu) && !thread_gone) {
             used_cpus[cpu / 64] |= (uint64_t)1 << (cpu % 64);
             if (++c->users > CPU_USERS) c->crowded = true;
         }
@@ -978,7 +979,7 @@ static inline void cache_unlock(ta_pcache_t *c) {
 void ta_pcache_note_user(void) {
     int cpu = current_cpu();
     if ((uint32_t)cpu >= __atomic_load_n(&ncpus, __ATOMIC_ACQUIRE)) return;
-    if (is_user((uint32_t)cpu)) return;
+    if (is_user((uint32_t)cpu) || thread_gone) return;
     cache_unlock(cpu_cache_lock()); /* (which notes it) */
 }
 
@@ -1063,6 +1064,9 @@ void ta_pcache_drain_all(void) {
 void ta_pcache_thread_exit(void *arg) {
     ta_pcache_t *c = arg;
     if (ta_trace_on) ta_trace_thread_exit();
+    /* (the destructors of keys made later run after this one, and may free:
+     * a slow path then must not count the thread again, for good) */
+    thread_gone = true;
     forget_user();
     if (!c || c == &pcache_dead || c->cpu >= 0) {
         ta_sample_thread_exit();

@@ -698,6 +698,37 @@ Test(pcache, threads_that_come_and_go_one_at_a_time_leave_a_cpu_its_budget) {
                  (unsigned long)cap_after, (unsigned long)base);
 }
 
+/* The same, where each thread frees blocks from a destructor of its own that
+ * runs after tier 1's (a key made later: glibc runs them in key order), as
+ * libraries that keep per-thread state do: a slow path taken then must not
+ * count the thread among the CPU's users again, for good. */
+static pthread_key_t late_key;
+static void late_frees(void *arg) {
+    void **p = arg;
+    for (int i = 0; i < 3000; i++) free(p[i]);
+    free(p);
+}
+static void *crowd_member_late(void *arg) {
+    pin(*(int *)arg);
+    void **p = malloc(3000 * sizeof *p);
+    for (int i = 0; i < 3000; i++) p[i] = malloc(48); /* more than a class keeps: slow paths */
+    pthread_setspecific(late_key, p);
+    return NULL;
+}
+Test(pcache, threads_that_free_in_their_last_destructors_leave_a_cpu_its_budget) {
+    NEED_PERCPU();
+    ta_cfg.decay_ms = 60000;
+    cr_assert_eq(pthread_key_create(&late_key, late_frees), 0);
+    lone_thread_borrows();
+    for (int i = 0; i < 40; i++) run_thread(crowd_member_late, &lone_thread.cpu); /* (more than CPU_USERS) */
+    const uint64_t base = ta_cfg.cpu_cache_bytes;
+    uint64_t cap_after = slab_bytes(cpu_slab(lone_thread.cpu), true);
+    cr_assert_gt(cap_after, base,
+                 "40 threads that freed in a late destructor, one after another, took the CPU's budget: capacity %lu "
+                 "bytes, base %lu",
+                 (unsigned long)cap_after, (unsigned long)base);
+}
+
 /* A class nobody uses any more gives back half of what it holds (and as much
  * capacity) once per decay period, from the slow paths of other classes: the
  * thread's own (per thread) or any CPU's (per CPU: every CPU is scanned).
