@@ -147,9 +147,31 @@ static inline uint64_t zigzag(uint64_t a, uint64_t b) { /* a - b, signed, zigzag
     return ((uint64_t)d << 1) ^ (uint64_t)(d >> 63);
 }
 
+/* Records of threads past their exit: the destructors of keys made after
+ * tier 1's run after ta_trace_thread_exit and may still allocate and free.
+ * A buffer of their own would have no owner left to flush it (its records
+ * lost) or to give it back (one buffer more with every such thread), so they
+ * share one, written under list_lock, flushed when full and at exit: one
+ * thread of its own in the trace. */
+static tbuf_t *late_buf;
+static __thread bool trace_gone __attribute__((tls_model("initial-exec")));
+
+/* late_buf, locked (NULL, not locked, without memory for it) */
+static tbuf_t *late_lock(void) {
+    ta_lock(&list_lock);
+    if (!late_buf && (late_buf = ta_os_map(BUF_BYTES, 4096))) {
+        late_buf->used = late_buf->alive = true; /* (not on all_bufs: no thread takes it) */
+        late_buf->thread = __atomic_add_fetch(&thread_seq, 1, __ATOMIC_RELAXED);
+        late_buf->len = HDR;
+    }
+    if (!late_buf) ta_unlock(&list_lock);
+    return late_buf;
+}
+
 static inline tbuf_t *cur_buf(void) {
     tbuf_t *b = my_buf;
     if (TA_UNLIKELY(!b)) {
+        if (TA_UNLIKELY(trace_gone)) return late_lock();
         b = buf_new();
         ta_tls.sample_left = INT64_MIN / 4; /* every malloc of this thread takes the slow path */
     }
@@ -181,6 +203,7 @@ static inline void commit(tbuf_t *b, uint8_t *end) {
     b->len = (size_t)(end - b->data);
     b->nrec++;
     if (b->len > BUF_BYTES - sizeof(tbuf_t) - MAX_REC) buf_flush(b);
+    if (TA_UNLIKELY(b == late_buf)) ta_unlock(&list_lock); /* (cur_buf took it) */
 }
 
 void ta_trace_alloc(int op, void *q, size_t n, size_t align) {
@@ -292,6 +315,7 @@ void ta_trace_init(void) {
 }
 
 void ta_trace_thread_exit(void) {
+    trace_gone = true; /* from now on its records go to late_buf */
     tbuf_t *b = my_buf;
     if (!b) return;
     buf_flush(b);
@@ -307,6 +331,7 @@ __attribute__((destructor)) static void trace_at_exit(void) {
     ta_lock(&list_lock);
     for (tbuf_t *b = all_bufs; b; b = b->next_all)
         if (b->used && !b->alive) buf_flush(b);
+    if (late_buf) buf_flush(late_buf);
     ta_unlock(&list_lock);
     errno = saved;
 }
@@ -322,6 +347,11 @@ void ta_trace_unlock_all(bool child) {
         for (tbuf_t *b = all_bufs; b; b = b->next_all) {
             b->used = b->alive = false;
             b->len = HDR;
+        }
+        if (late_buf) { /* (its ids were drawn from the parent's) */
+            late_buf->len = HDR;
+            late_buf->nrec = 0;
+            late_buf->prev_id = late_buf->next_id = late_buf->id_end = 0;
         }
         my_buf = NULL;
         min_id = id_seq;

@@ -145,6 +145,18 @@ Test(trace, thread_churn) {
     cr_assert_geq(field("malloc"), 64 * 2142, "%s", rp.out);
 }
 
+/* Threads that free in a destructor of their own, after the library's has
+ * run: those frees are in the trace (flushed, not left in a buffer no thread
+ * owns any more), every block freed. */
+Test(trace, frees_in_a_threads_last_destructors_are_recorded) {
+    char *argv[] = {(char *)tu_build_path("tests/trace_prog"), "late", NULL};
+    record("late.bin", argv, NULL);
+    replay_ok("late.bin");
+    /* each thread: 51 mallocs and 10 pairs in its destructor, all freed */
+    cr_assert_geq(field("malloc"), 32 * 61, "%s", rp.out);
+    cr_assert_geq(field("free"), 32 * 61, "%s", rp.out);
+}
+
 Test(trace, fork_gives_the_child_its_own_file) {
     char *argv[] = {(char *)tu_build_path("tests/trace_prog"), "fork", NULL};
     record("fork.%p.bin", argv, NULL);

@@ -2,7 +2,10 @@
  *   threads  4 threads allocating with every call kind, and blocks handed
  *            from the main thread to a consumer thread that frees them
  *   churn    64 short-lived threads, a few at a time
- *   fork     allocations before, in the child and after a fork */
+ *   fork     allocations before, in the child and after a fork
+ *   late     32 threads, one at a time, that free their blocks (and
+ *            allocate more) in a destructor of their own, which runs after
+ *            the library's (its key is made later) */
 #define _GNU_SOURCE
 #include <malloc.h>
 #include <pthread.h>
@@ -51,6 +54,26 @@ static void *consumer(void *arg) {
     return NULL;
 }
 
+#define LATE_BLOCKS 50
+static pthread_key_t late_key;
+static void late_destructor(void *arg) {
+    void **p = arg;
+    for (int i = 0; i < LATE_BLOCKS; i++) free(p[i]);
+    free(p);
+    for (int i = 0; i < 10; i++) {
+        char *q = malloc(100 + i);
+        *(volatile char *)q = 1; /* (or the compiler drops the pair) */
+        free(q);
+    }
+}
+static void *late_worker(void *arg) {
+    (void)arg;
+    void **p = malloc(LATE_BLOCKS * sizeof *p);
+    for (int i = 0; i < LATE_BLOCKS; i++) p[i] = malloc(40 + i);
+    pthread_setspecific(late_key, p);
+    return NULL;
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "threads";
     if (!strcmp(mode, "threads")) {
@@ -67,6 +90,14 @@ int main(int argc, char **argv) {
             pthread_t t[4];
             for (int i = 0; i < 4; i++) pthread_create(&t[i], NULL, worker, (void *)(size_t)(r * 4 + i + 1));
             for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+        }
+    } else if (!strcmp(mode, "late")) {
+        free(malloc(1)); /* the library's key first */
+        if (pthread_key_create(&late_key, late_destructor)) return 1;
+        for (int i = 0; i < 32; i++) {
+            pthread_t t;
+            pthread_create(&t, NULL, late_worker, NULL);
+            pthread_join(t, NULL);
         }
     } else if (!strcmp(mode, "fork")) {
         work(7, 2000);
