@@ -484,7 +484,8 @@ int ta_impl_malloc_trim(size_t pad) {
     ta_pcache_flush_current();
     ta_pcache_drain_all();
     ta_central_drain();
-    size_t released = ta_pageheap_release(true);
+    size_t released = ta_pcache_release_free_slabs(UINT64_MAX);
+    released += ta_pageheap_release(true);
     released += ta_meta_trim();
     return released > 0;
 }

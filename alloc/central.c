@@ -45,6 +45,7 @@ typedef struct central_class {
 typedef struct transfer {
     ta_lock_t lock;
     uint32_t n;
+    bool used;          /* taken from or put into since the last decay period (under lock) */
     ta_slot_t *slots;
     uint64_t hits, misses;
 } __attribute__((aligned(64))) transfer_t;
@@ -400,6 +401,7 @@ static uint32_t transfer_take(uint32_t sh, uint32_t cls, ta_slot_t *out, uint32_
     __atomic_store_n(&t->n, n - k, __ATOMIC_RELAXED); /* read unlocked above */
     memcpy(out, t->slots + (n - k), k * sizeof(ta_slot_t));
     if (k) t->hits++;
+    t->used = true;
     ta_unlock(&t->lock);
     return k;
 }
@@ -441,6 +443,7 @@ void ta_central_free(uint32_t cls, const ta_slot_t *in, uint32_t n, uint32_t sha
         k = tc_cap[cls] - t->n < n ? tc_cap[cls] - t->n : n;
         memcpy(t->slots + t->n, in, k * sizeof(ta_slot_t));
         __atomic_store_n(&t->n, t->n + k, __ATOMIC_RELAXED); /* read unlocked by the others */
+        t->used = true;
         TA_ASSERT(t->n <= tc_cap[cls]);
         ta_unlock(&t->lock);
     }
@@ -452,27 +455,34 @@ void ta_central_free_spans(uint32_t cls, const ta_slot_t *in, uint32_t n) {
     free_to_spans(cls, in, n);
 }
 
-/* Move half (or, without `half`, all) of a transfer cache's objects back to their spans. */
-static void transfer_release(uint32_t sh, uint32_t c, bool half) {
+/* Move a transfer cache's objects back to their spans: with `decay`, half of
+ * them and 256 at most if the cache was used in the last decay period, else
+ * all of them; without, all.  256 at a time, the lock let go in between. */
+static void transfer_release(uint32_t sh, uint32_t c, bool decay) {
     transfer_t *t = &transfer[sh][c];
     ta_slot_t buf[256];
+    if (!__atomic_load_n(&t->n, __ATOMIC_RELAXED)) return;
+    ta_lock(&t->lock);
+    bool half = decay && t->used;
+    t->used = false;
+    ta_unlock(&t->lock);
     for (;;) {
-        if (!__atomic_load_n(&t->n, __ATOMIC_RELAXED)) return;
         ta_lock(&t->lock);
         uint32_t n = t->n, k = half ? (n + 1) / 2 : n;
         if (k > 256) k = 256;
         __atomic_store_n(&t->n, n - k, __ATOMIC_RELAXED);
         memcpy(buf, t->slots + (n - k), k * sizeof(ta_slot_t));
         ta_unlock(&t->lock);
+        if (!k) return;
         free_to_spans(c, buf, k);
         if (half) return;
     }
 }
 
-/* Every decay period, move half of what each transfer cache holds back to the
- * spans: a cache that is in use refills, one that is not drains away and its
- * spans can go back to the page heap (and from there to the OS).  Then the
- * page heap's own decay. */
+/* Every decay period, each transfer cache gives back to the spans half of
+ * what it holds if it was used in the period, all of it if not: a cache in
+ * use refills, one that is not drains away and its spans can go back to the
+ * page heap (and from there to the OS).  Then the page heap's own decay. */
 void ta_central_tick(uint64_t now) {
     static uint64_t last_ms;
     if (ta_period_claim(&last_ms, now, ta_cfg.decay_ms)) {

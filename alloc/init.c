@@ -101,7 +101,9 @@ static void *bg_main(void *arg) {
         while (clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, &ts) == EINTR) {
         }
         ta_solo_pause(); /* the program thread takes locks with atomics meanwhile */
+        uint64_t ops = ta_pageheap_ops();
         ta_pcache_decay_tick(); /* idle caches drain (tiers 1 and 2) */
+        ta_pageheap_ops_by_decay(ops); /* (what that did to the page heap is not the program's) */
         ta_pageheap_decay(false);
         ta_solo_resume();
     }

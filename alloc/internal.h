@@ -740,6 +740,8 @@ void ta_pageheap_tick(uint64_t now); /* now: ta_os_now_ms(), read once by the ca
 /* one decay pass now (the background thread; force: ignore the demand peak);
  * returns the bytes released */
 size_t ta_pageheap_decay(bool force);
+uint64_t ta_pageheap_ops(void);                 /* allocations and frees of spans so far */
+void ta_pageheap_ops_by_decay(uint64_t before); /* those since `before` were the decay's: the heap stays idle */
 /* the heap is worth a background thread (a few MiB; in a child of fork, a
  * decay period old) */
 bool ta_pageheap_bg_due(void);

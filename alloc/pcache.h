@@ -296,6 +296,7 @@ void ta_pcache_note_user(void);                  /* per CPU: count the caller am
 void ta_pcache_free_slow(void *p, uint32_t cls, uint8_t *state); /* overflow: flush a batch, then keep p (state: its byte) */
 void ta_pcache_flush_current(void);              /* empty the calling thread's cache (per-thread mode) */
 void ta_pcache_drain_all(void);                  /* malloc_trim: empty every CPU's cache */
+size_t ta_pcache_release_free_slabs(uint64_t freed_before); /* exited threads' slabs to the OS: bytes */
 void ta_pcache_thread_exit(void *arg);
 uint64_t ta_pcache_bytes(uint32_t cls_or_all);   /* bytes held in all caches (approximate) */
 typedef struct ta_pcache_stats {
