@@ -474,6 +474,12 @@ void ta_impl_free_aligned_sized(void *p, size_t align, size_t size) {
     ta_do_free(p);
 }
 
+void ta_consolidate_caches(void) {
+    ta_pcache_flush_current();
+    ta_pcache_drain_all(); /* (the CPUs' caches, if any) */
+    ta_central_drain();
+}
+
 int ta_impl_malloc_trim(size_t pad) {
     (void)pad;
     if (!ta_ensure_init()) return 0;

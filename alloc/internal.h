@@ -801,6 +801,10 @@ void ta_central_free_spans(uint32_t cls, const ta_slot_t *in, uint32_t n);
 void ta_central_tick(uint64_t now);
 /* Move everything in the transfer caches back to spans (malloc_trim). */
 void ta_central_drain(void);
+/* (api.c) the caller's own cache, the CPUs' and the transfer caches back to their spans:
+ * the page heap asks before a large request would take pages it has not got
+ * resident, while it holds that much free (consolidate_due); no lock held */
+void ta_consolidate_caches(void);
 /* Spans of class cls with free objects on a shard's list (its own spans). */
 uint32_t ta_central_listed(uint32_t cls, uint32_t shard);
 uint32_t ta_central_shards(void); /* shards in use (1..4): shard arguments are taken modulo this */
