@@ -685,6 +685,10 @@ static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t c
             ta_unlock(&ph_lock);
             ta_consolidate_caches(); /* (frees spans into the heap: takes ph_lock) */
             ta_lock(&ph_lock);
+            if (!spare_fill(3)) { /* (others may have taken the spares meanwhile) */
+                ta_unlock(&ph_lock);
+                return NULL;
+            }
             s = find_fit(0, want);
         }
         if (!s) s = find_fit(1, want);
