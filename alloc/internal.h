@@ -551,18 +551,22 @@ static inline uint64_t ta_pagemap_info_known(uintptr_t page) {
 /* The span of a page known to be in use (an object that tier 1 held): no range
  * or leaf check. */
 static inline struct ta_span *ta_pagemap_span_known(uintptr_t page) {
-    return ta_pm_root[page >> TA_PM_LEAF_BITS]->span[page & ((1u << TA_PM_LEAF_BITS) - 1)];
+    return __atomic_load_n(&ta_pm_root[page >> TA_PM_LEAF_BITS]->span[page & ((1u << TA_PM_LEAF_BITS) - 1)],
+                           __ATOMIC_RELAXED);
 }
 static inline struct ta_span *ta_pagemap_span(uintptr_t page) {
     if (TA_UNLIKELY(page >> (TA_PM_ROOT_BITS + TA_PM_LEAF_BITS))) return NULL;
     ta_pm_leaf_t *leaf = ta_pm_root[page >> TA_PM_LEAF_BITS];
-    return leaf ? leaf->span[page & ((1u << TA_PM_LEAF_BITS) - 1)] : NULL;
+    /* (relaxed: the page heap reads a free span's neighbours' entries under
+     * its lock while an arena chunk's entries are written without it; a
+     * plain load on x86-64) */
+    return leaf ? __atomic_load_n(&leaf->span[page & ((1u << TA_PM_LEAF_BITS) - 1)], __ATOMIC_RELAXED) : NULL;
 }
 /* The span record the pagemap names for the page of address a (NULL: none) */
 static inline struct ta_span *ta_pagemap_span_at(uintptr_t a) {
     uintptr_t off = a - TA_PM_HOT_BASE();
     __atomic_signal_fence(__ATOMIC_ACQUIRE); /* (as ta_pagemap_entry_at) */
-    if (TA_LIKELY(off < TA_PM_LEAF_SPAN)) return ta_pm_hot.leaf->span[off >> TA_PAGE_SHIFT];
+    if (TA_LIKELY(off < TA_PM_LEAF_SPAN)) return __atomic_load_n(&ta_pm_hot.leaf->span[off >> TA_PAGE_SHIFT], __ATOMIC_RELAXED);
     return ta_pagemap_span(a >> TA_PAGE_SHIFT);
 }
 #define TA_INFO(cls, page_index) ((uint64_t)(cls) | (uint64_t)(page_index) << 8)
@@ -582,7 +586,7 @@ static inline void ta_pagemap_set(uintptr_t page, struct ta_span *s, uint64_t in
     ta_pm_leaf_t *leaf = ta_pm_root[page >> TA_PM_LEAF_BITS];
     TA_ASSERT(leaf);
     uintptr_t i = page & ((1u << TA_PM_LEAF_BITS) - 1);
-    leaf->span[i] = s;
+    __atomic_store_n(&leaf->span[i], s, __ATOMIC_RELAXED); /* (see ta_pagemap_span) */
     ta_pm_entry_t *e = &leaf->entry[i];
     if (info) {
         __atomic_store_n(&e->info, info, __ATOMIC_RELEASE);

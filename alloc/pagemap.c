@@ -50,7 +50,7 @@ void ta_pagemap_clear(uintptr_t first, uintptr_t n) {
         /* only entries that are set are written: an untouched part of a
          * leaf stays untouched (not resident) */
         if (leaf->entry[i].info) ta_pm_entry_clear(&leaf->entry[i]);
-        if (leaf->span[i]) leaf->span[i] = NULL;
+        if (__atomic_load_n(&leaf->span[i], __ATOMIC_RELAXED)) __atomic_store_n(&leaf->span[i], NULL, __ATOMIC_RELAXED);
     }
 }
 

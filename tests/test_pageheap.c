@@ -936,6 +936,7 @@ Test(pageheap, the_decays_own_operations_leave_an_idle_heap_idle) {
  * new ones (before: 20 MB more mapped and resident at the last block). */
 Test(pageheap, a_large_request_reuses_pages_small_blocks_freed) {
     enum { N = 200000 };
+    ta_cfg.quarantine_bytes = 0; /* (hardened build: a quarantine keeps freed blocks, and their spans, on purpose) */
     static void *v[N];
     for (int i = 0; i < N; i++) {
         size_t n = (size_t)(i * 7919) % 3000 + 1;
