@@ -935,8 +935,12 @@ Test(pageheap, the_decays_own_operations_leave_an_idle_heap_idle) {
  * back to their spans first, and is served from the merged pages instead of
  * new ones (before: 20 MB more mapped and resident at the last block). */
 Test(pageheap, a_large_request_reuses_pages_small_blocks_freed) {
+    /* (the hardened build: each freed span's guard page comes back released,
+     * not resident, and only spans of one kind merge, so its resident free
+     * pages stay in span-sized pieces whatever the caches do: 441 MiB free,
+     * the caches drained, 119 MiB mapped for the large blocks) */
+    SKIP_IF_GUARDED();
     enum { N = 200000 };
-    ta_cfg.quarantine_bytes = 0; /* (hardened build: a quarantine keeps freed blocks, and their spans, on purpose) */
     static void *v[N];
     for (int i = 0; i < N; i++) {
         size_t n = (size_t)(i * 7919) % 3000 + 1;
