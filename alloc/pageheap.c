@@ -627,7 +627,10 @@ ta_span_t *ta_pageheap_alloc_growable(uintptr_t npages) {
  * (ta_pageheap_alloc_large), whose caller holds no other lock. */
 static bool consolidate_due(uintptr_t want) {
     static uint64_t last_ms;
-    if (ph_stats.free_bytes < ((uint64_t)want << TA_PAGE_SHIFT)) return false;
+    /* (not in the hardened build: each freed span's guard page comes back
+     * released and keeps the resident free pages apart whatever the caches
+     * do; see pageheap::a_large_request_reuses_pages_small_blocks_freed) */
+    if (TA_GUARD_PAGES || ph_stats.free_bytes < ((uint64_t)want << TA_PAGE_SHIFT)) return false;
     uint64_t now = ta_os_now_ms();
     if (last_ms && now - last_ms < ta_cfg.decay_ms / 8) return false;
     last_ms = now;

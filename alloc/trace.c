@@ -159,13 +159,15 @@ static __thread bool trace_gone __attribute__((tls_model("initial-exec")));
 /* late_buf, locked (NULL, not locked, without memory for it) */
 static tbuf_t *late_lock(void) {
     ta_lock(&list_lock);
-    if (!late_buf && (late_buf = ta_os_map(BUF_BYTES, 4096))) {
-        late_buf->used = late_buf->alive = true; /* (not on all_bufs: no thread takes it) */
-        late_buf->thread = __atomic_add_fetch(&thread_seq, 1, __ATOMIC_RELAXED);
-        late_buf->len = HDR;
+    tbuf_t *b = late_buf;
+    if (!b && (b = ta_os_map(BUF_BYTES, 4096))) {
+        b->used = b->alive = true; /* (not on all_bufs: no thread takes it) */
+        b->thread = __atomic_add_fetch(&thread_seq, 1, __ATOMIC_RELAXED);
+        b->len = HDR;
+        __atomic_store_n(&late_buf, b, __ATOMIC_RELAXED); /* (commit compares with it unlocked) */
     }
-    if (!late_buf) ta_unlock(&list_lock);
-    return late_buf;
+    if (!b) ta_unlock(&list_lock);
+    return b;
 }
 
 static inline tbuf_t *cur_buf(void) {
@@ -203,7 +205,7 @@ static inline void commit(tbuf_t *b, uint8_t *end) {
     b->len = (size_t)(end - b->data);
     b->nrec++;
     if (b->len > BUF_BYTES - sizeof(tbuf_t) - MAX_REC) buf_flush(b);
-    if (TA_UNLIKELY(b == late_buf)) ta_unlock(&list_lock); /* (cur_buf took it) */
+    if (TA_UNLIKELY(b == __atomic_load_n(&late_buf, __ATOMIC_RELAXED))) ta_unlock(&list_lock); /* (cur_buf took it) */
 }
 
 void ta_trace_alloc(int op, void *q, size_t n, size_t align) {
