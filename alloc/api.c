@@ -474,6 +474,7 @@ void ta_impl_free_aligned_sized(void *p, size_t align, size_t size) {
     ta_do_free(p);
 }
 
+/* (also the first step of malloc_trim) */
 void ta_consolidate_caches(void) {
     ta_pcache_flush_current();
     ta_pcache_drain_all(); /* (the CPUs' caches, if any) */
@@ -487,9 +488,7 @@ int ta_impl_malloc_trim(size_t pad) {
     ta_quarantine_drain(); /* the blocks it held go to tier 1, flushed below */
 #endif
     ta_arena_trim_current();
-    ta_pcache_flush_current();
-    ta_pcache_drain_all();
-    ta_central_drain();
+    ta_consolidate_caches();
     size_t released = ta_pcache_release_free_slabs(UINT64_MAX);
     released += ta_pageheap_release(true);
     released += ta_meta_trim();

@@ -781,6 +781,13 @@ static void trim_thread_cache(ta_pcache_t *c) {
     }
 }
 
+/* The pages of thread cache c's slab go back to the OS (it reads as zero
+ * after); not ta_os_release: these are metadata, not heap pages. */
+static void slab_release(ta_pcache_t *c) {
+    ta_sys3(SYS_madvise, c->slab, slab_bytes, MADV_DONTNEED);
+    c->slab_released = true;
+}
+
 /* The records of exited threads wait on pcache_free for the next thread,
  * each with its slab, whose touched pages (headers and the slots of the
  * classes it used: 30-40 KiB each in a program of many sizes) stay resident:
@@ -802,9 +809,7 @@ size_t ta_pcache_release_free_slabs(uint64_t freed_before) {
     size_t bytes = 0;
     for (ta_pcache_t *c = list; c; c = c->next_all) {
         if (c->slab_released || c->freed_ms > freed_before) continue;
-        /* (not ta_os_release: these are metadata, not heap pages) */
-        ta_sys3(SYS_madvise, c->slab, slab_bytes, MADV_DONTNEED);
-        c->slab_released = true;
+        slab_release(c);
         bytes += slab_bytes;
     }
     ta_lock(&reg_lock); /* back, after those freed meanwhile (resident: reused first) */
@@ -869,8 +874,7 @@ static void unregister(ta_pcache_t *c) {
 static void retire(ta_pcache_t *c) {
     release(c, true, false);
     unregister(c);
-    /* (not ta_os_release: these are metadata, not heap pages) */
-    ta_sys3(SYS_madvise, c->slab, slab_bytes, MADV_DONTNEED);
+    slab_release(c);
     __atomic_store_n(&c->state, TA_PC_RETIRED, __ATOMIC_RELEASE);
 }
 
