@@ -281,6 +281,10 @@ static void *realloc_move(void *p, size_t old, size_t n) {
  * the classes for a span of its own that can grow in place. */
 #define REALLOC_SPAN_MIN ((size_t)2 << 10)
 #define REALLOC_SLACK ((size_t)128 << 10)
+/* From this size a large block that must move to grow moves its pages
+ * instead of its bytes (two system calls, against a copy and a fault per
+ * page; each such move is a kernel mapping more, so not for every size). */
+#define REALLOC_MOVE_MIN ((size_t)1 << 20)
 
 /* The block stays where it is: a small block whose class still fits n and
  * wastes under half; a large block whose pages hold n, with a tail of at most
@@ -375,8 +379,18 @@ static void *realloc_large(void *p, ta_span_t *s, size_t n) {
      * lock once every few steps rather than at each one */
     uintptr_t more = npages < 16 ? npages : npages / 4; /* small spans double */
     if (ta_pageheap_grow(s, npages + more) || ta_pageheap_grow(s, npages)) return p;
-    /* otherwise move to the start of the longest free span, so that the
-     * next growth happens in place */
+    /* otherwise a block of REALLOC_MOVE_MIN or more moves its pages (no copy:
+     * see ta_pageheap_move_large), a smaller one (or where the kernel cannot
+     * move pages) goes by copy to the start of the longest free span; either
+     * way with room to grow in place next time */
+    if (old >= REALLOC_MOVE_MIN && !s->sample) {
+        ta_span_t *t = ta_pageheap_move_large(s, npages);
+        if (t) {
+            void *q = ta_span_addr(t);
+            realloc_last = (struct realloc_last){q, t};
+            return q;
+        }
+    }
     void *q = alloc_span_for(n, 0, false, true);
     if (!q) return NULL;
     memcpy(q, p, old);

@@ -386,6 +386,13 @@ bool ta_os_unmap(void *p, size_t size);
 bool ta_os_protect(void *p, size_t size, bool access);
 /* Give the pages back to the OS (they read as zero afterwards). */
 void ta_os_release(void *p, size_t size);
+/* Move the pages of [from, from + size) to the start of `to`, a mapping of
+ * ours of to_size >= size bytes (ta_os_map), without copying them (mremap
+ * moves their page-table entries): from stays mapped, zero and not resident;
+ * the rest of `to` is zero.  false: nothing moved (the kernel lacks
+ * MREMAP_DONTUNMAP, from lies in two mappings, no memory), from intact and
+ * `to` given up (unmapped; the caller must not use it). */
+bool ta_os_move(void *from, size_t size, void *to, size_t to_size);
 /* Bytes of [p, p + size) resident now (mincore: OS pages present, the shared
  * zero page included where a read mapped it); p page aligned.  For statistics. */
 uint64_t ta_os_resident(const void *p, size_t size);
@@ -423,6 +430,7 @@ typedef struct ta_os_stats {
     uint64_t mapped_bytes;    /* currently mapped */
     uint64_t released_bytes;  /* cumulative bytes given back with madvise */
     uint64_t n_mmap, n_munmap, n_madvise;
+    uint64_t n_moved;         /* ta_os_move's that moved (blocks realloc moved without a copy) */
 } ta_os_stats_t;
 void ta_os_stats(ta_os_stats_t *out);
 
@@ -753,6 +761,11 @@ bool ta_pageheap_bg_due(void);
 extern bool ta_pageheap_bg_active;
 /* Try to grow an in-use large span in place to n pages; true on success. */
 bool ta_pageheap_grow(ta_span_t *s, uintptr_t npages);
+/* realloc of in-use large block s (unsampled) to npages pages where it cannot
+ * grow in place: its pages move to a new mapping (ta_os_move: no copy, no page
+ * faulted) with as much room again behind the block; s goes back to the heap
+ * as released pages.  The new block's span, or NULL (s untouched: copy). */
+ta_span_t *ta_pageheap_move_large(ta_span_t *s, uintptr_t npages);
 /* Give the pages of in-use large span s beyond its first npages back to the
  * heap (untouched: nobody wrote them since the span was allocated); false
  * when out of metadata (s is left as it was, still valid). */

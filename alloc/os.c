@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -26,7 +27,7 @@ long ta_sys(long nr, long a, long b, long c, long d, long e, long f) {
 }
 #endif
 
-static uint64_t os_mapped, os_released, os_nmmap, os_nmunmap, os_nmadvise;
+static uint64_t os_mapped, os_released, os_nmmap, os_nmunmap, os_nmadvise, os_nmoved;
 
 static void *map_raw(void *hint, size_t size, int extra) {
     long r = ta_sys6(SYS_mmap, hint, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | extra, -1, 0);
@@ -97,6 +98,58 @@ void ta_os_release(void *p, size_t size) {
     __atomic_fetch_add(&os_nmadvise, 1, __ATOMIC_RELAXED);
 }
 
+/* Linux 5.7+: the source stays mapped, as fresh zero pages (older kernels
+ * refuse the flag with EINVAL, before they change anything) */
+#ifndef MREMAP_MAYMOVE /* (<sys/mman.h> has them with _GNU_SOURCE only) */
+#define MREMAP_MAYMOVE 1
+#define MREMAP_FIXED 2
+#endif
+#ifndef MREMAP_DONTUNMAP
+#define MREMAP_DONTUNMAP 4
+#endif
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+static bool move_refused; /* the kernel has no MREMAP_DONTUNMAP: copy, as before */
+
+/* Two steps, so that no failure leaves a hole in a mapping of ours that
+ * another thread's mmap could take meanwhile.  mremap with MREMAP_FIXED
+ * unmaps its destination first and may fail after that (the source spans two
+ * mappings, no memory for the kernel's records); without it, the kernel
+ * places the pages where it likes and fails before it changes anything.  So
+ * the pages first go where the kernel likes, whole mapping left in place
+ * (MREMAP_DONTUNMAP), and only then, from that one mapping of exactly their
+ * size, over `to`.  Should that second step fail, the bytes go back by copy
+ * and `to` is given up: unmapped when it is still ours for sure, else left
+ * alone (false either way; the caller stops using it). */
+bool ta_os_move(void *from, size_t size, void *to, size_t to_size) {
+    if (__atomic_load_n(&move_refused, __ATOMIC_RELAXED)) return false;
+    long tmp = ta_sys4(SYS_mremap, from, size, size, MREMAP_MAYMOVE | MREMAP_DONTUNMAP);
+    if (tmp < 0 && tmp > -4096) {
+        if (tmp == -EINVAL) __atomic_store_n(&move_refused, true, __ATOMIC_RELAXED);
+        ta_os_unmap(to, to_size);
+        return false;
+    }
+    long r = ta_sys6(SYS_mremap, tmp, size, to_size, MREMAP_MAYMOVE | MREMAP_FIXED, to, 0);
+    if (r == (long)to) {
+        __atomic_fetch_add(&os_nmoved, 1, __ATOMIC_RELAXED);
+        return true;
+    }
+    /* (never seen: only the kernel running out of memory for its records) */
+    memcpy(from, (void *)tmp, size);
+    unmap_raw((void *)tmp, size);
+    void *back = map_raw(to, size, MAP_FIXED_NOREPLACE);
+    if (back == to) {
+        ta_os_unmap(to, to_size); /* it had been unmapped: all of it is ours again */
+    } else {
+        if (back) unmap_raw(back, size); /* (a kernel that took the flag for a hint) */
+        /* its first part is another mapping now, or ours still: only the rest goes */
+        if (to_size > size) ta_os_unmap((char *)to + size, to_size - size);
+        __atomic_fetch_sub(&os_mapped, size, __ATOMIC_RELAXED);
+    }
+    return false;
+}
+
 uint64_t ta_os_resident(const void *p, size_t size) {
     unsigned char vec[1024]; /* one byte per OS page: 4 MiB per call */
     uint64_t resident = 0;
@@ -129,4 +182,5 @@ void ta_os_stats(ta_os_stats_t *out) {
     out->n_mmap = __atomic_load_n(&os_nmmap, __ATOMIC_RELAXED);
     out->n_munmap = __atomic_load_n(&os_nmunmap, __ATOMIC_RELAXED);
     out->n_madvise = __atomic_load_n(&os_nmadvise, __ATOMIC_RELAXED);
+    out->n_moved = __atomic_load_n(&os_nmoved, __ATOMIC_RELAXED);
 }

@@ -131,6 +131,7 @@ void ta_snapshot(struct ta_stats *st, bool resident) {
     st->os_mmap_total = os.n_mmap;
     st->os_munmap_total = os.n_munmap;
     st->os_madvise_total = os.n_madvise;
+    st->os_moves_total = os.n_moved;
     st->os_released_bytes_total = os.released_bytes;
     ta_sample_counts(&st->sample_rate, &st->samples_total, &st->sampled_live_blocks,
                      &st->sampled_live_bytes, &st->allocated_bytes_total);
@@ -233,7 +234,7 @@ static void write_text(ta_out_t *o, const struct ta_stats *s) {
     ta_out_printf(o, "  OS                 mmap %llu, munmap %llu, madvise %llu (", (unsigned long long)s->os_mmap_total,
                (unsigned long long)s->os_munmap_total, (unsigned long long)s->os_madvise_total);
     out_mib(o, s->os_released_bytes_total, 0);
-    ta_out_printf(o, " MiB released in all)\n");
+    ta_out_printf(o, " MiB released in all), blocks moved by mremap %llu\n", (unsigned long long)s->os_moves_total);
     ta_out_printf(o, "  allocated in all   %llu bytes requested\n", (unsigned long long)s->allocated_bytes_total);
     if (s->sample_rate)
         ta_out_printf(o, "  sampling           1 in %llu bytes: %llu samples, %llu live (%llu bytes)\n",
@@ -282,7 +283,7 @@ static const struct {
     J(pageheap_grows_total), J(pageheap_coalesces_total), J(os_mmap_total), J(os_munmap_total),
     J(os_madvise_total), J(os_released_bytes_total), J(threads), J(sample_rate), J(samples_total),
     J(sampled_live_blocks), J(sampled_live_bytes), J(guard_bytes), J(quarantine_bytes),
-    J(metadata_resident_bytes),
+    J(metadata_resident_bytes), J(os_moves_total),
 };
 #undef J
 #define K(name) {#name, offsetof(struct ta_class_stats, name)}

@@ -84,7 +84,7 @@ int ta_owns(const void *p);
  * or ta_stats_read does); the library fills at most that many bytes and sets
  * version and size to what it filled.  New fields are only ever added at the
  * end, so a program built against an older header keeps working. */
-#define TA_STATS_VERSION 3 /* 2: guard_bytes and quarantine_bytes; 3: metadata_resident_bytes */
+#define TA_STATS_VERSION 4 /* 2: guard_bytes and quarantine_bytes; 3: metadata_resident_bytes; 4: os_moves_total */
 #define TA_STATS_CLASSES 128
 
 struct ta_class_stats {
@@ -156,6 +156,10 @@ struct ta_stats {
                                   or CPU's slab 1 MiB, touched only where they are used.
                                   Found with a system call per metadata mapping (a process
                                   with 2 000 threads has 2 000 slabs: some milliseconds) */
+    /* version 4 */
+    uint64_t os_moves_total;   /* large blocks realloc moved by moving their pages (mremap),
+                                  not their bytes: blocks of 1 MiB or more that could not grow
+                                  in place */
 };
 #ifndef __cplusplus
 #define TA_STATS_INIT {.version = TA_STATS_VERSION, .size = (uint32_t)sizeof(struct ta_stats)}

@@ -10,6 +10,7 @@
 #include <malloc.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/mman.h>
 
 #include "tieralloc.h"
 #ifdef HAVE_CONFIG_H
@@ -455,6 +456,57 @@ Test(api, realloc_growth_happens_in_place) {
         n = m;
     }
     free(p);
+}
+
+/* A buffer doubled by realloc to 128 MiB, every page written: the steps that
+ * must move it (above 1 MiB: every other one, the move leaves as much room
+ * again) move its pages, not its bytes (stats:
+ * os_moves_total), so the old copy is not left resident behind it: the
+ * resident set grows by about the buffer, not by the buffer and the copies
+ * it left (glibc, which mremaps its mmapped chunks, 1x; a copy, 1.7x).  Two
+ * buffers grown in turn, so that neither can simply stay at the heap's end.
+ * Where the kernel cannot move pages (Linux before 5.7, the hardened build),
+ * only the contents are checked. */
+Test(api, a_buffer_doubled_to_128_mib_moves_its_pages_not_its_bytes, .timeout = 120) {
+    const size_t top = (size_t)128 << 20;
+    struct ta_stats a = TA_STATS_INIT, b = TA_STATS_INIT;
+    malloc_trim(0);
+    size_t rss0 = tu_rss_bytes();
+    cr_assert_eq(ta_stats_get(&a), 0);
+    unsigned char *p[2] = {NULL, NULL};
+    size_t n[2] = {0, 0};
+    for (size_t m = 4096; m <= top; m *= 2)
+        for (int k = 0; k < 2; k++) {
+            unsigned char *q = realloc(p[k], m);
+            cr_assert_not_null(q);
+            for (size_t i = 0; i < n[k]; i += 4096)
+                cr_assert_eq(q[i], (unsigned char)(i / 4096 * 7 + k), "buffer %d lost page %zu growing to %zu", k,
+                             i / 4096, m);
+            for (size_t i = n[k]; i < m; i += 4096) q[i] = (unsigned char)(i / 4096 * 7 + k);
+            p[k] = q;
+            n[k] = m;
+        }
+    size_t grown = tu_rss_bytes() - rss0;
+    cr_assert_eq(ta_stats_get(&b), 0);
+    for (size_t i = 0; i < top; i += 4096) {
+        cr_assert_eq(p[0][i], (unsigned char)(i / 4096 * 7));
+        cr_assert_eq(p[1][i], (unsigned char)(i / 4096 * 7 + 1));
+    }
+    free(p[0]);
+    free(p[1]);
+#ifndef TA_HARDENED
+    if (b.os_moves_total == a.os_moves_total) {
+        void *x = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        void *y = mremap(x, 8192, 8192, MREMAP_MAYMOVE | 4 /* MREMAP_DONTUNMAP */, NULL);
+        munmap(x, 8192);
+        if (y != MAP_FAILED) munmap(y, 8192);
+        cr_assert_eq(y, MAP_FAILED, "the kernel moves pages, yet no block moved");
+        return;
+    }
+    cr_assert_geq(b.os_moves_total - a.os_moves_total, 2u * 3, "%llu moves",
+                  (unsigned long long)(b.os_moves_total - a.os_moves_total));
+    cr_assert_lt(grown, 2 * top + top / 4, "the resident set grew by %zu MiB for 2 x %zu MiB", grown >> 20, top >> 20);
+#endif
 }
 
 /* A buffer grown by realloc a quarter at a time to 64 KiB, freed, then grown

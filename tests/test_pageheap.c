@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -419,6 +420,77 @@ Test(pageheap, grow_in_place_into_free_neighbour) {
     cr_assert_eq(a.large_bytes - b.large_bytes, 12 * PG);
     ta_pageheap_free(run[2]);
     check_totals("after grow");
+}
+
+/* Can this kernel move pages and leave their mapping in place
+ * (MREMAP_DONTUNMAP, Linux 5.7)?  Asked of a scratch mapping of the test's. */
+static bool kernel_moves_pages(void) {
+    size_t n = 4 * 4096;
+    void *a = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (a == MAP_FAILED) return false;
+    void *b = mremap(a, n, n, MREMAP_MAYMOVE | 4 /* MREMAP_DONTUNMAP */, NULL) /* (with it, the kernel reads new_address: give it) */;
+    munmap(a, n);
+    if (b == MAP_FAILED) return false;
+    munmap(b, n);
+    return true;
+}
+
+/* A large block that must move to grow moves its pages: the bytes arrive
+ * without a copy, the old pages are free, released (not resident) pages of
+ * the heap, the new block has as many pages of room behind it and grows into
+ * them in place, but not past them (a block in two kernel mappings could not
+ * move again), and moves again from there.  The counters add up throughout. */
+Test(pageheap, a_moved_block_keeps_its_bytes_and_frees_its_old_pages) {
+    if (G) cr_skip_test("the hardened build copies (its guard page would move along)");
+    if (!kernel_moves_pages()) cr_skip_test("the kernel cannot move pages (MREMAP_DONTUNMAP: Linux 5.7)");
+    enum { N = 200 }; /* pages: 1.6 MiB */
+    ta_span_t *s = ta_pageheap_alloc(N, 1, 0);
+    cr_assert_not_null(s);
+    for (uintptr_t i = 0; i < N; i++) *(uint64_t *)((char *)ta_span_addr(s) + i * PG) = 0xabc0000 + i;
+    uintptr_t old_page = s->page;
+    ta_pageheap_stats_t a, b;
+    ta_os_stats_t oa, ob;
+    ta_pageheap_stats(&a);
+    ta_os_stats(&oa);
+    ta_span_t *t = ta_pageheap_move_large(s, 3 * N);
+    ta_pageheap_stats(&b);
+    ta_os_stats(&ob);
+    cr_assert_not_null(t, "the move failed");
+    cr_assert_eq(ob.n_moved, oa.n_moved + 1);
+    cr_assert_eq(t->npages, 3u * N);
+    cr_assert_eq(t->state, TA_SPAN_INUSE);
+    cr_assert_eq(ta_pagemap_span(t->page), t);
+    cr_assert_eq(ta_pagemap_span(t->page + 3 * N - 1), t);
+    for (uintptr_t i = 0; i < N; i++)
+        cr_assert_eq(*(uint64_t *)((char *)ta_span_addr(t) + i * PG), 0xabc0000 + i, "page %lu lost its bytes",
+                     (unsigned long)i);
+    for (uintptr_t i = N; i < 3 * N; i++) cr_assert_eq(*(uint64_t *)((char *)ta_span_addr(t) + i * PG), 0u);
+    /* the old pages: a released free span of the heap, not resident */
+    ta_span_t *o = ta_pagemap_span(old_page);
+    cr_assert_not_null(o);
+    cr_assert_eq(o->state, TA_SPAN_RELEASED);
+    cr_assert_eq(ta_os_resident((void *)(old_page << TA_PAGE_SHIFT), N * PG), 0u, "the old pages are resident");
+    cr_assert_eq(b.inuse_bytes - a.inuse_bytes, 2u * N * PG);
+    cr_assert_eq(b.large_bytes - a.large_bytes, 2u * N * PG);
+    cr_assert_eq(b.large_count, a.large_count);
+    cr_assert_geq(b.released_bytes - a.released_bytes, (uint64_t)N * PG + 3u * N * PG, "old pages and room");
+    check_totals("after a move");
+
+    /* room for as much again behind it, and no more */
+    cr_assert(ta_pageheap_grow(t, 6 * N), "no room behind the moved block");
+    cr_assert_eq(t->npages, 6u * N);
+    cr_assert_not(ta_pageheap_grow(t, 6 * N + 1), "grew past the end of its mapping");
+    for (uintptr_t i = 0; i < N; i++) cr_assert_eq(*(uint64_t *)((char *)ta_span_addr(t) + i * PG), 0xabc0000 + i);
+
+    /* and it moves again */
+    uintptr_t where = t->page;
+    ta_span_t *u = ta_pageheap_move_large(t, 7 * N);
+    cr_assert_not_null(u, "a moved block could not move again");
+    cr_assert_neq(u->page, where);
+    for (uintptr_t i = 0; i < N; i++) cr_assert_eq(*(uint64_t *)((char *)ta_span_addr(u) + i * PG), 0xabc0000 + i);
+    check_totals("after a second move");
+    ta_pageheap_free(u);
+    check_totals("after the free");
 }
 
 Test(pageheap, grow_into_released_neighbour) {
