@@ -16,6 +16,11 @@
  *   realloc_growth     one block grown by realloc from 16 B to 4 MiB
  *   realloc_growth_64k one block grown by a quarter at a time from 16 B to
  *                      64 KiB, every new byte written, then freed
+ *   realloc_doubling/mib:N  two buffers grown in turn by doubling from 4 KiB
+ *                      to N MiB each, every new page written, then freed (a
+ *                      program reading two big files into buffers; the two
+ *                      keep each other from growing in place for long)
+ *                      (op: both grown and freed)
  *   large/size:N       malloc(N) with N in 64 KiB .. 8 MiB, every page touched, free
  *   large_ends/size:N  malloc(N) with N in 64 KiB .. 4 MiB, first and last page
  *                      touched, free
@@ -202,6 +207,36 @@ static void bm_realloc_growth(tb_state *st, void *arg)
         free(p);
     }
     tb_set_items_processed(st, calls);
+}
+
+static void bm_realloc_doubling(tb_state *st, void *arg)
+{
+    (void)arg;
+    size_t top = (size_t)tb_range(st, 0) << 20;
+    unsigned char v = 0;
+    while (tb_keep_running(st)) {
+        unsigned char *p[2] = { NULL, NULL };
+        size_t n[2] = { 0, 0 };
+        v++;
+        for (size_t m = 4096; m <= top; m *= 2)
+            for (int k = 0; k < 2; k++) {
+                unsigned char *q = realloc(p[k], m);
+                if (!q || (n[k] && (q[0] != v || q[n[k] - 4096 + 8] != (unsigned char)(v + k)))) {
+                    tb_skip_with_error(st, q ? "realloc lost the contents" : "realloc returned NULL");
+                    free(q ? q : p[k]);
+                    free(p[1 - k]);
+                    return;
+                }
+                for (size_t i = n[k]; i < m; i += 4096)
+                    q[i + 8] = (unsigned char)(v + k);
+                q[0] = v;
+                p[k] = q;
+                n[k] = m;
+            }
+        free(p[0]);
+        free(p[1]);
+    }
+    tb_set_items_processed(st, tb_iterations(st));
 }
 
 /* A buffer that appends: grown by a quarter (at least 16 bytes) per realloc
@@ -428,6 +463,8 @@ void bench_register_single(void)
 
     tb_bench_unit(tb_register("realloc_growth", bm_realloc_growth, NULL), TB_US);
     tb_register("realloc_growth_64k", bm_realloc_growth_64k, NULL);
+    tb_bench_unit(tb_bench_arg(tb_bench_arg_name(tb_register("realloc_doubling", bm_realloc_doubling, NULL), "mib"), 32),
+                  TB_MS);
 
     static const int64_t large_sizes[] = { 64 << 10, 512 << 10, 8 << 20 };
     b = tb_bench_unit(tb_bench_arg_name(tb_register("large", bm_large, NULL), "size"), TB_US);
