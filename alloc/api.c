@@ -282,7 +282,7 @@ static void *realloc_move(void *p, size_t old, size_t n) {
 #define REALLOC_SPAN_MIN ((size_t)2 << 10)
 #define REALLOC_SLACK ((size_t)128 << 10)
 /* From this size a large block that must move to grow moves its pages
- * instead of its bytes (two system calls, against a copy and a fault per
+ * instead of its bytes (four system calls, against a copy and a fault per
  * page; each such move is a kernel mapping more, so not for every size). */
 #define REALLOC_MOVE_MIN ((size_t)1 << 20)
 

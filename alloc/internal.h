@@ -393,6 +393,8 @@ void ta_os_release(void *p, size_t size);
  * MREMAP_DONTUNMAP, from lies in two mappings, no memory), from intact and
  * `to` given up (unmapped; the caller must not use it). */
 bool ta_os_move(void *from, size_t size, void *to, size_t to_size);
+/* Can ta_os_move move at all (the kernel, and the bound on moves)? */
+bool ta_os_can_move(void);
 /* Bytes of [p, p + size) resident now (mincore: OS pages present, the shared
  * zero page included where a read mapped it); p page aligned.  For statistics. */
 uint64_t ta_os_resident(const void *p, size_t size);

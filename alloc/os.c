@@ -111,6 +111,16 @@ void ta_os_release(void *p, size_t size) {
 #define MAP_FIXED_NOREPLACE 0x100000
 #endif
 static bool move_refused; /* the kernel has no MREMAP_DONTUNMAP: copy, as before */
+/* Each move leaves a kernel mapping more in the process for good (the new
+ * one's pages never merge with their neighbours'), and vm.max_map_count
+ * (65 530 by default) bounds the mappings of the whole process, the program's
+ * own included: past this many moves, realloc copies again. */
+#define OS_MOVES_MAX 1024
+
+bool ta_os_can_move(void) {
+    return !__atomic_load_n(&move_refused, __ATOMIC_RELAXED) &&
+           __atomic_load_n(&os_nmoved, __ATOMIC_RELAXED) < OS_MOVES_MAX;
+}
 
 /* Two steps, so that no failure leaves a hole in a mapping of ours that
  * another thread's mmap could take meanwhile.  mremap with MREMAP_FIXED
@@ -123,7 +133,10 @@ static bool move_refused; /* the kernel has no MREMAP_DONTUNMAP: copy, as before
  * and `to` is given up: unmapped when it is still ours for sure, else left
  * alone (false either way; the caller stops using it). */
 bool ta_os_move(void *from, size_t size, void *to, size_t to_size) {
-    if (__atomic_load_n(&move_refused, __ATOMIC_RELAXED)) return false;
+    if (!ta_os_can_move()) {
+        ta_os_unmap(to, to_size);
+        return false;
+    }
     long tmp = ta_sys4(SYS_mremap, from, size, size, MREMAP_MAYMOVE | MREMAP_DONTUNMAP);
     if (tmp < 0 && tmp > -4096) {
         if (tmp == -EINVAL) __atomic_store_n(&move_refused, true, __ATOMIC_RELAXED);

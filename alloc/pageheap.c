@@ -981,7 +981,7 @@ ta_span_t *ta_pageheap_move_large(ta_span_t *s, uintptr_t npages) {
     return NULL;
 #else
     TA_ASSERT(s->state == TA_SPAN_INUSE && !s->cls && !s->sample);
-    if (npages <= s->npages || npages > (TA_MAX_REQUEST >> TA_PAGE_SHIFT)) return NULL;
+    if (npages <= s->npages || npages > (TA_MAX_REQUEST >> TA_PAGE_SHIFT) || !ta_os_can_move()) return NULL;
     uintptr_t pages = npages <= (TA_MAX_REQUEST >> TA_PAGE_SHIFT) / 2 ? 2 * npages : npages;
     ta_span_t *t = ta_span_new(), *rest = ta_span_new();
     ta_lock(&ph_lock);
