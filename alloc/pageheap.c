@@ -968,9 +968,10 @@ static void *map_apart(uintptr_t pages) {
 
 /* A growing buffer that has run out of room moves without a copy: a copy
  * faults in every page of the new block and leaves the old one resident
- * until the decay (a buffer doubled from 1 to 512 MiB peaked at 854 MiB RSS
- * and took 662 ms where glibc, which moves its mmapped chunks with mremap,
- * took 513 MiB and 338 ms).  The new mapping comes first (with its pagemap
+ * until the decay (a buffer doubled from 4 KiB to 512 MiB, every page
+ * written, peaked at 854 MiB RSS and took 662 ms; glibc, which moves its
+ * mmapped chunks with mremap, 513 MiB and 343-451 ms; now 513 MiB and
+ * 396-407 ms: alloc/README.md).  The new mapping comes first (with its pagemap
  * entries, and the records), so that nothing can fail once the pages have
  * moved; the moves run without the lock.  Not in the hardened build (its
  * guard page would move along or stay behind) nor under ThreadSanitizer

@@ -259,3 +259,50 @@ Test(os, mappings_near_a_hint_are_adjacent) {
     cr_assert_geq(adjacent, 6, "only %d of 7 mappings went where asked", adjacent);
     for (int i = 0; i < 8; i++) cr_assert(ta_os_unmap(p[i], size));
 }
+
+/* ta_os_move moves pages without copying them: the bytes arrive at the start
+ * of the destination, the rest of it is zero, the source stays mapped, zero
+ * and not resident.  A source that lies in two kernel mappings (here: one
+ * half made read-only, which splits it) is refused before anything changes:
+ * the source keeps its bytes and the destination is given up (unmapped), and
+ * the counters say both. */
+Test(os, move_takes_the_pages_or_changes_nothing) {
+    const size_t size = (size_t)1 << 20, to_size = 2 * size;
+    char *src = ta_os_map(size, TA_PAGE_SIZE), *dst = ta_os_map(to_size, TA_PAGE_SIZE);
+    cr_assert(src && dst);
+    for (size_t i = 0; i < size; i += OS_PAGE) src[i] = (char)(i / OS_PAGE + 1);
+    ta_os_stats_t a, b;
+    ta_os_stats(&a);
+    bool moved = ta_os_move(src, size, dst, to_size);
+    ta_os_stats(&b);
+    if (!moved && b.n_moved == a.n_moved && b.mapped_bytes == a.mapped_bytes - to_size) {
+        cr_assert(ta_os_unmap(src, size));
+        cr_skip_test("the kernel cannot move pages (MREMAP_DONTUNMAP: Linux 5.7)");
+    }
+    cr_assert(moved);
+    cr_assert_eq(b.n_moved, a.n_moved + 1);
+    cr_assert_eq(b.mapped_bytes, a.mapped_bytes, "a move maps nothing more");
+    for (size_t i = 0; i < size; i += OS_PAGE) cr_assert_eq(dst[i], (char)(i / OS_PAGE + 1), "page %zu", i / OS_PAGE);
+    cr_assert(all_zero(dst + size, to_size - size));
+    cr_assert_eq(resident_pages(src, size), 0, "the source's pages stayed resident");
+    cr_assert(all_zero(src, size), "the source reads other than zero");
+    src[0] = 1; /* and is writable still */
+
+    /* a source in two mappings */
+    char *two = ta_os_map(size, TA_PAGE_SIZE), *to = ta_os_map(size, TA_PAGE_SIZE);
+    cr_assert(two && to);
+    memset(two, 7, size);
+    cr_assert_eq(mprotect(two + size / 2, size / 2, PROT_READ), 0);
+    ta_os_stats(&a);
+    moved = ta_os_move(two, size, to, size);
+    ta_os_stats(&b);
+    cr_assert_not(moved, "a source in two mappings moved");
+    cr_assert_eq(b.n_moved, a.n_moved);
+    cr_assert_eq(b.mapped_bytes, a.mapped_bytes - size, "the destination was not given up");
+    cr_assert_eq(resident_pages(to, size), -1, "the destination is still mapped");
+    for (size_t i = 0; i < size; i++)
+        if (two[i] != 7) cr_assert_fail("the source lost byte %zu", i);
+    cr_assert(ta_os_unmap(two, size));
+    cr_assert(ta_os_unmap(src, size));
+    cr_assert(ta_os_unmap(dst, to_size));
+}
