@@ -130,8 +130,8 @@ bool ta_os_can_move(void) {
  * the pages first go where the kernel likes, whole mapping left in place
  * (MREMAP_DONTUNMAP), and only then, from that one mapping of exactly their
  * size, over `to`.  Should that second step fail, the bytes go back by copy
- * and `to` is given up: unmapped when it is still ours for sure, else left
- * alone (false either way; the caller stops using it). */
+ * and `to` is given up: unmapped when it is surely ours, else left alone
+ * (false either way; the caller stops using it). */
 bool ta_os_move(void *from, size_t size, void *to, size_t to_size) {
     if (!ta_os_can_move()) {
         ta_os_unmap(to, to_size);
@@ -151,15 +151,17 @@ bool ta_os_move(void *from, size_t size, void *to, size_t to_size) {
     /* (never seen: only the kernel running out of memory for its records) */
     memcpy(from, (void *)tmp, size);
     unmap_raw((void *)tmp, size);
-    void *back = map_raw(to, size, MAP_FIXED_NOREPLACE);
+    /* `to` may have been unmapped, all of it, before the failure: when the
+     * whole range is free, it was ours and is again, and goes; when any of
+     * it is mapped, that may be ours still or another thread's new mapping,
+     * and nothing of it is touched (ours then stays mapped, unused) */
+    void *back = map_raw(to, to_size, MAP_FIXED_NOREPLACE);
     if (back == to) {
-        ta_os_unmap(to, to_size); /* it had been unmapped: all of it is ours again */
-    } else {
-        if (back) unmap_raw(back, size); /* (a kernel that took the flag for a hint) */
-        /* its first part is another mapping now, or ours still: only the rest goes */
-        if (to_size > size) ta_os_unmap((char *)to + size, to_size - size);
-        __atomic_fetch_sub(&os_mapped, size, __ATOMIC_RELAXED);
+        unmap_raw(to, to_size);
+    } else if (back) {
+        unmap_raw(back, to_size); /* (a kernel that took the flag for a hint) */
     }
+    __atomic_fetch_sub(&os_mapped, to_size, __ATOMIC_RELAXED);
     return false;
 }
 
