@@ -306,3 +306,43 @@ Test(os, move_takes_the_pages_or_changes_nothing) {
     cr_assert(ta_os_unmap(src, size));
     cr_assert(ta_os_unmap(dst, to_size));
 }
+
+/* Each move leaves a kernel mapping more in the process for good: after
+ * 1 024 of them ta_os_move refuses (and gives the destination up), so that a
+ * long-running program that grows many large buffers cannot run the process
+ * into vm.max_map_count. */
+Test(os, moves_stop_after_1024) {
+    const size_t size = 2 * OS_PAGE;
+    /* a first move tells whether the kernel can (it refuses it with EINVAL before Linux 5.7) */
+    char *s0 = ta_os_map(size, TA_PAGE_SIZE), *t0 = ta_os_map(size, TA_PAGE_SIZE);
+    cr_assert(s0 && t0);
+    if (!ta_os_move(s0, size, t0, size) && !ta_os_can_move())
+        cr_skip_test("the kernel cannot move pages (MREMAP_DONTUNMAP: Linux 5.7)");
+    ta_os_stats_t a;
+    ta_os_stats(&a);
+    char *keep = ta_os_map(1024 * size, TA_PAGE_SIZE); /* the destinations, side by side */
+    cr_assert_not_null(keep);
+    for (uint64_t moved = a.n_moved; moved < 1024; moved++) {
+        char *src = ta_os_map(size, TA_PAGE_SIZE);
+        cr_assert_not_null(src);
+        src[0] = (char)moved;
+        char *to = keep + (moved - a.n_moved) * size;
+        bool ok = ta_os_move(src, size, to, size);
+        if (!ok) cr_assert_fail("move %llu failed", (unsigned long long)moved);
+        if (to[0] != (char)moved) cr_assert_fail("move %llu lost its byte", (unsigned long long)moved);
+        cr_assert(ta_os_unmap(src, size));
+    }
+    cr_assert_not(ta_os_can_move(), "still moving after 1 024 moves");
+    char *src = ta_os_map(size, TA_PAGE_SIZE), *to = ta_os_map(size, TA_PAGE_SIZE);
+    cr_assert(src && to);
+    src[0] = 5;
+    ta_os_stats_t b, c;
+    ta_os_stats(&b);
+    bool ok = ta_os_move(src, size, to, size);
+    ta_os_stats(&c);
+    cr_assert_not(ok);
+    cr_assert_eq(c.n_moved, b.n_moved);
+    cr_assert_eq(c.mapped_bytes, b.mapped_bytes - size, "the destination was not given up");
+    cr_assert_eq(src[0], 5);
+    cr_assert(ta_os_unmap(src, size));
+}
