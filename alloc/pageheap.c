@@ -797,8 +797,8 @@ void ta_pageheap_free(ta_span_t *s) {
 #define PH_TICK_FREE_BYTES ((uint64_t)8 << 20)
 static uint32_t ph_tick_left = PH_TICK_FREES;
 
-/* free_locked's work for large block s, which becomes a recent one (not
- * in the hardened build) */
+/* free_locked's counters for large block s, which becomes a recent one, or
+ * released pages after its move (neither in the hardened build) */
 __attribute__((unused)) TA_ALWAYS_INLINE void large_in(ta_span_t *s) {
     uint64_t b = ta_span_bytes(s);
     ph_stat_add(&ph_stats.inuse_bytes, -(b));
@@ -985,14 +985,17 @@ ta_span_t *ta_pageheap_move_large(ta_span_t *s, uintptr_t npages) {
     if (npages <= s->npages || npages > (TA_MAX_REQUEST >> TA_PAGE_SHIFT) || !ta_os_can_move()) return NULL;
     uintptr_t pages = npages <= (TA_MAX_REQUEST >> TA_PAGE_SHIFT) / 2 ? 2 * npages : npages;
     ta_span_t *t = ta_span_new(), *rest = ta_span_new();
-    ta_lock(&ph_lock);
-    void *r = t && rest ? map_apart(pages) : NULL;
-    if (!r && t && rest && pages > npages) r = map_apart(pages = npages);
-    if (r && !ta_pagemap_ensure((uintptr_t)r >> TA_PAGE_SHIFT, pages)) {
-        ta_os_unmap(r, pages << TA_PAGE_SHIFT);
-        r = NULL;
+    void *r = NULL;
+    if (t && rest) {
+        ta_lock(&ph_lock);
+        r = map_apart(pages);
+        if (!r && pages > npages) r = map_apart(pages = npages);
+        if (r && !ta_pagemap_ensure((uintptr_t)r >> TA_PAGE_SHIFT, pages)) {
+            ta_os_unmap(r, pages << TA_PAGE_SHIFT);
+            r = NULL;
+        }
+        ta_unlock(&ph_lock);
     }
-    ta_unlock(&ph_lock);
     if (!r || !ta_os_move(ta_span_addr(s), ta_span_bytes(s), r, pages << TA_PAGE_SHIFT)) {
         if (t) ta_span_delete(t);
         if (rest) ta_span_delete(rest);
@@ -1003,11 +1006,7 @@ ta_span_t *ta_pageheap_move_large(ta_span_t *s, uintptr_t npages) {
     ph_stats.n_grow_os++;
     *t = (ta_span_t){.page = (uintptr_t)r >> TA_PAGE_SHIFT, .npages = npages, .state = TA_SPAN_INUSE};
     register_ends(t);
-    ph_stats.large_bytes += ta_span_usable(t);
-    ph_stats.large_count++;
-    ph_stat_add(&ph_stats.inuse_bytes, ta_span_bytes(t));
-    note_inuse();
-    ph_stats.n_alloc++;
+    large_out(t); /* (no guard page here: a span's bytes are its usable bytes) */
     if (pages > npages) { /* the room: released pages right behind the block */
         *rest = (ta_span_t){.page = t->page + npages, .npages = pages - npages, .state = TA_SPAN_RELEASED,
                             .free_since_ms = now};
@@ -1017,13 +1016,10 @@ ta_span_t *ta_pageheap_move_large(ta_span_t *s, uintptr_t npages) {
         ta_span_delete(rest);
     }
     /* the old block: mapped still, zero and not resident */
-    ph_stat_add(&ph_stats.inuse_bytes, -(ta_span_bytes(s)));
-    ph_stats.large_bytes -= ta_span_usable(s);
-    ph_stats.large_count--;
+    large_in(s);
     s->state = TA_SPAN_RELEASED;
     s->rest_follows = 0;
     s->free_since_ms = now;
-    ph_stats.n_free++;
     free_insert(s);
     ta_unlock(&ph_lock);
     return t;
