@@ -26,13 +26,13 @@ void *ta_fail_nomem(void);                           /* errno = ENOMEM, NULL */
  * (calloc; a constant, so malloc's code has none of it) the block is cleared,
  * unless its state says it was never handed out and lies on pages the OS gave
  * zeroed (ZERO). */
-TA_ALWAYS_INLINE void *ta_alloc_class_as(uint32_t cls, size_t n, bool zero) {
+TA_ALWAYS_INLINE void *ta_alloc_class_as(uint32_t cls, size_t n, bool zero, bool near) {
     void *p;
     if (TA_UNLIKELY((ta_tls.sample_left -= (int64_t)n) < 0)) {
         p = ta_alloc_sample_slow(n, cls);
     } else {
         uint8_t *state;
-        p = ta_fe_pop(cls, &state);
+        p = ta_fe_pop_as(cls, &state, near);
         if (TA_LIKELY(p)) {
             if (zero) {
                 /* LIVE first, so that the clearing is a tail call: calloc's
@@ -49,13 +49,14 @@ TA_ALWAYS_INLINE void *ta_alloc_class_as(uint32_t cls, size_t n, bool zero) {
     if (zero && p) memset(p, 0, n);
     return p;
 }
-TA_ALWAYS_INLINE void *ta_alloc_class(uint32_t cls, size_t n) { return ta_alloc_class_as(cls, n, false); }
+TA_ALWAYS_INLINE void *ta_alloc_class(uint32_t cls, size_t n) { return ta_alloc_class_as(cls, n, false, true); }
 
 /* malloc, and with `zero` (a constant) calloc: the common sizes first, one
  * compare and one table for n <= 1 KiB. */
 TA_ALWAYS_INLINE void *ta_do_alloc(size_t n, bool zero) {
-    if (TA_LIKELY(n <= 1024)) return ta_alloc_class_as(ta_class_upto_1k(n), n, zero);
-    if (TA_LIKELY(n <= TA_MAX_SMALL)) return ta_alloc_class_as(ta_class_above_1k(n), n, zero);
+    if (TA_LIKELY(n <= 1024)) return ta_alloc_class_as(ta_class_upto_1k(n), n, zero, true);
+    /* (no prefetch of the next block above 1 KiB: TA_SLAB_PREFETCH_NEXT) */
+    if (TA_LIKELY(n <= TA_MAX_SMALL)) return ta_alloc_class_as(ta_class_above_1k(n), n, zero, false);
     return zero ? ta_alloc_large(n, 0, true) : ta_malloc_large(n);
 }
 TA_ALWAYS_INLINE void *ta_do_malloc(size_t n) { return ta_do_alloc(n, false); }

@@ -104,7 +104,14 @@ extern ta_fe_t ta_fe;
  * malloc ahead, it is there (alloc/README.md: `batch` -13%).  The slot may
  * lie below the class's range (its last object was just taken) or the thread
  * may be on another CPU by now: the slab is readable throughout, and a
- * prefetch never faults, whatever address it is given. */
+ * prefetch never faults, whatever address it is given.
+ * Only for blocks of up to 1 KiB (the pops' `near`, a constant: malloc's
+ * path for larger sizes has its own copy without it).  A larger block's
+ * neighbour lies on another page, which may never have been touched: a
+ * prefetch there costs a page walk every time and brings nothing in.  A
+ * program that reuses one such block (a 4 KiB buffer allocated and freed in
+ * a loop) paid that walk on every malloc: `fastpath/size:4096` 12-13 ns
+ * against 5.5 without it on the AMD Zen 5 VM (alloc/README.md). */
 #define TA_SLAB_PREFETCH_NEXT                                                                 \
     "shll $4, %k[c]\n\t"                                                                     \
     "movq -16(%[t],%q[c]), %[c]\n\t"                                                          \
@@ -156,18 +163,27 @@ _Static_assert(TA_OBJ_FREE == 0, "TA_SLAB_PUSH stores TA_OBJ_FREE as the immedia
     "shlq $20, %[t]\n\t"                                                                      \
     "addq %[base], %[t]\n\t"
 
-TA_ALWAYS_INLINE void *ta_rseq_pop(uint32_t cls, uint8_t **state) {
+TA_ALWAYS_INLINE void *ta_rseq_pop(uint32_t cls, uint8_t **state, bool near) {
     void *p;
     uint8_t *st;
     uintptr_t t, c;
-    __asm__ __volatile__ goto(TA_RSEQ_ARM_USING("c") TA_RSEQ_SLAB
-                 TA_SLAB_POP
-                 "4:\n\t"
-                 TA_SLAB_PREFETCH_NEXT
-                 : [p] "=&r"(p), [st] "=&r"(st), [t] "=&r"(t), [c] "=&r"(c)
-                 : [rs] "r"(ta_rseq_off), [base] "m"(ta_cpu_slabs), [cls] "r"((uintptr_t)cls)
-                 : "memory", "cc"
-                 : miss);
+    if (near)
+        __asm__ __volatile__ goto(TA_RSEQ_ARM_USING("c") TA_RSEQ_SLAB
+                     TA_SLAB_POP
+                     "4:\n\t"
+                     TA_SLAB_PREFETCH_NEXT
+                     : [p] "=&r"(p), [st] "=&r"(st), [t] "=&r"(t), [c] "=&r"(c)
+                     : [rs] "r"(ta_rseq_off), [base] "m"(ta_cpu_slabs), [cls] "r"((uintptr_t)cls)
+                     : "memory", "cc"
+                     : miss);
+    else
+        __asm__ __volatile__ goto(TA_RSEQ_ARM_USING("c") TA_RSEQ_SLAB
+                     TA_SLAB_POP
+                     "4:\n\t"
+                     : [p] "=&r"(p), [st] "=&r"(st), [t] "=&r"(t), [c] "=&r"(c)
+                     : [rs] "r"(ta_rseq_off), [base] "m"(ta_cpu_slabs), [cls] "r"((uintptr_t)cls)
+                     : "memory", "cc"
+                     : miss);
     if (!p) __builtin_unreachable(); /* slots hold objects only */
     *state = st;
     return p;
@@ -191,22 +207,29 @@ full:
 }
 #else
 #define TA_HAVE_RSEQ 0
-TA_ALWAYS_INLINE void *ta_rseq_pop(uint32_t cls, uint8_t **state) { (void)cls; (void)state; return NULL; }
+TA_ALWAYS_INLINE void *ta_rseq_pop(uint32_t cls, uint8_t **state, bool near) { (void)cls; (void)state; (void)near; return NULL; }
 TA_ALWAYS_INLINE bool ta_rseq_push(void *p, uint8_t *state, uint32_t cls) { (void)p; (void)state; (void)cls; return false; }
 #endif
 
 /* The thread's own slab: plain loads and stores, the same instructions as
  * the sequences above without the CPU and the arming (x86-64), or C. */
 #if defined(__x86_64__)
-TA_ALWAYS_INLINE void *ta_thread_pop(uint32_t cls, uint8_t **state) {
+TA_ALWAYS_INLINE void *ta_thread_pop(uint32_t cls, uint8_t **state, bool near) {
     void *p;
     uint8_t *st;
     uintptr_t c;
-    __asm__ __volatile__ goto(TA_SLAB_POP TA_SLAB_PREFETCH_NEXT
-                              : [p] "=&r"(p), [st] "=&r"(st), [c] "=&r"(c)
-                              : [t] "r"(ta_tls.slab), [cls] "r"((uintptr_t)cls)
-                              : "memory", "cc"
-                              : miss);
+    if (near)
+        __asm__ __volatile__ goto(TA_SLAB_POP TA_SLAB_PREFETCH_NEXT
+                                  : [p] "=&r"(p), [st] "=&r"(st), [c] "=&r"(c)
+                                  : [t] "r"(ta_tls.slab), [cls] "r"((uintptr_t)cls)
+                                  : "memory", "cc"
+                                  : miss);
+    else
+        __asm__ __volatile__ goto(TA_SLAB_POP
+                                  : [p] "=&r"(p), [st] "=&r"(st), [c] "=&r"(c)
+                                  : [t] "r"(ta_tls.slab), [cls] "r"((uintptr_t)cls)
+                                  : "memory", "cc"
+                                  : miss);
     if (!p) __builtin_unreachable(); /* slots hold objects only */
     *state = st;
     return p;
@@ -226,7 +249,8 @@ full:
     return false;
 }
 #else
-TA_ALWAYS_INLINE void *ta_thread_pop(uint32_t cls, uint8_t **state) {
+TA_ALWAYS_INLINE void *ta_thread_pop(uint32_t cls, uint8_t **state, bool near) {
+    (void)near; /* (no prefetch in C) */
     ta_slot_t *slab = ta_tls.slab;
     ta_slab_hdr_t *h = (ta_slab_hdr_t *)slab + cls;
     uint32_t cur = h->cur;
@@ -265,13 +289,15 @@ TA_ALWAYS_INLINE bool ta_thread_push(void *p, uint8_t *state, uint32_t cls) {
     } while (0)
 #endif
 /* An object of class cls from the caller's cache (and in *state the address
- * of its state byte), or NULL on a miss. */
-TA_ALWAYS_INLINE void *ta_fe_pop(uint32_t cls, uint8_t **state) {
+ * of its state byte), or NULL on a miss.  near (a constant): the object
+ * after it is prefetched (classes up to 1 KiB; TA_SLAB_PREFETCH_NEXT). */
+TA_ALWAYS_INLINE void *ta_fe_pop_as(uint32_t cls, uint8_t **state, bool near) {
     /* (not TA_IF_PERCPU: in malloc gcc then zero-extends the class again and
      * copies the state's address, two instructions for the one it saves) */
-    if (ta_fe_percpu_fast()) return ta_rseq_pop(cls, state);
-    return ta_thread_pop(cls, state);
+    if (ta_fe_percpu_fast()) return ta_rseq_pop(cls, state, near);
+    return ta_thread_pop(cls, state, near);
 }
+TA_ALWAYS_INLINE void *ta_fe_pop(uint32_t cls, uint8_t **state) { return ta_fe_pop_as(cls, state, true); }
 /* Put a free object of class cls (state: its state byte) in the caller's
  * cache; false when full. */
 TA_ALWAYS_INLINE bool ta_fe_push(void *p, uint8_t *state, uint32_t cls) {
