@@ -827,6 +827,7 @@ void ta_consolidate_caches(void);
 /* Spans of class cls with free objects on a shard's list (its own spans). */
 uint32_t ta_central_listed(uint32_t cls, uint32_t shard);
 uint32_t ta_central_shards(void); /* shards in use (1..4): shard arguments are taken modulo this */
+uint32_t ta_central_keep(uint32_t cls); /* objects a refill leaves in another shard's transfer cache */
 typedef struct ta_central_stats {
     uint64_t transfer_bytes;  /* held in transfer caches */
     uint64_t span_free_bytes; /* free objects inside partly used spans */

@@ -351,18 +351,21 @@ Test(central, batches_survive_the_transfer_cache) {
 }
 
 /* A refill that wants part of a batch, of a shard with neither a transfer
- * cache nor spans of its own, takes what it asks from a batch parked in
- * another shard (its own is empty: a miss there); the rest stays parked. */
+ * cache nor spans of its own, takes what it asks from the objects parked in
+ * another shard above what that shard keeps (its own is empty: a miss
+ * there); the rest stays parked. */
 Test(central, partial_refill_takes_from_another_shard) {
     if (nshards() < 2) cr_skip_test("one transfer-cache shard (one CPU)");
     const uint32_t c = ta_size_to_class(96), batch = ta_class[c].batch, size = ta_class[c].size;
+    const uint32_t parked = ta_central_keep(c) + batch; /* a batch above the kept ones */
     static void *mine[MAXOBJ], *part[MAXOBJ];
+    cr_assert_leq(parked, MAXOBJ);
     quiesce();
     hold_all_free(c); /* shard 0 has no span of the class listed */
     cr_assert_geq(batch, 8u);
-    uint32_t got = c_alloc(c, mine, batch, 1); /* a fresh span of shard 1 */
-    cr_assert_eq(got, batch);
-    c_free(c, mine, batch, 1); /* parked in shard 1 */
+    uint32_t got = c_alloc(c, mine, parked, 1); /* fresh spans of shard 1 */
+    cr_assert_eq(got, parked);
+    c_free(c, mine, parked, 1); /* parked in shard 1 */
     ta_central_stats_t s0, s1;
     ta_central_stats(c, &s0);
     const uint32_t want = 3;
@@ -372,7 +375,7 @@ Test(central, partial_refill_takes_from_another_shard) {
     const char *e = check(part, n, c);
     cr_assert_null(e, "%s", e);
     /* the top of the parked array */
-    for (uint32_t i = 0; i < n; i++) cr_assert_eq(part[i], mine[batch - want + i]);
+    for (uint32_t i = 0; i < n; i++) cr_assert_eq(part[i], mine[parked - want + i]);
     cr_assert_eq(s0.transfer_bytes - s1.transfer_bytes, (uint64_t)want * size, "transfer caches gave %lu bytes",
                  (unsigned long)(s0.transfer_bytes - s1.transfer_bytes));
     cr_assert_eq(s1.span_free_bytes, s0.span_free_bytes, "the spans were touched");
@@ -384,6 +387,54 @@ Test(central, partial_refill_takes_from_another_shard) {
 }
 
 static ta_span_t *span_of(const void *p) { return ta_pagemap_span((uintptr_t)p >> TA_PAGE_SHIFT); }
+
+/* What a shard flushed, up to ta_central_keep objects, stays its own: a
+ * refill of another shard with nothing else to take carves a fresh span
+ * rather than take them (the two threads would otherwise share the objects'
+ * cache lines), and takes only what lies above when there is more.  The
+ * shard takes its objects back itself. */
+Test(central, a_refill_leaves_another_shard_what_it_keeps) {
+    if (nshards() < 2) cr_skip_test("one transfer-cache shard (one CPU)");
+    const uint32_t c = ta_size_to_class(96), size = ta_class[c].size, keep = ta_central_keep(c);
+    const uint32_t per_span = ta_class[c].objects;
+    static void *kept[MAXOBJ], *x[MAXOBJ], *back[MAXOBJ];
+    cr_assert_eq(keep, 2u * ta_class[c].batch < 8192 / size ? 2u * ta_class[c].batch : 8192 / size);
+    cr_assert_gt(keep, 4u);
+    cr_assert_leq(keep + 4, MAXOBJ);
+    cr_assert_leq(per_span, MAXOBJ);
+    quiesce();
+    hold_all_free(c);
+    cr_assert_eq(c_alloc(c, kept, keep + 4, 1), keep + 4);
+    c_free(c, kept, keep, 1); /* exactly what shard 1 keeps */
+    ta_central_stats_t s0, s1;
+    ta_central_stats(c, &s0);
+    cr_assert_eq(c_alloc(c, x, per_span, 0), per_span); /* a fresh span, all of it */
+    ta_central_stats(c, &s1);
+    cr_assert_eq(s1.transfer_bytes, s0.transfer_bytes, "shard 0 took objects shard 1 keeps");
+    for (uint32_t i = 0; i < per_span; i++) {
+        cr_assert_eq(span_of(x[i]), span_of(x[0]), "object %u is from a second span", i);
+        for (uint32_t j = 0; j < keep; j++) cr_assert_neq(x[i], kept[j]);
+    }
+    cr_assert_eq(span_of(x[0])->shard, 0u);
+    cr_assert_eq(ta_central_listed(c, 0), 0u);
+    /* four more parked: shard 0 takes those four, the top of the array */
+    c_free(c, kept + keep, 4, 1);
+    void *y[8];
+    uint32_t n = c_alloc(c, y, 8, 0);
+    cr_assert_eq(n, 8u);
+    for (uint32_t i = 0; i < 4; i++) cr_assert_eq(y[i], kept[keep + i], "object %u is not one above what shard 1 keeps", i);
+    for (uint32_t i = 4; i < 8; i++) cr_assert_eq(span_of(y[i])->shard, 0u, "object %u is not from a span of shard 0", i);
+    /* shard 1 gets its own back */
+    cr_assert_eq(c_alloc(c, back, keep, 1), keep);
+    for (uint32_t i = 0; i < keep; i++) cr_assert_eq(back[i], kept[i], "shard 1 did not get object %u back", i);
+    const char *e = check(back, keep, c);
+    cr_assert_null(e, "%s", e);
+    c_free(c, back, keep, 1);
+    c_free(c, x, per_span, 0);
+    c_free(c, y, n, 0);
+    ta_central_drain();
+    release_held(c);
+}
 
 /* A shard that has spans of its own refills from them before it takes a batch
  * parked in another shard's transfer cache: the objects of a span stay with
