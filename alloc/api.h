@@ -49,7 +49,10 @@ TA_ALWAYS_INLINE void *ta_alloc_class_as(uint32_t cls, size_t n, bool zero, bool
     if (zero && p) memset(p, 0, n);
     return p;
 }
-TA_ALWAYS_INLINE void *ta_alloc_class(uint32_t cls, size_t n) { return ta_alloc_class_as(cls, n, false, true); }
+/* (memalign's path: near decided by the class, as ta_fe_pop) */
+TA_ALWAYS_INLINE void *ta_alloc_class(uint32_t cls, size_t n) {
+    return cls <= TA_CLASS_1K ? ta_alloc_class_as(cls, n, false, true) : ta_alloc_class_as(cls, n, false, false);
+}
 
 /* malloc, and with `zero` (a constant) calloc: the common sizes first, one
  * compare and one table for n <= 1 KiB. */

@@ -106,7 +106,7 @@ extern ta_fe_t ta_fe;
  * may be on another CPU by now: the slab is readable throughout, and a
  * prefetch never faults, whatever address it is given.
  * Only for blocks of up to 1 KiB (the pops' `near`, a constant: malloc's
- * path for larger sizes has its own copy without it).  A larger block's
+ * path for larger sizes has its own copy without it; TA_CLASS_1K).  A larger block's
  * neighbour lies on another page, which may never have been touched: a
  * prefetch there costs a page walk every time and brings nothing in.  A
  * program that reuses one such block (a 4 KiB buffer allocated and freed in
@@ -297,7 +297,10 @@ TA_ALWAYS_INLINE void *ta_fe_pop_as(uint32_t cls, uint8_t **state, bool near) {
     if (ta_fe_percpu_fast()) return ta_rseq_pop(cls, state, near);
     return ta_thread_pop(cls, state, near);
 }
-TA_ALWAYS_INLINE void *ta_fe_pop(uint32_t cls, uint8_t **state) { return ta_fe_pop_as(cls, state, true); }
+/* The same, with near decided by the class (a branch: for the slow paths). */
+TA_ALWAYS_INLINE void *ta_fe_pop(uint32_t cls, uint8_t **state) {
+    return cls <= TA_CLASS_1K ? ta_fe_pop_as(cls, state, true) : ta_fe_pop_as(cls, state, false);
+}
 /* Put a free object of class cls (state: its state byte) in the caller's
  * cache; false when full. */
 TA_ALWAYS_INLINE bool ta_fe_push(void *p, uint8_t *state, uint32_t cls) {
