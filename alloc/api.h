@@ -50,9 +50,7 @@ TA_ALWAYS_INLINE void *ta_alloc_class_as(uint32_t cls, size_t n, bool zero, bool
     return p;
 }
 /* (memalign's path: near decided by the class, as ta_fe_pop) */
-TA_ALWAYS_INLINE void *ta_alloc_class(uint32_t cls, size_t n) {
-    return cls <= TA_CLASS_1K ? ta_alloc_class_as(cls, n, false, true) : ta_alloc_class_as(cls, n, false, false);
-}
+TA_ALWAYS_INLINE void *ta_alloc_class(uint32_t cls, size_t n) { return ta_alloc_class_as(cls, n, false, cls <= TA_CLASS_1K); }
 
 /* malloc, and with `zero` (a constant) calloc: the common sizes first, one
  * compare and one table for n <= 1 KiB. */

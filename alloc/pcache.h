@@ -163,27 +163,22 @@ _Static_assert(TA_OBJ_FREE == 0, "TA_SLAB_PUSH stores TA_OBJ_FREE as the immedia
     "shlq $20, %[t]\n\t"                                                                      \
     "addq %[base], %[t]\n\t"
 
+/* The pop as a sequence ending in tail (TA_SLAB_PREFETCH_NEXT, or nothing). */
+#define TA_RSEQ_POP_ASM(tail)                                                                 \
+    __asm__ __volatile__ goto(TA_RSEQ_ARM_USING("c") TA_RSEQ_SLAB TA_SLAB_POP "4:\n\t" tail     \
+                              : [p] "=&r"(p), [st] "=&r"(st), [t] "=&r"(t), [c] "=&r"(c)      \
+                              : [rs] "r"(ta_rseq_off), [base] "m"(ta_cpu_slabs),            \
+                                [cls] "r"((uintptr_t)cls)                                   \
+                              : "memory", "cc"                                              \
+                              : miss)
 TA_ALWAYS_INLINE void *ta_rseq_pop(uint32_t cls, uint8_t **state, bool near) {
     void *p;
     uint8_t *st;
     uintptr_t t, c;
     if (near)
-        __asm__ __volatile__ goto(TA_RSEQ_ARM_USING("c") TA_RSEQ_SLAB
-                     TA_SLAB_POP
-                     "4:\n\t"
-                     TA_SLAB_PREFETCH_NEXT
-                     : [p] "=&r"(p), [st] "=&r"(st), [t] "=&r"(t), [c] "=&r"(c)
-                     : [rs] "r"(ta_rseq_off), [base] "m"(ta_cpu_slabs), [cls] "r"((uintptr_t)cls)
-                     : "memory", "cc"
-                     : miss);
+        TA_RSEQ_POP_ASM(TA_SLAB_PREFETCH_NEXT);
     else
-        __asm__ __volatile__ goto(TA_RSEQ_ARM_USING("c") TA_RSEQ_SLAB
-                     TA_SLAB_POP
-                     "4:\n\t"
-                     : [p] "=&r"(p), [st] "=&r"(st), [t] "=&r"(t), [c] "=&r"(c)
-                     : [rs] "r"(ta_rseq_off), [base] "m"(ta_cpu_slabs), [cls] "r"((uintptr_t)cls)
-                     : "memory", "cc"
-                     : miss);
+        TA_RSEQ_POP_ASM("");
     if (!p) __builtin_unreachable(); /* slots hold objects only */
     *state = st;
     return p;
@@ -214,22 +209,20 @@ TA_ALWAYS_INLINE bool ta_rseq_push(void *p, uint8_t *state, uint32_t cls) { (voi
 /* The thread's own slab: plain loads and stores, the same instructions as
  * the sequences above without the CPU and the arming (x86-64), or C. */
 #if defined(__x86_64__)
+#define TA_THREAD_POP_ASM(tail)                                                               \
+    __asm__ __volatile__ goto(TA_SLAB_POP tail                                                \
+                              : [p] "=&r"(p), [st] "=&r"(st), [c] "=&r"(c)                    \
+                              : [t] "r"(ta_tls.slab), [cls] "r"((uintptr_t)cls)             \
+                              : "memory", "cc"                                              \
+                              : miss)
 TA_ALWAYS_INLINE void *ta_thread_pop(uint32_t cls, uint8_t **state, bool near) {
     void *p;
     uint8_t *st;
     uintptr_t c;
     if (near)
-        __asm__ __volatile__ goto(TA_SLAB_POP TA_SLAB_PREFETCH_NEXT
-                                  : [p] "=&r"(p), [st] "=&r"(st), [c] "=&r"(c)
-                                  : [t] "r"(ta_tls.slab), [cls] "r"((uintptr_t)cls)
-                                  : "memory", "cc"
-                                  : miss);
+        TA_THREAD_POP_ASM(TA_SLAB_PREFETCH_NEXT);
     else
-        __asm__ __volatile__ goto(TA_SLAB_POP
-                                  : [p] "=&r"(p), [st] "=&r"(st), [c] "=&r"(c)
-                                  : [t] "r"(ta_tls.slab), [cls] "r"((uintptr_t)cls)
-                                  : "memory", "cc"
-                                  : miss);
+        TA_THREAD_POP_ASM("");
     if (!p) __builtin_unreachable(); /* slots hold objects only */
     *state = st;
     return p;
@@ -289,8 +282,9 @@ TA_ALWAYS_INLINE bool ta_thread_push(void *p, uint8_t *state, uint32_t cls) {
     } while (0)
 #endif
 /* An object of class cls from the caller's cache (and in *state the address
- * of its state byte), or NULL on a miss.  near (a constant): the object
- * after it is prefetched (classes up to 1 KiB; TA_SLAB_PREFETCH_NEXT). */
+ * of its state byte), or NULL on a miss.  near: the object after it is
+ * prefetched (classes up to 1 KiB; TA_SLAB_PREFETCH_NEXT); a constant on
+ * malloc's path, so that each path has one copy of the pop. */
 TA_ALWAYS_INLINE void *ta_fe_pop_as(uint32_t cls, uint8_t **state, bool near) {
     /* (not TA_IF_PERCPU: in malloc gcc then zero-extends the class again and
      * copies the state's address, two instructions for the one it saves) */
@@ -298,9 +292,7 @@ TA_ALWAYS_INLINE void *ta_fe_pop_as(uint32_t cls, uint8_t **state, bool near) {
     return ta_thread_pop(cls, state, near);
 }
 /* The same, with near decided by the class (a branch: for the slow paths). */
-TA_ALWAYS_INLINE void *ta_fe_pop(uint32_t cls, uint8_t **state) {
-    return cls <= TA_CLASS_1K ? ta_fe_pop_as(cls, state, true) : ta_fe_pop_as(cls, state, false);
-}
+TA_ALWAYS_INLINE void *ta_fe_pop(uint32_t cls, uint8_t **state) { return ta_fe_pop_as(cls, state, cls <= TA_CLASS_1K); }
 /* Put a free object of class cls (state: its state byte) in the caller's
  * cache; false when full. */
 TA_ALWAYS_INLINE bool ta_fe_push(void *p, uint8_t *state, uint32_t cls) {
