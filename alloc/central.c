@@ -59,11 +59,29 @@ static uint32_t tc_keep[TA_MAX_CLASSES];
 static uint32_t nshards = 1;
 static uintptr_t link_key; /* secret of the span free lists' links (below) */
 
+/* What a shard may carve in fresh spans, per decay period, while another
+ * shard has a span with free objects that it could take instead
+ * (span_with_objects).  A span taken from another shard still holds that
+ * shard's objects, live or in its caches, and their state bytes share cache
+ * lines with those of the objects taken: both CPUs then write those lines
+ * for as long as the objects stay (`working_set`: a dozen spans taken when a
+ * run's threads start made the whole run 1.3x slower, alloc/README.md).  A
+ * shard that needs a span now and then carves its own; one that keeps
+ * needing them (a thread reusing what another left fragmented) takes the
+ * others' once the credit is spent, so the heap grows by at most the credit
+ * per shard and period for it. */
+static uint64_t fresh_credit[MAX_SHARDS]; /* (relaxed atomics: taken under different class locks) */
+
+void ta_central_fresh_credit_set(uint64_t bytes) {
+    for (uint32_t sh = 0; sh < MAX_SHARDS; sh++) __atomic_store_n(&fresh_credit[sh], bytes, __ATOMIC_RELAXED);
+}
+
 void ta_central_init(void) {
     /* the secret: the kernel's random bytes mixed with an address */
     link_key = (uintptr_t)(ta_random_seed() ^ ((uintptr_t)&link_key * 0x9e3779b97f4a7c15ull));
     nshards = ta_cfg.ncpu < MAX_SHARDS ? (uint32_t)ta_cfg.ncpu : MAX_SHARDS;
     if (nshards < 1) nshards = 1;
+    ta_central_fresh_credit_set(TA_FRESH_CREDIT_BYTES);
     for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) {
         ta_lock_set_rank(&central[c].lock, TA_RANK_CLASS);
         for (uint32_t sh = 0; sh < MAX_SHARDS; sh++) ta_lock_set_rank(&transfer[sh][c].lock, TA_RANK_TRANSFER);
@@ -257,15 +275,27 @@ static void span_list_remove(central_class_t *cc, ta_span_t *s) {
     __atomic_store_n(n, *n - 1, __ATOMIC_RELAXED);
 }
 
+static bool fresh_credit_take(uint32_t shard, uint64_t bytes) {
+    uint64_t c = __atomic_load_n(&fresh_credit[shard], __ATOMIC_RELAXED);
+    do {
+        if (c < bytes) return false;
+    } while (!__atomic_compare_exchange_n(&fresh_credit[shard], &c, c - bytes, true, __ATOMIC_RELAXED,
+                                          __ATOMIC_RELAXED));
+    return true;
+}
+
 /* A span of the class with objects to take: the shard's own; with `any`, else
  * another shard's that is not fresh, the one listed longest (coldest in its
- * owner's cache), which becomes the shard's own; NULL if none. */
-static ta_span_t *span_with_objects(central_class_t *cc, uint32_t shard, bool any) {
+ * owner's cache), which becomes the shard's own, unless the shard's fresh
+ * credit covers a span of the class and `take` is false: then NULL, as when
+ * there is none, and the caller carves a fresh span. */
+static ta_span_t *span_with_objects(central_class_t *cc, uint32_t cls, uint32_t shard, bool any, bool take) {
     if (cc->nonempty[shard].first) return cc->nonempty[shard].first;
     if (!any) return NULL;
     for (uint32_t i = 1; i < nshards; i++) {
         for (ta_span_t *s = cc->nonempty[(shard + i) % nshards].last; s; s = s->prev) {
             if (s->fresh) continue; /* (a shard carves only with an empty list: one at most) */
+            if (!take && fresh_credit_take(shard, (uint64_t)ta_class[cls].pages << TA_PAGE_SHIFT)) return NULL;
             span_list_remove(cc, s);
             s->shard = shard & 63u;
             span_list_push(cc, s);
@@ -283,15 +313,19 @@ static uint32_t alloc_from_spans(uint32_t cls, ta_slot_t *out, uint32_t want, ui
     const uint32_t size = ta_class[cls].size;
     const size_t span_objs_bytes = (size_t)ta_class[cls].objects * size;
     uint32_t got = 0;
+    bool take = false; /* (set when no fresh span is to be had: take another shard's) */
     ta_lock(&cc->lock);
     while (got < want) {
-        ta_span_t *s = span_with_objects(cc, shard, any);
+        ta_span_t *s = span_with_objects(cc, cls, shard, any, take);
         if (!s) {
-            if (!any) break;
+            if (!any || take) break;
             ta_unlock(&cc->lock);
             s = ta_pageheap_alloc_small(cls, shard);
             ta_lock(&cc->lock);
-            if (!s) break;
+            if (!s) {
+                take = true; /* out of memory: another shard's span, if there is one */
+                continue;
+            }
             s->carve = ta_span_addr(s);
             s->freelist = NULL; /* (and scan_state 0) */
             s->allocated = 0;
@@ -498,6 +532,7 @@ static void transfer_release(uint32_t sh, uint32_t c, bool decay) {
 void ta_central_tick(uint64_t now) {
     static uint64_t last_ms;
     if (ta_period_claim(&last_ms, now, ta_cfg.decay_ms)) {
+        ta_central_fresh_credit_set(TA_FRESH_CREDIT_BYTES);
         for (uint32_t sh = 0; sh < nshards; sh++)
             for (uint32_t c = 1; c < ta_nclasses; c++) transfer_release(sh, c, true);
     }

@@ -829,6 +829,11 @@ void ta_consolidate_caches(void);
 uint32_t ta_central_listed(uint32_t cls, uint32_t shard);
 uint32_t ta_central_shards(void); /* shards in use (1..4): shard arguments are taken modulo this */
 uint32_t ta_central_keep(uint32_t cls); /* objects a refill leaves in another shard's transfer cache */
+/* What each shard may carve fresh in a decay period rather than take another
+ * shard's span (central.c), and a setter for the tests: each shard's credit
+ * until the next decay period. */
+#define TA_FRESH_CREDIT_BYTES (1u << 20)
+void ta_central_fresh_credit_set(uint64_t bytes);
 typedef struct ta_central_stats {
     uint64_t transfer_bytes;  /* held in transfer caches */
     uint64_t span_free_bytes; /* free objects inside partly used spans */

@@ -473,9 +473,10 @@ Test(central, refill_takes_own_spans_before_another_shards_batch) {
     release_held(c);
 }
 
-/* A shard without spans of its own takes another shard's span that has had
- * objects back (and it becomes its own) before it carves a fresh one; a span
- * its owner is still carving (fresh) it leaves alone. */
+/* A shard without spans of its own and with its fresh credit spent takes
+ * another shard's span that has had objects back (and it becomes its own)
+ * before it carves a fresh one; a span its owner is still carving (fresh) it
+ * leaves alone. */
 Test(central, empty_shard_takes_a_used_span_not_a_fresh_one) {
     if (nshards() < 2) cr_skip_test("one transfer-cache shard (one CPU)");
     const uint32_t c = ta_size_to_class(96), per_span = ta_class[c].objects;
@@ -484,6 +485,7 @@ Test(central, empty_shard_takes_a_used_span_not_a_fresh_one) {
     void *x, *y;
     ta_pageheap_stats_t h0, h1, h2;
     quiesce();
+    ta_central_fresh_credit_set(0);
     hold_all_free(c);
     /* a fresh span of shard 1, partly carved: shard 0 carves its own */
     cr_assert_eq(c_alloc(c, b, 2, 1), 2u);
@@ -512,6 +514,63 @@ Test(central, empty_shard_takes_a_used_span_not_a_fresh_one) {
     c_free_spans(c, b + 1, per_span - 1);
     ta_central_drain();
     release_held(c);
+    ta_central_fresh_credit_set(TA_FRESH_CREDIT_BYTES);
+}
+
+/* While its fresh credit lasts, a shard without spans of its own carves a
+ * fresh span rather than take another shard's that still holds that shard's
+ * objects (they would share state-byte lines); with the credit spent it
+ * takes it; the next decay period gives the credit back. */
+Test(central, empty_shard_carves_its_own_span_while_its_credit_lasts) {
+    if (nshards() < 2) cr_skip_test("one transfer-cache shard (one CPU)");
+    const uint32_t c = ta_size_to_class(96), per_span = ta_class[c].objects;
+    const uint64_t span_bytes = ((uint64_t)ta_class[c].pages + TA_GUARD_PAGES) * TA_PAGE_SIZE; /* (hardened: a guard) */
+    const uint64_t credit_span = (uint64_t)ta_class[c].pages << TA_PAGE_SHIFT; /* what a carve costs */
+    static void *b[MAXOBJ];
+    void *x, *y, *z;
+    ta_pageheap_stats_t h0, h1, h2, h3;
+    quiesce();
+    hold_all_free(c);
+    /* shard 1's span, carved to the end, one object back: a span shard 0 could take */
+    cr_assert_leq(per_span, MAXOBJ);
+    cr_assert_eq(c_alloc(c, b, per_span, 1), per_span);
+    ta_span_t *sb = span_of(b[0]);
+    for (uint32_t i = 0; i < per_span; i++) cr_assert_eq(span_of(b[i]), sb);
+    c_free_spans(c, b, 1);
+    cr_assert_eq(ta_central_listed(c, 1), 1u);
+    /* credit for one span: shard 0 carves its own */
+    ta_central_fresh_credit_set(credit_span);
+    ta_pageheap_stats(&h0);
+    cr_assert_eq(c_alloc(c, &x, 1, 0), 1u);
+    ta_pageheap_stats(&h1);
+    cr_assert_neq(span_of(x), sb, "shard 0 took shard 1's span with credit left");
+    cr_assert_eq(span_of(x)->shard, 0u);
+    cr_assert_eq(h1.inuse_bytes - h0.inuse_bytes, span_bytes, "no fresh span was carved");
+    cr_assert_eq(sb->shard, 1u);
+    /* its own span emptied and given back, the credit spent: it takes shard 1's */
+    c_free_spans(c, &x, 1);
+    cr_assert_eq(ta_central_listed(c, 0), 0u, "shard 0's emptied span stayed listed");
+    cr_assert_eq(c_alloc(c, &y, 1, 0), 1u);
+    ta_pageheap_stats(&h2);
+    cr_assert_eq(y, b[0], "with its credit spent, shard 0 did not take the free object of shard 1's span");
+    cr_assert_eq(sb->shard, 0u);
+    cr_assert_eq(h2.inuse_bytes, h0.inuse_bytes, "a span was carved with the credit spent");
+    /* a new decay period: credit again, so shard 1 (now without spans) carves */
+    c_free_spans(c, &y, 1);
+    cr_assert_eq(ta_central_listed(c, 0), 1u);
+    uint64_t decay = ta_cfg.decay_ms;
+    ta_cfg.decay_ms = 0; /* every call is a new period */
+    ta_central_tick(ta_os_now_ms());
+    ta_cfg.decay_ms = decay;
+    cr_assert_eq(c_alloc(c, &z, 1, 1), 1u);
+    ta_pageheap_stats(&h3);
+    cr_assert_neq(span_of(z), sb, "after a decay period, shard 1 took shard 0's span instead of carving");
+    cr_assert_eq(h3.inuse_bytes - h2.inuse_bytes, span_bytes);
+    c_free_spans(c, &z, 1);
+    c_free_spans(c, b + 1, per_span - 1);
+    ta_central_drain();
+    release_held(c);
+    ta_central_fresh_credit_set(TA_FRESH_CREDIT_BYTES);
 }
 
 /* Once per decay period a transfer cache used in the period gives half of
