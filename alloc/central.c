@@ -306,8 +306,8 @@ static ta_span_t *span_with_objects(central_class_t *cc, uint32_t cls, uint32_t 
 }
 
 /* Take up to want objects from the class's spans: the shard's own; with
- * `any`, then the other shards' (not fresh) and then fresh spans from the
- * page heap, which are the shard's. */
+ * `any`, then fresh spans from the page heap (the shard's) while its fresh
+ * credit lasts, then the other shards' (not fresh), then fresh spans again. */
 static uint32_t alloc_from_spans(uint32_t cls, ta_slot_t *out, uint32_t want, uint32_t shard, bool any) {
     central_class_t *cc = &central[cls];
     const uint32_t size = ta_class[cls].size;
