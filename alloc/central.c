@@ -582,10 +582,10 @@ void ta_central_stats_locked(uint32_t cls, ta_central_stats_t *out) {
 
 /* (the classes there are: no other lock is ever taken, and each one more is
  * a cache line written, on a page fork may have to copy) */
-void ta_central_lock_all(void) {
+void ta_central_lock_all(bool fork) {
     for (uint32_t sh = 0; sh < nshards; sh++)
-        for (uint32_t c = 0; c < ta_nclasses; c++) ta_lock(&transfer[sh][c].lock);
-    for (uint32_t c = 0; c < ta_nclasses; c++) ta_lock(&central[c].lock);
+        for (uint32_t c = 0; c < ta_nclasses; c++) ta_lock_or_drain(&transfer[sh][c].lock, fork);
+    for (uint32_t c = 0; c < ta_nclasses; c++) ta_lock_or_drain(&central[c].lock, fork);
 }
 
 void ta_central_unlock_all(bool child) {

@@ -10,6 +10,7 @@
 #include "pcache.h"
 
 #include <errno.h>
+#include <linux/futex.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/auxv.h>
@@ -147,56 +148,69 @@ void ta_background_start(void) {
     if (ta_pageheap_bg_due()) bg_create(); /* not in a small heap, or a child of fork that may exec */
 }
 
-/* Every lock is held across fork, so that the child inherits none that
- * another thread held halfway through an operation, unless no other thread
- * can hold one: the process has one thread (glibc's __libc_single_threaded:
- * none, ours included, exists or can start before fork returns), or its one
- * thread besides our background thread holds solo mode (lock.c), taken here
- * as for a lock: until it is let go after fork, the background thread does
- * not start a pass and a thread of the program that needs a lock waits.  The
- * calling thread is not inside tieralloc.  Then nothing is locked: taking and
- * letting go of a lock writes its page, and after fork every page written is
- * copied (a fault and a TLB shootdown each) in the parent and again in the
- * child: about 40 pages, 1 ms per fork here (tests/bg_prog lonefork). */
+/* No thread may be halfway through an operation under one of our locks when
+ * fork copies the process: the child would inherit the lock held by a thread
+ * it does not have.  When no other thread can hold one, nothing is done: the
+ * process has one thread (glibc's __libc_single_threaded: none, ours
+ * included, exists or can start before fork returns), or its one thread
+ * besides our background thread holds solo mode (lock.c), taken here as for a
+ * lock: until it is let go after fork, the background thread does not start
+ * a pass and a thread of the program that needs a lock waits.  Otherwise
+ * fork_prepare closes the fork gate and waits, in the lock order, until each
+ * lock is free (internal.h): a thread that then takes its first lock lets it
+ * go at once and waits for the gate to open after fork, and one in the middle
+ * of an operation finishes it (it takes only locks later in the order than
+ * those it holds, and fork_prepare has passed none of them).  The calling
+ * thread is not inside tieralloc.  fork_prepare writes no lock: after a fork
+ * every page written is copied (or at least faulted) in the parent and again
+ * in the child, and until stop 41 it took every lock and let them go after
+ * fork, which wrote the 20-odd pages they live in on both sides of every fork
+ * of a threaded program (tests/bg_prog threadfork). */
 int ta_fork_mode; /* (internal.h) */
 static void fork_prepare(void) {
     int mode = ta_single_threaded() ? TA_FORK_LONE : ta_solo_enter() ? TA_FORK_SOLO : TA_FORK_LOCKED;
     if (ta_fork_mode != mode) ta_fork_mode = mode; /* (written only when it changes: its page too) */
     if (mode != TA_FORK_LOCKED) return;
-    ta_lock(&init_lock);
-    ta_sample_lock_all();
+    /* (another fork under way: its gate first) */
+    for (int g = 0; !__atomic_compare_exchange_n(&ta_fork_gate, &g, 1, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED); g = 0)
+        ta_fork_gate_wait();
+    ta_lock_drain(&init_lock);
+    ta_sample_lock_all(true);
 #ifdef TA_HARDENED
-    ta_quarantine_lock_all();
+    ta_quarantine_lock_all(true);
 #endif
-    ta_pcache_lock_all();
-    ta_central_lock_all();
-    ta_pageheap_lock_all();
-    ta_trace_lock_all();
-    ta_meta_lock_all();
+    ta_pcache_lock_all(true);
+    ta_central_lock_all(true);
+    ta_pageheap_lock_all(true);
+    ta_trace_lock_all(true);
+    ta_meta_lock_all(true);
 }
-static void fork_after(bool child) {
-    if (!child && ta_fork_mode != TA_FORK_LOCKED) { /* the parent took no lock */
-        if (ta_fork_mode == TA_FORK_SOLO) ta_solo_leave();
-        return;
-    }
-    if (child) { /* (its locks are untouched unless fork_prepare took them) */
-        ta_solo_after_fork(true);
-        ta_witness_forget_all();
-        if (ta_bg_state != TA_BG_NONE) ta_bg_state = TA_BG_NONE; /* started again lazily (the page heap forgets it too) */
-    }
-    ta_meta_unlock_all(child);
-    ta_trace_unlock_all(child);
-    ta_pageheap_unlock_all(child);
-    ta_central_unlock_all(child);
-    ta_pcache_unlock_all(child);
+/* The parent holds no lock of ours (fork_prepare let them go): it opens the
+ * gate, or lets go of solo mode. */
+static void fork_parent(void) {
+    if (ta_fork_mode == TA_FORK_SOLO)
+        ta_solo_leave();
+    else if (ta_fork_mode == TA_FORK_LOCKED && __atomic_exchange_n(&ta_fork_gate, 0, __ATOMIC_RELEASE) == 2)
+        ta_sys3(SYS_futex, &ta_fork_gate, FUTEX_WAKE_PRIVATE, INT32_MAX);
+}
+/* The child has one thread: its locks start afresh (those found held, when
+ * other threads could hold them) and so does what the others left. */
+static void fork_child(void) {
+    if (ta_fork_mode == TA_FORK_LOCKED) ta_fork_gate = 0; /* first: the locks taken below must not wait */
+    ta_solo_after_fork(true);
+    ta_witness_forget_all();
+    if (ta_bg_state != TA_BG_NONE) ta_bg_state = TA_BG_NONE; /* started again lazily (the page heap forgets it too) */
+    ta_meta_unlock_all(true);
+    ta_trace_unlock_all(true);
+    ta_pageheap_unlock_all(true);
+    ta_central_unlock_all(true);
+    ta_pcache_unlock_all(true);
 #ifdef TA_HARDENED
-    ta_quarantine_unlock_all(child);
+    ta_quarantine_unlock_all(true);
 #endif
-    ta_sample_unlock_all(child);
-    ta_lock_after_fork(&init_lock, child);
+    ta_sample_unlock_all(true);
+    ta_lock_after_fork(&init_lock, true);
 }
-static void fork_parent(void) { fork_after(false); }
-static void fork_child(void) { fork_after(true); }
 
 __attribute__((constructor)) static void ta_constructor(void) {
     ta_touch_for_write(&ta_inited); /* read next, written by init: one fault */

@@ -143,6 +143,18 @@ typedef struct ta_lock {
 #endif
 void ta_lock_wait(ta_lock_t *l);
 void ta_lock_wake(ta_lock_t *l);
+/* The fork gate (init.c, lock.c): closed by fork_prepare, opened after fork.
+ * A thread that takes a lock with an atomic while it holds none (ta_lock_depth
+ * 0) and finds the gate closed lets the lock go at once and waits until the
+ * gate opens (ta_fork_gate_wait); one that holds locks already goes on, so
+ * that fork_prepare, which waits until each lock is free in the lock order
+ * (ta_lock_drain), sees every operation under way end.  0 open, 1 closed, 2
+ * closed with threads waiting. */
+extern struct ta_gate_line { int v; } __attribute__((aligned(64))) ta_fork_gate_line; /* a line of its own */
+#define ta_fork_gate (ta_fork_gate_line.v)
+extern __thread int ta_lock_depth __attribute__((tls_model("initial-exec"))); /* locks held, taken with atomics */
+void ta_fork_gate_wait(void);
+void ta_lock_drain(ta_lock_t *l); /* wait until nobody holds l (fork_prepare) */
 #ifdef TA_DEBUG
 void ta_witness_acquire(const ta_lock_t *l, bool try_only);
 void ta_witness_release(const ta_lock_t *l);
@@ -221,10 +233,19 @@ static inline int ta_lock_how(ta_lock_t *l) {
         return how;
     }
     /* (a lock found held in solo mode stays counted: its unlock is a solo one) */
-    int z = 0;
-    if (TA_UNLIKELY(!__atomic_compare_exchange_n(&l->state, &z, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)))
-        ta_lock_wait(l);
-    return how == TA_HELD_SOLO ? how : TA_HELD_ATOMIC;
+    for (;;) {
+        int z = 0;
+        if (TA_UNLIKELY(!__atomic_compare_exchange_n(&l->state, &z, 1, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)))
+            ta_lock_wait(l);
+        if (how == TA_HELD_SOLO) return how;
+        /* (the store of the state, then the gate's load: fork_prepare stores
+         * the gate, then loads the states) */
+        if (TA_LIKELY(!__atomic_load_n(&ta_fork_gate, __ATOMIC_SEQ_CST)) || ta_lock_depth) break;
+        if (__atomic_exchange_n(&l->state, 0, __ATOMIC_RELEASE) == 2) ta_lock_wake(l);
+        ta_fork_gate_wait();
+    }
+    ta_lock_depth++;
+    return TA_HELD_ATOMIC;
 }
 static inline void ta_lock(ta_lock_t *l) { (void)ta_lock_how(l); }
 static inline bool ta_trylock(ta_lock_t *l) {
@@ -236,8 +257,14 @@ static inline bool ta_trylock(ta_lock_t *l) {
             return false;
         }
         __atomic_store_n(&l->state, 1, __ATOMIC_RELAXED);
-    } else if (!__atomic_compare_exchange_n(&l->state, &z, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+    } else if (!__atomic_compare_exchange_n(&l->state, &z, 1, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
         return false;
+    } else if (TA_UNLIKELY(__atomic_load_n(&ta_fork_gate, __ATOMIC_SEQ_CST)) && !ta_lock_depth) { /* a fork */
+        if (__atomic_exchange_n(&l->state, 0, __ATOMIC_RELEASE) == 2) ta_lock_wake(l);
+        return false;
+    } else {
+        ta_lock_depth++;
+    }
     ta_witness_acquire(l, true);
     return true;
 }
@@ -251,22 +278,32 @@ static inline void ta_unlock_how(ta_lock_t *l, int how) {
         if (how == TA_HELD_SOLO) ta_solo_leave();
         return;
     }
+    ta_lock_depth--;
     if (TA_UNLIKELY(__atomic_exchange_n(&l->state, 0, __ATOMIC_RELEASE) == 2)) ta_lock_wake(l);
 }
 static inline void ta_unlock(ta_lock_t *l) {
     ta_unlock_how(l, ta_single_threaded() ? TA_HELD_PLAIN : ta_solo_holding() ? TA_HELD_SOLO : TA_HELD_ATOMIC);
 }
-/* After fork: the parent lets go of l, which fork_prepare took; the child,
- * whose other threads are gone, starts it afresh.  When fork_prepare took no
- * lock (no other thread could hold one: init.c), the child leaves l alone:
- * not even read, its cache line and page may be far (each unlock_all loop
- * covers hundreds of them). */
+/* *_lock_all's step: take l (a snapshot), or, for fork, with the gate closed,
+ * wait until nobody holds it and take nothing (init.c). */
+static inline void ta_lock_or_drain(ta_lock_t *l, bool fork) {
+    if (fork)
+        ta_lock_drain(l);
+    else
+        ta_lock(l);
+}
+/* Let go of l after the *_lock_all that took it (a snapshot), or, in the child
+ * of fork, start it afresh: its other threads are gone, and one may have held
+ * it (a thread that took it as its first while the gate was closed, about to
+ * let go).  The child writes only a lock found held: every other one is left
+ * as it is, its page not copied; and when no other thread could hold one
+ * (init.c), not even read (each unlock_all loop covers hundreds). */
 enum { TA_FORK_LONE, TA_FORK_SOLO, TA_FORK_LOCKED }; /* what fork_prepare did (init.c) */
 extern int ta_fork_mode;
 static inline void ta_lock_after_fork(ta_lock_t *l, bool child) {
     if (!child)
         ta_unlock(l);
-    else if (ta_fork_mode == TA_FORK_LOCKED)
+    else if (ta_fork_mode == TA_FORK_LOCKED && __atomic_load_n(&l->state, __ATOMIC_RELAXED))
         l->state = 0;
 }
 
@@ -463,7 +500,7 @@ size_t ta_meta_trim(void);
 #define TA_STATES_MAX 512
 uint8_t *ta_meta_states_new(size_t n, uint32_t shard);
 void ta_meta_states_delete(uint8_t *p, size_t n);
-void ta_meta_lock_all(void);
+void ta_meta_lock_all(bool fork);
 void ta_meta_unlock_all(bool child);
 
 /* ---- pagemap.c: page number → span and size class ---------------------- */
@@ -793,7 +830,7 @@ void ta_pageheap_stats(ta_pageheap_stats_t *out);
  * snapshot of every tier); class_spans (TA_MAX_CLASSES entries, or NULL)
  * receives the number of in-use spans carved for each size class. */
 void ta_pageheap_stats_locked(ta_pageheap_stats_t *out, uint64_t *class_spans);
-void ta_pageheap_lock_all(void);   /* fork */
+void ta_pageheap_lock_all(bool fork);   /* fork */
 void ta_pageheap_unlock_all(bool child);
 
 /* ---- central.c: tier 2 ---------------------------------------------------- */
@@ -844,7 +881,7 @@ typedef struct ta_central_stats {
 void ta_central_stats(uint32_t cls, ta_central_stats_t *out);
 /* The same with every central lock already held (ta_central_lock_all). */
 void ta_central_stats_locked(uint32_t cls, ta_central_stats_t *out);
-void ta_central_lock_all(void);
+void ta_central_lock_all(bool fork);
 void ta_central_unlock_all(bool child);
 
 /* ---- pcache.c: tier 1 (its interface is pcache.h) ------------------------- */
@@ -862,7 +899,7 @@ void ta_quarantine_init(void);
 void ta_quarantine_put(void *p, uint8_t *state, uint32_t cls);
 void ta_quarantine_drain(void);                /* malloc_trim: every shard empties */
 void ta_quarantine_counts(uint64_t *objects);  /* += objects held per class (read racily) */
-void ta_quarantine_lock_all(void);             /* fork */
+void ta_quarantine_lock_all(bool fork);             /* fork */
 void ta_quarantine_unlock_all(bool child);
 #endif
 
@@ -909,7 +946,7 @@ int ta_profile_write_fd(int fd);
  * one is rewritten only if it is a regular file owned by the effective uid,
  * else -1 with errno EPERM.  -1 with errno on any failure. */
 int ta_open_report(const char *path);
-void ta_sample_lock_all(void);   /* fork */
+void ta_sample_lock_all(bool fork);   /* fork */
 void ta_sample_unlock_all(bool child);
 
 /* ---- init.c: process start and fork (called from the API only) --------- */
@@ -986,7 +1023,7 @@ void *ta_trace_realloc(void *p, size_t n);
 void *ta_trace_calloc(size_t n, size_t size);
 void *ta_trace_aligned(int op, size_t align, size_t n);
 void ta_trace_thread_exit(void);
-void ta_trace_lock_all(void);
+void ta_trace_lock_all(bool fork);
 void ta_trace_unlock_all(bool child);
 
 #pragma GCC visibility pop

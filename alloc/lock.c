@@ -32,6 +32,36 @@ void ta_lock_wait(ta_lock_t *l) {
 
 void ta_lock_wake(ta_lock_t *l) { ta_sys3(SYS_futex, &l->state, FUTEX_WAKE_PRIVATE, 1); }
 
+/* ---- the fork gate (internal.h) ---------------------------------------------
+ * A line of its own: every lock taken with an atomic reads it, and fork
+ * writes it twice. */
+struct ta_gate_line ta_fork_gate_line;
+__thread int ta_lock_depth __attribute__((tls_model("initial-exec")));
+
+void ta_lock_drain(ta_lock_t *l) {
+    for (unsigned i = 0; __atomic_load_n(&l->state, __ATOMIC_SEQ_CST); i++) {
+        if (i < SPINS) cpu_relax();
+        else ta_sys0(SYS_sched_yield); /* the holder may have been preempted */
+    }
+}
+
+/* Wait until the fork under way has returned in the parent (init.c opens the
+ * gate and wakes every waiter). */
+void ta_fork_gate_wait(void) {
+    for (int i = 0; i < SPINS; i++) {
+        cpu_relax();
+        if (!__atomic_load_n(&ta_fork_gate, __ATOMIC_ACQUIRE)) return;
+    }
+    for (;;) {
+        int g = __atomic_load_n(&ta_fork_gate, __ATOMIC_ACQUIRE);
+        if (!g) return;
+        /* closed: 1 -> 2 first, so that the opener knows to wake */
+        if (g == 1 && !__atomic_compare_exchange_n(&ta_fork_gate, &g, 2, false, __ATOMIC_ACQUIRE, __ATOMIC_ACQUIRE))
+            continue;
+        ta_sys4(SYS_futex, &ta_fork_gate, FUTEX_WAIT_PRIVATE, 2, NULL);
+    }
+}
+
 #ifdef TA_DEBUG
 /* The lock-rank witness: the locks a thread holds.  A lock taken while one of
  * higher rank (or of the same rank at a higher address) is held could deadlock

@@ -301,7 +301,7 @@ void ta_meta_states_delete(uint8_t *p, size_t n) {
     ta_unlock(&meta_lock);
 }
 
-void ta_meta_lock_all(void) { ta_lock(&meta_lock); }
+void ta_meta_lock_all(bool fork) { ta_lock_or_drain(&meta_lock, fork); }
 void ta_meta_unlock_all(bool child) {
     ta_lock_after_fork(&meta_lock, child);
 }

@@ -1324,7 +1324,7 @@ void ta_pageheap_stats_locked(ta_pageheap_stats_t *out, uint64_t *class_spans) {
         for (uint32_t c = 0; c < TA_MAX_CLASSES; c++) class_spans[c] = ph_class_spans[c];
 }
 
-void ta_pageheap_lock_all(void) { ta_lock(&ph_lock); }
+void ta_pageheap_lock_all(bool fork) { ta_lock_or_drain(&ph_lock, fork); }
 void ta_pageheap_unlock_all(bool child) {
     if (child) {
         /* spans a decay pass had out: the parent releases them; the child's

@@ -1178,9 +1178,9 @@ void ta_pcache_stats_locked(ta_pcache_stats_t *out) {
 }
 
 /* (reg_lock first: no switch is under way while it is held, so ncpus stays) */
-void ta_pcache_lock_all(void) {
-    ta_lock(&reg_lock);
-    for (uint32_t i = 0; i < ncpus; i++) ta_lock(&cpus[i].lock);
+void ta_pcache_lock_all(bool fork) {
+    ta_lock_or_drain(&reg_lock, fork);
+    for (uint32_t i = 0; i < ncpus; i++) ta_lock_or_drain(&cpus[i].lock, fork);
 }
 
 void ta_pcache_unlock_all(bool child) {

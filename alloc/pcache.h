@@ -329,7 +329,7 @@ typedef struct ta_pcache_stats {
 } ta_pcache_stats_t;
 /* Sum over the caches; the caller holds the registry lock (ta_pcache_lock_all). */
 void ta_pcache_stats_locked(ta_pcache_stats_t *out);
-void ta_pcache_lock_all(void);
+void ta_pcache_lock_all(bool fork);
 void ta_pcache_unlock_all(bool child);
 
 #endif

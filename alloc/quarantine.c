@@ -155,8 +155,8 @@ void ta_quarantine_counts(uint64_t *objects) {
         for (uint32_t c = 1; c < ta_nclasses; c++) objects[c] += __atomic_load_n(&shards[s].count[c], __ATOMIC_RELAXED);
 }
 
-void ta_quarantine_lock_all(void) {
-    for (uint32_t s = 0; s < nshards; s++) ta_lock(&shards[s].lock);
+void ta_quarantine_lock_all(bool fork) {
+    for (uint32_t s = 0; s < nshards; s++) ta_lock_or_drain(&shards[s].lock, fork);
 }
 
 void ta_quarantine_unlock_all(bool child) {

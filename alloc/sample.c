@@ -495,7 +495,7 @@ TA_EXPORT int ta_profile_dump(const char *path) {
     return r;
 }
 
-void ta_sample_lock_all(void) { ta_lock(&sample_lock); }
+void ta_sample_lock_all(bool fork) { ta_lock_or_drain(&sample_lock, fork); }
 void ta_sample_unlock_all(bool child) {
     ta_lock_after_fork(&sample_lock, child);
 }

@@ -47,10 +47,10 @@ void ta_snapshot(struct ta_stats *st, bool resident) {
     ta_pcache_stats_t pc;
     ta_arena_stats_t ar;
 
-    ta_pcache_lock_all();
-    ta_central_lock_all();
-    ta_pageheap_lock_all();
-    ta_meta_lock_all();
+    ta_pcache_lock_all(false);
+    ta_central_lock_all(false);
+    ta_pageheap_lock_all(false);
+    ta_meta_lock_all(false);
     ta_os_stats(&os);
     ta_pageheap_stats_locked(&ph, class_spans);
     for (uint32_t c = 1; c < ta_nclasses; c++) ta_central_stats_locked(c, &cs[c]);

@@ -338,8 +338,8 @@ __attribute__((destructor)) static void trace_at_exit(void) {
     errno = saved;
 }
 
-void ta_trace_lock_all(void) {
-    ta_lock(&list_lock);
+void ta_trace_lock_all(bool fork) {
+    ta_lock_or_drain(&list_lock, fork);
 }
 
 void ta_trace_unlock_all(bool child) {

@@ -29,6 +29,10 @@
  *                      child that frees and allocates a few and exits; the
  *                      parent waits for it (op: one fork and wait; shells,
  *                      make and subprocess calls do this all the time)
+ *   fork_threaded/heap_mib:N  the same from a process with a second thread of
+ *                      its own, which allocated and now waits (a program's
+ *                      thread pool, a logger): the allocator can no longer
+ *                      count on being alone at fork
  *   spawn_small        start a short-lived program and wait for it: this binary
  *                      run as `tieralloc-bench --small-process` (it inherits
  *                      LD_PRELOAD, so the same allocator), which allocates a
@@ -40,6 +44,7 @@
  * One operation is one malloc+free pair (one realloc call for the realloc rows);
  * items_per_second is operations per second, so 1/items_per_second is the time
  * per operation. */
+#include <pthread.h>
 #include <spawn.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -364,9 +369,31 @@ static void fork_child_work(char **blocks, size_t n)
     _exit(0);
 }
 
-static void bm_fork(tb_state *st, void *arg)
+/* fork_threaded's second thread: it allocates (so it has a cache, and the
+ * process is threaded to the allocator too), then waits for the end */
+static int fork_idle_pipe[2];
+static void *fork_idle_thread(void *arg)
 {
     (void)arg;
+    char *p = malloc(100), c;
+    if (p)
+        p[0] = 1;
+    while (read(fork_idle_pipe[0], &c, 1) < 0) {
+    }
+    free(p);
+    return NULL;
+}
+
+static void bm_fork(tb_state *st, void *arg)
+{
+    bool threaded = arg != NULL;
+    pthread_t idle;
+    if (threaded) {
+        if (pipe(fork_idle_pipe) != 0 || pthread_create(&idle, NULL, fork_idle_thread, NULL) != 0) {
+            tb_skip_with_error(st, "pipe or pthread_create failed");
+            return;
+        }
+    }
     size_t target = (size_t)tb_range(st, 0) << 20, total = 0, n = 0, cap = 1024;
     char **blocks = malloc(cap * sizeof *blocks);
     bench_rng r = { 77 };
@@ -404,6 +431,13 @@ static void bm_fork(tb_state *st, void *arg)
     for (size_t i = 0; blocks && i < n; i++)
         free(blocks[i]);
     free(blocks);
+    if (threaded) {
+        if (write(fork_idle_pipe[1], "x", 1) != 1)
+            abort();
+        pthread_join(idle, NULL);
+        close(fork_idle_pipe[0]);
+        close(fork_idle_pipe[1]);
+    }
 }
 
 /* The program spawn_small starts (main.c: `--small-process`): a short-lived
@@ -480,5 +514,8 @@ void bench_register_single(void)
     /* real time: the child runs and exits while the parent waits */
     tb_bench_use_real_time(
         tb_bench_unit(tb_bench_arg(tb_bench_arg_name(tb_register("fork", bm_fork, NULL), "heap_mib"), 16), TB_US));
+    static int threaded = 1;
+    tb_bench_use_real_time(tb_bench_unit(
+        tb_bench_arg(tb_bench_arg_name(tb_register("fork_threaded", bm_fork, &threaded), "heap_mib"), 16), TB_US));
     tb_bench_use_real_time(tb_bench_unit(tb_register("spawn_small", bm_spawn_small, NULL), TB_US));
 }

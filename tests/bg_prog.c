@@ -36,7 +36,13 @@
  *                        are counted (it writes nothing of its own between):
  *                        every page the allocator writes after fork is copied.
  *                        Prints "lonefork N failed F parent_faults P" (P in
- *                        all N forks). */
+ *                        all N forks).
+ *   bg_prog threadfork N the same with a second thread of the program that
+ *                        allocates and frees blocks of every tier flat out
+ *                        meanwhile (fork then waits for its operations under
+ *                        way: init.c); the forking thread's own minor faults
+ *                        are counted.  Prints "threadfork N failed F
+ *                        parent_faults P". */
 #include "testutil.h"
 
 #include <pthread.h>
@@ -301,18 +307,23 @@ static int run_churn(int threads) {
 
 /* ---- fork from a process with one thread of its own ------------------------------ */
 #define LONE_BLOCKS 64
-static int run_lonefork(int n) {
-    char *b[LONE_BLOCKS];
-    size_t len[LONE_BLOCKS];
+/* a heap of every tier: small blocks of many classes, large ones */
+static void fork_heap_make(char **b, size_t *len) {
     for (int i = 0; i < LONE_BLOCKS; i++) {
         len[i] = i % 8 == 7 ? ((size_t)300 << 10) + (size_t)i * 4096 : (size_t)16 + (size_t)i * 97;
         b[i] = malloc(len[i]);
         memset(b[i], i, len[i]);
     }
+}
+
+/* n forks one after another: each child checks and frees the heap it
+ * inherited, allocates its own and exits.  Returns the failures; *faults
+ * gets the minor faults that count() saw over every fork and wait. */
+static int fork_children(int n, char **b, const size_t *len, long (*count)(void), long *faults) {
     int failed = 0;
-    long faults = 0;
+    *faults = 0;
     for (int k = 0; k < n; k++) {
-        long f0 = minflt();
+        long f0 = count();
         pid_t pid = fork();
         if (pid == 0) {
             for (int i = 0; i < LONE_BLOCKS; i++) {
@@ -331,12 +342,21 @@ static int run_lonefork(int n) {
             continue;
         }
         int rc = wait_for(pid, 20);
-        faults += minflt() - f0;
+        *faults += count() - f0;
         if (rc != 0) {
             fprintf(stderr, "bg_prog: child %d (fork %d): %d\n", (int)pid, k, rc);
             failed++;
         }
     }
+    return failed;
+}
+
+static int run_lonefork(int n) {
+    char *b[LONE_BLOCKS];
+    size_t len[LONE_BLOCKS];
+    fork_heap_make(b, len);
+    long faults;
+    int failed = fork_children(n, b, len, minflt, &faults);
     /* the parent's heap is intact and in use */
     for (int i = 0; i < LONE_BLOCKS; i++) {
         if (b[i][0] != (char)i || b[i][len[i] - 1] != (char)i) failed++;
@@ -348,11 +368,62 @@ static int run_lonefork(int n) {
     return failed != 0;
 }
 
+/* ---- fork from a process with two threads of its own ----------------------------- */
+static atomic_int tf_stop;
+static atomic_long tf_rounds;
+
+/* the other thread: small and large blocks through every tier, flat out */
+static void *threadfork_worker(void *arg) {
+    (void)arg;
+    uint64_t s = 99;
+    char *v[256] = {0};
+    while (!atomic_load(&tf_stop)) {
+        int i = (int)(rng(&s) % 256);
+        free(v[i]);
+        size_t n = rng(&s) % 16 ? 16 + rng(&s) % 2000 : ((size_t)64 << 10) + rng(&s) % ((size_t)256 << 10);
+        if (!(v[i] = malloc(n))) abort();
+        v[i][0] = v[i][n - 1] = (char)i;
+        atomic_fetch_add(&tf_rounds, 1);
+    }
+    for (int i = 0; i < 256; i++) free(v[i]);
+    return NULL;
+}
+
+static long thread_minflt(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_THREAD, &ru);
+    return ru.ru_minflt;
+}
+
+static int run_threadfork(int n) {
+    char *b[LONE_BLOCKS];
+    size_t len[LONE_BLOCKS];
+    fork_heap_make(b, len);
+    pthread_t t;
+    if (pthread_create(&t, NULL, threadfork_worker, NULL) != 0) return 2;
+    while (atomic_load(&tf_rounds) < 1000) tu_sleep_ms(1); /* it has taken locks */
+    /* (the other thread's operations under way at fork are not the child's concern) */
+    long faults;
+    int failed = fork_children(n, b, len, thread_minflt, &faults);
+    long before = atomic_load(&tf_rounds);
+    tu_sleep_ms(20);
+    if (atomic_load(&tf_rounds) == before) failed++; /* the other thread still runs: the gate opened */
+    atomic_store(&tf_stop, 1);
+    pthread_join(t, NULL);
+    for (int i = 0; i < LONE_BLOCKS; i++) {
+        if (b[i][0] != (char)i || b[i][len[i] - 1] != (char)i) failed++;
+        free(b[i]);
+    }
+    printf("threadfork %d failed %d parent_faults %ld\n", n, failed, faults);
+    return failed != 0;
+}
+
 int main(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "join") == 0) return run_join();
     if (argc >= 3 && strcmp(argv[1], "forks") == 0) return run_forks(atoi(argv[2]));
     if (argc >= 3 && strcmp(argv[1], "churn") == 0) return run_churn(atoi(argv[2]));
     if (argc >= 3 && strcmp(argv[1], "lonefork") == 0) return run_lonefork(atoi(argv[2]));
-    fprintf(stderr, "usage: bg_prog join | forks N | churn THREADS | lonefork N\n");
+    if (argc >= 3 && strcmp(argv[1], "threadfork") == 0) return run_threadfork(atoi(argv[2]));
+    fprintf(stderr, "usage: bg_prog join | forks N | churn THREADS | lonefork N | threadfork N\n");
     return 2;
 }

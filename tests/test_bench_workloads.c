@@ -25,7 +25,7 @@ static const char *const workloads[] = {
     "scattered_reuse/blocks:32768", "teardown/blocks:1048576/min_time:1.000", "realloc_growth", "large/size:65536", "large/size:524288", "large/size:8388608",
     "realloc_growth_64k", "realloc_doubling/mib:32", "large_ends/size:65536", "large_ends/size:262144",
     "large_ends/size:1048576", "large_ends/size:4194304", "large_ends_mixed", "fork/heap_mib:16/real_time",
-    "spawn_small/real_time",
+    "fork_threaded/heap_mib:16/real_time", "spawn_small/real_time",
     "producer_consumer/real_time/threads:2", "batch_mt/real_time/threads:1",
     "batch_mt/real_time/threads:2", "batch_mt/real_time/threads:4",
     "false_sharing/real_time/threads:2", "server/real_time/threads:2",

@@ -205,7 +205,7 @@ static void slab_seen_clear(void) {
 static ta_pcache_stats_t pc_stats(void) {
     static ta_pcache_stats_t s; /* large: not on a small thread stack */
     ta_pcache_stats_t r;
-    ta_pcache_lock_all();
+    ta_pcache_lock_all(false);
     ta_pcache_stats_locked(&s);
     ta_pcache_unlock_all(false);
     r = s;
@@ -1590,7 +1590,7 @@ static void *switch_churn(void *arg) {
 
 static uint64_t thread_caches_now(void) {
     ta_pcache_stats_t st;
-    ta_pcache_lock_all();
+    ta_pcache_lock_all(false);
     ta_pcache_stats_locked(&st);
     ta_pcache_unlock_all(false);
     return st.thread_caches;
