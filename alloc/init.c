@@ -196,7 +196,8 @@ static void fork_parent(void) {
 /* The child has one thread: its locks start afresh (those found held, when
  * other threads could hold them) and so does what the others left. */
 static void fork_child(void) {
-    if (ta_fork_mode == TA_FORK_LOCKED) ta_fork_gate = 0; /* first: the locks taken below must not wait */
+    if (ta_fork_mode == TA_FORK_LOCKED) /* first: the locks taken below must not wait */
+        __atomic_store_n(&ta_fork_gate, 0, __ATOMIC_RELAXED);
     ta_solo_after_fork(true);
     ta_witness_forget_all();
     if (ta_bg_state != TA_BG_NONE) ta_bg_state = TA_BG_NONE; /* started again lazily (the page heap forgets it too) */
