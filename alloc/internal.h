@@ -143,6 +143,10 @@ typedef struct ta_lock {
 #endif
 void ta_lock_wait(ta_lock_t *l);
 void ta_lock_wake(ta_lock_t *l);
+/* let go of l taken with an atomic, waking a sleeper if there is one */
+static inline void ta_lock_release_atomic(ta_lock_t *l) {
+    if (TA_UNLIKELY(__atomic_exchange_n(&l->state, 0, __ATOMIC_RELEASE) == 2)) ta_lock_wake(l);
+}
 /* The fork gate (init.c, lock.c): closed by fork_prepare, opened after fork.
  * A thread that takes a lock with an atomic while it holds none (ta_lock_depth
  * 0) and finds the gate closed lets the lock go at once and waits until the
@@ -241,7 +245,7 @@ static inline int ta_lock_how(ta_lock_t *l) {
         /* (the store of the state, then the gate's load: fork_prepare stores
          * the gate, then loads the states) */
         if (TA_LIKELY(!__atomic_load_n(&ta_fork_gate, __ATOMIC_SEQ_CST)) || ta_lock_depth) break;
-        if (__atomic_exchange_n(&l->state, 0, __ATOMIC_RELEASE) == 2) ta_lock_wake(l);
+        ta_lock_release_atomic(l);
         ta_fork_gate_wait();
     }
     ta_lock_depth++;
@@ -260,7 +264,7 @@ static inline bool ta_trylock(ta_lock_t *l) {
     } else if (!__atomic_compare_exchange_n(&l->state, &z, 1, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
         return false;
     } else if (TA_UNLIKELY(__atomic_load_n(&ta_fork_gate, __ATOMIC_SEQ_CST)) && !ta_lock_depth) { /* a fork */
-        if (__atomic_exchange_n(&l->state, 0, __ATOMIC_RELEASE) == 2) ta_lock_wake(l);
+        ta_lock_release_atomic(l);
         return false;
     } else {
         ta_lock_depth++;
@@ -279,7 +283,7 @@ static inline void ta_unlock_how(ta_lock_t *l, int how) {
         return;
     }
     ta_lock_depth--;
-    if (TA_UNLIKELY(__atomic_exchange_n(&l->state, 0, __ATOMIC_RELEASE) == 2)) ta_lock_wake(l);
+    ta_lock_release_atomic(l);
 }
 static inline void ta_unlock(ta_lock_t *l) {
     ta_unlock_how(l, ta_single_threaded() ? TA_HELD_PLAIN : ta_solo_holding() ? TA_HELD_SOLO : TA_HELD_ATOMIC);
