@@ -503,6 +503,15 @@ size_t ta_meta_trim(void);
  * central shard `shard`, zeroed; NULL when out of memory.  See pageheap.c. */
 #define TA_STATES_MAX 512
 uint8_t *ta_meta_states_new(size_t n, uint32_t shard);
+/* The shard of the span an object belongs to, from its state byte's address
+ * alone: a shard's arrays lie in 4 KiB pages whose address says it, in bits
+ * TA_STATES_SHARD_SHIFT and up (meta.c), so that free tells another shard's
+ * object from its own with no load (TA_SLAB_SHARD_CHECK, pcache.h). */
+#define TA_STATES_SHARD_SHIFT 12
+#define TA_STATES_SHARD_MASK ((uintptr_t)3 << TA_STATES_SHARD_SHIFT) /* shards 0..3 (central's MAX_SHARDS) */
+static inline uint32_t ta_states_shard(const uint8_t *state) {
+    return (uint32_t)(((uintptr_t)state & TA_STATES_SHARD_MASK) >> TA_STATES_SHARD_SHIFT);
+}
 void ta_meta_states_delete(uint8_t *p, size_t n);
 void ta_meta_lock_all(bool fork);
 void ta_meta_unlock_all(bool child);

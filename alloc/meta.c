@@ -254,20 +254,26 @@ out:
  * cachegrind; 31% packed).  Packed per central shard: the arrays of spans that
  * belong to different shards (CPUs, or groups of threads) lie in different
  * 4 KiB pages, so they never share a line that two CPUs write (a span that
- * another shard takes over keeps its array where it was).  A page's first
- * line holds its shard.  Arrays are recycled through a free list per shard and
+ * another shard takes over keeps its array where it was).  A page's address
+ * says its shard (TA_STATES_SHARD_SHIFT, internal.h): pages are mapped four
+ * at a time, 16 KiB aligned, the k-th for shard k, and the other shards'
+ * pages wait as spares (untouched, so not resident).  Its first line holds
+ * the shard too.  Arrays are recycled through a free list per shard and
  * size; never unmapped: a stale pagemap word may still point at one. */
 #define STATE_GRAIN 16
 #define STATE_BUCKETS (TA_STATES_MAX / STATE_GRAIN)
-#define STATE_SHARDS 64 /* shard numbers are 0..63 (a span's shard field) */
+#define STATE_SHARDS 4 /* shards 0..3 (central's MAX_SHARDS), one page of each quad */
 #define STATE_PAGE_HDR 64
 static void *states_free[STATE_SHARDS][STATE_BUCKETS + 1];
+_Static_assert(SLAB == (size_t)1 << TA_STATES_SHARD_SHIFT && STATE_SHARDS == (TA_STATES_SHARD_MASK >> TA_STATES_SHARD_SHIFT) + 1,
+               "a states page's address says its shard");
 static char *states_cur[STATE_SHARDS], *states_end[STATE_SHARDS]; /* the shard's page being carved */
+static char *states_spare[STATE_SHARDS];                            /* a page for shard k, unused yet */
 
 uint8_t *ta_meta_states_new(size_t n, uint32_t shard) {
     size_t b = (n + STATE_GRAIN - 1) / STATE_GRAIN, bytes = b * STATE_GRAIN;
     if (!b || b > STATE_BUCKETS) return NULL;
-    shard &= STATE_SHARDS - 1;
+    shard &= STATE_SHARDS - 1; /* (shards are below central's MAX_SHARDS, 4) */
     ta_lock(&meta_lock);
     char *p = states_free[shard][b];
     if (p) {
@@ -275,10 +281,18 @@ uint8_t *ta_meta_states_new(size_t n, uint32_t shard) {
     } else {
         if ((size_t)(states_end[shard] - states_cur[shard]) < bytes) {
             /* a new page (the old one's tail, under TA_STATES_MAX bytes, stays unused) */
-            char *page = meta_alloc_locked(SLAB, SLAB);
+            char *page = states_spare[shard];
+            states_spare[shard] = NULL;
             if (!page) {
-                ta_unlock(&meta_lock);
-                return NULL;
+                char *quad = meta_alloc_locked(STATE_SHARDS * SLAB, STATE_SHARDS * SLAB);
+                if (!quad) {
+                    ta_unlock(&meta_lock);
+                    return NULL;
+                }
+                /* (a spare already there stays; this one is then never used) */
+                for (uint32_t k = 0; k < STATE_SHARDS; k++)
+                    if (k != shard && !states_spare[k]) states_spare[k] = quad + k * SLAB;
+                page = quad + shard * SLAB;
             }
             *(uint32_t *)page = shard;
             states_cur[shard] = page + STATE_PAGE_HDR;

@@ -113,6 +113,21 @@ static __thread bool thread_gone;            /* past its exit destructor: counte
 /* Every thread may hold this much even when the global pool is spent. */
 #define THREAD_BUDGET_FLOOR ((uint64_t)256 << 10)
 #define MAX_BATCH 64
+/* Objects go home.  A free of another shard's object (its span belongs to
+ * another CPU, or another thread's shard) puts it in the outbox, a range of
+ * the slab of its own, not in its class's slots: were it handed out again
+ * here, its state byte's line (shared with its span's other objects) would
+ * be written by two CPUs from then on, and every free on either would wait
+ * for it.  Threads that move between CPUs made every span's objects drift
+ * into both CPUs' caches that way (`remote_frees` with no remote free at
+ * all, 8 threads on 2 CPUs: 27 ns a malloc+free against tcmalloc's 11; with
+ * objects sent home 10, alloc/README.md).  A full outbox goes home in one
+ * slow path: its objects sorted by shard and class, each run into its
+ * shard's transfer cache, where that shard's CPU takes them back.  Only
+ * objects of up to OUTBOX_OBJ_MAX bytes wait there (a full outbox then holds
+ * at most 256 KiB); a larger one goes home at once. */
+#define OUTBOX_SLOTS 64
+#define OUTBOX_OBJ_MAX 4096
 
 /* ---- restartable sequences on a CPU's slab --------------------------------- */
 #if TA_HAVE_RSEQ
@@ -401,6 +416,12 @@ static uint32_t class_max(uint32_t cls) {
     return cap;
 }
 
+/* The word of header TA_SLAB_SHARD: the cache's central shard, where a state
+ * byte's address has it (TA_SLAB_SHARD_CHECK). */
+static inline uint64_t shard_word(const ta_pcache_t *c) {
+    return (uint64_t)(c->shard % ta_central_shards()) << TA_STATES_SHARD_SHIFT;
+}
+
 /* Header h closed: every pop (cur <= begin) and push (cur >= end) misses. */
 static inline ta_slab_hdr_t closed(ta_slab_hdr_t h) {
     h.begin = 0xffff;
@@ -418,6 +439,8 @@ static void layout_headers(ta_pcache_t *c) {
         __atomic_store_n(&c->begin[cls], short_begin[cls], __ATOMIC_RELAXED);
         h[cls] = (ta_slab_hdr_t){.cur = short_begin[cls], .begin = short_begin[cls], .end = short_begin[cls]};
     }
+    h[TA_SLAB_OUTBOX].end = (uint16_t)(short_begin[TA_SLAB_OUTBOX] + OUTBOX_SLOTS);
+    h[TA_SLAB_SHARD].word = shard_word(c);
     if (c->cpu >= 0) {
         for (uint32_t cls = 0; cls < TA_MAX_CLASSES; cls++)
             __atomic_store_n(&hdr_of(c, cls)->word, closed(h[cls]).word, __ATOMIC_RELEASE);
@@ -465,8 +488,14 @@ void ta_pcache_init(void) {
          * start in the same L1 set, and so would the tops of their stacks */
         slot += slot_max[cls] + TA_SLOT_SKEW;
     }
+    /* the outbox: a range of its own, its capacity fixed (layout_headers) */
+    _Static_assert(TA_NCLASSES <= TA_SLAB_OUTBOX, "the outbox and shard headers are no class's");
+    short_begin[TA_SLAB_OUTBOX] = slot_begin[TA_SLAB_OUTBOX] = (uint16_t)slot;
+    short_max[TA_SLAB_OUTBOX] = slot_max[TA_SLAB_OUTBOX] = OUTBOX_SLOTS;
+    slot += OUTBOX_SLOTS + TA_SLOT_SKEW;
     if (slot >= 65536) ta_fatal("the slab layout needs %u slots, more than a header can count", slot);
-    for (uint32_t cls = ta_nclasses; cls < TA_MAX_CLASSES; cls++) short_begin[cls] = slot_begin[cls] = (uint16_t)slot;
+    for (uint32_t cls = ta_nclasses; cls < TA_MAX_CLASSES; cls++)
+        if (cls != TA_SLAB_OUTBOX) short_begin[cls] = slot_begin[cls] = (uint16_t)slot;
     slab_bytes = ((size_t)slot * sizeof(ta_slot_t) + 4095) & ~(size_t)4095;
     budget_pool = (int64_t)ta_cfg.cache_bytes;
     pthread_key_create(&pcache_key, ta_pcache_thread_exit);
@@ -699,6 +728,87 @@ static inline bool own_enter(ta_pcache_t *c) {
                      __atomic_load_n(&c->state, __ATOMIC_RELAXED) == TA_PC_LIVE);
 }
 
+/* ---- objects going home (OUTBOX_SLOTS) --------------------------------------- */
+static ta_pcache_t *cache_lock(void);
+static inline void cache_unlock(ta_pcache_t *c);
+
+/* The headers that hold objects, in turn: the classes, then the outbox, then
+ * 0 (a loop `for (cls = 1; cls; cls = next_cached(cls))`). */
+static inline uint32_t next_cached(uint32_t cls) {
+    return cls + 1 < ta_nclasses ? cls + 1 : cls == TA_SLAB_OUTBOX ? 0 : TA_SLAB_OUTBOX;
+}
+
+/* The class of a cached object (its pagemap word: the span is in use while
+ * the object is in a cache). */
+static inline uint32_t object_class(const void *p) {
+    return TA_INFO_CLASS(ta_pagemap_info_known((uintptr_t)p >> TA_PAGE_SHIFT));
+}
+
+/* n free objects (their bytes marked FREE) into their shards' transfer
+ * caches: sorted by shard and class, a run of each at a time. */
+static void outbox_send(const ta_slot_t *in, uint32_t n) {
+    if (!n) return;
+    ta_slot_t buf[OUTBOX_SLOTS + 1];
+    uint32_t key[OUTBOX_SLOTS + 1];
+    while (n) {
+        uint32_t m = n < OUTBOX_SLOTS + 1 ? n : OUTBOX_SLOTS + 1;
+        for (uint32_t i = 0; i < m; i++) { /* insertion sort: a few dozen at most */
+            uint32_t k = ta_states_shard(in[i].state) << 8 | object_class(in[i].obj), j = i;
+            for (; j && key[j - 1] > k; j--) {
+                key[j] = key[j - 1];
+                buf[j] = buf[j - 1];
+            }
+            key[j] = k;
+            buf[j] = in[i];
+        }
+        for (uint32_t i = 0, j; i < m; i = j) {
+            for (j = i + 1; j < m && key[j] == key[i]; j++) {}
+            ta_central_free(key[i] & 0xff, buf + i, j - i, key[i] >> 8);
+        }
+        in += m;
+        n -= m;
+    }
+}
+
+/* Put p (state its byte) in the caller's outbox: false when full.  The
+ * push of TA_SLAB_PUSH without its shard check (it marks p FREE); in a
+ * thread's cache, with no outbox in use (see ta_thread_push), only the slow
+ * paths come here. */
+static bool outbox_push(void *p, uint8_t *state) {
+#if TA_HAVE_RSEQ
+    if (ta_fe_percpu_fast()) {
+        uintptr_t cls = TA_SLAB_OUTBOX, t, c, n;
+        __asm__ __volatile__ goto(TA_RSEQ_ARM_USING("c") TA_RSEQ_SLAB TA_SLAB_PUSH_AS("") "4:\n\t"
+                                  : [t] "=&r"(t), [c] "=&r"(c), [n] "=&r"(n)
+                                  : [p] "r"(p), [st] "r"(state), [rs] "r"(ta_rseq_off), [base] "m"(ta_cpu_slabs),
+                                    [cls] "r"(cls)
+                                  : "memory", "cc"
+                                  : full);
+        return true;
+    full:
+        return false;
+    }
+#endif
+    return ta_thread_push(p, state, TA_SLAB_OUTBOX); /* (a thread's push has no shard check) */
+}
+
+void ta_pcache_free_foreign(void *p, uint8_t *state, uint32_t cls) {
+    if (ta_class[cls].size <= OUTBOX_OBJ_MAX && outbox_push(p, state)) return;
+    /* full (or p is large): the outbox goes home now, p with it */
+    ta_state_set(state, TA_OBJ_FREE);
+    ta_slot_t buf[OUTBOX_SLOTS + 1];
+    uint32_t n = 0;
+    ta_pcache_t *c = cache_lock();
+    if (c && c->state != TA_PC_DEAD) {
+        c->n_free_miss++;
+        int k = slab_take(c, TA_SLAB_OUTBOX, buf, OUTBOX_SLOTS);
+        if (k > 0) n = (uint32_t)k;
+        cache_unlock(c);
+    }
+    buf[n++] = (ta_slot_t){p, state};
+    outbox_send(buf, n);
+}
+
 /* ---- decay and draining ------------------------------------------------------ */
 /* Give back half of what each class that neither missed nor overflowed since
  * the last time holds, with as much capacity; with `all`, everything it holds
@@ -716,24 +826,31 @@ static inline bool own_enter(ta_pcache_t *c) {
  * read a cur from before. */
 static void release(ta_pcache_t *c, bool all, bool to_spans) {
     if (!c->ready) return;
-    ta_slab_hdr_t *h = hdr_of(c, 0);
+    ta_slab_hdr_t *h = hdr_of(c, 0), open[TA_MAX_CLASSES];
     uint16_t end[TA_MAX_CLASSES]; /* only slow paths under c->lock change end */
     for (uint32_t cls = 1; cls < ta_nclasses; cls++) end[cls] = h[cls].end;
     bool percpu = c->cpu >= 0;
+    end[TA_SLAB_OUTBOX] = h[TA_SLAB_OUTBOX].end;
     if (percpu) {
-        for (uint32_t cls = 1; cls < ta_nclasses; cls++) {
+        for (uint32_t cls = 1; cls; cls = next_cached(cls)) {
             __atomic_store_n(&h[cls].begin, (uint16_t)0xffff, __ATOMIC_RELAXED);
             __atomic_store_n(&h[cls].end, (uint16_t)0, __ATOMIC_RELAXED);
         }
         if (!fence_cpu(c->cpu)) { /* cannot take the slab: open it again as it was (cur unchanged) */
-            for (uint32_t cls = 1; cls < ta_nclasses; cls++) {
+            for (uint32_t cls = 1; cls; cls = next_cached(cls)) {
                 __atomic_store_n(&h[cls].begin, c->begin[cls], __ATOMIC_RELAXED);
                 __atomic_store_n(&h[cls].end, end[cls], __ATOMIC_RELAXED);
             }
             return;
         }
     }
-    ta_slab_hdr_t open[TA_MAX_CLASSES];
+    { /* the outbox goes home whole, at every release (an idle cache keeps none) */
+        uint32_t begin = c->begin[TA_SLAB_OUTBOX], cur = __atomic_load_n(&h[TA_SLAB_OUTBOX].cur, __ATOMIC_RELAXED);
+        outbox_send(c->slab + begin, cur - begin);
+        open[TA_SLAB_OUTBOX] = (ta_slab_hdr_t){.cur = begin, .begin = (uint16_t)begin, .end = end[TA_SLAB_OUTBOX]};
+        __atomic_store_n(&h[TA_SLAB_OUTBOX].word, (percpu ? closed(open[TA_SLAB_OUTBOX]) : open[TA_SLAB_OUTBOX]).word,
+                         __ATOMIC_RELEASE);
+    }
     for (uint32_t cls = 1; cls < ta_nclasses; cls++) {
         uint32_t begin = c->begin[cls], cur = __atomic_load_n(&h[cls].cur, __ATOMIC_RELAXED);
         uint32_t held = cur - begin, cap = end[cls] - begin, k = 0, shrink_by = 0;
@@ -754,7 +871,8 @@ static void release(ta_pcache_t *c, bool all, bool to_spans) {
     if (!percpu) return;
     /* (it worked a moment ago: a refusal now would leave the CPU closed for good) */
     if (!fence_cpu(c->cpu)) ta_fatal("membarrier failed while releasing the cache of CPU %d", c->cpu);
-    for (uint32_t cls = 1; cls < ta_nclasses; cls++) __atomic_store_n(&h[cls].word, open[cls].word, __ATOMIC_RELEASE);
+    for (uint32_t cls = 1; cls; cls = next_cached(cls))
+        __atomic_store_n(&h[cls].word, open[cls].word, __ATOMIC_RELEASE);
 }
 
 /* The end of a thread cache's refill window (see grow): a class in use that
@@ -952,6 +1070,7 @@ static ta_pcache_t *thread_cache_create(void) {
     ta_lock(&reg_lock);
     c->shard = least_used_shard();
     shard_users[c->shard]++;
+    hdr_of(c, TA_SLAB_SHARD)->word = shard_word(c); /* (laid out with shard 0 above; no other thread reads it) */
     c->next_all = reg_head.next_all;
     c->prev_all = &reg_head;
     reg_head.next_all->prev_all = c;
@@ -1139,6 +1258,14 @@ static void count_objects(const ta_pcache_t *c, uint64_t *objects) {
         uint32_t cur = __atomic_load_n(&hdr_of(c, cls)->cur, __ATOMIC_RELAXED);
         uint32_t begin = __atomic_load_n(&c->begin[cls], __ATOMIC_RELAXED);
         objects[cls] += cur > begin ? cur - begin : 0;
+    }
+    /* the outbox's objects, by their class (read racily, as the counts: a
+     * slot may be rewritten under us, but it holds an object of the heap) */
+    uint32_t cur = __atomic_load_n(&hdr_of(c, TA_SLAB_OUTBOX)->cur, __ATOMIC_RELAXED);
+    for (uint32_t i = short_begin[TA_SLAB_OUTBOX]; i < cur && i < (uint32_t)short_begin[TA_SLAB_OUTBOX] + OUTBOX_SLOTS; i++) {
+        void *p = __atomic_load_n(&c->slab[i].obj, __ATOMIC_RELAXED);
+        uint32_t cls = p ? object_class(p) : 0;
+        if (cls && cls < ta_nclasses) objects[cls]++;
     }
 }
 

@@ -36,8 +36,18 @@
 #define TA_SLAB_SHIFT 20 /* a slab is 1 MiB of address space: 64 Ki slots of 16 bytes */
 #define TA_SLAB_HDR_SLOTS (TA_MAX_CLASSES * 8 / 16) /* the headers take the first slots */
 #define TA_SLOT_SKEW 4 /* slots (one cache line) between two classes' ranges (pcache.c) */
+/* Two headers that are no class's (classes end below TA_MAX_CLASSES - 2):
+ * the outbox, whose range holds other shards' objects on their way home
+ * (pcache.c), and the cache's shard, a word of its own, shifted as in a
+ * state byte's address (TA_SLAB_SHARD_CHECK). */
+#define TA_SLAB_OUTBOX (TA_MAX_CLASSES - 2)
+#define TA_SLAB_SHARD (TA_MAX_CLASSES - 1)
 
 /* (ta_slot_t, an object and its state byte's address: internal.h) */
+
+/* Another shard's object freed (TA_SLAB_SHARD_CHECK): into the caller's
+ * outbox, which goes home in groups when full (pcache.c). */
+void ta_pcache_free_foreign(void *p, uint8_t *state, uint32_t cls);
 
 typedef union ta_slab_hdr {
     uint64_t word;
@@ -116,6 +126,20 @@ extern ta_fe_t ta_fe;
     "shll $4, %k[c]\n\t"                                                                     \
     "movq -16(%[t],%q[c]), %[c]\n\t"                                                          \
     "prefetchw (%[c])\n\t"
+/* Push sends another shard's object to the outbox (pcache.c, "Objects go
+ * home"): the shard of an object's span is in its state byte's address
+ * (bits TA_STATES_SHARD_SHIFT.., meta.c), the cache's in the word of header
+ * TA_SLAB_SHARD, kept shifted the same way; the two differ in those bits
+ * only for another shard's object.  Tested after the room: a cache that
+ * has no room (a thread without one, tracing) misses into the slow path
+ * either way. */
+#define TA_SLAB_SHARD_CHECK                                                                   \
+    "movq %[st], %[n]\n\t"                                                                    \
+    "xorq 1016(%[t]), %[n]\n\t" /* TA_SLAB_SHARD's word */                                   \
+    "testl $0x3000, %k[n]\n\t"  /* TA_STATES_SHARD_MASK */                                   \
+    "jne %l[foreign]\n\t"
+_Static_assert(TA_SLAB_SHARD * 8 == 1016 && TA_STATES_SHARD_MASK == 0x3000,
+               "TA_SLAB_SHARD_CHECK spells the header's offset and the mask as literals");
 /* Push marks the object FREE in its state byte too, after the slot's stores
  * and before the commit: never visible in a cache while its state still says
  * LIVE (another thread on this CPU may pop it the moment cur is stored), and
@@ -123,16 +147,18 @@ extern ta_fe_t ta_fe;
  * where free did it until stop 34: the same instructions, yet `batch` and
  * `scattered_reuse` about 6% faster (alloc/README.md, free(p)). */
 _Static_assert(TA_OBJ_FREE == 0, "TA_SLAB_PUSH stores TA_OBJ_FREE as the immediate 0");
-#define TA_SLAB_PUSH                                                                          \
+#define TA_SLAB_PUSH_AS(check)                                                                \
     "movl (%[t],%[cls],8), %k[c]\n\t"                                                         \
     "cmpw 6(%[t],%[cls],8), %w[c]\n\t"                                                        \
     "jae %l[full]\n\t"                                                                        \
+    check                                                                                     \
     "leal 1(%q[c]), %k[n]\n\t"                                                                \
     "shll $4, %k[c]\n\t"                                                                      \
     "movq %[p], (%[t],%q[c])\n\t"                                                             \
     "movq %[st], 8(%[t],%q[c])\n\t"                                                           \
     "movb $0, (%[st])\n\t" /* the object's state: TA_OBJ_FREE */                              \
     "movl %k[n], (%[t],%[cls],8)\n\t" /* commit */
+#define TA_SLAB_PUSH TA_SLAB_PUSH_AS(TA_SLAB_SHARD_CHECK)
 
 #define TA_HAVE_RSEQ 1
 /* An rseq critical section [start, commit] with its descriptor in section
@@ -195,10 +221,13 @@ TA_ALWAYS_INLINE bool ta_rseq_push(void *p, uint8_t *state, uint32_t cls) {
                  : [p] "r"(p), [st] "r"(state), [rs] "r"(ta_rseq_off), [base] "m"(ta_cpu_slabs),
                    [cls] "r"((uintptr_t)cls)
                  : "memory", "cc"
-                 : full);
+                 : full, foreign);
     return true;
 full:
     return false;
+foreign:
+    ta_pcache_free_foreign(p, state, cls);
+    return true;
 }
 #else
 #define TA_HAVE_RSEQ 0
@@ -232,7 +261,7 @@ miss:
 
 TA_ALWAYS_INLINE bool ta_thread_push(void *p, uint8_t *state, uint32_t cls) {
     uintptr_t c, n;
-    __asm__ __volatile__ goto(TA_SLAB_PUSH
+    __asm__ __volatile__ goto(TA_SLAB_PUSH_AS("")
                               : [c] "=&r"(c), [n] "=&r"(n)
                               : [p] "r"(p), [st] "r"(state), [t] "r"(ta_tls.slab), [cls] "r"((uintptr_t)cls)
                               : "memory", "cc"
