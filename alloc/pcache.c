@@ -1181,6 +1181,13 @@ void ta_pcache_free_slow(void *p, uint32_t cls, uint8_t *state) {
         return;
     }
     c->n_free_miss++;
+    if (c->cpu >= 0 && (shard_word(c) ^ (uintptr_t)state) & TA_STATES_SHARD_MASK) {
+        /* another shard's object, here because the CPU's slab was not laid
+         * out yet, or full: it goes home, as from the fast path */
+        cache_unlock(c);
+        ta_pcache_free_foreign(p, state, cls);
+        return;
+    }
     /* frees alone grow a class to one batch at most */
     if (capacity(c, cls) < ta_class[cls].batch) grow(c, cls);
     int k = slab_put(c, cls, &mine, 1);

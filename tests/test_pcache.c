@@ -32,8 +32,11 @@
  *    a new thread's cache takes a central shard no busy thread uses, so two
  *    threads do not refill from the same spans; two threads freeing each
  *    other's blocks at random keep their caches bounded;
- *  - misuse: double free of a cached block, after overflow, and free of an
- *    object never handed out abort (object state bytes).
+ *  - objects go home: per CPU, a block of another shard's span freed here waits
+ *    in the CPU's outbox (never handed out here, counted in the statistics)
+ *    and goes to its shard when the outbox fills or the cache drains;
+ *  - misuse: double free of a cached block, after overflow, in an outbox, and
+ *    free of an object never handed out abort (object state bytes).
  *
  * Work that needs a cache nobody else touched runs in a fresh thread that
  * reports back; the assertions run on the main thread. */
@@ -1102,6 +1105,122 @@ Test(pcache, exited_threads_objects_stay_with_the_cpu) {
                  (long)(c0.span_free_bytes - c1.span_free_bytes));
 }
 
+/* Objects go home (pcache.c, OUTBOX_SLOTS): per CPU, a free of an object whose
+ * span belongs to another shard puts it in the outbox, never in the class's
+ * slots, so that this CPU does not hand it out; the outbox goes to the
+ * object's shard's transfer cache when it is full or the cache is drained.
+ * Two CPUs of different shards: allocate on the first, free on the second. */
+/* ta_stats_get's identity: what is mapped and not released is the sum of the parts. */
+static void assert_stats_identity(const char *when) {
+    struct ta_stats st = TA_STATS_INIT;
+    cr_assert_eq(ta_stats_get(&st), 0);
+    uint64_t sum = st.inuse_bytes + st.thread_cache_bytes + st.central_bytes + st.span_free_bytes +
+                   st.span_tail_bytes + st.pageheap_free_bytes + st.arena_bytes + st.metadata_bytes + st.guard_bytes;
+    cr_assert_eq(st.mapped_bytes - st.released_bytes, sum, "%s: mapped-released %lu, parts %lu", when,
+                 (unsigned long)(st.mapped_bytes - st.released_bytes), (unsigned long)sum);
+}
+
+static bool two_shards(int *cpu0, int *cpu1) {
+    int cpus[64], n = ncpu_allowed(cpus, 64);
+    uint32_t shards = ta_central_shards();
+    for (int i = 1; i < n; i++)
+        if ((uint32_t)cpus[i] % shards != (uint32_t)cpus[0] % shards) {
+            *cpu0 = cpus[0];
+            *cpu1 = cpus[i];
+            return true;
+        }
+    return false;
+}
+
+Test(pcache, another_shards_objects_go_home) {
+    NEED_PERCPU();
+    int cpu0, cpu1;
+    if (!two_shards(&cpu0, &cpu1)) cr_skip_test("needs two allowed CPUs of different central shards");
+    const size_t sz = 3000;
+    const uint32_t c = ta_size_to_class(sz), home = (uint32_t)cpu0 % ta_central_shards();
+    enum { N = 48 };
+    void *p[N], *q[N];
+    int nf = 0;
+    quiesce(); /* (every outbox empty) */
+    cr_assert(pin(cpu0));
+    for (int i = 0; i < N; i++) {
+        void *b = malloc(sz);
+        cr_assert_not_null(b);
+        memset(b, i, sz);
+        if (!sampled(b) && ta_states_shard(ta_state_of(b, c)) == home) p[nf++] = b;
+        else q[i - nf] = b;
+    }
+    cr_assert_geq(nf, N / 2, "only %d of %d blocks belong to CPU %d's shard", nf, N, cpu0);
+    cr_assert(pin(cpu1));
+    free(malloc(sz)); /* (the CPU's slab laid out) */
+    ta_slot_t *slab = cpu_slab(cpu1);
+    uint32_t class_before = held(slab, c);
+    for (int i = 0; i < nf; i++) free(p[i]);
+    cr_assert_eq(held(slab, TA_SLAB_OUTBOX), (uint32_t)nf, "%u of %d freed blocks in CPU %d's outbox",
+                 held(slab, TA_SLAB_OUTBOX), nf, cpu1);
+    cr_assert_leq(held(slab, c), class_before, "another shard's blocks went into the class's slots");
+    cr_assert_geq(ta_pcache_bytes(c), (uint64_t)nf * ta_class[c].size, "the outbox's blocks are not counted");
+    assert_stats_identity("blocks in an outbox");
+    /* this CPU does not hand them out */
+    void *r[N];
+    for (int i = 0; i < nf; i++) {
+        r[i] = malloc(sz);
+        cr_assert_not_null(r[i]);
+        for (int j = 0; j < nf; j++) cr_assert_neq(r[i], p[j], "CPU %d handed out a block of another shard", cpu1);
+    }
+    for (int i = 0; i < nf; i++) free(r[i]);
+    for (int i = 0; i < N - nf; i++) free(q[i]);
+    /* the drain sends the outbox home: CPU 0's shard hands them out again */
+    ta_pcache_drain_all();
+    cr_assert_eq(held(slab, TA_SLAB_OUTBOX), 0u, "the drain left the outbox with objects");
+    cr_assert(pin(cpu0));
+    int back = 0;
+    for (int i = 0; i < nf; i++) {
+        r[i] = malloc(sz);
+        for (int j = 0; j < nf; j++) back += r[i] == p[j];
+    }
+    for (int i = 0; i < nf; i++) free(r[i]);
+    cr_assert_gt(back, 0, "none of the %d blocks came back to their shard's CPU", nf);
+    quiesce();
+}
+
+/* Past the outbox's capacity it goes home at once, in runs of shard and
+ * class: nothing is lost (the stats identity) and nothing handed out twice. */
+Test(pcache, a_full_outbox_goes_home) {
+    NEED_PERCPU();
+    int cpu0, cpu1;
+    if (!two_shards(&cpu0, &cpu1)) cr_skip_test("needs two allowed CPUs of different central shards");
+    enum { N = 2000 };
+    static char *p[N];
+    quiesce();
+    cr_assert(pin(cpu0));
+    for (int i = 0; i < N; i++) {
+        size_t sz = 16 + (size_t)(i * 37) % 2000; /* many classes in one outbox */
+        p[i] = malloc(sz);
+        cr_assert_not_null(p[i]);
+        memset(p[i], (int)(i & 0xff), sz);
+    }
+    cr_assert(pin(cpu1));
+    for (int i = 0; i < N; i++) free(p[i]);
+    cr_assert_leq(held(cpu_slab(cpu1), TA_SLAB_OUTBOX), 64u);
+    assert_stats_identity("after outboxes went home");
+    /* all come back once, none twice */
+    cr_assert(pin(cpu0));
+    for (int i = 0; i < N; i++) {
+        size_t sz = 16 + (size_t)(i * 37) % 2000;
+        p[i] = malloc(sz);
+        cr_assert_not_null(p[i]);
+        memset(p[i], (int)(i & 0xff), sz);
+    }
+    for (int i = 0; i < N; i++) {
+        size_t sz = 16 + (size_t)(i * 37) % 2000;
+        for (size_t k = 0; k < sz; k++)
+            cr_assert_eq((unsigned char)p[i][k], (unsigned char)(i & 0xff), "block %d overwritten: handed out twice", i);
+    }
+    for (int i = 0; i < N; i++) free(p[i]);
+    quiesce();
+}
+
 /* Frees alone grow a class to one batch at most: a consumer thread flushes in
  * batches but does not hoard blocks it will never allocate again. */
 static uint32_t consumer_cap, consumer_held;
@@ -1911,6 +2030,27 @@ static void double_free_in_transfer_cache(void *arg) {
 }
 Test(pcache, double_free_anywhere_after_many_frees_aborts) {
     tu_expect_abort(double_free_in_transfer_cache, "double free", 1);
+}
+
+/* A block freed on a CPU of another shard waits in that CPU's outbox, FREE:
+ * a second free there is seen at once. */
+static int df_cpu0, df_cpu1;
+static void double_free_in_outbox(void *arg) {
+    (void)arg;
+    pin(df_cpu0);
+    void *p = malloc(200);
+    while (sampled(p) || ta_states_shard(ta_state_of(p, ta_size_to_class(200))) != (uint32_t)df_cpu0 % ta_central_shards())
+        p = malloc(200);
+    pin(df_cpu1);
+    free(p);
+    report(p);
+    free(p);
+    shared->reached_end = 1;
+}
+Test(pcache, double_free_of_a_block_in_an_outbox_aborts) {
+    NEED_PERCPU();
+    if (!two_shards(&df_cpu0, &df_cpu1)) cr_skip_test("needs two allowed CPUs of different central shards");
+    tu_expect_abort(double_free_in_outbox, "double free", 1);
 }
 
 /* An object of a live span that tieralloc never handed to the program: the
