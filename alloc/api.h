@@ -71,7 +71,12 @@ TA_ALWAYS_INLINE void ta_free_small(void *p, uint8_t *state, uint32_t cls) {
     ta_state_set(state, TA_OBJ_FREE);
     ta_quarantine_put(p, state, cls);
 #else
-    if (TA_LIKELY(ta_fe_push(p, state, cls))) return;
+    int r = ta_fe_push(p, state, cls);
+    if (TA_LIKELY(r == TA_PUSH_DONE)) return;
+    if (r == TA_PUSH_FOREIGN) {
+        ta_pcache_free_foreign(p, state, cls);
+        return;
+    }
     ta_state_set(state, TA_OBJ_FREE);
     ta_pcache_free_slow(p, cls, state);
 #endif

@@ -789,7 +789,7 @@ static bool outbox_push(void *p, uint8_t *state) {
         return false;
     }
 #endif
-    return ta_thread_push(p, state, TA_SLAB_OUTBOX); /* (a thread's push has no shard check) */
+    return ta_thread_push(p, state, TA_SLAB_OUTBOX) == TA_PUSH_DONE; /* (a thread's push has no shard check) */
 }
 
 void ta_pcache_free_foreign(void *p, uint8_t *state, uint32_t cls) {

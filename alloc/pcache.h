@@ -45,8 +45,15 @@
 
 /* (ta_slot_t, an object and its state byte's address: internal.h) */
 
-/* Another shard's object freed (TA_SLAB_SHARD_CHECK): into the caller's
- * outbox, which goes home in groups when full (pcache.c). */
+/* What a push did: the object is in the cache; the cache has no room for
+ * it (the slow path, ta_pcache_free_slow); or it is another shard's object
+ * (TA_SLAB_SHARD_CHECK, per CPU only), for ta_pcache_free_foreign.  The
+ * caller makes those calls, in tail position: a call inside the push left
+ * every free with a stack frame to set up (gcc), or took clang 14 minutes
+ * to compile. */
+enum { TA_PUSH_FULL = 0, TA_PUSH_DONE = 1, TA_PUSH_FOREIGN = 2 };
+/* Another shard's object freed: into the caller's outbox, which goes home
+ * in groups when full (pcache.c). */
 void ta_pcache_free_foreign(void *p, uint8_t *state, uint32_t cls);
 
 typedef union ta_slab_hdr {
@@ -212,7 +219,7 @@ miss:
     return NULL;
 }
 
-TA_ALWAYS_INLINE bool ta_rseq_push(void *p, uint8_t *state, uint32_t cls) {
+TA_ALWAYS_INLINE int ta_rseq_push(void *p, uint8_t *state, uint32_t cls) {
     uintptr_t t, c, n;
     __asm__ __volatile__ goto(TA_RSEQ_ARM_USING("c") TA_RSEQ_SLAB
                  TA_SLAB_PUSH
@@ -222,17 +229,16 @@ TA_ALWAYS_INLINE bool ta_rseq_push(void *p, uint8_t *state, uint32_t cls) {
                    [cls] "r"((uintptr_t)cls)
                  : "memory", "cc"
                  : full, foreign);
-    return true;
+    return TA_PUSH_DONE;
 full:
-    return false;
+    return TA_PUSH_FULL;
 foreign:
-    ta_pcache_free_foreign(p, state, cls);
-    return true;
+    return TA_PUSH_FOREIGN;
 }
 #else
 #define TA_HAVE_RSEQ 0
 TA_ALWAYS_INLINE void *ta_rseq_pop(uint32_t cls, uint8_t **state, bool near) { (void)cls; (void)state; (void)near; return NULL; }
-TA_ALWAYS_INLINE bool ta_rseq_push(void *p, uint8_t *state, uint32_t cls) { (void)p; (void)state; (void)cls; return false; }
+TA_ALWAYS_INLINE int ta_rseq_push(void *p, uint8_t *state, uint32_t cls) { (void)p; (void)state; (void)cls; return TA_PUSH_FULL; }
 #endif
 
 /* The thread's own slab: plain loads and stores, the same instructions as
@@ -259,16 +265,16 @@ miss:
     return NULL;
 }
 
-TA_ALWAYS_INLINE bool ta_thread_push(void *p, uint8_t *state, uint32_t cls) {
+TA_ALWAYS_INLINE int ta_thread_push(void *p, uint8_t *state, uint32_t cls) {
     uintptr_t c, n;
     __asm__ __volatile__ goto(TA_SLAB_PUSH_AS("")
                               : [c] "=&r"(c), [n] "=&r"(n)
                               : [p] "r"(p), [st] "r"(state), [t] "r"(ta_tls.slab), [cls] "r"((uintptr_t)cls)
                               : "memory", "cc"
                               : full);
-    return true;
+    return TA_PUSH_DONE;
 full:
-    return false;
+    return TA_PUSH_FULL;
 }
 #else
 TA_ALWAYS_INLINE void *ta_thread_pop(uint32_t cls, uint8_t **state, bool near) {
@@ -284,15 +290,15 @@ TA_ALWAYS_INLINE void *ta_thread_pop(uint32_t cls, uint8_t **state, bool near) {
     return p;
 }
 
-TA_ALWAYS_INLINE bool ta_thread_push(void *p, uint8_t *state, uint32_t cls) {
+TA_ALWAYS_INLINE int ta_thread_push(void *p, uint8_t *state, uint32_t cls) {
     ta_slot_t *slab = ta_tls.slab;
     ta_slab_hdr_t *h = (ta_slab_hdr_t *)slab + cls;
     uint32_t cur = h->cur;
-    if (TA_UNLIKELY(cur >= h->end)) return false;
+    if (TA_UNLIKELY(cur >= h->end)) return TA_PUSH_FULL;
     slab[cur] = (ta_slot_t){p, state};
     ta_state_set(state, TA_OBJ_FREE); /* (as TA_SLAB_PUSH: before the commit) */
     h->cur = cur + 1;
-    return true;
+    return TA_PUSH_DONE;
 }
 #endif
 
@@ -323,8 +329,9 @@ TA_ALWAYS_INLINE void *ta_fe_pop_as(uint32_t cls, uint8_t **state, bool near) {
 /* The same, with near decided by the class (a branch: for the slow paths). */
 TA_ALWAYS_INLINE void *ta_fe_pop(uint32_t cls, uint8_t **state) { return ta_fe_pop_as(cls, state, cls <= TA_CLASS_1K); }
 /* Put a free object of class cls (state: its state byte) in the caller's
- * cache; false when full. */
-TA_ALWAYS_INLINE bool ta_fe_push(void *p, uint8_t *state, uint32_t cls) {
+ * cache: TA_PUSH_DONE, or what the caller must do instead (TA_PUSH_FULL,
+ * TA_PUSH_FOREIGN). */
+TA_ALWAYS_INLINE int ta_fe_push(void *p, uint8_t *state, uint32_t cls) {
     TA_IF_PERCPU(percpu);
     return ta_thread_push(p, state, cls);
 percpu:

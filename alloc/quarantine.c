@@ -58,7 +58,9 @@ void ta_quarantine_init(void) {
 }
 
 static inline void to_tier1(void *p, uint8_t *state, uint32_t cls) {
-    if (!ta_fe_push(p, state, cls)) ta_pcache_free_slow(p, cls, state);
+    int r = ta_fe_push(p, state, cls);
+    if (r == TA_PUSH_FOREIGN) ta_pcache_free_foreign(p, state, cls);
+    else if (r == TA_PUSH_FULL) ta_pcache_free_slow(p, cls, state);
 }
 
 TA_COLD static void write_after_free(const void *p, size_t off) {

@@ -620,10 +620,11 @@ Test(api, realloc_after_the_block_it_grew_is_freed) {
 /* The fast paths stay short: every path from the entry of malloc and of
  * free to a ret of theirs (the cache hits: per CPU in a restartable
  * sequence, per thread in plain loads and stores), in the built library, read
- * with objdump; the longest stays under a ceiling (gcc 12 today: 33 and 55,
- * clang 14: 34 and 61: the per-CPU hits of the small classes, and for free
+ * with objdump; the longest stays under a ceiling (gcc 12 today: 33 and 61,
+ * clang 14: 34 and 65: the per-CPU hits of the small classes, and for free
  * a page outside the pagemap's first leaf; malloc's include the three
- * instructions that prefetch the next object up to 1 KiB, pcache.h).
+ * instructions that prefetch the next object up to 1 KiB, free's the four
+ * of the per-CPU push's shard check, pcache.h).
  * A lock, an atomic or a loop slipped onto a fast path fails this: a loop on
  * a path to a ret is reported as such. */
 #define FP_MAX 512
@@ -707,7 +708,7 @@ Test(api, fast_paths_stay_short) {
 #endif
     cr_assert_gt(f, 5, "could not read free's code from %s", lib);
     cr_assert_leq(m, 38, "malloc's fast path is %d instructions", m);
-    cr_assert_leq(f, 62, "free's fast path is %d instructions", f);
+    cr_assert_leq(f, 66, "free's fast path is %d instructions", f);
     cr_log_info("fast paths: malloc %d, free %d instructions", m, f);
 }
 
