@@ -9,7 +9,9 @@
  * limit), slot indexes into the slab; cur is a 32-bit word of its own (see
  * TA_SLAB_POP), begin and end 16 bits.  Pop takes slots[cur-1] when cur >
  * begin; push stores into slots[cur] when cur < end.  Neither touches the
- * object: the slot array is all they read and write.
+ * object: the slot array is all they read and write.  Per CPU, push hands
+ * another shard's object back to its caller instead (TA_SLAB_SHARD_CHECK),
+ * for the outbox that sends it home (pcache.c).
  *
  * Two kinds of cache:
  *  - per CPU: one slab per CPU; pop and push are restartable sequences (rseq)
