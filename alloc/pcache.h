@@ -139,9 +139,10 @@ extern ta_fe_t ta_fe;
  * home"): the shard of an object's span is in its state byte's address
  * (bits TA_STATES_SHARD_SHIFT.., meta.c), the cache's in the word of header
  * TA_SLAB_SHARD, kept shifted the same way; the two differ in those bits
- * only for another shard's object.  Tested after the room: a cache that
- * has no room (a thread without one, tracing) misses into the slow path
- * either way. */
+ * only for another shard's object.  Tested before the room: a CPU that only
+ * frees a class (a pipeline's consumer) has no room in it, and would take
+ * the slow path, with its CPU's lock, for every such free.  (Header 127 is
+ * never closed in those bits: closing changes begin and end alone.) */
 #define TA_SLAB_SHARD_CHECK                                                                   \
     "movq %[st], %[n]\n\t"                                                                    \
     "xorq 1016(%[t]), %[n]\n\t" /* TA_SLAB_SHARD's word */                                   \
@@ -157,10 +158,10 @@ _Static_assert(TA_SLAB_SHARD * 8 == 1016 && TA_STATES_SHARD_MASK == 0x3000,
  * `scattered_reuse` about 6% faster (alloc/README.md, free(p)). */
 _Static_assert(TA_OBJ_FREE == 0, "TA_SLAB_PUSH stores TA_OBJ_FREE as the immediate 0");
 #define TA_SLAB_PUSH_AS(check)                                                                \
+    check                                                                                     \
     "movl (%[t],%[cls],8), %k[c]\n\t"                                                         \
     "cmpw 6(%[t],%[cls],8), %w[c]\n\t"                                                        \
     "jae %l[full]\n\t"                                                                        \
-    check                                                                                     \
     "leal 1(%q[c]), %k[n]\n\t"                                                                \
     "shll $4, %k[c]\n\t"                                                                      \
     "movq %[p], (%[t],%q[c])\n\t"                                                             \

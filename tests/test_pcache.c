@@ -1184,6 +1184,45 @@ Test(pcache, another_shards_objects_go_home) {
     quiesce();
 }
 
+/* A CPU that frees a class it never allocates (a pipeline's consumer) has
+ * no room in that class: another shard's blocks of it still go to the outbox
+ * on the fast path, not through the slow path and the CPU's lock. */
+Test(pcache, a_cpu_that_only_frees_a_class_sends_it_home_on_the_fast_path) {
+    NEED_PERCPU();
+    int cpu0, cpu1;
+    if (!two_shards(&cpu0, &cpu1)) cr_skip_test("needs two allowed CPUs of different central shards");
+    enum { N = 40 };
+    void *p[N];
+    int nf = 0;
+    quiesce();
+    /* a class in which the second CPU has no room (the test runner's own
+     * allocations may have used one or two of these) */
+    cr_assert(pin(cpu1));
+    free(malloc(16)); /* (the CPU's slab laid out, through another class) */
+    ta_slot_t *slab = cpu_slab(cpu1);
+    const size_t sizes[] = {1500, 1800, 2200, 2600, 3000, 3500, 4000};
+    size_t sz = 0;
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes && !sz; k++)
+        if (cap(slab, ta_size_to_class(sizes[k])) == 0) sz = sizes[k];
+    if (!sz) cr_skip_test("CPU %d has room in every class tried", cpu1);
+    const uint32_t c = ta_size_to_class(sz), home = (uint32_t)cpu0 % ta_central_shards();
+    cr_assert(pin(cpu0));
+    for (int i = 0; i < N; i++) {
+        void *b = malloc(sz);
+        cr_assert_not_null(b);
+        if (!sampled(b) && ta_states_shard(ta_state_of(b, c)) == home) p[nf++] = b;
+    }
+    cr_assert_geq(nf, N / 2);
+    cr_assert(pin(cpu1));
+    cr_assert_eq(cap(slab, c), 0u, "CPU %d has room in class %u already", cpu1, c);
+    uint64_t m0 = pc_stats().free_misses;
+    for (int i = 0; i < nf; i++) free(p[i]);
+    uint64_t missed = pc_stats().free_misses - m0;
+    cr_assert_eq(held(slab, TA_SLAB_OUTBOX), (uint32_t)nf, "%u of %d blocks in the outbox", held(slab, TA_SLAB_OUTBOX), nf);
+    cr_assert_eq(missed, 0u, "%lu of %d frees took the slow path", (unsigned long)missed, nf);
+    quiesce();
+}
+
 /* Past the outbox's capacity it goes home at once, in runs of shard and
  * class: nothing is lost (the stats identity) and nothing handed out twice. */
 Test(pcache, a_full_outbox_goes_home) {
