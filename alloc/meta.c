@@ -257,13 +257,12 @@ out:
  * another shard takes over keeps its array where it was).  A page's address
  * says its shard (TA_STATES_SHARD_SHIFT, internal.h): pages are mapped four
  * at a time, 16 KiB aligned, the k-th for shard k, and the other shards'
- * pages wait as spares (untouched, so not resident).  Its first line holds
- * the shard too.  Arrays are recycled through a free list per shard and
+ * pages wait as spares (untouched, so not resident).  Arrays are recycled
+ * through a free list per shard and
  * size; never unmapped: a stale pagemap word may still point at one. */
 #define STATE_GRAIN 16
 #define STATE_BUCKETS (TA_STATES_MAX / STATE_GRAIN)
 #define STATE_SHARDS 4 /* shards 0..3 (central's MAX_SHARDS), one page of each quad */
-#define STATE_PAGE_HDR 64
 static void *states_free[STATE_SHARDS][STATE_BUCKETS + 1];
 _Static_assert(SLAB == (size_t)1 << TA_STATES_SHARD_SHIFT && STATE_SHARDS == (TA_STATES_SHARD_MASK >> TA_STATES_SHARD_SHIFT) + 1,
                "a states page's address says its shard");
@@ -294,8 +293,7 @@ uint8_t *ta_meta_states_new(size_t n, uint32_t shard) {
                     if (k != shard && !states_spare[k]) states_spare[k] = quad + k * SLAB;
                 page = quad + shard * SLAB;
             }
-            *(uint32_t *)page = shard;
-            states_cur[shard] = page + STATE_PAGE_HDR;
+            states_cur[shard] = page;
             states_end[shard] = page + SLAB;
         }
         p = states_cur[shard];
@@ -308,7 +306,7 @@ uint8_t *ta_meta_states_new(size_t n, uint32_t shard) {
 
 void ta_meta_states_delete(uint8_t *p, size_t n) {
     size_t b = (n + STATE_GRAIN - 1) / STATE_GRAIN;
-    uint32_t shard = *(uint32_t *)((uintptr_t)p & ~(uintptr_t)(SLAB - 1)); /* its page's */
+    uint32_t shard = ta_states_shard(p); /* its page's */
     ta_lock(&meta_lock);
     *(void **)p = states_free[shard][b];
     states_free[shard][b] = p;

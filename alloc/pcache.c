@@ -770,26 +770,25 @@ static void outbox_send(const ta_slot_t *in, uint32_t n) {
     }
 }
 
-/* Put p (state its byte) in the caller's outbox: false when full.  The
- * push of TA_SLAB_PUSH without its shard check (it marks p FREE); in a
- * thread's cache, with no outbox in use (see ta_thread_push), only the slow
- * paths come here. */
+/* Put p (state its byte) in the outbox of the caller's CPU: false when full.
+ * The push of TA_SLAB_PUSH without its shard check (it marks p FREE).  Only
+ * CPU caches have an outbox in use: a thread's push has no shard check. */
 static bool outbox_push(void *p, uint8_t *state) {
 #if TA_HAVE_RSEQ
-    if (ta_fe_percpu_fast()) {
-        uintptr_t cls = TA_SLAB_OUTBOX, t, c, n;
-        __asm__ __volatile__ goto(TA_RSEQ_ARM_USING("c") TA_RSEQ_SLAB TA_SLAB_PUSH_AS("") "4:\n\t"
-                                  : [t] "=&r"(t), [c] "=&r"(c), [n] "=&r"(n)
-                                  : [p] "r"(p), [st] "r"(state), [rs] "r"(ta_rseq_off), [base] "m"(ta_cpu_slabs),
-                                    [cls] "r"(cls)
-                                  : "memory", "cc"
-                                  : full);
-        return true;
-    full:
-        return false;
-    }
+    uintptr_t cls = TA_SLAB_OUTBOX, t, c, n;
+    __asm__ __volatile__ goto(TA_RSEQ_ARM_USING("c") TA_RSEQ_SLAB TA_SLAB_PUSH_AS("") "4:\n\t"
+                              : [t] "=&r"(t), [c] "=&r"(c), [n] "=&r"(n)
+                              : [p] "r"(p), [st] "r"(state), [rs] "r"(ta_rseq_off), [base] "m"(ta_cpu_slabs),
+                                [cls] "r"(cls)
+                              : "memory", "cc"
+                              : full);
+    return true;
+full:
+#else
+    (void)p;
+    (void)state;
 #endif
-    return ta_thread_push(p, state, TA_SLAB_OUTBOX) == TA_PUSH_DONE; /* (a thread's push has no shard check) */
+    return false;
 }
 
 void ta_pcache_free_foreign(void *p, uint8_t *state, uint32_t cls) {
@@ -1183,7 +1182,8 @@ void ta_pcache_free_slow(void *p, uint32_t cls, uint8_t *state) {
     c->n_free_miss++;
     if (c->cpu >= 0 && (shard_word(c) ^ (uintptr_t)state) & TA_STATES_SHARD_MASK) {
         /* another shard's object, here because the CPU's slab was not laid
-         * out yet, or full: it goes home, as from the fast path */
+         * out yet (its shard word still 0), or the thread moved to another
+         * CPU since its push: it goes home, as from the fast path */
         cache_unlock(c);
         ta_pcache_free_foreign(p, state, cls);
         return;

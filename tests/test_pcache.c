@@ -1132,25 +1132,34 @@ static bool two_shards(int *cpu0, int *cpu1) {
     return false;
 }
 
+/* Pinned to cpu, n blocks of sz bytes, each filled with its index: those of
+ * cpu's central shard in mine (their count returned, at least half), the
+ * others (sampled, or taken from another shard) in others. */
+static int alloc_on(int cpu, size_t sz, int n, void **mine, void **others) {
+    uint32_t c = ta_size_to_class(sz), home = (uint32_t)cpu % ta_central_shards();
+    int k = 0;
+    cr_assert(pin(cpu));
+    for (int i = 0; i < n; i++) {
+        void *b = malloc(sz);
+        cr_assert_not_null(b);
+        memset(b, i, sz);
+        if (!sampled(b) && ta_states_shard(ta_state_of(b, c)) == home) mine[k++] = b;
+        else others[i - k] = b;
+    }
+    cr_assert_geq(k, n / 2, "only %d of %d blocks belong to CPU %d's shard", k, n, cpu);
+    return k;
+}
+
 Test(pcache, another_shards_objects_go_home) {
     NEED_PERCPU();
     int cpu0, cpu1;
     if (!two_shards(&cpu0, &cpu1)) cr_skip_test("needs two allowed CPUs of different central shards");
     const size_t sz = 3000;
-    const uint32_t c = ta_size_to_class(sz), home = (uint32_t)cpu0 % ta_central_shards();
+    const uint32_t c = ta_size_to_class(sz);
     enum { N = 48 };
     void *p[N], *q[N];
-    int nf = 0;
     quiesce(); /* (every outbox empty) */
-    cr_assert(pin(cpu0));
-    for (int i = 0; i < N; i++) {
-        void *b = malloc(sz);
-        cr_assert_not_null(b);
-        memset(b, i, sz);
-        if (!sampled(b) && ta_states_shard(ta_state_of(b, c)) == home) p[nf++] = b;
-        else q[i - nf] = b;
-    }
-    cr_assert_geq(nf, N / 2, "only %d of %d blocks belong to CPU %d's shard", nf, N, cpu0);
+    int nf = alloc_on(cpu0, sz, N, p, q);
     cr_assert(pin(cpu1));
     free(malloc(sz)); /* (the CPU's slab laid out) */
     ta_slot_t *slab = cpu_slab(cpu1);
@@ -1193,7 +1202,6 @@ Test(pcache, a_cpu_that_only_frees_a_class_sends_it_home_on_the_fast_path) {
     if (!two_shards(&cpu0, &cpu1)) cr_skip_test("needs two allowed CPUs of different central shards");
     enum { N = 40 };
     void *p[N];
-    int nf = 0;
     quiesce();
     /* a class in which the second CPU has no room (the test runner's own
      * allocations may have used one or two of these) */
@@ -1205,14 +1213,9 @@ Test(pcache, a_cpu_that_only_frees_a_class_sends_it_home_on_the_fast_path) {
     for (size_t k = 0; k < sizeof sizes / sizeof *sizes && !sz; k++)
         if (cap(slab, ta_size_to_class(sizes[k])) == 0) sz = sizes[k];
     if (!sz) cr_skip_test("CPU %d has room in every class tried", cpu1);
-    const uint32_t c = ta_size_to_class(sz), home = (uint32_t)cpu0 % ta_central_shards();
-    cr_assert(pin(cpu0));
-    for (int i = 0; i < N; i++) {
-        void *b = malloc(sz);
-        cr_assert_not_null(b);
-        if (!sampled(b) && ta_states_shard(ta_state_of(b, c)) == home) p[nf++] = b;
-    }
-    cr_assert_geq(nf, N / 2);
+    const uint32_t c = ta_size_to_class(sz);
+    void *others[N];
+    int nf = alloc_on(cpu0, sz, N, p, others); /* (the others stay allocated) */
     cr_assert(pin(cpu1));
     cr_assert_eq(cap(slab, c), 0u, "CPU %d has room in class %u already", cpu1, c);
     uint64_t m0 = pc_stats().free_misses;
