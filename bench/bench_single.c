@@ -2,6 +2,10 @@
  *
  *   fastpath/size:N    malloc(N), write, free, at fixed N (16 B .. 32 KiB)
  *   fastpath_random    the same at random sizes in 1 .. 1024 B
+ *   fastpath_random_small  the same at random sizes in 1 .. 128 B (short
+ *                      strings and nodes made and dropped: a handful of
+ *                      classes, so a free and the next malloc often, but
+ *                      not always, share one)
  *   batch/blocks:N     N live blocks of mixed sizes, freed in random order
  *   scattered_reuse/blocks:N  N blocks of 64 B, each written whole when it is
  *                      allocated (as a constructor does), then all freed in
@@ -80,11 +84,11 @@ static void bm_fastpath(tb_state *st, void *arg)
 #define RANDOM_SIZES 4096 /* a power of two */
 static void bm_fastpath_random(tb_state *st, void *arg)
 {
-    (void)arg;
+    size_t max = *(const size_t *)arg;
     static uint16_t sizes[RANDOM_SIZES];
     bench_rng r = { 42 };
     for (size_t i = 0; i < RANDOM_SIZES; i++)
-        sizes[i] = (uint16_t)bench_rand_range(&r, 1, 1024);
+        sizes[i] = (uint16_t)bench_rand_range(&r, 1, max);
     size_t k = 0;
     while (tb_keep_running(st)) {
         for (int i = 0; i < PAIRS; i++) {
@@ -488,7 +492,9 @@ void bench_register_single(void)
     for (size_t i = 0; i < sizeof fast_sizes / sizeof fast_sizes[0]; i++)
         tb_bench_arg(b, fast_sizes[i]);
 
-    tb_register("fastpath_random", bm_fastpath_random, NULL);
+    static const size_t random_max = 1024, random_small_max = 128;
+    tb_register("fastpath_random", bm_fastpath_random, (void *)&random_max);
+    tb_register("fastpath_random_small", bm_fastpath_random, (void *)&random_small_max);
 
     tb_bench_arg(tb_bench_arg_name(tb_register("batch", bm_batch, (void *)&batch_mixed), "blocks"), 4096);
     tb_bench_arg(tb_bench_arg_name(tb_register("scattered_reuse", bm_scattered_reuse, NULL), "blocks"), 32768);
