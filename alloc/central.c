@@ -456,29 +456,48 @@ void ta_central_touch(uint32_t cls, uint32_t shard) {
     ta_touch_for_write(&central[cls].listed[shard]);
 }
 
-uint32_t ta_central_alloc(uint32_t cls, ta_slot_t *out, uint32_t want, uint32_t shard) {
+uint32_t ta_central_alloc(uint32_t cls, ta_slot_t *out, uint32_t want, uint32_t shard, bool others) {
     shard %= nshards;
-    /* own transfer cache, own spans, then the other shards' transfer caches (a
-     * thread that only frees must not park objects that a thread that only
-     * allocates never sees), then another shard's span, then a fresh one.
-     * Of another shard's transfer cache, only what lies above tc_keep (two
-     * batches, at most TC_KEEP_BYTES): the objects a thread flushes are the
-     * ones it takes back when it next runs short, and a thread of another
-     * shard that took them would share their cache lines, and their state
-     * bytes' lines, with it from then on.  A pipeline's consumer fills its
-     * transfer cache far past that, and the producer takes the rest
-     * (alloc/README.md: `working_set` 10.2 -> 6.6 ns, peak RSS unchanged). */
+    /* own transfer cache, own spans, then (others) the other shards'
+     * transfer caches, then another shard's span, then a fresh one.  Of
+     * another shard's transfer cache, only what lies above tc_keep (two
+     * batches, at most TC_KEEP_BYTES): the objects a cache flushes are the
+     * ones its shard takes back when it next runs short, and a cache of
+     * another shard that took them would share their cache lines, and their
+     * state bytes' lines, with it (alloc/README.md: `working_set` 10.2 -> 6.6
+     * ns).  Only a CPU cache takes them at all (others): its foreign objects
+     * go home through its outbox, where a thread cache would keep them for
+     * good, and two threads that took each other's wrote the same state-byte
+     * lines on every malloc and free from then on (`batch_mt` on 2 threads,
+     * thread caches: 2.2x slower, alloc/README.md).  A pipeline's producer
+     * has no need of them: what its consumer frees comes home to the
+     * producer's own transfer cache (ta_central_free). */
     uint32_t got = transfer_take(shard, cls, out, want, true, 0);
     if (got < want && __atomic_load_n(&central[cls].listed[shard], __ATOMIC_RELAXED))
         got += alloc_from_spans(cls, out + got, want - got, shard, false);
-    for (uint32_t i = 1; i < nshards && got < want; i++)
+    for (uint32_t i = 1; others && i < nshards && got < want; i++)
         got += transfer_take((shard + i) % nshards, cls, out + got, want - got, false, tc_keep[cls]);
     if (got < want) got += alloc_from_spans(cls, out + got, want - got, shard, true);
     __atomic_add_fetch(&transfer[shard][cls].to_caches, got, __ATOMIC_RELAXED);
     return got;
 }
 
-void ta_central_free(uint32_t cls, const ta_slot_t *in, uint32_t n, uint32_t shard) {
+static void free_to_transfer(uint32_t cls, const ta_slot_t *in, uint32_t n, uint32_t shard);
+
+/* Objects go home: each run of objects of one shard's spans (the shard is in
+ * the state byte's address, meta.c) into that shard's transfer cache, where
+ * that shard's caches refill first, whichever cache frees them. */
+void ta_central_free(uint32_t cls, const ta_slot_t *in, uint32_t n) {
+    while (n) {
+        uint32_t shard = ta_states_shard(in[0].state), k = 1;
+        while (k < n && ta_states_shard(in[k].state) == shard) k++;
+        free_to_transfer(cls, in, k, shard);
+        in += k;
+        n -= k;
+    }
+}
+
+static void free_to_transfer(uint32_t cls, const ta_slot_t *in, uint32_t n, uint32_t shard) {
     transfer_t *t = &transfer[shard % nshards][cls];
     __atomic_add_fetch(&t->from_caches, n, __ATOMIC_RELAXED);
     if (TA_UNLIKELY(!__atomic_load_n(&t->slots, __ATOMIC_ACQUIRE))) {

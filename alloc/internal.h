@@ -855,14 +855,17 @@ typedef struct ta_slot {
     uint8_t *state;
 } ta_slot_t;
 void ta_central_init(void);
-/* Up to `want` objects of class cls into out[]; returns how many (0 = out of memory). */
-uint32_t ta_central_alloc(uint32_t cls, ta_slot_t *out, uint32_t want, uint32_t shard);
+/* Up to `want` objects of class cls into out[] for a cache of `shard`; returns
+ * how many (0 = out of memory).  others: the caller may take what other
+ * shards' transfer caches hold above their keep (a CPU cache, whose foreign
+ * objects go home; never a thread cache, which would keep them). */
+uint32_t ta_central_alloc(uint32_t cls, ta_slot_t *out, uint32_t want, uint32_t shard, bool others);
 /* Before a cache's first refill of cls: the records that refill reads before
  * it writes them (the shard's transfer cache, the class's span lists) are
  * written first (ta_touch_for_write: one page fault, not two, on first use). */
 void ta_central_touch(uint32_t cls, uint32_t shard);
-/* Give back n objects. */
-void ta_central_free(uint32_t cls, const ta_slot_t *in, uint32_t n, uint32_t shard);
+/* Give back n objects: each to the transfer cache of its span's shard (home). */
+void ta_central_free(uint32_t cls, const ta_slot_t *in, uint32_t n);
 /* The same, straight into their spans, bypassing the transfer caches: for
  * caches that are going away (thread exit, trim), so whole spans can be freed. */
 void ta_central_free_spans(uint32_t cls, const ta_slot_t *in, uint32_t n);

@@ -310,11 +310,11 @@ static int slab_put(ta_pcache_t *c, uint32_t cls, const ta_slot_t *in, uint32_t 
 }
 
 /* Give k cached objects back to central (to_spans: straight to their spans). */
-static void give_back(ta_pcache_t *c, uint32_t cls, const ta_slot_t *slots, uint32_t k, bool to_spans) {
+static void give_back(uint32_t cls, const ta_slot_t *slots, uint32_t k, bool to_spans) {
     while (k) { /* a batch at a time: central's locks are held for one batch */
         uint32_t n = k < MAX_BATCH ? k : MAX_BATCH;
         if (to_spans) ta_central_free_spans(cls, slots, n);
-        else ta_central_free(cls, slots, n, c->shard);
+        else ta_central_free(cls, slots, n);
         slots += n;
         k -= n;
     }
@@ -347,14 +347,14 @@ static bool move_to_full(ta_pcache_t *c, uint32_t cls) {
             if (r) hdr_of(c, cls)->word = moved.word;
         }
         if (r <= 0) { /* migrated, or another thread on the CPU pushed meanwhile */
-            give_back(c, cls, buf, (uint32_t)k, false);
+            give_back(cls, buf, (uint32_t)k, false);
             if (r < 0) return false;
             continue;
         }
         __atomic_store_n(&c->begin[cls], (uint16_t)to, __ATOMIC_RELAXED); /* (statistics read it unlocked) */
         int n = slab_put(c, cls, buf, (uint32_t)k); /* (room: cap >= k) */
         if (n < 0) n = 0;
-        give_back(c, cls, buf + n, (uint32_t)k - (uint32_t)n, false);
+        give_back(cls, buf + n, (uint32_t)k - (uint32_t)n, false);
         return true;
     }
 }
@@ -379,7 +379,7 @@ static bool slab_set_capacity(ta_pcache_t *c, uint32_t cls, uint32_t cap) {
         uint32_t n = cur > end ? cur - end : 1;
         int k = slab_take(c, cls, buf, n < MAX_BATCH ? n : MAX_BATCH);
         if (k < 0) return false;
-        give_back(c, cls, buf, (uint32_t)k, false);
+        give_back(cls, buf, (uint32_t)k, false);
     }
 }
 
@@ -763,7 +763,7 @@ static void outbox_send(const ta_slot_t *in, uint32_t n) {
         }
         for (uint32_t i = 0, j; i < m; i = j) {
             for (j = i + 1; j < m && key[j] == key[i]; j++) {}
-            ta_central_free(key[i] & 0xff, buf + i, j - i, key[i] >> 8);
+            ta_central_free(key[i] & 0xff, buf + i, j - i);
         }
         in += m;
         n -= m;
@@ -861,7 +861,7 @@ static void release(ta_pcache_t *c, bool all, bool to_spans) {
         }
         c->active[cls] = 0;
         if (k) {
-            give_back(c, cls, c->slab + cur - k, k, to_spans);
+            give_back(cls, c->slab + cur - k, k, to_spans);
         }
         c->committed -= (uint64_t)shrink_by * ta_class[cls].size;
         open[cls] = (ta_slab_hdr_t){.cur = cur - k, .begin = (uint16_t)begin, .end = (uint16_t)(end[cls] - shrink_by)};
@@ -890,7 +890,7 @@ static void trim_thread_cache(ta_pcache_t *c) {
         uint32_t keep = cap - cap / 4;
         if (keep < floor) keep = floor;
         uint32_t held = (uint32_t)(hd.cur - hd.begin), k = held > keep ? held - keep : 0;
-        if (k) give_back(c, cls, c->slab + hd.cur - k, k, false);
+        if (k) give_back(cls, c->slab + hd.cur - k, k, false);
         c->committed -= (uint64_t)(cap - keep) * ta_class[cls].size;
         hd.cur -= k;
         hd.end = (uint16_t)(hd.begin + keep);
@@ -1147,7 +1147,7 @@ void *ta_pcache_alloc_slow(uint32_t cls) {
     ta_slot_t buf[MAX_BATCH];
     if (TA_UNLIKELY(!c || c->state == TA_PC_DEAD)) {
         /* no cache (the thread is past its exit flush, or out of memory): straight to central */
-        return ta_central_alloc(cls, buf, 1, 0) ? buf[0].obj : NULL;
+        return ta_central_alloc(cls, buf, 1, 0, true) ? buf[0].obj : NULL; /* (kept by no cache) */
     }
     c->n_alloc_miss++;
     c->active[cls] = 1;
@@ -1158,12 +1158,12 @@ void *ta_pcache_alloc_slow(uint32_t cls) {
     /* one for the caller, the rest for the cache (no more than it may hold) */
     uint32_t want = ta_class[cls].batch, cap = capacity(c, cls);
     if (want > cap + 1) want = cap + 1;
-    uint32_t got = ta_central_alloc(cls, buf, want, c->shard);
+    uint32_t got = ta_central_alloc(cls, buf, want, c->shard, c->cpu >= 0);
     void *p = got ? buf[--got].obj : NULL;
     if (got) {
         int k = slab_put(c, cls, buf, got);
         if (k < 0) k = 0; /* migrated to another CPU: the rest goes back */
-        if ((uint32_t)k < got) ta_central_free(cls, buf + k, got - (uint32_t)k, c->shard);
+        if ((uint32_t)k < got) ta_central_free(cls, buf + k, got - (uint32_t)k);
     }
     check_cache(c, cls);
     cache_unlock(c);
@@ -1176,7 +1176,7 @@ void ta_pcache_free_slow(void *p, uint32_t cls, uint8_t *state) {
     ta_pcache_t *c = cache_lock();
     ta_slot_t mine = {p, state};
     if (TA_UNLIKELY(!c || c->state == TA_PC_DEAD)) {
-        ta_central_free(cls, &mine, 1, 0);
+        ta_central_free(cls, &mine, 1);
         return;
     }
     c->n_free_miss++;
@@ -1198,9 +1198,9 @@ void ta_pcache_free_slow(void *p, uint32_t cls, uint8_t *state) {
         int n = slab_take(c, cls, buf, ta_class[cls].batch);
         if (n < 0) n = 0;
         if (slab_put(c, cls, &mine, 1) != 1) buf[n++] = mine;
-        give_back(c, cls, buf, (uint32_t)n, false);
+        give_back(cls, buf, (uint32_t)n, false);
     } else if (k < 0) {
-        ta_central_free(cls, &mine, 1, c->shard); /* migrated meanwhile */
+        ta_central_free(cls, &mine, 1); /* migrated meanwhile */
     }
     check_cache(c, cls);
     cache_unlock(c);

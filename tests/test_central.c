@@ -147,22 +147,26 @@ static uint32_t nshards(void) { return ta_cfg.ncpu < 1 ? 1 : ta_cfg.ncpu > 4 ? 4
  * its object's own state byte, c_free and c_free_spans pass the right ones.
  * (A thread's own buffer, no malloc: see above.) */
 static __thread ta_slot_t wrap_buf[MAXOBJ];
-static uint32_t c_alloc(uint32_t cls, void **out, uint32_t want, uint32_t shard) {
+/* (others: as a CPU cache's refill, which may take what other shards park
+ * above their keep; c_alloc_own: as a thread cache's, which never does) */
+static uint32_t c_alloc_as(uint32_t cls, void **out, uint32_t want, uint32_t shard, bool others) {
     if (want > MAXOBJ) abort();
-    uint32_t got = ta_central_alloc(cls, wrap_buf, want, shard);
+    uint32_t got = ta_central_alloc(cls, wrap_buf, want, shard, others);
     for (uint32_t i = 0; i < got; i++) {
         if (wrap_buf[i].state != ta_state_of(wrap_buf[i].obj, cls)) abort();
         out[i] = wrap_buf[i].obj;
     }
     return got;
 }
+static uint32_t c_alloc(uint32_t cls, void **out, uint32_t want, uint32_t shard) { return c_alloc_as(cls, out, want, shard, true); }
+static uint32_t c_alloc_own(uint32_t cls, void **out, uint32_t want, uint32_t shard) { return c_alloc_as(cls, out, want, shard, false); }
 static const ta_slot_t *to_slots(uint32_t cls, void *const *objs, uint32_t n) {
     if (n > MAXOBJ) abort();
     for (uint32_t i = 0; i < n; i++) wrap_buf[i] = (ta_slot_t){objs[i], ta_state_of(objs[i], cls)};
     return wrap_buf;
 }
-static void c_free(uint32_t cls, void *const *objs, uint32_t n, uint32_t shard) {
-    ta_central_free(cls, to_slots(cls, objs, n), n, shard);
+static void c_free(uint32_t cls, void *const *objs, uint32_t n) { /* (each to its own shard's transfer cache) */
+    ta_central_free(cls, to_slots(cls, objs, n), n);
 }
 static void c_free_spans(uint32_t cls, void *const *objs, uint32_t n) {
     ta_central_free_spans(cls, to_slots(cls, objs, n), n);
@@ -208,12 +212,12 @@ Test(central, arrays_hold_distinct_valid_objects) {
             /* give them back: a whole batch when there is one, then odd pieces */
             uint32_t done = 0;
             if (n >= batch) {
-                c_free(c, objs, batch, 0);
+                c_free(c, objs, batch);
                 done = batch;
             }
             while (done < n) {
                 uint32_t k = n - done > 3 ? 3 : n - done;
-                c_free(c, objs + done, k, 1);
+                c_free(c, objs + done, k);
                 done += k;
             }
         }
@@ -257,7 +261,7 @@ static void round_trip_returns_spans(uint32_t c, uint32_t spans_worth) {
         uint32_t m = (k % 2 == 0) ? batch : 1 + k % (batch > 1 ? batch - 1 : 1);
         if (m > left) m = left;
         if (k % 5 == 4) c_free_spans(c, objs + left - m, m);
-        else c_free(c, objs + left - m, m, k % 4);
+        else c_free(c, objs + left - m, m);
         left -= m;
         k++;
     }
@@ -320,7 +324,7 @@ Test(central, batches_survive_the_transfer_cache) {
     ta_central_stats_t s0, s1, s2;
     uint32_t got[K];
     ta_central_stats(c, &s0);
-    for (int i = 0; i < K; i++) c_free(c, given[i], batch, 0);
+    for (int i = 0; i < K; i++) c_free(c, given[i], batch);
     ta_central_stats(c, &s1);
     for (int i = 0; i < K; i++) got[i] = c_alloc(c, back[i], batch, 0);
     ta_central_stats(c, &s2);
@@ -344,7 +348,7 @@ Test(central, batches_survive_the_transfer_cache) {
                              back[i][j], x);
         }
     }
-    for (int i = 0; i < K; i++) c_free(c, back[i], batch, 0);
+    for (int i = 0; i < K; i++) c_free(c, back[i], batch);
     ta_central_drain();
     ta_central_stats(c, &s2);
     cr_assert_eq(s2.transfer_bytes, 0u);
@@ -365,7 +369,7 @@ Test(central, partial_refill_takes_from_another_shard) {
     cr_assert_geq(batch, 8u);
     uint32_t got = c_alloc(c, mine, parked, 1); /* fresh spans of shard 1 */
     cr_assert_eq(got, parked);
-    c_free(c, mine, parked, 1); /* parked in shard 1 */
+    c_free(c, mine, parked); /* parked in shard 1 */
     ta_central_stats_t s0, s1;
     ta_central_stats(c, &s0);
     const uint32_t want = 3;
@@ -381,7 +385,7 @@ Test(central, partial_refill_takes_from_another_shard) {
     cr_assert_eq(s1.span_free_bytes, s0.span_free_bytes, "the spans were touched");
     cr_assert_eq(s1.hits - s0.hits, 1u);
     cr_assert_eq(s1.misses - s0.misses, 1u, "the empty own shard is a miss");
-    c_free(c, part, n, 0);
+    c_free(c, part, n);
     ta_central_drain();
     release_held(c);
 }
@@ -405,7 +409,7 @@ Test(central, a_refill_leaves_another_shard_what_it_keeps) {
     quiesce();
     hold_all_free(c);
     cr_assert_eq(c_alloc(c, kept, keep + 4, 1), keep + 4);
-    c_free(c, kept, keep, 1); /* exactly what shard 1 keeps */
+    c_free(c, kept, keep); /* exactly what shard 1 keeps */
     ta_central_stats_t s0, s1;
     ta_central_stats(c, &s0);
     cr_assert_eq(c_alloc(c, x, per_span, 0), per_span); /* a fresh span, all of it */
@@ -418,7 +422,7 @@ Test(central, a_refill_leaves_another_shard_what_it_keeps) {
     cr_assert_eq(span_of(x[0])->shard, 0u);
     cr_assert_eq(ta_central_listed(c, 0), 0u);
     /* four more parked: shard 0 takes those four, the top of the array */
-    c_free(c, kept + keep, 4, 1);
+    c_free(c, kept + keep, 4);
     void *y[8];
     uint32_t n = c_alloc(c, y, 8, 0);
     cr_assert_eq(n, 8u);
@@ -429,9 +433,51 @@ Test(central, a_refill_leaves_another_shard_what_it_keeps) {
     for (uint32_t i = 0; i < keep; i++) cr_assert_eq(back[i], kept[i], "shard 1 did not get object %u back", i);
     const char *e = check(back, keep, c);
     cr_assert_null(e, "%s", e);
-    c_free(c, back, keep, 1);
-    c_free(c, x, per_span, 0);
-    c_free(c, y, n, 0);
+    c_free(c, back, keep);
+    c_free(c, x, per_span);
+    c_free(c, y, n);
+    ta_central_drain();
+    release_held(c);
+}
+
+/* Objects go home: whoever gives them back, they land in the transfer cache
+ * of their span's shard, and a refill of that shard takes them first.  And a
+ * thread cache's refill (c_alloc_own) takes nothing another shard parked, as
+ * much as lies above its keep: it would keep those objects, and the two
+ * threads would write the same state-byte lines from then on; it carves a
+ * fresh span of its own instead. */
+Test(central, objects_go_home_and_thread_caches_take_only_their_own) {
+    if (nshards() < 2) cr_skip_test("one transfer-cache shard (one CPU)");
+    const uint32_t c = ta_size_to_class(96), batch = ta_class[c].batch, size = ta_class[c].size;
+    const uint32_t parked = ta_central_keep(c) + 2 * batch; /* well above what shard 1 keeps */
+    static void *theirs[MAXOBJ], *mine[MAXOBJ], *again[MAXOBJ];
+    cr_assert_leq(parked, MAXOBJ);
+    quiesce();
+    hold_all_free(c);
+    cr_assert_eq(c_alloc(c, theirs, parked, 1), parked); /* fresh spans of shard 1 */
+    for (uint32_t i = 0; i < parked; i++) cr_assert_eq(span_of(theirs[i])->shard, 1u);
+    ta_central_stats_t s0, s1, s2;
+    ta_central_stats(c, &s0);
+    c_free(c, theirs, parked); /* given back by anyone: parked in shard 1's transfer cache */
+    ta_central_stats(c, &s1);
+    cr_assert_eq(s1.transfer_bytes - s0.transfer_bytes, (uint64_t)parked * size);
+    /* a thread cache of shard 0: a fresh span of its own, not shard 1's objects */
+    uint32_t n = c_alloc_own(c, mine, batch, 0);
+    ta_central_stats(c, &s2);
+    cr_assert_eq(n, batch);
+    cr_assert_eq(s2.transfer_bytes, s1.transfer_bytes, "a thread cache of shard 0 took shard 1's objects");
+    for (uint32_t i = 0; i < n; i++) {
+        cr_assert_eq(span_of(mine[i])->shard, 0u, "object %u is not from a span of shard 0", i);
+        for (uint32_t j = 0; j < parked; j++) cr_assert_neq(mine[i], theirs[j]);
+    }
+    /* shard 1 takes its own back from its transfer cache (a hit, no span touched) */
+    uint32_t k = c_alloc_own(c, again, parked, 1);
+    cr_assert_eq(k, parked);
+    for (uint32_t i = 0; i < k; i++) cr_assert_eq(span_of(again[i])->shard, 1u, "object %u is not shard 1's", i);
+    const char *e = check(again, k, c);
+    cr_assert_null(e, "%s", e);
+    c_free(c, again, k);
+    c_free(c, mine, n);
     ta_central_drain();
     release_held(c);
 }
@@ -456,7 +502,7 @@ Test(central, refill_takes_own_spans_before_another_shards_batch) {
     cr_assert_eq(sb->shard, 1u);
     for (uint32_t i = 0; i < per_span; i++) cr_assert(span_of(a[i]) == sa && span_of(b[i]) == sb);
     c_free_spans(c, a, 4);         /* four objects back into shard 0's span: listed */
-    c_free(c, b, batch, 1);        /* a batch parked in shard 1's transfer cache */
+    c_free(c, b, batch);        /* a batch parked in shard 1's transfer cache */
     cr_assert_eq(ta_central_listed(c, 0), 1u);
     ta_central_stats_t s0, s1;
     ta_central_stats(c, &s0);
@@ -587,7 +633,7 @@ Test(central, transfer_caches_decay_by_half_and_idle_ones_at_once) {
         cr_assert_eq(c_alloc(c, objs4[i], batch, 0), batch);
         cr_assert_null(check(objs4[i], batch, c));
     }
-    for (int i = 0; i < K; i++) c_free(c, objs4[i], batch, 0);
+    for (int i = 0; i < K; i++) c_free(c, objs4[i], batch);
     ta_central_stats_t s0, s1, s2, s3;
     ta_central_stats(c, &s0);
     cr_assert_eq(s0.transfer_bytes, (uint64_t)K * batch * size);
@@ -596,7 +642,7 @@ Test(central, transfer_caches_decay_by_half_and_idle_ones_at_once) {
     ta_central_stats(c, &s1);
     void *one[1];
     cr_assert_eq(c_alloc(c, one, 1, 0), 1u); /* used again in the next period, */
-    c_free(c, one, 1, 0);                    /* as much held as before */
+    c_free(c, one, 1);                    /* as much held as before */
     ta_central_tick(ta_os_now_ms()); /* half again */
     ta_central_stats(c, &s2);
     ta_central_tick(ta_os_now_ms()); /* not used since: all */
@@ -632,7 +678,7 @@ Test(central, transfer_cache_overflow_goes_to_spans) {
         if (e && !bad) bad = e;
         n += got;
     }
-    for (uint32_t i = 0; i < nb; i++) c_free(c, objs + i * batch, batch, 0);
+    for (uint32_t i = 0; i < nb; i++) c_free(c, objs + i * batch, batch);
     ta_central_stats(c, &s1);
     ta_central_drain();
     ta_pageheap_stats(&h2);
@@ -776,12 +822,12 @@ static void *conc_worker(void *arg) {
             }
             if (err) break;
             if ((x >> 14) % 8 == 0) c_free_spans(c, give, k);
-            else c_free(c, give, k, (uint32_t)id);
+            else c_free(c, give, k);
             n -= k;
         }
     }
     for (uint32_t i = 0; i < n && !err; i++) set_del_locked(&seen, stash[i]);
-    if (n && !err) c_free(c, stash, n, (uint32_t)id);
+    if (n && !err) c_free(c, stash, n);
     free(stash);
     free(tmp);
     conc_err[id] = err;
@@ -831,7 +877,7 @@ Test(central, stats_count_hits_and_misses) {
     ta_central_stats(c, &a);
     uint32_t n1 = c_alloc(c, a1, batch, 0); /* nothing in transfer: a miss */
     ta_central_stats(c, &b);
-    c_free(c, a1, n1, 0);                   /* a whole batch: parked */
+    c_free(c, a1, n1);                   /* a whole batch: parked */
     uint32_t n2 = c_alloc(c, a2, batch, 0); /* the same batch: a hit */
     ta_central_stats(c, &d);
     cr_assert_eq(n1, batch);
@@ -843,7 +889,7 @@ Test(central, stats_count_hits_and_misses) {
     cr_assert_eq(d.misses, b.misses);
     cr_assert_eq(b.to_caches - a.to_caches, (uint64_t)batch);
     cr_assert_eq(d.from_caches - b.from_caches, (uint64_t)batch);
-    c_free(c, a2, n2, 0);
+    c_free(c, a2, n2);
     ta_central_drain();
 }
 
@@ -1034,7 +1080,7 @@ Test(central, fresh_objects_on_zeroed_pages_are_zero) {
         memset(o[i], 0x5a, ta_class[c].size);
         *ta_state_of(o[i], c) = TA_OBJ_FREE;
     }
-    c_free(c, o, n / 2, 0);
+    c_free(c, o, n / 2);
     c_free_spans(c, o + n / 2, n - n / 2);
     uint32_t k = c_alloc(c, o, n / 2, 0);
     for (uint32_t i = 0; i < k; i++) cr_assert_eq(*ta_state_of(o[i], c), TA_OBJ_FREE);
