@@ -681,6 +681,9 @@ extern const uint8_t ta_class_large[((TA_MAX_SMALL - 1024) >> 7) + 1]; /* (n-102
 /* the class of n <= 1024, and of 1024 < n <= TA_MAX_SMALL (the fast paths
  * test the first range alone: one compare for the common sizes) */
 #define TA_CLASS_1K 32 /* the class of 1 KiB blocks, the last that ta_class_small gives */
+/* The last class whose blocks are smaller than a cache line (48 B): blocks
+ * that share their lines with neighbours (pcache.h, a thread's push). */
+#define TA_CLASS_LINE_SHARED 3
 static inline uint32_t ta_class_upto_1k(size_t n) { return ta_class_small[n]; }
 static inline uint32_t ta_class_above_1k(size_t n) { return ta_class_large[(n - 1024 + 127) >> 7]; }
 static inline uint32_t ta_size_to_class(size_t n) {

@@ -770,10 +770,12 @@ static void outbox_send(const ta_slot_t *in, uint32_t n) {
     }
 }
 
-/* Put p (state its byte) in the outbox of the caller's CPU: false when full.
- * The push of TA_SLAB_PUSH without its shard check (it marks p FREE).  Only
- * CPU caches have an outbox in use: a thread's push has no shard check. */
+/* Put p (state its byte) in the caller's outbox (its CPU's, or its own):
+ * false when full.  The push of TA_SLAB_PUSH without its shard check (it
+ * marks p FREE).  A thread's outbox gets only blocks under a cache line
+ * (TA_SLAB_THREAD_SHARD_CHECK). */
 static bool outbox_push(void *p, uint8_t *state) {
+    if (!ta_fe_percpu) return ta_thread_outbox_push(p, state);
 #if TA_HAVE_RSEQ
     uintptr_t cls = TA_SLAB_OUTBOX, t, c, n;
     __asm__ __volatile__ goto(TA_RSEQ_ARM_USING("c") TA_RSEQ_SLAB TA_SLAB_PUSH_AS("") "4:\n\t"
@@ -791,7 +793,7 @@ full:
     return false;
 }
 
-void ta_pcache_free_foreign(void *p, uint8_t *state, uint32_t cls) {
+static void free_foreign(void *p, uint8_t *state, uint32_t cls) {
     if (ta_class[cls].size <= OUTBOX_OBJ_MAX && outbox_push(p, state)) return;
     /* full (or p is large): the outbox goes home now, p with it */
     ta_state_set(state, TA_OBJ_FREE);
@@ -806,6 +808,14 @@ void ta_pcache_free_foreign(void *p, uint8_t *state, uint32_t cls) {
     }
     buf[n++] = (ta_slot_t){p, state};
     outbox_send(buf, n);
+}
+
+void ta_pcache_free_foreign(void *p, uint8_t *state, uint32_t cls) {
+    /* (a free reaches tier 1 here or in ta_pcache_free_slow: tracing records it
+     * at either; a thread that traces has an empty slab, but another shard's
+     * block under a cache line comes here rather than to the slow path) */
+    if (TA_UNLIKELY(ta_trace_on)) ta_trace_free(p);
+    free_foreign(p, state, cls);
 }
 
 /* ---- decay and draining ------------------------------------------------------ */
@@ -1180,12 +1190,13 @@ void ta_pcache_free_slow(void *p, uint32_t cls, uint8_t *state) {
         return;
     }
     c->n_free_miss++;
-    if (c->cpu >= 0 && (shard_word(c) ^ (uintptr_t)state) & TA_STATES_SHARD_MASK) {
-        /* another shard's object, here because the CPU's slab was not laid
-         * out yet (its shard word still 0), or the thread moved to another
-         * CPU since its push: it goes home, as from the fast path */
+    if ((c->cpu >= 0 || cls <= TA_CLASS_LINE_SHARED) && (shard_word(c) ^ (uintptr_t)state) & TA_STATES_SHARD_MASK) {
+        /* another shard's object, here because the slab was not laid out yet
+         * (its shard word still 0: a thread's first free, a CPU's), or the
+         * thread moved to another CPU since its push: it goes home, as from
+         * the fast path (per thread, blocks under a cache line only) */
         cache_unlock(c);
-        ta_pcache_free_foreign(p, state, cls);
+        free_foreign(p, state, cls);
         return;
     }
     /* frees alone grow a class to one batch at most */

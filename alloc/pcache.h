@@ -11,7 +11,8 @@
  * begin; push stores into slots[cur] when cur < end.  Neither touches the
  * object: the slot array is all they read and write.  Per CPU, push hands
  * another shard's object back to its caller instead (TA_SLAB_SHARD_CHECK),
- * for the outbox that sends it home (pcache.c).
+ * for the outbox that sends it home (pcache.c); per thread, only one under
+ * a cache line (TA_SLAB_THREAD_SHARD_CHECK).
  *
  * Two kinds of cache:
  *  - per CPU: one slab per CPU; pop and push are restartable sequences (rseq)
@@ -49,7 +50,8 @@
 
 /* What a push did: the object is in the cache; the cache has no room for
  * it (the slow path, ta_pcache_free_slow); or it is another shard's object
- * (TA_SLAB_SHARD_CHECK, per CPU only), for ta_pcache_free_foreign.  The
+ * (TA_SLAB_SHARD_CHECK; in a thread's cache only for blocks under a cache
+ * line, TA_SLAB_THREAD_SHARD_CHECK), for ta_pcache_free_foreign.  The
  * caller makes those calls, in tail position: a call inside the push left
  * every free with a stack frame to set up (gcc), or took clang 14 minutes
  * to compile. */
@@ -268,16 +270,49 @@ miss:
     return NULL;
 }
 
+/* A thread's push checks the shard of blocks that share cache lines
+ * (classes up to TA_CLASS_LINE_SHARED) only: such a block that another
+ * thread allocated goes home through the outbox instead of being handed out
+ * again here, where its neighbours' owner still writes their line (passive
+ * false sharing: `false_sharing`, alloc/README.md).  A larger block stays
+ * in the freeing thread's cache, as before, so that a pipeline's consumer or
+ * a server's threads keep reusing what they free without a trip through
+ * central.  Without a branch on the class (sizes that change from call to
+ * call would mispredict it): the shard bits are masked with all ones for
+ * those classes (sbb of the compare's borrow), with zero for the others. */
+#define TA_SLAB_THREAD_SHARD_CHECK                                                            \
+    "movq %[st], %[n]\n\t"                                                                    \
+    "xorq 1016(%[t]), %[n]\n\t" /* TA_SLAB_SHARD's word */                                   \
+    "cmpl $4, %k[cls]\n\t"      /* TA_CLASS_LINE_SHARED + 1 */                               \
+    "sbbl %k[c], %k[c]\n\t"                                                                   \
+    "andl %k[c], %k[n]\n\t"                                                                   \
+    "testl $0x3000, %k[n]\n\t"  /* TA_STATES_SHARD_MASK */                                   \
+    "jne %l[foreign]\n\t"
+_Static_assert(TA_CLASS_LINE_SHARED == 3, "TA_SLAB_THREAD_SHARD_CHECK spells the class as a literal");
 TA_ALWAYS_INLINE int ta_thread_push(void *p, uint8_t *state, uint32_t cls) {
     uintptr_t c, n;
-    __asm__ __volatile__ goto(TA_SLAB_PUSH_AS("")
+    __asm__ __volatile__ goto(TA_SLAB_PUSH_AS(TA_SLAB_THREAD_SHARD_CHECK)
                               : [c] "=&r"(c), [n] "=&r"(n)
                               : [p] "r"(p), [st] "r"(state), [t] "r"(ta_tls.slab), [cls] "r"((uintptr_t)cls)
                               : "memory", "cc"
-                              : full);
+                              : full, foreign);
     return TA_PUSH_DONE;
 full:
     return TA_PUSH_FULL;
+foreign:
+    return TA_PUSH_FOREIGN;
+}
+/* The same without the shard check, into the thread's outbox (pcache.c). */
+TA_ALWAYS_INLINE bool ta_thread_outbox_push(void *p, uint8_t *state) {
+    uintptr_t c, n;
+    __asm__ __volatile__ goto(TA_SLAB_PUSH_AS("")
+                              : [c] "=&r"(c), [n] "=&r"(n)
+                              : [p] "r"(p), [st] "r"(state), [t] "r"(ta_tls.slab), [cls] "r"((uintptr_t)TA_SLAB_OUTBOX)
+                              : "memory", "cc"
+                              : full);
+    return true;
+full:
+    return false;
 }
 #else
 TA_ALWAYS_INLINE void *ta_thread_pop(uint32_t cls, uint8_t **state, bool near) {
@@ -293,16 +328,24 @@ TA_ALWAYS_INLINE void *ta_thread_pop(uint32_t cls, uint8_t **state, bool near) {
     return p;
 }
 
-TA_ALWAYS_INLINE int ta_thread_push(void *p, uint8_t *state, uint32_t cls) {
+/* (the push itself, on header k: false when full) */
+TA_ALWAYS_INLINE bool ta_thread_push_on(void *p, uint8_t *state, uint32_t k) {
     ta_slot_t *slab = ta_tls.slab;
-    ta_slab_hdr_t *h = (ta_slab_hdr_t *)slab + cls;
+    ta_slab_hdr_t *h = (ta_slab_hdr_t *)slab + k;
     uint32_t cur = h->cur;
-    if (TA_UNLIKELY(cur >= h->end)) return TA_PUSH_FULL;
+    if (TA_UNLIKELY(cur >= h->end)) return false;
     slab[cur] = (ta_slot_t){p, state};
     ta_state_set(state, TA_OBJ_FREE); /* (as TA_SLAB_PUSH: before the commit) */
     h->cur = cur + 1;
-    return TA_PUSH_DONE;
+    return true;
 }
+TA_ALWAYS_INLINE int ta_thread_push(void *p, uint8_t *state, uint32_t cls) {
+    const ta_slab_hdr_t *h = (const ta_slab_hdr_t *)ta_tls.slab;
+    if (cls <= TA_CLASS_LINE_SHARED && (((uintptr_t)state ^ h[TA_SLAB_SHARD].word) & TA_STATES_SHARD_MASK))
+        return TA_PUSH_FOREIGN; /* (as TA_SLAB_THREAD_SHARD_CHECK) */
+    return ta_thread_push_on(p, state, cls) ? TA_PUSH_DONE : TA_PUSH_FULL;
+}
+TA_ALWAYS_INLINE bool ta_thread_outbox_push(void *p, uint8_t *state) { return ta_thread_push_on(p, state, TA_SLAB_OUTBOX); }
 #endif
 
 /* Which kind of cache free works on.  On x86-64 the flag is compared in

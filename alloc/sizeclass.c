@@ -51,6 +51,8 @@ _Static_assert(1 CLASSES_TO_1K(ONE) CLASSES_ABOVE_1K(ONE) == TA_NCLASSES, "TA_NC
 _Static_assert(TA_NCLASSES <= TA_MAX_CLASSES, "too many classes");
 #define IS_CLASS_1K(i, below, s) +((i) == TA_CLASS_1K && (s) == 1024)
 _Static_assert(0 CLASSES_TO_1K(IS_CLASS_1K) == 1, "TA_CLASS_1K is the class of 1 KiB blocks");
+#define IS_LINE_SHARED(i, below, s) +((i) == TA_CLASS_LINE_SHARED && (s) < 64) + ((i) == TA_CLASS_LINE_SHARED + 1 && (s) >= 64)
+_Static_assert(0 CLASSES_TO_1K(IS_LINE_SHARED) == 2, "TA_CLASS_LINE_SHARED is the last class of blocks under 64 bytes");
 _Static_assert(2 * 131072 == TA_MAX_SMALL, "the last class is TA_MAX_SMALL");
 
 #define CLASS(i, below, s)                                                                                        \

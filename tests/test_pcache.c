@@ -1263,6 +1263,74 @@ Test(pcache, a_full_outbox_goes_home) {
     quiesce();
 }
 
+/* Per thread too, a block smaller than a cache line that a thread of another
+ * shard allocated goes into the freeing thread's outbox, not into its class's
+ * slots: that thread never hands it out again, so two threads do not write
+ * one cache line (passive false sharing, the `false_sharing` benchmark); the
+ * outbox goes home at the thread's exit.  A block of a line or more stays in
+ * the freeing thread's class slots and is reused there (pcache.h,
+ * TA_SLAB_THREAD_SHARD_CHECK). */
+enum { XS_N = 40, XS_M = 8 };
+static void *xs_small[XS_N], *xs_line[XS_M];
+static struct {
+    uint32_t shard, outbox, small_reused, line_held, line_reused;
+} xs;
+static void *free_anothers(void *arg) {
+    const uint32_t cl = ta_size_to_class(64), *other = arg;
+    free(malloc(16)), free(malloc(64)); /* (the thread's cache, laid out) */
+    ta_slot_t *slab = ta_tls.slab;
+    xs.shard = (uint32_t)(((const ta_slab_hdr_t *)slab)[TA_SLAB_SHARD].word >> TA_STATES_SHARD_SHIFT);
+    if (xs.shard == *other) return NULL; /* (the caller tries another thread) */
+    uint32_t line_before = held(slab, cl);
+    for (int i = 0; i < XS_N; i++) free(xs_small[i]);
+    xs.outbox = held(slab, TA_SLAB_OUTBOX);
+    void *r[XS_N];
+    for (int i = 0; i < XS_N; i++) {
+        r[i] = malloc(16);
+        for (int j = 0; j < XS_N; j++) xs.small_reused += r[i] == xs_small[j];
+    }
+    for (int i = 0; i < XS_M; i++) free(xs_line[i]);
+    xs.line_held = held(slab, cl) - line_before;
+    void *q = malloc(64);
+    for (int j = 0; j < XS_M; j++) xs.line_reused += q == xs_line[j];
+    free(q);
+    for (int i = 0; i < XS_N; i++) free(r[i]);
+    return NULL;
+}
+
+Test(pcache, a_thread_sends_a_small_block_of_another_shard_home) {
+    NEED_PERTHREAD();
+    if (ta_central_shards() < 2) cr_skip_test("one central shard here (one CPU)");
+    const uint32_t cs = ta_size_to_class(16);
+    cr_assert_leq(cs, (uint32_t)TA_CLASS_LINE_SHARED);
+    cr_assert_gt(ta_size_to_class(64), (uint32_t)TA_CLASS_LINE_SHARED);
+    for (int i = 0; i < XS_N; i++) cr_assert_not_null(xs_small[i] = malloc(16));
+    for (int i = 0; i < XS_M; i++) cr_assert_not_null(xs_line[i] = malloc(64));
+    uint32_t mine = ta_states_shard(ta_state_of(xs_small[0], cs));
+    for (int i = 0; i < XS_N; i++)
+        if (sampled(xs_small[i]) || ta_states_shard(ta_state_of(xs_small[i], cs)) != mine)
+            cr_skip_test("block %d sampled, or of another shard", i);
+    for (int t = 0; t < 8 && (t == 0 || xs.shard == mine); t++) run_thread(free_anothers, &mine);
+    if (xs.shard == mine) cr_skip_test("8 threads took the main thread's shard (%u)", mine);
+    cr_assert_eq(xs.outbox, (uint32_t)XS_N, "%u of %d blocks of shard %u in the outbox of a thread of shard %u",
+                 xs.outbox, XS_N, mine, xs.shard);
+    cr_assert_eq(xs.small_reused, 0u, "the freeing thread handed out %u of the other thread's small blocks",
+                 xs.small_reused);
+    cr_assert_eq(xs.line_held, (uint32_t)XS_M, "%u of %d 64-byte blocks kept in the class's slots", xs.line_held, XS_M);
+    cr_assert_eq(xs.line_reused, 1u, "a 64-byte block freed there was not handed out again there");
+    assert_stats_identity("after the thread's outbox went home");
+    /* home: the main thread's shard hands them out again */
+    ta_pcache_flush_current();
+    int back = 0;
+    void *r[XS_N];
+    for (int i = 0; i < XS_N; i++) {
+        r[i] = malloc(16);
+        for (int j = 0; j < XS_N; j++) back += r[i] == xs_small[j];
+    }
+    for (int i = 0; i < XS_N; i++) free(r[i]);
+    cr_assert_gt(back, 0, "none of the %d blocks came back to their shard", XS_N);
+}
+
 /* Frees alone grow a class to one batch at most: a consumer thread flushes in
  * batches but does not hoard blocks it will never allocate again. */
 static uint32_t consumer_cap, consumer_held;
