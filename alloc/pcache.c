@@ -125,9 +125,17 @@ static __thread bool thread_gone;            /* past its exit destructor: counte
  * slow path: its objects sorted by shard and class, each run into its
  * shard's transfer cache, where that shard's CPU takes them back.  Only
  * objects of up to OUTBOX_OBJ_MAX bytes wait there (a full outbox then holds
- * at most 256 KiB); a larger one goes home at once. */
+ * at most 256 KiB); a larger one goes home at once.  A thread's cache sends
+ * home only another shard's blocks under a cache line, each class's through
+ * a home-bound stack of its own (pcache.h, TA_SLAB_HOME). */
 #define OUTBOX_SLOTS 64
 #define OUTBOX_OBJ_MAX 4096
+/* A thread's home-bound stacks (pcache.h, TA_SLAB_HOME): the batch of the
+ * classes they serve (BATCH, sizeclass.c: 64 for blocks under 1 KiB). */
+#define HOME_SLOTS 64
+_Static_assert(TA_NCLASSES <= TA_SLAB_HOME + 1, "the home-bound stacks' headers are no class's");
+_Static_assert(HOME_SLOTS <= OUTBOX_SLOTS, "a home-bound stack goes home through the outbox's buffers");
+static inline bool is_home(uint32_t k) { return k > TA_SLAB_HOME && k <= TA_SLAB_HOME + TA_CLASS_LINE_SHARED; }
 
 /* ---- restartable sequences on a CPU's slab --------------------------------- */
 #if TA_HAVE_RSEQ
@@ -440,6 +448,9 @@ static void layout_headers(ta_pcache_t *c) {
         h[cls] = (ta_slab_hdr_t){.cur = short_begin[cls], .begin = short_begin[cls], .end = short_begin[cls]};
     }
     h[TA_SLAB_OUTBOX].end = (uint16_t)(short_begin[TA_SLAB_OUTBOX] + OUTBOX_SLOTS);
+    if (c->cpu < 0) /* (a CPU's push sends every other shard's object to the outbox) */
+        for (uint32_t cls = 1; cls <= TA_CLASS_LINE_SHARED; cls++)
+            h[TA_SLAB_HOME + cls].end = (uint16_t)(short_begin[TA_SLAB_HOME + cls] + HOME_SLOTS);
     h[TA_SLAB_SHARD].word = shard_word(c);
     if (c->cpu >= 0) {
         for (uint32_t cls = 0; cls < TA_MAX_CLASSES; cls++)
@@ -493,9 +504,15 @@ void ta_pcache_init(void) {
     short_begin[TA_SLAB_OUTBOX] = slot_begin[TA_SLAB_OUTBOX] = (uint16_t)slot;
     short_max[TA_SLAB_OUTBOX] = slot_max[TA_SLAB_OUTBOX] = OUTBOX_SLOTS;
     slot += OUTBOX_SLOTS + TA_SLOT_SKEW;
+    for (uint32_t cls = 1; cls <= TA_CLASS_LINE_SHARED; cls++) { /* the home-bound stacks */
+        short_begin[TA_SLAB_HOME + cls] = slot_begin[TA_SLAB_HOME + cls] = (uint16_t)slot;
+        short_max[TA_SLAB_HOME + cls] = slot_max[TA_SLAB_HOME + cls] = HOME_SLOTS;
+        slot += HOME_SLOTS;
+    }
+    slot += TA_SLOT_SKEW;
     if (slot >= 65536) ta_fatal("the slab layout needs %u slots, more than a header can count", slot);
     for (uint32_t cls = ta_nclasses; cls < TA_MAX_CLASSES; cls++)
-        if (cls != TA_SLAB_OUTBOX) short_begin[cls] = slot_begin[cls] = (uint16_t)slot;
+        if (cls != TA_SLAB_OUTBOX && !is_home(cls)) short_begin[cls] = slot_begin[cls] = (uint16_t)slot;
     slab_bytes = ((size_t)slot * sizeof(ta_slot_t) + 4095) & ~(size_t)4095;
     budget_pool = (int64_t)ta_cfg.cache_bytes;
     pthread_key_create(&pcache_key, ta_pcache_thread_exit);
@@ -770,18 +787,19 @@ static void outbox_send(const ta_slot_t *in, uint32_t n) {
     }
 }
 
-/* Put p (state its byte) in the caller's outbox (its CPU's, or its own):
- * false when full.  The push of TA_SLAB_PUSH without its shard check (it
- * marks p FREE).  A thread's outbox gets only blocks under a cache line
- * (TA_SLAB_THREAD_SHARD_CHECK). */
-static bool outbox_push(void *p, uint8_t *state) {
-    if (!ta_fe_percpu) return ta_thread_outbox_push(p, state);
+/* Put p (state its byte, class cls) where it waits to go home: the outbox
+ * of the caller's CPU, or per thread the class's home-bound stack (only
+ * blocks under a cache line come here, TA_SLAB_THREAD_SHARD_CHECK); false
+ * when full.  The push of TA_SLAB_PUSH without its shard check (it marks p
+ * FREE). */
+static bool outbox_push(void *p, uint8_t *state, uint32_t cls) {
+    if (!ta_fe_percpu) return cls <= TA_CLASS_LINE_SHARED && ta_thread_home_push(p, state, cls);
 #if TA_HAVE_RSEQ
-    uintptr_t cls = TA_SLAB_OUTBOX, t, c, n;
+    uintptr_t box = TA_SLAB_OUTBOX, t, c, n;
     __asm__ __volatile__ goto(TA_RSEQ_ARM_USING("c") TA_RSEQ_SLAB TA_SLAB_PUSH_AS("") "4:\n\t"
                               : [t] "=&r"(t), [c] "=&r"(c), [n] "=&r"(n)
                               : [p] "r"(p), [st] "r"(state), [rs] "r"(ta_rseq_off), [base] "m"(ta_cpu_slabs),
-                                [cls] "r"(cls)
+                                [cls] "r"(box)
                               : "memory", "cc"
                               : full);
     return true;
@@ -794,19 +812,30 @@ full:
 }
 
 static void free_foreign(void *p, uint8_t *state, uint32_t cls) {
-    if (ta_class[cls].size <= OUTBOX_OBJ_MAX && outbox_push(p, state)) return;
-    /* full (or p is large): the outbox goes home now, p with it */
+    if (ta_class[cls].size <= OUTBOX_OBJ_MAX && outbox_push(p, state, cls)) return;
+    /* full (or p is large): the outbox goes home now, p with it; a thread's
+     * home-bound stack goes home without p, which starts the next batch (as a
+     * class's flush keeps the block just freed: a batch of the blocks freed
+     * one after the other, whose state bytes share lines, goes home whole,
+     * and the owner does not take back the block whose line the freeing
+     * thread writes next; measured in alloc/README.md) */
     ta_state_set(state, TA_OBJ_FREE);
-    ta_slot_t buf[OUTBOX_SLOTS + 1];
+    ta_slot_t buf[OUTBOX_SLOTS + 1], mine = {p, state};
     uint32_t n = 0;
     ta_pcache_t *c = cache_lock();
     if (c && c->state != TA_PC_DEAD) {
         c->n_free_miss++;
-        int k = slab_take(c, TA_SLAB_OUTBOX, buf, OUTBOX_SLOTS);
+        uint32_t from = c->cpu < 0 && cls <= TA_CLASS_LINE_SHARED ? TA_SLAB_HOME + cls : TA_SLAB_OUTBOX;
+        int k = slab_take(c, from, buf, from == TA_SLAB_OUTBOX ? OUTBOX_SLOTS : HOME_SLOTS);
         if (k > 0) n = (uint32_t)k;
+        bool kept = from != TA_SLAB_OUTBOX && slab_put(c, from, &mine, 1) == 1;
         cache_unlock(c);
+        if (kept) {
+            ta_central_free(cls, buf, n);
+            return;
+        }
     }
-    buf[n++] = (ta_slot_t){p, state};
+    buf[n++] = mine;
     outbox_send(buf, n);
 }
 
@@ -860,6 +889,14 @@ static void release(ta_pcache_t *c, bool all, bool to_spans) {
         __atomic_store_n(&h[TA_SLAB_OUTBOX].word, (percpu ? closed(open[TA_SLAB_OUTBOX]) : open[TA_SLAB_OUTBOX]).word,
                          __ATOMIC_RELEASE);
     }
+    if (!percpu) /* and a thread's home-bound stacks (a CPU has none) */
+        for (uint32_t cls = 1; cls <= TA_CLASS_LINE_SHARED; cls++) {
+            ta_slab_hdr_t *hh = &h[TA_SLAB_HOME + cls];
+            uint32_t begin = hh->begin, cur = hh->cur;
+            if (cur <= begin) continue;
+            ta_central_free(cls, c->slab + begin, cur - begin);
+            __atomic_store_n(&hh->cur, begin, __ATOMIC_RELAXED);
+        }
     for (uint32_t cls = 1; cls < ta_nclasses; cls++) {
         uint32_t begin = c->begin[cls], cur = __atomic_load_n(&h[cls].cur, __ATOMIC_RELAXED);
         uint32_t held = cur - begin, cap = end[cls] - begin, k = 0, shrink_by = 0;
@@ -1284,6 +1321,11 @@ static void count_objects(const ta_pcache_t *c, uint64_t *objects) {
         void *p = __atomic_load_n(&c->slab[i].obj, __ATOMIC_RELAXED);
         uint32_t cls = p ? object_class(p) : 0;
         if (cls && cls < ta_nclasses) objects[cls]++;
+    }
+    for (uint32_t cls = 1; cls <= TA_CLASS_LINE_SHARED; cls++) { /* a thread's home-bound stacks */
+        uint32_t k = TA_SLAB_HOME + cls, hc = __atomic_load_n(&hdr_of(c, k)->cur, __ATOMIC_RELAXED);
+        uint32_t hb = __atomic_load_n(&c->begin[k], __ATOMIC_RELAXED);
+        objects[cls] += hc > hb ? hc - hb : 0;
     }
 }
 

@@ -12,7 +12,8 @@
  * object: the slot array is all they read and write.  Per CPU, push hands
  * another shard's object back to its caller instead (TA_SLAB_SHARD_CHECK),
  * for the outbox that sends it home (pcache.c); per thread, only one under
- * a cache line (TA_SLAB_THREAD_SHARD_CHECK).
+ * a cache line (TA_SLAB_THREAD_SHARD_CHECK), for its class's home-bound
+ * stack.
  *
  * Two kinds of cache:
  *  - per CPU: one slab per CPU; pop and push are restartable sequences (rseq)
@@ -45,6 +46,12 @@
  * state byte's address (TA_SLAB_SHARD_CHECK). */
 #define TA_SLAB_OUTBOX (TA_MAX_CLASSES - 2)
 #define TA_SLAB_SHARD (TA_MAX_CLASSES - 1)
+/* A thread's home-bound stacks, one per class up to TA_CLASS_LINE_SHARED
+ * (class c's under header TA_SLAB_HOME + c): another shard's blocks under a
+ * cache line, freed by the thread, wait there for their way home (pcache.c).
+ * Per class rather than in the outbox, so that they go home a batch of one
+ * class at a time, as a class's own flush does. */
+#define TA_SLAB_HOME (TA_SLAB_OUTBOX - 1 - TA_CLASS_LINE_SHARED)
 
 /* (ta_slot_t, an object and its state byte's address: internal.h) */
 
@@ -274,7 +281,8 @@ miss:
  * (classes up to TA_CLASS_LINE_SHARED) only: such a block that another
  * thread allocated goes home through the outbox instead of being handed out
  * again here, where its neighbours' owner still writes their line (passive
- * false sharing: `false_sharing`, alloc/README.md).  A larger block stays
+ * false sharing: `false_sharing`, alloc/README.md); it waits on the class's
+ * home-bound stack (TA_SLAB_HOME).  A larger block stays
  * in the freeing thread's cache, as before, so that a pipeline's consumer or
  * a server's threads keep reusing what they free without a trip through
  * central.  Without a branch on the class (sizes that change from call to
@@ -302,12 +310,13 @@ full:
 foreign:
     return TA_PUSH_FOREIGN;
 }
-/* The same without the shard check, into the thread's outbox (pcache.c). */
-TA_ALWAYS_INLINE bool ta_thread_outbox_push(void *p, uint8_t *state) {
+/* The same without the shard check, onto the thread's home-bound stack of
+ * class cls (up to TA_CLASS_LINE_SHARED; pcache.c). */
+TA_ALWAYS_INLINE bool ta_thread_home_push(void *p, uint8_t *state, uint32_t cls) {
     uintptr_t c, n;
     __asm__ __volatile__ goto(TA_SLAB_PUSH_AS("")
                               : [c] "=&r"(c), [n] "=&r"(n)
-                              : [p] "r"(p), [st] "r"(state), [t] "r"(ta_tls.slab), [cls] "r"((uintptr_t)TA_SLAB_OUTBOX)
+                              : [p] "r"(p), [st] "r"(state), [t] "r"(ta_tls.slab), [cls] "r"((uintptr_t)(TA_SLAB_HOME + cls))
                               : "memory", "cc"
                               : full);
     return true;
@@ -345,7 +354,9 @@ TA_ALWAYS_INLINE int ta_thread_push(void *p, uint8_t *state, uint32_t cls) {
         return TA_PUSH_FOREIGN; /* (as TA_SLAB_THREAD_SHARD_CHECK) */
     return ta_thread_push_on(p, state, cls) ? TA_PUSH_DONE : TA_PUSH_FULL;
 }
-TA_ALWAYS_INLINE bool ta_thread_outbox_push(void *p, uint8_t *state) { return ta_thread_push_on(p, state, TA_SLAB_OUTBOX); }
+TA_ALWAYS_INLINE bool ta_thread_home_push(void *p, uint8_t *state, uint32_t cls) {
+    return ta_thread_push_on(p, state, TA_SLAB_HOME + cls);
+}
 #endif
 
 /* Which kind of cache free works on.  On x86-64 the flag is compared in

@@ -1264,10 +1264,11 @@ Test(pcache, a_full_outbox_goes_home) {
 }
 
 /* Per thread too, a block smaller than a cache line that a thread of another
- * shard allocated goes into the freeing thread's outbox, not into its class's
- * slots: that thread never hands it out again, so two threads do not write
- * one cache line (passive false sharing, the `false_sharing` benchmark); the
- * outbox goes home at the thread's exit.  A block of a line or more stays in
+ * shard allocated goes onto the freeing thread's home-bound stack of its
+ * class (TA_SLAB_HOME), not into its class's slots: that thread never hands
+ * it out again, so two threads do not write one cache line (passive false
+ * sharing, the `false_sharing` benchmark); the stack goes home when full and
+ * at the thread's exit.  A block of a line or more stays in
  * the freeing thread's class slots and is reused there (pcache.h,
  * TA_SLAB_THREAD_SHARD_CHECK). */
 enum { XS_N = 40, XS_M = 8 };
@@ -1283,7 +1284,7 @@ static void *free_anothers(void *arg) {
     if (xs.shard == *other) return NULL; /* (the caller tries another thread) */
     uint32_t line_before = held(slab, cl);
     for (int i = 0; i < XS_N; i++) free(xs_small[i]);
-    xs.outbox = held(slab, TA_SLAB_OUTBOX);
+    xs.outbox = held(slab, TA_SLAB_HOME + ta_size_to_class(16));
     void *r[XS_N];
     for (int i = 0; i < XS_N; i++) {
         r[i] = malloc(16);
@@ -1312,13 +1313,13 @@ Test(pcache, a_thread_sends_a_small_block_of_another_shard_home) {
             cr_skip_test("block %d sampled, or of another shard", i);
     for (int t = 0; t < 8 && (t == 0 || xs.shard == mine); t++) run_thread(free_anothers, &mine);
     if (xs.shard == mine) cr_skip_test("8 threads took the main thread's shard (%u)", mine);
-    cr_assert_eq(xs.outbox, (uint32_t)XS_N, "%u of %d blocks of shard %u in the outbox of a thread of shard %u",
+    cr_assert_eq(xs.outbox, (uint32_t)XS_N, "%u of %d blocks of shard %u waiting to go home from a thread of shard %u",
                  xs.outbox, XS_N, mine, xs.shard);
     cr_assert_eq(xs.small_reused, 0u, "the freeing thread handed out %u of the other thread's small blocks",
                  xs.small_reused);
     cr_assert_eq(xs.line_held, (uint32_t)XS_M, "%u of %d 64-byte blocks kept in the class's slots", xs.line_held, XS_M);
     cr_assert_eq(xs.line_reused, 1u, "a 64-byte block freed there was not handed out again there");
-    assert_stats_identity("after the thread's outbox went home");
+    assert_stats_identity("after the thread's home-bound blocks went home");
     /* home: the main thread's shard hands them out again */
     ta_pcache_flush_current();
     int back = 0;
