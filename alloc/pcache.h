@@ -290,7 +290,7 @@ miss:
  * those classes (sbb of the compare's borrow), with zero for the others. */
 #define TA_SLAB_THREAD_SHARD_CHECK                                                            \
     "movq %[st], %[n]\n\t"                                                                    \
-    "xorq 1016(%[t]), %[n]\n\t" /* TA_SLAB_SHARD's word */                                   \
+    "xorl (%[t]), %k[n]\n\t"    /* header 0: the thread's shard (pcache.c) */                \
     "cmpl $4, %k[cls]\n\t"      /* TA_CLASS_LINE_SHARED + 1 */                               \
     "sbbl %k[c], %k[c]\n\t"                                                                   \
     "andl %k[c], %k[n]\n\t"                                                                   \
@@ -350,7 +350,7 @@ TA_ALWAYS_INLINE bool ta_thread_push_on(void *p, uint8_t *state, uint32_t k) {
 }
 TA_ALWAYS_INLINE int ta_thread_push(void *p, uint8_t *state, uint32_t cls) {
     const ta_slab_hdr_t *h = (const ta_slab_hdr_t *)ta_tls.slab;
-    if (cls <= TA_CLASS_LINE_SHARED && (((uintptr_t)state ^ h[TA_SLAB_SHARD].word) & TA_STATES_SHARD_MASK))
+    if (cls <= TA_CLASS_LINE_SHARED && (((uintptr_t)state ^ h[0].word) & TA_STATES_SHARD_MASK))
         return TA_PUSH_FOREIGN; /* (as TA_SLAB_THREAD_SHARD_CHECK) */
     return ta_thread_push_on(p, state, cls) ? TA_PUSH_DONE : TA_PUSH_FULL;
 }
