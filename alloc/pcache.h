@@ -279,13 +279,12 @@ miss:
 
 /* A thread's push checks the shard of blocks that share cache lines
  * (classes up to TA_CLASS_LINE_SHARED) only: such a block that another
- * thread allocated goes home through the outbox instead of being handed out
- * again here, where its neighbours' owner still writes their line (passive
- * false sharing: `false_sharing`, alloc/README.md); it waits on the class's
- * home-bound stack (TA_SLAB_HOME).  A larger block stays
- * in the freeing thread's cache, as before, so that a pipeline's consumer or
- * a server's threads keep reusing what they free without a trip through
- * central.  Without a branch on the class (sizes that change from call to
+ * thread allocated goes home instead of being handed out again here, where
+ * its neighbours' owner still writes their line (passive false sharing:
+ * `false_sharing`, alloc/README.md); it waits on its class's home-bound
+ * stack (TA_SLAB_HOME).  A larger block stays in the freeing thread's cache,
+ * as before, so that a pipeline's consumer or a server's threads keep
+ * reusing what they free without a trip through central.  Without a branch on the class (sizes that change from call to
  * call would mispredict it): the shard bits are masked with all ones for
  * those classes (sbb of the compare's borrow), with zero for the others. */
 #define TA_SLAB_THREAD_SHARD_CHECK                                                            \
