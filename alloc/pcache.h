@@ -284,14 +284,15 @@ miss:
  * `false_sharing`, alloc/README.md); it waits on its class's home-bound
  * stack (TA_SLAB_HOME).  A larger block stays in the freeing thread's cache,
  * as before, so that a pipeline's consumer or a server's threads keep
- * reusing what they free without a trip through central.  Without a branch on the class (sizes that change from call to
- * call would mispredict it): the shard bits are masked with all ones for
- * those classes (sbb of the compare's borrow), with zero for the others. */
+ * reusing what they free without a trip through central.  Without a branch
+ * on the class (sizes that change from call to call would mispredict it):
+ * the shard bits are masked with cls - 4, whose bits 12-13 are set for
+ * classes 1-3 (it wraps below zero) and clear for every other class (all
+ * under 4 096). */
 #define TA_SLAB_THREAD_SHARD_CHECK                                                            \
     "movq %[st], %[n]\n\t"                                                                    \
     "xorl (%[t]), %k[n]\n\t"    /* header 0: the thread's shard (pcache.c) */                \
-    "cmpl $4, %k[cls]\n\t"      /* TA_CLASS_LINE_SHARED + 1 */                               \
-    "sbbl %k[c], %k[c]\n\t"                                                                   \
+    "leal -4(%q[cls]), %k[c]\n\t" /* cls - (TA_CLASS_LINE_SHARED + 1) */                      \
     "andl %k[c], %k[n]\n\t"                                                                   \
     "testl $0x3000, %k[n]\n\t"  /* TA_STATES_SHARD_MASK */                                   \
     "jne %l[foreign]\n\t"
