@@ -34,7 +34,8 @@
  *    other's blocks at random keep their caches bounded;
  *  - objects go home: per CPU, a block of another shard's span freed here waits
  *    in the CPU's outbox (never handed out here, counted in the statistics)
- *    and goes to its shard when the outbox fills or the cache drains;
+ *    and goes to its shard when the outbox fills or the cache drains; per
+ *    thread, only a block under a cache line, on its class's home-bound stack;
  *  - misuse: double free of a cached block, after overflow, in an outbox, and
  *    free of an object never handed out abort (object state bytes).
  *
