@@ -620,19 +620,36 @@ ta_span_t *ta_pageheap_alloc_growable(uintptr_t npages) {
  * spans that objects in caches keep in use.  Once in a while (an eighth of a
  * decay period), the caches go back to their spans first (api.c), so that
  * their spans come back, merge and serve the request, as glibc consolidates
- * its fast bins before a large request.  A program that frees its small
- * blocks and goes on with large ones (1-3 000 B blocks, 300 MB, then blocks
- * of 1-20 MiB, one thread) peaked at 341-361 MB RSS before, 321 after
- * (glibc 291, jemalloc 323).  Under ph_lock; for malloc's large blocks only
+ * its fast bins before a large request.
+ * The same for a request of a MiB or more that does fit (fits) while most of
+ * the heap is free and in pieces (a program that has freed its small blocks):
+ * blocks placed in the holes between cached spans before those come back cut
+ * the merged free pages apart again, and a larger request later finds none
+ * that fits.  A program that frees its small blocks and goes on with large
+ * ones (1-3 000 B blocks, 300 MB, then blocks of 1-20 MiB, one thread; see
+ * pageheap::a_large_request_reuses_pages_small_blocks_freed) peaked at
+ * 341-361 MB RSS with no consolidation, and with one at the first request
+ * that did not fit (a 14 MiB block) still at 341-342 in 9 runs of 10 (a 20
+ * MiB block mapped anew with 126 MiB free in pieces); with this, 321 (glibc
+ * 291, jemalloc 323).  Under ph_lock; for malloc's large blocks only
  * (ta_pageheap_alloc_large), whose caller holds no other lock. */
-static bool consolidate_due(uintptr_t want) {
+#define CONSOLIDATE_EARLY_BYTES (1u << 20)
+static bool consolidate_due(uintptr_t want, bool fits) {
     static uint64_t last_ms;
+    uint64_t bytes = (uint64_t)want << TA_PAGE_SHIFT;
     /* (not in the hardened build: each freed span's guard page comes back
      * released and keeps the resident free pages apart whatever the caches
      * do; see pageheap::a_large_request_reuses_pages_small_blocks_freed) */
-    if (TA_GUARD_PAGES || ph_stats.free_bytes < ((uint64_t)want << TA_PAGE_SHIFT)) return false;
+    if (TA_GUARD_PAGES || ph_stats.free_bytes < bytes) return false;
+    if (fits && (bytes < CONSOLIDATE_EARLY_BYTES || ph_stats.free_bytes < 4 * bytes ||
+                 ph_stats.free_bytes < ph_stats.inuse_bytes))
+        return false;
     uint64_t now = ta_os_now_ms();
     if (last_ms && now - last_ms < ta_cfg.decay_ms / 8) return false;
+    if (fits) { /* in pieces: no resident free span holds half of it */
+        ta_span_t *l = find_largest(0);
+        if (l && ((uint64_t)l->npages << TA_PAGE_SHIFT) >= ph_stats.free_bytes / 2) return false;
+    }
     last_ms = now;
     return true;
 }
@@ -684,7 +701,7 @@ static ta_span_t *alloc_span(uintptr_t npages, uintptr_t align_pages, uint32_t c
          * keeps about as many resident as the recent peak of demand needs,
          * and released pages serve only what they cannot. */
         s = find_fit(0, want);
-        if (!s && consolidate && consolidate_due(want)) {
+        if (consolidate && consolidate_due(want, s != NULL)) {
             ta_unlock(&ph_lock);
             ta_consolidate_caches(); /* (frees spans into the heap: takes ph_lock) */
             ta_lock(&ph_lock);
