@@ -644,9 +644,12 @@ static bool consolidate_due(uintptr_t want, bool fits) {
     if (fits && (bytes < CONSOLIDATE_EARLY_BYTES || ph_stats.free_bytes < 4 * bytes ||
                  ph_stats.free_bytes < ph_stats.inuse_bytes))
         return false;
-    uint64_t now = ta_os_now_ms();
-    if (last_ms && now - last_ms < ta_cfg.decay_ms / 8) return false;
-    if (fits) { /* in pieces: no resident free span holds half of it */
+    uint64_t now = ta_os_now_ms(), period = ta_cfg.decay_ms / 8;
+    if (last_ms && now - last_ms < period) return false;
+    if (fits) { /* in pieces: no resident free span holds half of it (looked at as seldom) */
+        static uint64_t looked_ms;
+        if (looked_ms && now - looked_ms < period) return false;
+        looked_ms = now;
         ta_span_t *l = find_largest(0);
         if (l && ((uint64_t)l->npages << TA_PAGE_SHIFT) >= ph_stats.free_bytes / 2) return false;
     }
