@@ -902,11 +902,10 @@ static void release(ta_pcache_t *c, bool all, bool to_spans) {
     }
     if (!percpu) /* and a thread's home-bound stacks (a CPU has none) */
         for (uint32_t cls = 1; cls <= TA_CLASS_LINE_SHARED; cls++) {
-            ta_slab_hdr_t *hh = &h[TA_SLAB_HOME + cls];
-            uint32_t begin = hh->begin, cur = hh->cur;
+            uint32_t k = TA_SLAB_HOME + cls, begin = c->begin[k], cur = __atomic_load_n(&h[k].cur, __ATOMIC_RELAXED);
             if (cur <= begin) continue;
             ta_central_free(cls, c->slab + begin, cur - begin);
-            __atomic_store_n(&hh->cur, begin, __ATOMIC_RELAXED);
+            __atomic_store_n(&h[k].cur, begin, __ATOMIC_RELAXED);
         }
     for (uint32_t cls = 1; cls < ta_nclasses; cls++) {
         uint32_t begin = c->begin[cls], cur = __atomic_load_n(&h[cls].cur, __ATOMIC_RELAXED);
