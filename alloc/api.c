@@ -147,10 +147,11 @@ void *ta_alloc_large(size_t size, size_t align, bool zero) {
 }
 
 /* ta_malloc_large's rare part: the background thread to start, or the
- * sampling countdown (already decremented by n) ran out */
+ * sampling countdown (already decremented by n) ran out.  The sampling first:
+ * the thread's start allocates, which would restart the countdown */
 TA_NOINLINE static void *malloc_large_rare(void *p, size_t n) {
-    ta_background_kick();
     if (ta_tls.sample_left < 0 && ta_sample_tick(n)) ta_sample_record(p, n, __builtin_frame_address(0));
+    ta_background_kick();
     return p;
 }
 

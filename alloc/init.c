@@ -122,7 +122,9 @@ TA_NOINLINE static void bg_create(void) {
     }
     __atomic_store_n(&ta_bg_state, TA_BG_STARTING, __ATOMIC_RELAXED);
     /* the thread takes none of the program's signals; pthread_create may call
-     * malloc (the thread's TLS vector): that malloc sees TA_BG_STARTING */
+     * malloc (the thread's TLS vector): that malloc sees TA_BG_STARTING, and
+     * is not sampled (a hook would see a block the program never had) */
+    bool muted = ta_sample_mute(true);
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -137,6 +139,7 @@ TA_NOINLINE static void bg_create(void) {
         pthread_attr_destroy(&a);
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    ta_sample_mute(muted);
     /* no thread (resource limits): the slow paths go on running the decay */
     __atomic_store_n(&ta_bg_state, rc ? TA_BG_FAILED : TA_BG_RUNNING, __ATOMIC_RELEASE);
     ta_unlock(&init_lock);

@@ -954,6 +954,12 @@ void ta_sample_record(void *p, size_t n, void *frame);
 extern uint64_t ta_sample_live;
 /* free() of a block that may be sampled: calls the free hook and drops its record. */
 void ta_sample_free(void *p, ta_span_t *s);
+/* While the allocator calls out on a program's thread to code that allocates
+ * for the allocator (glibc's pthread_create of the background thread: the
+ * thread's TLS vector, which lives as long as that thread), those allocations
+ * are not sampled: no hook sees a block the program never had, and never a
+ * free of it.  Returns the previous setting, to be restored. */
+bool ta_sample_mute(bool on);
 void ta_sample_counts(uint64_t *rate, uint64_t *total, uint64_t *live, uint64_t *live_bytes,
                       uint64_t *allocated_bytes);
 /* Write the heap profile to fd (legacy gperftools text format); 0 or -1. */

@@ -79,7 +79,7 @@ static uint64_t allocated_done;           /* bytes counted by finished countdown
 static __thread struct {
     int64_t step;   /* the length the countdown was set to */
     uint64_t rng;
-    uint8_t started, in_hook;
+    uint8_t started, in_hook; /* in_hook: in a hook, or muted (ta_sample_mute) */
 } tls __attribute__((tls_model("initial-exec")));
 
 /* ---- numbers ----------------------------------------------------------------- */
@@ -194,6 +194,12 @@ bool ta_sample_tick(size_t n) {
     tls.step = next_step();
     ta_tls.sample_left = tls.step;
     return sample_rate && __atomic_load_n(&sample_active, __ATOMIC_RELAXED) && !tls.in_hook;
+}
+
+bool ta_sample_mute(bool on) {
+    bool was = tls.in_hook;
+    tls.in_hook = on;
+    return was;
 }
 
 /* Count the bytes of the current step (thread exit). */

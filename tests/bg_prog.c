@@ -42,12 +42,21 @@
  *                        meanwhile (fork then waits for its operations under
  *                        way: init.c); the forking thread's own minor faults
  *                        are counted.  Prints "threadfork N failed F
- *                        parent_faults P". */
+ *                        parent_faults P".
+ *   bg_prog samplestart  every allocation sampled (the test sets
+ *                        TIERALLOC_SAMPLE_BYTES=1) and seen by a hook; a block
+ *                        of 8 MiB makes the heap big enough that the malloc
+ *                        starts the background thread, whose creation
+ *                        allocates (glibc's TLS vector); the block is freed
+ *                        once the thread runs.  Prints "samplestart allocs A
+ *                        frees F block_sampled S bg B": S 1 if the 8 MiB
+ *                        block was sampled, B 1 if the thread ran. */
 #include "testutil.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/wait.h>
+#include "tieralloc.h"
 
 static long minflt(void) {
     struct rusage ru;
@@ -175,6 +184,39 @@ static void fork_child(int k) {
         tu_sleep_ms(5);
     }
     exit(bg ? 0 : 5);
+}
+
+/* ---- samplestart ---- */
+#define SS_BYTES ((size_t)8 << 20)
+static void *ss_seen; /* the event of the program's block (called inside its malloc) */
+static int ss_allocs, ss_frees;
+
+static void ss_on_alloc(const struct ta_sample_event *e, void *arg) {
+    (void)arg;
+    __atomic_add_fetch(&ss_allocs, 1, __ATOMIC_RELAXED);
+    if (e->size == SS_BYTES) ss_seen = e->ptr;
+}
+static void ss_on_free(const struct ta_sample_event *e, void *arg) {
+    (void)arg;
+    (void)e;
+    __atomic_add_fetch(&ss_frees, 1, __ATOMIC_RELAXED);
+}
+
+static int run_samplestart(void) {
+    if (tu_has_bg_thread()) return 4; /* (too early: nothing to see) */
+    struct ta_hooks h = {ss_on_alloc, ss_on_free, NULL};
+    ta_hooks_set(&h, NULL);
+    char *p = malloc(SS_BYTES);
+    if (!p) abort();
+    memset(p, 1, SS_BYTES);
+    /* (tu_has_bg_thread allocates too, and frees what it allocates) */
+    uint64_t end = tu_now_ms() + 2000;
+    while (!tu_has_bg_thread() && tu_now_ms() < end) tu_sleep_ms(5);
+    int bg = tu_has_bg_thread();
+    free(p);
+    ta_hooks_set(NULL, NULL);
+    printf("samplestart allocs %d frees %d block_sampled %d bg %d\n", ss_allocs, ss_frees, ss_seen == p, bg);
+    return 0;
 }
 
 static int run_forks(int n) {
@@ -435,6 +477,7 @@ int main(int argc, char **argv) {
     if (argc >= 3 && strcmp(argv[1], "churn") == 0) return run_churn(atoi(argv[2]));
     if (argc >= 3 && strcmp(argv[1], "lonefork") == 0) return run_lonefork(atoi(argv[2]));
     if (argc >= 3 && strcmp(argv[1], "threadfork") == 0) return run_threadfork(atoi(argv[2]));
+    if (argc >= 2 && strcmp(argv[1], "samplestart") == 0) return run_samplestart();
     fprintf(stderr, "usage: bg_prog join | forks N | churn THREADS | lonefork N | threadfork N\n");
     return 2;
 }
