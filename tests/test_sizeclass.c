@@ -93,6 +93,14 @@ Test(sizeclass, spans_are_well_shaped) {
         size_t tail = span - (size_t)ci->objects * ci->size;
         cr_assert_leq(tail * 8, span, "class %u (%u B): tail %zu of %zu-byte span exceeds 1/8", c, ci->size, tail,
                       span);
+        /* up to 32 KiB the tail shares a page with blocks (resident, holding
+         * nothing): at most 1/32; above, it is whole 4 KiB pages no block touches */
+        if (ci->size <= 32768)
+            cr_assert_leq(tail * 32, span, "class %u (%u B): tail %zu of %zu-byte span exceeds 1/32", c, ci->size,
+                          tail, span);
+        else
+            cr_assert_eq(tail % 4096, 0u, "class %u (%u B): a tail of %zu bytes shares a page with the block", c,
+                         ci->size, tail);
     }
 }
 
