@@ -32,12 +32,12 @@
  * with the span's last blocks, so it is resident and holds nothing: sqlite's
  * page buffers (4 104 and 4 368 bytes, class 4 608) came 5 to 3 pages with
  * 1 536 bytes of tail, 6.2%, and take 7 to 4 pages now, 1.6% (its bulk
- * script's peak RSS 17.6 -> 17.2 MiB, alloc/README.md).  A larger class (a block a span, its size a
- * multiple of 4 KiB: the tail is whole pages no block touches), or one with
- * no such span within 15 pages: the fewest pages whose tail is at most 1/8;
- * the first page count with room enough or one of the next three always
- * qualifies (checked below for every class, as the 1/32 of the classes up
- * to 32 KiB is by tests/test_sizeclass.c). */
+ * script's peak RSS 17.6 -> 17.2 MiB, alloc/README.md).  A larger class (a
+ * block a span, its size a multiple of 4 KiB: the tail is whole pages no
+ * block touches), or one with no such span within 15 pages: the fewest pages
+ * whose tail is at most 1/8; the first page count with room enough or one
+ * of the next three always qualifies (checked below for every class, as the
+ * 1/32 of the classes up to 32 KiB is by tests/test_sizeclass.c). */
 #define MIN_OBJECTS(s) ((s) <= 4096 ? 8 : (s) <= 32768 ? 4 : 1)
 #define ROOM_PAGES(s) ((((s) * MIN_OBJECTS(s)) + TA_PAGE_SIZE - 1) >> TA_PAGE_SHIFT)
 #define TAIL_AT_MOST(p, s, frac) ((((size_t)(p) << TA_PAGE_SHIFT) % (s)) * (frac) <= ((size_t)(p) << TA_PAGE_SHIFT))

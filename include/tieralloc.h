@@ -206,7 +206,9 @@ int ta_stats_print(FILE *fp, int flags);
  * the allocating thread right after a sampled allocation, and on the freeing
  * thread just before a sampled block is freed; they run without allocator locks
  * and may call malloc and free (allocations made inside a hook are not
- * sampled).  event->stack is valid for the life of the process.
+ * sampled, nor the one tieralloc makes for itself on a program's thread: the
+ * TLS vector that pthread_create allocates for its background thread).
+ * event->stack is valid for the life of the process.
  *
  * TIERALLOC_PROFILE=PATH writes the heap profile of the live sampled blocks at
  * exit (%p = pid); ta_profile_dump(path) writes it now.  The profile is in the
