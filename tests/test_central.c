@@ -684,11 +684,16 @@ Test(central, transfer_cache_overflow_goes_to_spans) {
     ta_pageheap_stats(&h2);
     cr_assert_null(bad, "%s", bad);
     /* a transfer cache is a cache, not a second heap: about 128 KiB of a class
-     * (at least two batches) per shard */
+     * (at least two batches) per shard.  The statistics sum the shards, and the
+     * objects may come from more than one: a refill that finds no span of
+     * its own shard takes another shard's, whose objects (their state bytes
+     * on that shard's pages) go home to that shard's cache (stop 46's CI, per-CPU
+     * caches: 143 360 bytes, 70 objects, against 131 072 for one shard) */
     uint64_t cap = (uint64_t)128 << 10;
     if (cap < 2ull * batch * size) cap = 2ull * batch * size;
     cr_assert_gt(s1.transfer_bytes, 0u);
-    cr_assert_leq(s1.transfer_bytes, cap, "transfer caches hold %lu bytes", (unsigned long)s1.transfer_bytes);
+    cr_assert_leq(s1.transfer_bytes, cap * nshards(), "transfer caches hold %lu bytes (%u shards)",
+                  (unsigned long)s1.transfer_bytes, nshards());
     cr_assert_lt(s1.transfer_bytes, (uint64_t)n * size, "nothing overflowed to the spans");
     cr_assert_eq(h2.inuse_bytes, h0.inuse_bytes);
 }
