@@ -35,29 +35,24 @@
  * script's peak RSS 17.6 -> 17.2 MiB, alloc/README.md).  A larger class (a
  * block a span, its size a multiple of 4 KiB: the tail is whole pages no
  * block touches), or one with no such span within 15 pages: the fewest pages
- * whose tail is at most 1/8; the first page count with room enough or one
- * of the next three always qualifies (checked below for every class, as the
- * 1/32 of the classes up to 32 KiB is by tests/test_sizeclass.c). */
+ * whose tail is at most 1/8 (one within 15 pages is checked below for every
+ * class, as the 1/32 of the classes up to 32 KiB is by tests/test_sizeclass.c). */
 #define MIN_OBJECTS(s) ((s) <= 4096 ? 8 : (s) <= 32768 ? 4 : 1)
 #define ROOM_PAGES(s) ((((s) * MIN_OBJECTS(s)) + TA_PAGE_SIZE - 1) >> TA_PAGE_SHIFT)
 #define TAIL_AT_MOST(p, s, frac) ((((size_t)(p) << TA_PAGE_SHIFT) % (s)) * (frac) <= ((size_t)(p) << TA_PAGE_SHIFT))
-#define FINE_PAGES(r, s) \
-    (TAIL_AT_MOST((r) + 0, s, 32) ? (r) + 0 : TAIL_AT_MOST((r) + 1, s, 32) ? (r) + 1 : \
-     TAIL_AT_MOST((r) + 2, s, 32) ? (r) + 2 : TAIL_AT_MOST((r) + 3, s, 32) ? (r) + 3 : \
-     TAIL_AT_MOST((r) + 4, s, 32) ? (r) + 4 : TAIL_AT_MOST((r) + 5, s, 32) ? (r) + 5 : \
-     TAIL_AT_MOST((r) + 6, s, 32) ? (r) + 6 : TAIL_AT_MOST((r) + 7, s, 32) ? (r) + 7 : \
-     TAIL_AT_MOST((r) + 8, s, 32) ? (r) + 8 : TAIL_AT_MOST((r) + 9, s, 32) ? (r) + 9 : \
-     TAIL_AT_MOST((r) + 10, s, 32) ? (r) + 10 : TAIL_AT_MOST((r) + 11, s, 32) ? (r) + 11 : \
-     TAIL_AT_MOST((r) + 12, s, 32) ? (r) + 12 : TAIL_AT_MOST((r) + 13, s, 32) ? (r) + 13 : \
-     TAIL_AT_MOST((r) + 14, s, 32) ? (r) + 14 : TAIL_AT_MOST((r) + 15, s, 32) ? (r) + 15 : 0)
-#define COARSE_PAGES(s)                                                                                           \
-    (TAIL_AT_MOST(ROOM_PAGES(s), s, 8)       ? ROOM_PAGES(s)                                                       \
-     : TAIL_AT_MOST(ROOM_PAGES(s) + 1, s, 8) ? ROOM_PAGES(s) + 1                                                   \
-     : TAIL_AT_MOST(ROOM_PAGES(s) + 2, s, 8) ? ROOM_PAGES(s) + 2                                                   \
-     : TAIL_AT_MOST(ROOM_PAGES(s) + 3, s, 8) ? ROOM_PAGES(s) + 3                                                   \
-                                             : 0)
-#define SPAN_PAGES(s) \
-    (MIN_OBJECTS(s) > 1 && FINE_PAGES(ROOM_PAGES(s), s) ? FINE_PAGES(ROOM_PAGES(s), s) : COARSE_PAGES(s))
+/* the first page count in r .. r + 15 whose tail is at most 1/frac, else 0 */
+#define FIRST_PAGES(r, s, frac) \
+    (TAIL_AT_MOST((r) + 0, s, frac) ? (r) + 0 : TAIL_AT_MOST((r) + 1, s, frac) ? (r) + 1 : \
+     TAIL_AT_MOST((r) + 2, s, frac) ? (r) + 2 : TAIL_AT_MOST((r) + 3, s, frac) ? (r) + 3 : \
+     TAIL_AT_MOST((r) + 4, s, frac) ? (r) + 4 : TAIL_AT_MOST((r) + 5, s, frac) ? (r) + 5 : \
+     TAIL_AT_MOST((r) + 6, s, frac) ? (r) + 6 : TAIL_AT_MOST((r) + 7, s, frac) ? (r) + 7 : \
+     TAIL_AT_MOST((r) + 8, s, frac) ? (r) + 8 : TAIL_AT_MOST((r) + 9, s, frac) ? (r) + 9 : \
+     TAIL_AT_MOST((r) + 10, s, frac) ? (r) + 10 : TAIL_AT_MOST((r) + 11, s, frac) ? (r) + 11 : \
+     TAIL_AT_MOST((r) + 12, s, frac) ? (r) + 12 : TAIL_AT_MOST((r) + 13, s, frac) ? (r) + 13 : \
+     TAIL_AT_MOST((r) + 14, s, frac) ? (r) + 14 : TAIL_AT_MOST((r) + 15, s, frac) ? (r) + 15 : 0)
+#define SPAN_PAGES(s)                                                                                    \
+    (MIN_OBJECTS(s) > 1 && FIRST_PAGES(ROOM_PAGES(s), s, 32) ? FIRST_PAGES(ROOM_PAGES(s), s, 32)        \
+                                                             : FIRST_PAGES(ROOM_PAGES(s), s, 8))
 /* move ~64 KiB at a time between a cache and central, 2..64 objects */
 #define BATCH(s) ((65536 / (s)) < 2 ? 2 : (65536 / (s)) > 64 ? 64 : (65536 / (s)))
 #define MAGIC(s) (UINT64_MAX / (s) + 1)
