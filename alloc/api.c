@@ -480,10 +480,7 @@ size_t ta_impl_malloc_usable_size(void *p) {
     return block_size(p, classify_info(p, info), "malloc_usable_size");
 }
 
-void ta_impl_free_sized(void *p, size_t size) {
-    (void)size; /* a hint; the pagemap knows the size */
-    ta_do_free(p);
-}
+void ta_impl_free_sized(void *p, size_t size) { ta_do_free_sized(p, size); }
 
 void ta_impl_free_aligned_sized(void *p, size_t align, size_t size) {
     (void)align;

@@ -26,7 +26,7 @@ TA_EXPORT void *aligned_alloc(size_t align, size_t n) { return ta_impl_aligned_a
 TA_EXPORT void *valloc(size_t n) { return ta_impl_valloc(n); }
 TA_EXPORT void *pvalloc(size_t n) { return ta_impl_pvalloc(n); }
 TA_EXPORT size_t malloc_usable_size(void *p) { return ta_impl_malloc_usable_size(p); }
-TA_EXPORT void free_sized(void *p, size_t size) { (void)size; ta_do_free(p); }
+TA_EXPORT void free_sized(void *p, size_t size) { ta_do_free_sized(p, size); }
 TA_EXPORT void free_aligned_sized(void *p, size_t align, size_t size) {
     (void)align;
     (void)size;
@@ -149,8 +149,8 @@ TA_EXPORT void *_ZnamSt11align_val_tRKSt9nothrow_t(size_t n, size_t al, NOTHROW_
 }
 TA_EXPORT TA_HOT_ENTRY void _ZdlPv(void *p) { ta_do_free(p); }
 TA_EXPORT TA_HOT_ENTRY void _ZdaPv(void *p) { ta_do_free(p); }
-TA_EXPORT TA_HOT_ENTRY void _ZdlPvm(void *p, size_t n) { (void)n; ta_do_free(p); }
-TA_EXPORT TA_HOT_ENTRY void _ZdaPvm(void *p, size_t n) { (void)n; ta_do_free(p); }
+TA_EXPORT TA_HOT_ENTRY void _ZdlPvm(void *p, size_t n) { ta_do_free_sized(p, n); }
+TA_EXPORT TA_HOT_ENTRY void _ZdaPvm(void *p, size_t n) { ta_do_free_sized(p, n); }
 TA_EXPORT void _ZdlPvRKSt9nothrow_t(void *p, NOTHROW_T t) { (void)t; ta_do_free(p); }
 TA_EXPORT void _ZdaPvRKSt9nothrow_t(void *p, NOTHROW_T t) { (void)t; ta_do_free(p); }
 TA_EXPORT void _ZdlPvSt11align_val_t(void *p, size_t al) { (void)al; ta_do_free(p); }

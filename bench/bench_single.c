@@ -6,6 +6,10 @@
  *                      strings and nodes made and dropped: a handful of
  *                      classes, so a free and the next malloc often, but
  *                      not always, share one)
+ *   new_delete/size:N  C++ `new` and sized `delete` (what a compiler emits for
+ *                      `delete` of a complete type, and std::allocator),
+ *                      write, at fixed N (16, 64 B)
+ *   new_delete_random  the same at random sizes in 1 .. 128 B
  *   batch/blocks:N     N live blocks of mixed sizes, freed in random order
  *   scattered_reuse/blocks:N  N blocks of 64 B, each written whole when it is
  *                      allocated (as a constructor does), then all freed in
@@ -81,7 +85,34 @@ static void bm_fastpath(tb_state *st, void *arg)
     tb_set_items_processed(st, tb_iterations(st) * PAIRS);
 }
 
+/* C++'s operator new and sized operator delete, called by their symbols:
+ * the allocator's, if it has them, else libstdc++'s (which calls malloc and
+ * free): what a C++ program would get with it. */
+extern void *_Znwm(size_t);
+extern void _ZdlPvm(void *, size_t);
+
 #define RANDOM_SIZES 4096 /* a power of two */
+/* arg: the largest size (random sizes from 1), or NULL with one size, range 0 */
+static void bm_new_delete(tb_state *st, void *arg)
+{
+    static uint16_t sizes[RANDOM_SIZES];
+    size_t fixed = arg ? 0 : (size_t)tb_range(st, 0);
+    bench_rng r = { 43 };
+    for (size_t i = 0; i < RANDOM_SIZES; i++)
+        sizes[i] = (uint16_t)(fixed ? fixed : bench_rand_range(&r, 1, *(const size_t *)arg));
+    size_t k = 0;
+    while (tb_keep_running(st)) {
+        for (int i = 0; i < PAIRS; i++) {
+            size_t n = sizes[k++ & (RANDOM_SIZES - 1)];
+            char *p = _Znwm(n); /* (throws, never returns NULL: no C++ handler here, so it aborts) */
+            p[n - 1] = (char)k;
+            tb_do_not_optimize(p);
+            _ZdlPvm(p, n);
+        }
+    }
+    tb_set_items_processed(st, tb_iterations(st) * PAIRS);
+}
+
 static void bm_fastpath_random(tb_state *st, void *arg)
 {
     size_t max = *(const size_t *)arg;
@@ -495,6 +526,10 @@ void bench_register_single(void)
     static const size_t random_max = 1024, random_small_max = 128;
     tb_register("fastpath_random", bm_fastpath_random, (void *)&random_max);
     tb_register("fastpath_random_small", bm_fastpath_random, (void *)&random_small_max);
+    b = tb_bench_arg_name(tb_register("new_delete", bm_new_delete, NULL), "size");
+    tb_bench_arg(b, 16);
+    tb_bench_arg(b, 64);
+    tb_register("new_delete_random", bm_new_delete, (void *)&random_small_max);
 
     tb_bench_arg(tb_bench_arg_name(tb_register("batch", bm_batch, (void *)&batch_mixed), "blocks"), 4096);
     tb_bench_arg(tb_bench_arg_name(tb_register("scattered_reuse", bm_scattered_reuse, NULL), "blocks"), 32768);

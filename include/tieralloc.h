@@ -38,7 +38,7 @@ void *ta_aligned_alloc(size_t alignment, size_t size);  /* EINVAL unless alignme
 void *ta_valloc(size_t size);                           /* page aligned */
 void *ta_pvalloc(size_t size);                          /* page aligned, size rounded up to pages */
 size_t ta_malloc_usable_size(void *p);                  /* real size of the block; 0 for NULL */
-void ta_free_sized(void *p, size_t size);               /* C23; the size is a hint (ignored: the pagemap knows) */
+void ta_free_sized(void *p, size_t size);               /* C23; the size is a hint: a wrong one is ignored */
 void ta_free_aligned_sized(void *p, size_t alignment, size_t size);
 
 /* Return every free page to the OS now (flushes the calling thread's cache and

@@ -228,6 +228,69 @@ Test(api, free_preserves_errno) {
     }
 }
 
+/* A sized free whose size is not the block's (a block realloc shrank in
+ * place, a size too large or too small, a small block given a large size,
+ * a large block given a small one) frees the block by its own class: the
+ * given size's class never gets it.  Every block the two classes hand out
+ * afterwards has its class's usable size, and the block comes back, whole,
+ * from its own class.  C++ sized delete takes the same path. */
+extern void _ZdlPvm(void *, size_t);
+Test(api, sized_free_with_a_wrong_size_frees_by_the_blocks_class) {
+    void (*fs[3])(void *, size_t) = {free_sized, ta_free_sized, _ZdlPvm};
+    static const size_t cases[][2] = {/* {allocated, stated} */
+                                      {64, 16},   {16, 64},     {100, 1000},  {1000, 100},     {48, 5000},
+                                      {5000, 48}, {64, 300000}, {300000, 64}, {2000, 262144}, {40000, 32}};
+    for (int k = 0; k < 3; k++) {
+        for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+            size_t n = cases[c][0], said = cases[c][1];
+            char *p = malloc(n);
+            cr_assert_not_null(p);
+            size_t own = malloc_usable_size(p);
+            tu_fill(p, own, 7);
+            fs[k](tu_hide(p), said);
+            cr_assert_not(ta_owns(p), "sized free (form %d) of %zu bytes as %zu did not free it", k, n, said);
+            /* the stated size's class: every block is of that class */
+            enum { N = 300 };
+            static char *q[N];
+            size_t said_usable = 0;
+            for (int i = 0; i < N; i++) {
+                q[i] = malloc(said);
+                cr_assert_not_null(q[i]);
+                size_t u = malloc_usable_size(q[i]);
+                if (!said_usable) said_usable = u;
+                cr_assert_eq(u, said_usable, "malloc(%zu) gave a block of %zu bytes after a block of %zu was freed as %zu",
+                             said, u, n, said);
+                cr_assert(own == said_usable || q[i] != p, "the block of %zu bytes came back as one of %zu", own, said);
+            }
+            for (int i = 0; i < N; i++) free(q[i]);
+            /* its own class has it back, with its size */
+            bool seen = false;
+            for (int i = 0; i < N; i++) {
+                q[i] = malloc(n);
+                cr_assert_eq(malloc_usable_size(q[i]), own);
+                seen |= q[i] == p;
+                tu_fill(q[i], own, 9);
+            }
+            for (int i = 0; i < N; i++) free(q[i]);
+            if (own <= 32768) /* (a larger block's span may have gone back to the page heap) */
+                cr_assert(seen || ta_owns(p) == 0, "the block did not come back from its class");
+        }
+        /* a block that realloc shrank in place, freed with its new size */
+        char *p = malloc(900);
+        char *r = realloc(p, 20);
+        cr_assert_not_null(r);
+        size_t own = malloc_usable_size(r);
+        fs[k](r, 20);
+        cr_assert_not(ta_owns(r));
+        for (int i = 0; i < 100; i++) {
+            char *q = malloc(20);
+            cr_assert_leq(malloc_usable_size(q), 32, "malloc(20) gave %zu bytes (the shrunk block has %zu)",
+                          malloc_usable_size(q), own);
+            free(q);
+        }
+    }
+}
+
 Test(api, free_sized_and_free_aligned_sized) {
     cr_assert_not_null((void *)free_sized, "free_sized is not exported");
     cr_assert_not_null((void *)free_aligned_sized, "free_aligned_sized is not exported");
@@ -624,7 +687,8 @@ Test(api, realloc_after_the_block_it_grew_is_freed) {
  * clang 14: 34 and 65: the per-CPU hits of the small classes, and for free
  * a page outside the pagemap's first leaf; malloc's include the three
  * instructions that prefetch the next object up to 1 KiB, free's the four
- * of the per-CPU push's shard check, pcache.h).
+ * of the per-CPU push's shard check, pcache.h).  C++ sized delete is free
+ * with the size's class found and compared with the entry's (gcc 12: 76).
  * A lock, an atomic or a loop slipped onto a fast path fails this: a loop on
  * a path to a ret is reported as such. */
 #define FP_MAX 512
@@ -696,7 +760,7 @@ Test(api, fast_paths_stay_short) {
     if (system("command -v objdump >/dev/null 2>&1 && command -v nm >/dev/null 2>&1") != 0)
         cr_skip_test("objdump or nm missing (binutils)");
     const char *lib = tu_lib_path();
-    int m = fast_path_length(lib, "malloc"), f = fast_path_length(lib, "free");
+    int m = fast_path_length(lib, "malloc"), f = fast_path_length(lib, "free"), d = fast_path_length(lib, "_ZdlPvm");
     cr_assert_neq(m, FP_LOOP, "a loop on a path of malloc to its return");
     cr_assert_neq(f, FP_LOOP, "a loop on a path of free to its return");
     cr_assert_gt(m, 5, "could not read malloc's code from %s", lib);
@@ -709,7 +773,11 @@ Test(api, fast_paths_stay_short) {
     cr_assert_gt(f, 5, "could not read free's code from %s", lib);
     cr_assert_leq(m, 38, "malloc's fast path is %d instructions", m);
     cr_assert_leq(f, 66, "free's fast path is %d instructions", f);
-    cr_log_info("fast paths: malloc %d, free %d instructions", m, f);
+    /* sized delete: free's, and the size's class (a compare, a table) checked against the entry's */
+    cr_assert_neq(d, FP_LOOP, "a loop on a path of sized delete to its return");
+    cr_assert_gt(d, 5, "could not read sized delete's code from %s", lib);
+    cr_assert_leq(d, 80, "sized delete's fast path is %d instructions", d);
+    cr_log_info("fast paths: malloc %d, free %d, sized delete %d instructions", m, f, d);
 }
 
 /* The fast paths are inline asm goto; GCC 12 has dropped the blocks of their

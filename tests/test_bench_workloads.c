@@ -21,7 +21,8 @@
 
 static const char *const workloads[] = {
     "fastpath/size:16", "fastpath/size:64", "fastpath/size:256", "fastpath/size:1024",
-    "fastpath/size:4096", "fastpath/size:32768", "fastpath_random", "fastpath_random_small", "batch/blocks:4096",
+    "fastpath/size:4096", "fastpath/size:32768", "fastpath_random", "fastpath_random_small", "new_delete/size:16", "new_delete/size:64",
+    "new_delete_random", "batch/blocks:4096",
     "scattered_reuse/blocks:32768", "teardown/blocks:1048576/min_time:1.000", "realloc_growth", "large/size:65536", "large/size:524288", "large/size:8388608",
     "realloc_growth_64k", "realloc_doubling/mib:32", "large_ends/size:65536", "large_ends/size:262144",
     "large_ends/size:1048576", "large_ends/size:4194304", "large_ends_mixed", "fork/heap_mib:16/real_time",

@@ -62,6 +62,29 @@ Test(misuse, double_free_small_after_1000_other_allocations) {
     expect_abort(double_free_small_later, "double free");
 }
 
+/* the sized frees check as free does (C23 free_sized, C++ sized delete) */
+extern void free_sized(void *, size_t);
+extern void _ZdlPvm(void *, size_t);
+static void double_free_sized_now(void *arg) {
+    (void)arg;
+    char *p = malloc(48);
+    memset(p, 1, 48);
+    report(p);
+    free_sized(tu_hide(p), 48);
+    _ZdlPvm(tu_hide(p), 48);
+    shared->reached_end = 1;
+}
+Test(misuse, double_free_by_sized_frees_right_away) { expect_abort(double_free_sized_now, "double free"); }
+
+static void interior_sized_free(void *arg) {
+    (void)arg;
+    char *p = malloc(64);
+    report(p + 16);
+    _ZdlPvm(tu_hide(p + 16), 48);
+    shared->reached_end = 1;
+}
+Test(misuse, sized_free_of_an_interior_pointer) { expect_abort(interior_sized_free, NULL); }
+
 static void double_free_medium_now(void *arg) {
     (void)arg;
     char *p = malloc(100000);
