@@ -131,7 +131,7 @@ TA_ALWAYS_INLINE void ta_do_free(void *p) {
  * the size gave: the stack's address is then known before p's pagemap entry
  * is read, and a malloc of the class right after need not wait for the entry
  * to learn where the free stored (on the Intel Xeon VM a new/delete loop of
- * 16 bytes took 10.2-12.6 ns a pair with the entry's class, 6.2-6.7 with the
+ * 16 bytes took 10.2-10.5 ns a pair with the entry's class, 6.1-6.4 with the
  * size's; alloc/README.md, "Sized frees").  Any other size (a block that
  * realloc shrank in place, a caller that states it wrongly) is a hint that
  * does not hold: p goes by its own class, as in free.  The checks are free's. */
