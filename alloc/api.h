@@ -113,46 +113,36 @@ TA_ALWAYS_INLINE uint8_t *ta_live_small(const void *p, const ta_pm_entry_t *e, u
     return NULL;
 }
 
-TA_ALWAYS_INLINE void ta_do_free(void *p) {
+/* free of p, with a hint of its class from the caller's size (0: none).
+ * C++ sized delete (what std::allocator and `delete` of a complete type call)
+ * and free_sized give one: when it is p's class, the push goes on that
+ * class's stack by the hint, whose address is then known before p's pagemap
+ * entry is read, and a malloc of the class right after need not wait for
+ * the entry to learn where the free stored (on the Intel Xeon VM a
+ * new/delete loop of 16 bytes took 10.2-10.5 ns a pair with the entry's
+ * class, 6.1-6.4 with the size's; alloc/README.md, "Sized frees").  Any
+ * other hint (a block that realloc shrank in place, a caller that states its
+ * size wrongly) does not hold: p goes by its own class.  The checks are the
+ * same either way; with no hint (free) the test folds away. */
+TA_ALWAYS_INLINE void ta_free_hinted(void *p, uint32_t hint) {
     const ta_pm_entry_t *e = ta_pagemap_entry_at((uintptr_t)p);
     uint64_t info;
     uint32_t cls;
     uint8_t *state = ta_live_small(p, e, &info, &cls, true);
     if (TA_LIKELY(state)) {
+        if (hint && TA_LIKELY(cls == hint)) {
+            /* (hides the equality from the compiler, which would otherwise
+             * take the entry's class for the push, the slower of the two) */
+            __asm__("" : "+r"(hint));
+            cls = hint;
+        }
         ta_free_small(p, state, cls);
         return;
     }
     ta_free_slow(p, info); /* which says what p is */
 }
-
-/* free of p with its size from the caller: C++ sized delete (what
- * std::allocator and `delete` of a complete type call) and free_sized.  When
- * the size's class is p's, the push goes on that class's stack by the class
- * the size gave: the stack's address is then known before p's pagemap entry
- * is read, and a malloc of the class right after need not wait for the entry
- * to learn where the free stored (on the Intel Xeon VM a new/delete loop of
- * 16 bytes took 10.2-10.5 ns a pair with the entry's class, 6.1-6.4 with the
- * size's; alloc/README.md, "Sized frees").  Any other size (a block that
- * realloc shrank in place, a caller that states it wrongly) is a hint that
- * does not hold: p goes by its own class, as in free.  The checks are free's. */
-TA_ALWAYS_INLINE void ta_do_free_sized(void *p, size_t n) {
-    uint32_t given = n <= 1024 ? ta_class_upto_1k(n) : n <= TA_MAX_SMALL ? ta_class_above_1k(n) : 0;
-    const ta_pm_entry_t *e = ta_pagemap_entry_at((uintptr_t)p);
-    uint64_t info;
-    uint32_t cls;
-    uint8_t *state = ta_live_small(p, e, &info, &cls, true);
-    if (TA_LIKELY(state)) {
-        if (TA_LIKELY(cls == given)) {
-            /* (hides the equality from the compiler, which would otherwise
-             * take the entry's class for the push, the slower of the two) */
-            __asm__("" : "+r"(given));
-            cls = given;
-        }
-        ta_free_small(p, state, cls);
-        return;
-    }
-    ta_free_slow(p, info);
-}
+TA_ALWAYS_INLINE void ta_do_free(void *p) { ta_free_hinted(p, 0); }
+TA_ALWAYS_INLINE void ta_do_free_sized(void *p, size_t n) { ta_free_hinted(p, ta_size_to_class(n)); }
 
 /* The operations behind the ta_* names (api.c), which override.c's standard
  * names call too.  (ta_malloc and ta_free are the inline paths above.) */
