@@ -683,12 +683,13 @@ Test(api, realloc_after_the_block_it_grew_is_freed) {
 /* The fast paths stay short: every path from the entry of malloc and of
  * free to a ret of theirs (the cache hits: per CPU in a restartable
  * sequence, per thread in plain loads and stores), in the built library, read
- * with objdump; the longest stays under a ceiling (gcc 12 today: 33 and 61,
- * clang 14: 34 and 65: the per-CPU hits of the small classes, and for free
+ * with objdump; the longest stays under a ceiling (gcc 12 today: 34 and 62,
+ * clang 14: 35 and 66: the per-CPU hits of the small classes, and for free
  * a page outside the pagemap's first leaf; malloc's include the three
  * instructions that prefetch the next object up to 1 KiB, free's the four
  * of the per-CPU push's shard check, pcache.h).  C++ sized delete is free
- * with the size's class found and compared with the entry's (gcc 12: 76).
+ * with the size's class found and compared with the entry's (gcc 12: 77,
+ * clang 14: 82).
  * A lock, an atomic or a loop slipped onto a fast path fails this: a loop on
  * a path to a ret is reported as such. */
 #define FP_MAX 512
@@ -772,11 +773,11 @@ Test(api, fast_paths_stay_short) {
 #endif
     cr_assert_gt(f, 5, "could not read free's code from %s", lib);
     cr_assert_leq(m, 38, "malloc's fast path is %d instructions", m);
-    cr_assert_leq(f, 66, "free's fast path is %d instructions", f);
+    cr_assert_leq(f, 68, "free's fast path is %d instructions", f);
     /* sized delete: free's, and the size's class (a compare, a table) checked against the entry's */
     cr_assert_neq(d, FP_LOOP, "a loop on a path of sized delete to its return");
     cr_assert_gt(d, 5, "could not read sized delete's code from %s", lib);
-    cr_assert_leq(d, 80, "sized delete's fast path is %d instructions", d);
+    cr_assert_leq(d, 84, "sized delete's fast path is %d instructions", d);
     cr_log_info("fast paths: malloc %d, free %d, sized delete %d instructions", m, f, d);
 }
 
