@@ -92,14 +92,19 @@ extern void *_Znwm(size_t);
 extern void _ZdlPvm(void *, size_t);
 
 #define RANDOM_SIZES 4096 /* a power of two */
+/* The sizes a random-size workload cycles through: 1 .. max, or all `fixed`. */
+static void fill_sizes(uint16_t *sizes, uint64_t seed, size_t max, size_t fixed)
+{
+    bench_rng r = { seed };
+    for (size_t i = 0; i < RANDOM_SIZES; i++)
+        sizes[i] = (uint16_t)(fixed ? fixed : bench_rand_range(&r, 1, max));
+}
+
 /* arg: the largest size (random sizes from 1), or NULL with one size, range 0 */
 static void bm_new_delete(tb_state *st, void *arg)
 {
     static uint16_t sizes[RANDOM_SIZES];
-    size_t fixed = arg ? 0 : (size_t)tb_range(st, 0);
-    bench_rng r = { 43 };
-    for (size_t i = 0; i < RANDOM_SIZES; i++)
-        sizes[i] = (uint16_t)(fixed ? fixed : bench_rand_range(&r, 1, *(const size_t *)arg));
+    fill_sizes(sizes, 43, arg ? *(const size_t *)arg : 0, arg ? 0 : (size_t)tb_range(st, 0));
     size_t k = 0;
     while (tb_keep_running(st)) {
         for (int i = 0; i < PAIRS; i++) {
@@ -115,11 +120,8 @@ static void bm_new_delete(tb_state *st, void *arg)
 
 static void bm_fastpath_random(tb_state *st, void *arg)
 {
-    size_t max = *(const size_t *)arg;
     static uint16_t sizes[RANDOM_SIZES];
-    bench_rng r = { 42 };
-    for (size_t i = 0; i < RANDOM_SIZES; i++)
-        sizes[i] = (uint16_t)bench_rand_range(&r, 1, max);
+    fill_sizes(sizes, 42, *(const size_t *)arg, 0);
     size_t k = 0;
     while (tb_keep_running(st)) {
         for (int i = 0; i < PAIRS; i++) {
